@@ -1,0 +1,268 @@
+"""The experiment config: one frozen dataclass, built from a flat dict, validated once.
+
+Every field is flat so that Ray Tune / Optuna search spaces and Parquet columns map onto
+it one to one. Defaults follow ../shared/PAPER.md part B; where the paper gives no value
+the default is this project's choice and says so in README.md ("Defaults and choices").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+METHODS = ("adv_dpnp", "pgd_at", "trades", "dpnp")
+PROTOTYPE_METHODS = ("adv_dpnp", "dpnp")
+
+
+class ConfigError(ValueError):
+    """Invalid configuration. Lists every problem: field, value, what is allowed."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid config:\n  - " + "\n  - ".join(problems))
+
+
+def _choices(*values: str) -> dict:
+    return {"choices": values}
+
+
+def _registry_choices(loader: Callable[[], tuple[str, ...]]) -> dict:
+    return {"choices_from": loader}
+
+
+def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> dict:
+    return {"range": (lo, hi, lo_open)}
+
+
+def _dataset_names() -> tuple[str, ...]:
+    from .data import dataset_names
+
+    return dataset_names()
+
+
+def _model_names() -> tuple[str, ...]:
+    from .models import BACKBONES
+
+    return BACKBONES.names()
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    # --- data
+    dataset: str = field(default="digits", metadata=_registry_choices(_dataset_names))
+    data_root: str = "data"
+    download: bool = False
+    val_fraction: float = field(default=0.1, metadata=_range(0.0, 0.9, lo_open=True))
+    split_seed: int = field(default=0, metadata=_range(0))
+    # --- model
+    model: str = field(default="small_cnn", metadata=_registry_choices(_model_names))
+    feature_dim: int = field(default=0, metadata=_range(0))  # 0: the backbone's own width
+    method: str = field(default="adv_dpnp", metadata=_choices(*METHODS))
+    prototype_radius: float = field(default=3.0, metadata=_range(0.0, lo_open=True))
+    prototype_constraint: str = field(default="normalize", metadata=_choices("normalize", "project"))
+    logit_form: str = field(default="dot", metadata=_choices("dot", "cosine"))
+    logit_scale: float = field(default=10.0, metadata=_range(0.0, lo_open=True))
+    # --- loss
+    ppa_form: str = field(default="sqeuclidean", metadata=_choices("sqeuclidean", "cosine"))
+    npr_form: str = field(default="prototype", metadata=_choices("prototype", "sample"))
+    lambda_ppa: float = field(default=0.1, metadata=_range(0.0))
+    lambda_npr: float = field(default=0.1, metadata=_range(0.0))
+    lambda_cons: float = field(default=1.0, metadata=_range(0.0))
+    beta_adv: float = field(default=1.0, metadata=_range(0.0))
+    use_ppa: bool = True
+    use_npr: bool = True
+    use_consistency: bool = True
+    prototype_update: str = field(default="clean", metadata=_choices("clean", "adversarial", "both"))
+    consistency_direction: str = field(
+        default="clean_to_adv", metadata=_choices("clean_to_adv", "adv_to_clean", "symmetric")
+    )
+    consistency_detach_clean: bool = True
+    trades_beta: float = field(default=6.0, metadata=_range(0.0))
+    # --- training attack and its epsilon schedule
+    eps: float | None = field(default=None, metadata=_range(0.0, 1.0))  # None: the dataset's threat model
+    eps_schedule: str = field(default="constant", metadata=_choices("constant", "linear", "cosine"))
+    eps_warmup_epochs: float = field(default=0.0, metadata=_range(0.0))
+    eps_start: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    train_attack_steps: int = field(default=10, metadata=_range(1))
+    train_attack_step_size: float | None = field(default=None, metadata=_range(0.0, 1.0, lo_open=True))
+    train_attack_loss: str = field(default="ce", metadata=_choices("ce", "cw"))
+    train_attack_random_start: bool = True
+    attack_bn_mode: str = field(default="eval", metadata=_choices("eval", "train"))
+    # --- optimisation
+    optimizer: str = field(default="sgd", metadata=_choices("sgd", "adam"))
+    lr: float = field(default=0.1, metadata=_range(0.0, lo_open=True))
+    momentum: float = field(default=0.9, metadata=_range(0.0, 1.0))
+    nesterov: bool = False
+    weight_decay: float = field(default=5e-4, metadata=_range(0.0))
+    lr_schedule: str = field(default="step", metadata=_choices("step", "cosine", "constant"))
+    lr_milestones: tuple[float, ...] = field(default=(0.5, 0.75), metadata=_range(0.0, 1.0))
+    lr_gamma: float = field(default=0.1, metadata=_range(0.0, 1.0, lo_open=True))
+    epochs: int = field(default=10, metadata=_range(1))
+    batch_size: int = field(default=128, metadata=_range(1))
+    seed: int = field(default=0, metadata=_range(0))
+    # --- model selection on the validation split (never the test set)
+    select_metric: str = field(default="val_robust", metadata=_choices("val_robust", "val_clean", "last"))
+    early_stop_patience: int = field(default=0, metadata=_range(0))  # 0: never stop early
+    val_attack_steps: int = field(default=10, metadata=_range(1))
+    # --- test-set evaluation
+    eval_attack_steps: int = field(default=20, metadata=_range(1))
+    eval_step_size: float | None = field(default=None, metadata=_range(0.0, 1.0, lo_open=True))
+    eval_restarts: int = field(default=1, metadata=_range(1))
+    eval_n: int = field(default=0, metadata=_range(0))  # 0: the whole test set
+    eval_batch_size: int = field(default=500, metadata=_range(1))
+    # --- execution
+    device: str = field(default="auto", metadata=_choices("auto", "cpu", "cuda"))
+    precision: str = field(default="auto", metadata=_choices("auto", "fp32", "bf16", "fp16"))
+    channels_last: bool = True
+    compile: bool = False
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None = None, **overrides: Any) -> "ExperimentConfig":
+        """Build and validate a config from a flat dict (Tune / Optuna / CLI output).
+
+        Raises ConfigError listing every unknown key, wrong type and out-of-range value.
+        """
+        merged = {**(values or {}), **overrides}
+        problems: list[str] = []
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        hints = typing.get_type_hints(cls)
+        coerced: dict[str, Any] = {}
+        for key, value in merged.items():
+            if key not in known:
+                problems.append(f"unknown field {key!r} (value {value!r}); known fields: {', '.join(known)}")
+                continue
+            try:
+                coerced[key] = _coerce(key, value, hints[key], known[key].metadata)
+            except ValueError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise ConfigError(problems)
+        config = cls(**coerced)
+        config._check_combinations()
+        return config.resolved()
+
+    def __post_init__(self) -> None:
+        # Direct construction gets the same per-field checks as from_dict.
+        hints = typing.get_type_hints(type(self))
+        problems = []
+        for f in dataclasses.fields(self):
+            try:
+                object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name], f.metadata))
+            except ValueError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise ConfigError(problems)
+
+    def _check_combinations(self) -> None:
+        problems = []
+        if self.use_npr and self.npr_form == "sample" and self.method in PROTOTYPE_METHODS:
+            # -||z - c_r||^2 is unbounded below unless PPA's +||z - c_y||^2 dominates it.
+            if not (self.use_ppa and self.ppa_form == "sqeuclidean" and self.lambda_ppa > self.lambda_npr):
+                problems.append(
+                    "npr_form='sample' is only bounded below when use_ppa=True, ppa_form='sqeuclidean' "
+                    f"and lambda_ppa > lambda_npr (got use_ppa={self.use_ppa}, ppa_form={self.ppa_form!r}, "
+                    f"lambda_ppa={self.lambda_ppa}, lambda_npr={self.lambda_npr}); "
+                    "raise lambda_ppa, lower lambda_npr, or use npr_form='prototype'"
+                )
+        if self.eps is not None and self.eps_start > self.eps:
+            problems.append(f"eps_start={self.eps_start} exceeds eps={self.eps}; the schedule ramps up to eps")
+        if list(self.lr_milestones) != sorted(self.lr_milestones):
+            problems.append(f"lr_milestones={self.lr_milestones} must be increasing fractions of the epochs")
+        if self.eps_schedule != "constant" and self.eps_warmup_epochs <= 0:
+            problems.append(
+                f"eps_schedule={self.eps_schedule!r} needs eps_warmup_epochs > 0 (got {self.eps_warmup_epochs})"
+            )
+        if problems:
+            raise ConfigError(problems)
+
+    def resolved(self) -> "ExperimentConfig":
+        """Fill the dataset-dependent defaults (eps) so the config states every value used."""
+        if self.eps is not None:
+            return self
+        from .data import dataset_info
+
+        return dataclasses.replace(self, eps=float(dataset_info(self.dataset).default_eps))
+
+    def replace(self, **changes: Any) -> "ExperimentConfig":
+        """A validated copy with some fields changed."""
+        return type(self).from_dict({**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def uses_prototypes(self) -> bool:
+        return self.method in PROTOTYPE_METHODS
+
+    @property
+    def is_adversarial(self) -> bool:
+        return self.method != "dpnp"
+
+    @property
+    def train_step_size(self) -> float:
+        """PGD step for training: eps/4 unless set (2/255 at eps 8/255)."""
+        assert self.eps is not None, "call resolved() first"
+        return self.train_attack_step_size if self.train_attack_step_size is not None else self.eps / 4
+
+    @property
+    def eval_step(self) -> float:
+        assert self.eps is not None, "call resolved() first"
+        return self.eval_step_size if self.eval_step_size is not None else self.eps / 4
+
+
+def _coerce(name: str, value: Any, annotation: Any, metadata: Mapping[str, Any]) -> Any:
+    """Check one field's type and bounds; returns the value in its canonical Python type."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    optional = origin in (typing.Union, types.UnionType) and type(None) in args
+    if optional:
+        if value is None:
+            return None
+        annotation = next(a for a in args if a is not type(None))
+        origin = typing.get_origin(annotation)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"field {name!r} = {value!r}: expected a list of numbers")
+        return tuple(_coerce(name, v, float, metadata) for v in value)
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy / torch scalars
+        value = value.item()
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"field {name!r} = {value!r}: expected true or false")
+    elif annotation is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"field {name!r} = {value!r}: expected an integer")
+    elif annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"field {name!r} = {value!r}: expected a number")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"field {name!r} = {value!r}: expected a finite number")
+    elif annotation is str:
+        if not isinstance(value, str):
+            raise ValueError(f"field {name!r} = {value!r}: expected a string")
+    choices = metadata.get("choices")
+    if "choices_from" in metadata:
+        choices = metadata["choices_from"]()
+    if choices is not None and value not in choices:
+        raise ValueError(f"field {name!r} = {value!r}: allowed values are {', '.join(map(repr, choices))}")
+    if "range" in metadata:
+        lo, hi, lo_open = metadata["range"]
+        if lo is not None and (value < lo or (lo_open and value == lo)):
+            bound = f"> {lo}" if lo_open else f">= {lo}"
+            raise ValueError(f"field {name!r} = {value!r}: must be {bound}" + (f" and <= {hi}" if hi is not None else ""))
+        if hi is not None and value > hi:
+            raise ValueError(f"field {name!r} = {value!r}: must be <= {hi}" + (f" and >= {lo}" if lo is not None else ""))
+    return value
+
+
+def config_fields() -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(ExperimentConfig))

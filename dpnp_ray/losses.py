@@ -1,0 +1,95 @@
+"""Loss terms as pure functions of tensors (PAPER.md part B, items 3-6 and 9).
+
+Notation: z (N, d) features, c (C, d) prototypes, y (N,) labels, l (N, C) logits.
+Nothing here knows about configs, branches or stop-gradients: callers pass the (possibly
+detached) tensors each branch should see.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """CE = mean_i -log softmax(l_i)[y_i]."""
+    return F.cross_entropy(logits.float(), y)
+
+
+def _sq_dists(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """||a_i - b_j||^2 for all pairs, exact (no a^2 + b^2 - 2ab cancellation)."""
+    return (a.float().unsqueeze(1) - b.float().unsqueeze(0)).pow(2).sum(-1)
+
+
+def ppa(z: torch.Tensor, c: torch.Tensor, y: torch.Tensor, form: str = "sqeuclidean") -> torch.Tensor:
+    """Positive-prototype alignment.
+
+    sqeuclidean: mean_i ||z_i - c_{y_i}||^2
+    cosine:      mean_i (1 - cos(z_i, c_{y_i}))
+    """
+    own = c[y].float()
+    if form == "sqeuclidean":
+        return (z.float() - own).pow(2).sum(1).mean()
+    if form == "cosine":
+        return (1 - F.cosine_similarity(z.float(), own, dim=1)).mean()
+    raise ValueError(f"ppa form {form!r}: allowed 'sqeuclidean', 'cosine'")
+
+
+def _mask_self(d: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Set d[i, index[i]] to +inf so the minimum over a row picks a rival."""
+    return d.scatter(1, index.view(-1, 1), float("inf"))
+
+
+def npr_prototype(c: torch.Tensor) -> torch.Tensor:
+    """Negative-prototype repulsion, prototype form.
+
+    NPR(c) = -(1/C) sum_j ||c_j - c_{k(j)}||^2, k(j) = argmin_{k != j} ||c_j - c_k||.
+    """
+    d = _sq_dists(c, c)
+    nearest = _mask_self(d, torch.arange(c.shape[0], device=c.device)).min(dim=1).values
+    return -nearest.mean()
+
+
+def npr_sample(z: torch.Tensor, c: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Negative-prototype repulsion, sample form.
+
+    NPR(z, c) = -mean_i ||z_i - c_{r_i}||^2, r_i = argmin_{k != y_i} ||z_i - c_k||.
+    Unbounded below on its own: only use it with a larger PPA weight.
+    """
+    nearest = _mask_self(_sq_dists(z, c), y).min(dim=1).values
+    return -nearest.mean()
+
+
+def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) = mean_i sum_j p_ij (log p_ij - log q_ij) with p, q the softmaxes of the logits."""
+    log_p = F.log_softmax(p_logits.float(), dim=1)
+    log_q = F.log_softmax(q_logits.float(), dim=1)
+    return (log_p.exp() * (log_p - log_q)).sum(1).mean()
+
+
+def consistency(logits_clean: torch.Tensor, logits_adv: torch.Tensor, direction: str = "clean_to_adv",
+                detach_clean: bool = True) -> torch.Tensor:
+    """Clean/adversarial consistency.
+
+    clean_to_adv: KL(p || p'); adv_to_clean: KL(p' || p); symmetric: (KL(p||p') + KL(p'||p)) / 2,
+    with p = softmax(l_clean) (sg(l_clean) when detach_clean) and p' = softmax(l_adv).
+    """
+    if detach_clean:
+        logits_clean = logits_clean.detach()
+    if direction == "clean_to_adv":
+        return kl_divergence(logits_clean, logits_adv)
+    if direction == "adv_to_clean":
+        return kl_divergence(logits_adv, logits_clean)
+    if direction == "symmetric":
+        return 0.5 * (kl_divergence(logits_clean, logits_adv) + kl_divergence(logits_adv, logits_clean))
+    raise ValueError(f"consistency direction {direction!r}: allowed 'clean_to_adv', 'adv_to_clean', 'symmetric'")
+
+
+def pgd_at_loss(logits_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Madry et al.: CE on adversarial examples."""
+    return cross_entropy(logits_adv, y)
+
+
+def trades_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
+    """TRADES (Zhang et al. 2019): CE(clean) + beta * KL(p_clean || p_adv), gradient through both."""
+    return cross_entropy(logits_clean, y) + beta * kl_divergence(logits_clean, logits_adv)

@@ -1,0 +1,300 @@
+"""Backbones, the DPNP prototype head, and the classifier that joins them.
+
+Every model takes images in [0, 1] pixel space and normalises them itself, so attacks
+never need to know a dataset's mean and std.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .registry import Registry
+
+BACKBONES: Registry[Callable[[int], nn.Module]] = Registry("backbone")
+"""name -> factory(in_channels) returning a module with an `out_dim` attribute."""
+
+
+# ---------------------------------------------------------------------------- layers
+class Normalize(nn.Module):
+    """(x - mean) / std per channel; lives inside the model so attacks work on [0, 1] pixels."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+@BACKBONES.register("small_cnn")
+class SmallCNN(nn.Module):
+    """Three conv blocks and global average pooling: for digits (8x8) and tests, any input size."""
+
+    out_dim = 128
+
+    def __init__(self, in_channels: int = 1):
+        super().__init__()
+
+        def block(cin: int, cout: int, stride: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()
+            )
+
+        self.layers = nn.Sequential(block(in_channels, 32, 1), block(32, 64, 2), block(64, 128, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x).mean(dim=(2, 3))
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class PreActBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int = 1, drop: float = 0.0):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.drop = drop
+        self.shortcut = None
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(x))
+        shortcut = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv1(out)
+        out = F.relu(self.bn2(out))
+        if self.drop > 0:
+            out = F.dropout(out, self.drop, self.training)
+        return self.conv2(out) + shortcut
+
+
+def _stage(block: type, cin: int, cout: int, count: int, stride: int, **kw) -> tuple[nn.Sequential, int]:
+    layers = []
+    for s in [stride] + [1] * (count - 1):
+        layers.append(block(cin, cout, s, **kw))
+        cin = cout
+    return nn.Sequential(*layers), cout
+
+
+@BACKBONES.register("resnet18")
+class ResNet18(nn.Module):
+    """CIFAR ResNet-18 (3x3 stem, no max-pool), 512-d features."""
+
+    out_dim = 512
+
+    def __init__(self, in_channels: int = 3):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
+        stages, cin = [], 64
+        for cout, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
+            stage, cin = _stage(BasicBlock, cin, cout, 2, stride)
+            stages.append(stage)
+        self.stages = nn.Sequential(*stages)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(x)).mean(dim=(2, 3))
+
+
+@BACKBONES.register("preact_resnet18")
+class PreActResNet18(nn.Module):
+    """Pre-activation ResNet-18 (He et al. 2016; Rice et al.'s robust-overfitting setup), 512-d."""
+
+    out_dim = 512
+
+    def __init__(self, in_channels: int = 3):
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+        stages, cin = [], 64
+        for cout, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
+            stage, cin = _stage(PreActBlock, cin, cout, 2, stride)
+            stages.append(stage)
+        self.stages = nn.Sequential(*stages)
+        self.bn = nn.BatchNorm2d(512)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.stages(self.stem(x)))).mean(dim=(2, 3))
+
+
+class WideResNet(nn.Module):
+    """WideResNet-depth-width (Zagoruyko & Komodakis), pre-activation blocks."""
+
+    def __init__(self, in_channels: int = 3, depth: int = 34, width: int = 10, drop: float = 0.0):
+        super().__init__()
+        if (depth - 4) % 6:
+            raise ValueError(f"WideResNet depth={depth}: must be 6n+4")
+        n = (depth - 4) // 6
+        widths = [16, 16 * width, 32 * width, 64 * width]
+        self.stem = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        stages, cin = [], widths[0]
+        for cout, stride in zip(widths[1:], (1, 2, 2)):
+            stage, cin = _stage(PreActBlock, cin, cout, n, stride, drop=drop)
+            stages.append(stage)
+        self.stages = nn.Sequential(*stages)
+        self.bn = nn.BatchNorm2d(widths[-1])
+        self.out_dim = widths[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.stages(self.stem(x)))).mean(dim=(2, 3))
+
+
+@BACKBONES.register("wrn_34_10")
+def wrn_34_10(in_channels: int = 3) -> WideResNet:
+    """WideResNet-34-10, 640-d features: the field's large CIFAR model."""
+    return WideResNet(in_channels, depth=34, width=10)
+
+
+# ---------------------------------------------------------------------------- heads
+def prototype_logits(z: torch.Tensor, prototypes: torch.Tensor, form: str = "dot", scale: float = 1.0) -> torch.Tensor:
+    """Logits from features and prototypes (the prototypes are the classifier weights).
+
+    dot:    l_ij = <z_i, c_j>
+    cosine: l_ij = s * cos(z_i, c_j)
+    """
+    if form == "dot":
+        return z @ prototypes.t()
+    if form == "cosine":
+        return scale * F.normalize(z, dim=1) @ F.normalize(prototypes, dim=1).t()
+    raise ValueError(f"logit form {form!r}: allowed 'dot', 'cosine'")
+
+
+class PrototypeHead(nn.Module):
+    """One prototype per class on a sphere of radius alpha; also the classifier weights.
+
+    constraint="normalize": c_j = alpha * v_j / ||v_j|| (holds by construction).
+    constraint="project": c_j = v_j, projected back onto the sphere after each optimizer step
+    (call `project_()`).
+    """
+
+    def __init__(self, num_classes: int, dim: int, radius: float, logit_form: str = "dot",
+                 logit_scale: float = 10.0, constraint: str = "normalize"):
+        super().__init__()
+        if constraint not in ("normalize", "project"):
+            raise ValueError(f"prototype constraint {constraint!r}: allowed 'normalize', 'project'")
+        self.radius = radius
+        self.logit_form = logit_form
+        self.logit_scale = logit_scale
+        self.constraint = constraint
+        raw = torch.randn(num_classes, dim)
+        self.raw = nn.Parameter(radius * F.normalize(raw, dim=1))
+
+    def prototypes(self) -> torch.Tensor:
+        if self.constraint == "normalize":
+            return self.radius * F.normalize(self.raw, dim=1)
+        return self.raw
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        if self.constraint == "project":
+            self.raw.copy_(self.radius * F.normalize(self.raw, dim=1))
+
+    def logits(self, z: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+        return prototype_logits(z, prototypes, self.logit_form, self.logit_scale)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.logits(z, self.prototypes())
+
+
+class Classifier(nn.Module):
+    """normalize -> backbone -> optional linear projection -> head. forward(x) gives logits."""
+
+    def __init__(self, normalize: Normalize, backbone: nn.Module, head: nn.Module,
+                 projection: nn.Module | None = None):
+        super().__init__()
+        self.normalize = normalize
+        self.backbone = backbone
+        self.projection = projection if projection is not None else nn.Identity()
+        self.head = head
+
+    @property
+    def has_prototypes(self) -> bool:
+        return isinstance(self.head, PrototypeHead)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projection(self.backbone(self.normalize(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+@dataclass
+class BranchOutputs:
+    """What one training forward produces; absent branches are None."""
+
+    z: torch.Tensor | None
+    logits: torch.Tensor | None
+    z_adv: torch.Tensor | None
+    logits_adv: torch.Tensor | None
+    prototypes: torch.Tensor | None  # live (not detached) c, for the NPR term
+
+
+class DualBranchForward(nn.Module):
+    """The one module DDP wraps: both branches run in a single forward call.
+
+    DDP syncs gradients for parameters reached from its wrapper's forward; running the clean
+    and the adversarial pass inside one call (separate backbone passes, so BatchNorm sees
+    each batch on its own) keeps one backward per step correct under DDP.
+    `detach_clean` / `detach_adv` stop the gradient to the prototypes in that branch.
+    """
+
+    def __init__(self, net: Classifier):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor | None, x_adv: torch.Tensor | None = None,
+                detach_clean: bool = False, detach_adv: bool = True) -> BranchOutputs:
+        net = self.net
+        c = net.head.prototypes() if net.has_prototypes else None
+
+        def branch(inputs: torch.Tensor | None, detach: bool):
+            if inputs is None:
+                return None, None
+            z = net.features(inputs)
+            if c is None:
+                return z, net.head(z)
+            return z, net.head.logits(z, c.detach() if detach else c)
+
+        z, logits = branch(x, detach_clean)
+        z_adv, logits_adv = branch(x_adv, detach_adv)
+        return BranchOutputs(z, logits, z_adv, logits_adv, c)
+
+
+def build_model(*, backbone: str, num_classes: int, in_channels: int, mean: Sequence[float],
+                std: Sequence[float], prototype_head: bool, feature_dim: int = 0, prototype_radius: float = 3.0,
+                logit_form: str = "dot", logit_scale: float = 10.0, prototype_constraint: str = "normalize") -> Classifier:
+    """A classifier with a prototype head (DPNP methods) or a softmax linear head (baselines)."""
+    body = BACKBONES.get(backbone)(in_channels)
+    dim = body.out_dim
+    projection = None
+    if feature_dim:
+        projection = nn.Linear(dim, feature_dim)
+        dim = feature_dim
+    if prototype_head:
+        head: nn.Module = PrototypeHead(num_classes, dim, prototype_radius, logit_form, logit_scale, prototype_constraint)
+    else:
+        head = nn.Linear(dim, num_classes)
+    return Classifier(Normalize(mean, std), body, head, projection)

@@ -1,0 +1,133 @@
+"""One optimisation step for every method, the Adv-DPNP dual-branch step among them.
+
+`method_loss` maps a config onto the pure loss terms of losses.py; `train_step` makes the
+training adversary, runs one forward of both branches, and does one backward.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import losses
+from .attacks import eval_mode, pgd
+from .config import ExperimentConfig
+from .models import BranchOutputs, Classifier
+from .runtime import Precision
+
+#: prototype_update -> (stop-gradient on c in the clean branch, in the adversarial branch)
+PROTOTYPE_DETACH = {"clean": (False, True), "adversarial": (True, False), "both": (False, False)}
+
+
+def adv_dpnp_loss(out: BranchOutputs, y: torch.Tensor, cfg: ExperimentConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """L = L_clean + beta_adv * L_adv + lambda_cons * KL (PAPER.md B7); also the `dpnp` clean-only loss.
+
+    L_clean = CE(z, c) + lambda_ppa PPA(z, c) + lambda_npr NPR,  L_adv = CE(z', c) + lambda_ppa PPA(z', c)
+    [+ lambda_npr NPR(z', c) for the sample form], where each branch sees c or sg(c) according to
+    prototype_update. The prototype-form NPR depends on c alone, so it always sees the live c
+    (it belongs to whichever branch updates the prototypes). Switched-off terms are not computed.
+    """
+    c = out.prototypes
+    detach_clean, detach_adv = PROTOTYPE_DETACH[cfg.prototype_update]
+    c_clean = c.detach() if detach_clean else c
+    c_adv = c.detach() if detach_adv else c
+    use_ppa = cfg.use_ppa and cfg.lambda_ppa > 0
+    use_npr = cfg.use_npr and cfg.lambda_npr > 0
+    terms: dict[str, torch.Tensor] = {}
+
+    terms["ce"] = losses.cross_entropy(out.logits, y)
+    total = terms["ce"]
+    if use_ppa:
+        terms["ppa"] = losses.ppa(out.z, c_clean, y, cfg.ppa_form)
+        total = total + cfg.lambda_ppa * terms["ppa"]
+    if use_npr:
+        if cfg.npr_form == "prototype":
+            terms["npr"] = losses.npr_prototype(c)
+        else:
+            terms["npr"] = losses.npr_sample(out.z, c_clean, y)
+        total = total + cfg.lambda_npr * terms["npr"]
+
+    if out.logits_adv is not None:
+        adv_total = terms["ce_adv"] = losses.cross_entropy(out.logits_adv, y)
+        if use_ppa:
+            terms["ppa_adv"] = losses.ppa(out.z_adv, c_adv, y, cfg.ppa_form)
+            adv_total = adv_total + cfg.lambda_ppa * terms["ppa_adv"]
+        if use_npr and cfg.npr_form == "sample":
+            terms["npr_adv"] = losses.npr_sample(out.z_adv, c_adv, y)
+            adv_total = adv_total + cfg.lambda_npr * terms["npr_adv"]
+        total = total + cfg.beta_adv * adv_total
+        if cfg.use_consistency and cfg.lambda_cons > 0:
+            terms["cons"] = losses.consistency(out.logits, out.logits_adv, cfg.consistency_direction,
+                                               cfg.consistency_detach_clean)
+            total = total + cfg.lambda_cons * terms["cons"]
+    terms["total"] = total
+    return total, terms
+
+
+def method_loss(out: BranchOutputs, y: torch.Tensor, cfg: ExperimentConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The training loss of cfg.method and its named terms."""
+    if cfg.method in ("adv_dpnp", "dpnp"):
+        return adv_dpnp_loss(out, y, cfg)
+    if cfg.method == "pgd_at":
+        total = losses.pgd_at_loss(out.logits_adv, y)
+        return total, {"ce_adv": total, "total": total}
+    if cfg.method == "trades":
+        ce = losses.cross_entropy(out.logits, y)
+        kl = losses.kl_divergence(out.logits, out.logits_adv)
+        total = ce + cfg.trades_beta * kl
+        return total, {"ce": ce, "trades_kl": kl, "total": total}
+    raise ValueError(f"method {cfg.method!r}: allowed adv_dpnp, pgd_at, trades, dpnp")
+
+
+def training_adversary(net: Classifier, x: torch.Tensor, y: torch.Tensor, cfg: ExperimentConfig, eps: float,
+                       generator: torch.Generator | None, precision: Precision) -> torch.Tensor:
+    """The training attack (PAPER.md B8): L-inf PGD on the prototype logits, prototypes fixed.
+
+    Runs on the unwrapped network (no DDP hooks), BatchNorm in eval mode unless
+    attack_bn_mode='train'. TRADES maximizes KL to the clean prediction instead of CE.
+    """
+    reference = None
+    loss = cfg.train_attack_loss
+    with eval_mode(net, enabled=cfg.attack_bn_mode == "eval"), precision.autocast():
+        if cfg.method == "trades":
+            loss = "kl"
+            with torch.no_grad():
+                reference = net(x)
+        # The step size follows the scheduled eps: eps_t / 4 by default, 2/255 at 8/255.
+        step_size = cfg.train_step_size * eps / cfg.eps if cfg.eps else 0.0
+        return pgd(net, x, y, eps=eps, step_size=step_size,
+                   steps=cfg.train_attack_steps, loss=loss, random_start=cfg.train_attack_random_start,
+                   generator=generator, reference=reference)
+
+
+def train_step(forward: nn.Module, net: Classifier, x: torch.Tensor, y: torch.Tensor, cfg: ExperimentConfig, *,
+               eps: float, optimizer: torch.optim.Optimizer, precision: Precision,
+               generator: torch.Generator | None = None, scaler: Any = None) -> dict[str, torch.Tensor]:
+    """Attack, one forward through `forward` (a DualBranchForward, maybe DDP-wrapped), one backward, one step.
+
+    Returns detached per-batch tensors (loss terms, correct counts); nothing is synced to the host.
+    """
+    x_adv = training_adversary(net, x, y, cfg, eps, generator, precision) if cfg.is_adversarial else None
+    clean_input = None if cfg.method == "pgd_at" else x
+    detach_clean, detach_adv = PROTOTYPE_DETACH[cfg.prototype_update]
+    with precision.autocast():
+        out: BranchOutputs = forward(clean_input, x_adv, detach_clean=detach_clean, detach_adv=detach_adv)
+    loss, terms = method_loss(out, y, cfg)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    if net.has_prototypes:
+        net.head.project_()
+    stats = {f"loss_{k}": v.detach() for k, v in terms.items()}
+    if out.logits is not None:
+        stats["correct_clean"] = (out.logits.argmax(1) == y).sum()
+    if out.logits_adv is not None:
+        stats["correct_adv"] = (out.logits_adv.argmax(1) == y).sum()
+    return stats

@@ -1,0 +1,225 @@
+"""The training loop: a plain function of a config, with no Ray in it.
+
+`train(cfg)` runs in one process; ray_glue.py runs the same function in every Ray Train
+worker with a DistributedEnvironment, an `on_epoch` callback that reports and checkpoints,
+and `resume` set from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from .config import ExperimentConfig
+from .data import DatasetInfo, DatasetSplits, Split, augment, load_dataset, to_float
+from .environment import LocalEnvironment
+from .evaluate import correct_counts, pgd_attack
+from .models import Classifier, DualBranchForward, build_model
+from .runtime import Precision, resolve_device
+from .schedules import make_eps_schedule, make_lr_scheduler
+from .step import train_step
+
+CHECKPOINT_VERSION = 1
+EpochCallback = Callable[[dict[str, Any], Callable[[], dict[str, Any]]], None]
+"""on_epoch(metrics, make_checkpoint_state): called on every rank after each epoch."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the message names the epoch and step."""
+
+
+@dataclass
+class TrainResult:
+    net: Classifier
+    history: list[dict[str, Any]]
+    best_epoch: int
+    stopped_early: bool
+    info: DatasetInfo
+    precision: str
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def model_from_config(cfg: ExperimentConfig, info: DatasetInfo) -> Classifier:
+    return build_model(
+        backbone=cfg.model, num_classes=info.num_classes, in_channels=info.image_shape[0], mean=info.mean,
+        std=info.std, prototype_head=cfg.uses_prototypes, feature_dim=cfg.feature_dim,
+        prototype_radius=cfg.prototype_radius, logit_form=cfg.logit_form, logit_scale=cfg.logit_scale,
+        prototype_constraint=cfg.prototype_constraint,
+    )
+
+
+def make_optimizer(cfg: ExperimentConfig, net: torch.nn.Module) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               nesterov=cfg.nesterov and cfg.momentum > 0)
+    return torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def load_data(cfg: ExperimentConfig) -> DatasetSplits:
+    return load_dataset(cfg.dataset, cfg.data_root, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed,
+                        download=cfg.download)
+
+
+def train_loader(split: Split, cfg: ExperimentConfig, env: LocalEnvironment) -> DataLoader:
+    """Shuffled batches of this rank's shard; the order of epoch e depends on (seed, e) only,
+    so a resumed run sees the same batches as an undisturbed one."""
+    dataset = TensorDataset(split.images, split.labels)
+    sampler = DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True,
+                                 seed=cfg.seed, drop_last=True)
+    per_rank = max(1, len(sampler))
+    return DataLoader(dataset, batch_size=min(cfg.batch_size, per_rank), sampler=sampler,
+                      drop_last=per_rank > cfg.batch_size, pin_memory=env.device.type == "cuda")
+
+
+def _generator(device: torch.device, seed: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def train(cfg: ExperimentConfig, *, env: LocalEnvironment | None = None, data: DatasetSplits | None = None,
+          resume: dict[str, Any] | None = None, on_epoch: EpochCallback | None = None,
+          log: Callable[[str], None] | None = None) -> TrainResult:
+    """Train cfg.method for cfg.epochs, select a model on the validation split, return it.
+
+    Each epoch records every loss term, train clean/adversarial accuracy, validation clean
+    and PGD accuracy, the eps and LR in force, images/s and seconds. `resume` is a state
+    from `on_epoch`'s make_checkpoint_state(); training continues after its epoch.
+    """
+    cfg = cfg.resolved()
+    env = env or LocalEnvironment(resolve_device(cfg.device))
+    data = data or load_data(cfg)
+    device = env.device
+    torch.manual_seed(cfg.seed)
+    net = model_from_config(cfg, data.info).to(device)
+    if cfg.channels_last and device.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        net.backbone = torch.compile(net.backbone)
+    forward = env.wrap_model(DualBranchForward(net))
+    precision = Precision.choose(cfg.precision, device)
+    scaler = precision.grad_scaler()
+    optimizer = make_optimizer(cfg, net)
+    scheduler = make_lr_scheduler(optimizer, cfg.lr_schedule, cfg.epochs, cfg.lr_milestones, cfg.lr_gamma)
+    loader = train_loader(data.train, cfg, env)
+    eps_at = make_eps_schedule(cfg.eps_schedule, cfg.eps, warmup_epochs=cfg.eps_warmup_epochs,
+                               steps_per_epoch=len(loader), start=cfg.eps_start)
+    attack_gen = _generator(device, 1_000_003 * cfg.seed + 2 * env.rank + 1)
+    augment_gen = _generator(device, 1_000_003 * cfg.seed + 2 * env.rank + 2)
+    val_attack = pgd_attack(cfg.eps, cfg.eval_step, cfg.val_attack_steps, precision)
+
+    history: list[dict[str, Any]] = []
+    best = {"metric": float("-inf"), "epoch": -1, "state": None, "bad_epochs": 0}
+    start_epoch = 0
+    if resume is not None:
+        if resume.get("version") != CHECKPOINT_VERSION:
+            raise ValueError(f"checkpoint version {resume.get('version')!r}: this code reads {CHECKPOINT_VERSION}")
+        net.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        if scaler is not None and resume.get("scaler"):
+            scaler.load_state_dict(resume["scaler"])
+        attack_gen.set_state(resume["attack_rng"][env.rank].to("cpu"))
+        augment_gen.set_state(resume["augment_rng"][env.rank].to("cpu"))
+        history = list(resume["history"])
+        best = dict(resume["best"])
+        start_epoch = int(resume["epoch"]) + 1
+
+    stopped_early = False
+    for epoch in range(start_epoch, cfg.epochs):
+        if cfg.early_stop_patience and best["bad_epochs"] >= cfg.early_stop_patience:
+            stopped_early = True
+            break
+        loader.sampler.set_epoch(epoch)
+        net.train()
+        started = time.perf_counter()
+        sums: dict[str, torch.Tensor] = {}
+        seen = torch.zeros((), device=device)
+        first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        eps = cfg.eps
+        for step, (xb, yb) in enumerate(loader):
+            x = augment(to_float(xb.to(device, non_blocking=True)), data.info.augmentation, augment_gen)
+            y = yb.to(device, non_blocking=True)
+            if cfg.channels_last and device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            eps = eps_at(epoch, step)
+            stats = train_step(forward, net, x, y, cfg, eps=eps, optimizer=optimizer, precision=precision,
+                               generator=attack_gen, scaler=scaler)
+            # Track the first bad step on the device: no host sync inside the loop.
+            bad = ~torch.isfinite(stats["loss_total"]) & (first_bad < 0)
+            first_bad = torch.where(bad, torch.full_like(first_bad, step), first_bad)
+            for key, value in stats.items():
+                weight = 1 if key.startswith("correct") else len(y)
+                sums[key] = sums.get(key, 0) + value.float() * weight
+            seen += len(y)
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        bad_step = int(first_bad)
+        if bad_step >= 0:
+            raise NonFiniteLossError(f"training loss became non-finite at epoch {epoch}, step {bad_step} "
+                                     f"(method={cfg.method}, lr={lr}, eps={eps_at(epoch, bad_step):.5f})")
+        keys = sorted(sums)
+        reduced = env.all_reduce_sum(torch.stack([sums[k] for k in keys] + [seen]))
+        total_seen = float(reduced[-1])
+        seconds = time.perf_counter() - started
+        record: dict[str, Any] = {"epoch": epoch}
+        for key, value in zip(keys, reduced[:-1].tolist()):
+            name = key.replace("correct_", "train_") + "_acc" if key.startswith("correct") else key
+            record[name] = value / total_seen
+        clean_correct, n_val = correct_counts(net, data.val, None, env=env, batch_size=cfg.eval_batch_size,
+                                              precision=precision)
+        robust_correct, _ = correct_counts(net, data.val, val_attack, env=env, batch_size=cfg.eval_batch_size,
+                                           precision=precision, seed=cfg.seed)
+        record.update(
+            val_clean_acc=clean_correct / n_val, val_robust_acc=robust_correct / n_val, eps=eps, lr=lr,
+            images_per_s=total_seen / seconds, epoch_seconds=seconds,
+            eval_seconds=time.perf_counter() - started - seconds,
+        )
+        metric = {"val_robust": record["val_robust_acc"], "val_clean": record["val_clean_acc"],
+                  "last": float(epoch)}[cfg.select_metric]
+        if metric > best["metric"]:
+            best = {"metric": metric, "epoch": epoch, "bad_epochs": 0,
+                    "state": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}}
+        else:
+            best["bad_epochs"] += 1
+        record["best_epoch"] = best["epoch"]
+        history.append(record)
+        if log is not None and env.is_main:
+            log(format_epoch(record))
+        if on_epoch is not None:
+            def make_state(epoch=epoch) -> dict[str, Any]:
+                return {
+                    "version": CHECKPOINT_VERSION, "epoch": epoch, "config": cfg.to_dict(),
+                    "model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else {},
+                    "attack_rng": _gather_rng(attack_gen, env), "augment_rng": _gather_rng(augment_gen, env),
+                    "history": copy.deepcopy(history), "best": best,
+                }
+
+            on_epoch(record, make_state)
+
+    if best["state"] is not None:
+        net.load_state_dict(best["state"])
+    return TrainResult(net, history, best["epoch"], stopped_early, data.info, precision.name)
+
+
+def _gather_rng(generator: torch.Generator, env: LocalEnvironment) -> list[torch.Tensor]:
+    """Every rank's generator state, so each worker resumes its own random stream."""
+    state = generator.get_state()
+    if env.world_size == 1:
+        return [state]
+    import torch.distributed as dist
+
+    states: list[Any] = [None] * env.world_size
+    dist.all_gather_object(states, state)
+    return states
+
+
+def format_epoch(record: dict[str, Any]) -> str:
+    return (f"epoch {record['epoch']:3d}  loss {record.get('loss_total', float('nan')):.4f}  "
+            f"train clean {record.get('train_clean_acc', float('nan')):.3f} adv {record.get('train_adv_acc', float('nan')):.3f}  "
+            f"val clean {record['val_clean_acc']:.3f} robust {record['val_robust_acc']:.3f}  "
+            f"eps {record['eps']:.4f} lr {record['lr']:.4g}  {record['images_per_s']:.0f} img/s {record['epoch_seconds']:.1f}s")

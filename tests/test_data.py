@@ -1,0 +1,406 @@
+"""Tests for dpnp_ray.data: loaders read tiny files written in the released formats (no downloads)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+import torch
+
+from dpnp_ray import data
+from dpnp_ray.data import (
+    DataError,
+    DatasetInfo,
+    Split,
+    augment,
+    dataset_info,
+    dataset_names,
+    load_dataset,
+    make_loader,
+    register_dataset,
+    stratified_split,
+    to_float,
+)
+
+
+# ---------------------------------------------------------------- writers of the released formats
+
+
+def cifar_pixel(i: int, c: int, h: int, w: int) -> int:
+    """The known pattern written into example i: distinct enough to catch any axis mix-up."""
+    return (i * 37 + c * 101 + h * 7 + w * 3) % 256
+
+
+def cifar_rows(offset: int, n: int) -> np.ndarray:
+    """(n, 3072) uint8 laid out as documented: 1024 red, 1024 green, 1024 blue, each row-major."""
+    rows = np.zeros((n, 3072), dtype=np.uint8)
+    for i in range(n):
+        for k in range(3072):
+            c, rest = divmod(k, 1024)
+            h, w = divmod(rest, 32)
+            rows[i, k] = cifar_pixel(offset + i, c, h, w)
+    return rows
+
+
+def dump(obj, path: Path, protocol: int) -> None:
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=protocol)
+
+
+def write_cifar10(root: Path, per_batch: int = 4, n_test: int = 3, protocol: int = 2) -> Path:
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for b in range(5):
+        labels = [(b * per_batch + i) % 10 for i in range(per_batch)]
+        dump({b"batch_label": b"training batch", b"data": cifar_rows(b * per_batch, per_batch), b"labels": labels,
+              b"filenames": [b"x.png"] * per_batch}, folder / f"data_batch_{b + 1}", protocol)
+    dump({b"data": cifar_rows(1000, n_test), b"labels": [9 - i for i in range(n_test)]}, folder / "test_batch", protocol)
+    dump({b"label_names": [b"c%d" % k for k in range(10)], b"num_vis": 3072}, folder / "batches.meta", protocol)
+    return folder
+
+
+def write_cifar100(root: Path, n_train: int = 6, n_test: int = 2) -> Path:
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    dump({b"data": cifar_rows(0, n_train), b"fine_labels": [99 - i for i in range(n_train)],
+          b"coarse_labels": [0] * n_train}, folder / "train", 4)
+    dump({b"data": cifar_rows(500, n_test), b"fine_labels": [42] * n_test, b"coarse_labels": [0] * n_test},
+         folder / "test", 4)
+    dump({b"fine_label_names": [b"f%d" % k for k in range(100)], b"coarse_label_names": [b"c"] * 20},
+         folder / "meta", 4)
+    return folder
+
+
+def svhn_arrays(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, size=(32, 32, 3, n), dtype=np.uint8)  # (H, W, C, N) as released
+    y = (np.arange(n) % 10 + 1).astype(np.uint8).reshape(n, 1)  # 1..10, 10 meaning digit 0
+    return x, y
+
+
+def write_svhn(root: Path, n_train: int = 12, n_test: int = 5) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    folder = root / "svhn"
+    folder.mkdir(parents=True)
+    arrays = {"train": svhn_arrays(n_train, 0), "test": svhn_arrays(n_test, 1)}
+    for split, (x, y) in arrays.items():
+        scipy.io.savemat(folder / f"{split}_32x32.mat", {"X": x, "y": y})
+    return arrays
+
+
+# ---------------------------------------------------------------- registry
+
+
+def test_registry_lists_the_datasets_and_their_threat_models():
+    assert dataset_names() == ("cifar10", "cifar100", "digits", "svhn")
+    assert dataset_info("cifar10").default_eps == pytest.approx(8 / 255)
+    assert dataset_info("svhn").augmentation == "crop"
+    assert dataset_info("cifar100").augmentation == "crop_flip"
+    assert dataset_info("digits").augmentation == "none" and dataset_info("digits").default_eps == 0.1
+    for name in dataset_names():
+        info = dataset_info(name)
+        assert len(info.mean) == len(info.std) == info.image_shape[0]
+
+
+def test_unknown_dataset_name_lists_known_names():
+    with pytest.raises(DataError) as err:
+        load_dataset("imagenet")
+    msg = str(err.value)
+    assert "imagenet" in msg and all(name in msg for name in dataset_names())
+    assert isinstance(err.value, ValueError)
+
+
+def test_registering_a_dataset_makes_it_loadable_and_names_are_unique(monkeypatch):
+    monkeypatch.setattr(data, "DATASETS", dict(data.DATASETS))
+    info = DatasetInfo("toy", 2, (1, 2, 2), (0.5,), (0.5,), 0.1, "none")
+
+    @register_dataset(info)
+    def load_toy(root, download):
+        labels = torch.arange(20) % 2
+        return Split(torch.rand(20, 1, 2, 2), labels), Split(torch.rand(4, 1, 2, 2), labels[:4])
+
+    splits = load_dataset("toy", val_fraction=0.2)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (16, 4, 4)
+    with pytest.raises(DataError, match="toy"):
+        register_dataset(info)(load_toy)
+
+
+# ---------------------------------------------------------------- digits and the validation split
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", split_seed=0)
+
+
+def test_digits_shapes_dtypes_and_value_range(digits):
+    assert len(digits.train) + len(digits.val) + len(digits.test) == 1797
+    for split in (digits.train, digits.val, digits.test):
+        assert split.images.dtype == torch.float32 and split.images.shape[1:] == (1, 8, 8)
+        assert split.labels.dtype == torch.int64
+        assert 0 <= split.images.min() and split.images.max() <= 1
+        assert torch.equal(split.images * 16, (split.images * 16).round())  # 17 grey levels
+        assert set(split.labels.tolist()) == set(range(10))
+    assert len(digits.test) == pytest.approx(0.2 * 1797, abs=10)
+    assert len(digits.val) == pytest.approx(0.1 * (len(digits.train) + len(digits.val)), abs=10)
+
+
+def test_digits_test_split_is_fixed_while_val_follows_split_seed(digits):
+    other = load_dataset("digits", split_seed=1)
+    assert torch.equal(other.test.images, digits.test.images) and torch.equal(other.test.labels, digits.test.labels)
+    assert not torch.equal(other.val.images, digits.val.images)
+    again = load_dataset("digits", split_seed=0)
+    assert torch.equal(again.val.images, digits.val.images)
+
+
+def test_digits_parts_partition_the_dataset(digits):
+    from sklearn.datasets import load_digits
+
+    def rows(images: torch.Tensor) -> Counter:
+        levels = (images.reshape(len(images), -1) * 16).round().to(torch.uint8).numpy()
+        return Counter(row.tobytes() for row in levels)
+
+    everything = torch.from_numpy(load_digits().images.astype(np.float32) / 16).unsqueeze(1)
+    # Equal multisets of rows: no example is reused or lost (digits has duplicate images, so not sets).
+    assert rows(digits.train.images) + rows(digits.val.images) + rows(digits.test.images) == rows(everything)
+
+
+def test_val_is_stratified(digits):
+    train_counts = torch.bincount(digits.train.labels, minlength=10)
+    val_counts = torch.bincount(digits.val.labels, minlength=10)
+    for n_val, n_total in zip(val_counts.tolist(), (train_counts + val_counts).tolist()):
+        assert n_val == round(0.1 * n_total)
+
+
+def test_digits_mean_std_match_the_train_images(digits):
+    pixels = torch.cat([digits.train.images, digits.val.images])
+    info = dataset_info("digits")
+    assert info.mean[0] == pytest.approx(pixels.mean().item(), abs=1e-4)
+    assert info.std[0] == pytest.approx(pixels.std(unbiased=False).item(), abs=1e-4)
+
+
+def test_stratified_split_partitions_each_class():
+    labels = torch.tensor([0] * 50 + [1] * 7 + [2] * 2 + [3])
+    keep, held = stratified_split(labels, 0.2, seed=3)
+    assert torch.equal(torch.cat([keep, held]).sort().values, torch.arange(len(labels)))
+    assert torch.bincount(labels[held], minlength=4).tolist() == [10, 1, 1, 0]  # singleton stays in keep
+    assert set(labels[keep].tolist()) == {0, 1, 2, 3}
+    assert torch.equal(stratified_split(labels, 0.2, seed=3)[1], held)
+    assert not torch.equal(stratified_split(labels, 0.2, seed=4)[1], held)
+
+
+@pytest.mark.parametrize("bad", [0, 1, -0.1, 1.5, float("nan"), "0.1", True])
+def test_val_fraction_outside_unit_interval_is_refused(bad):
+    with pytest.raises(DataError, match="val_fraction") as err:
+        load_dataset("digits", val_fraction=bad)
+    assert repr(bad) in str(err.value)
+
+
+# ---------------------------------------------------------------- CIFAR and SVHN from released-format files
+
+
+@pytest.mark.parametrize("protocol", [2, 5])  # Python 2 files (the release) and numpy 2's protocol-5 path
+def test_cifar10_reads_released_layout(tmp_path, protocol):
+    write_cifar10(tmp_path, per_batch=4, n_test=3, protocol=protocol)
+    splits = load_dataset("cifar10", tmp_path, val_fraction=0.5, split_seed=0)
+    assert len(splits.train) + len(splits.val) == 20 and len(splits.test) == 3
+    test = splits.test
+    assert test.images.dtype == torch.uint8 and test.images.shape == (3, 3, 32, 32)
+    assert test.labels.tolist() == [9, 8, 7]
+    expected = torch.tensor([[[[cifar_pixel(1000 + i, c, h, w) for w in range(32)] for h in range(32)]
+                              for c in range(3)] for i in range(3)], dtype=torch.uint8)
+    assert torch.equal(test.images, expected)
+    # The example of train index j carries label j % 10 and pattern j: check each one survived the split.
+    for split in (splits.train, splits.val):
+        for image, label in zip(split.images, split.labels):
+            j = next(j for j in range(20) if image[0, 0, 0] == cifar_pixel(j, 0, 0, 0) and image[2, 31, 5] == cifar_pixel(j, 2, 31, 5))
+            assert label == j % 10
+
+
+def test_cifar100_reads_fine_labels(tmp_path):
+    write_cifar100(tmp_path)
+    splits = load_dataset("cifar100", tmp_path, val_fraction=0.5)
+    assert splits.info.num_classes == 100
+    assert sorted(splits.train.labels.tolist() + splits.val.labels.tolist()) == [94, 95, 96, 97, 98, 99]
+    assert splits.test.labels.tolist() == [42, 42]
+    assert splits.test.images[1, 1, 2, 3] == cifar_pixel(501, 1, 2, 3)
+    assert splits.test.images[0, 2, 31, 30] == cifar_pixel(500, 2, 31, 30)
+
+
+def test_cifar_meta_of_the_other_dataset_is_refused(tmp_path):
+    folder = write_cifar10(tmp_path)
+    dump({b"label_names": [b"a", b"b"]}, folder / "batches.meta", 2)
+    with pytest.raises(DataError, match="batches.meta"):
+        load_dataset("cifar10", tmp_path)
+
+
+def test_svhn_reads_mat_files_and_maps_label_10_to_0(tmp_path):
+    arrays = write_svhn(tmp_path)
+    splits = load_dataset("svhn", tmp_path, val_fraction=0.5)
+    x, y = arrays["test"]
+    test = splits.test
+    assert test.images.dtype == torch.uint8 and test.images.shape == (5, 3, 32, 32)
+    assert test.labels.tolist() == [1, 2, 3, 4, 5]
+    for n, c, h, w in [(0, 0, 0, 0), (1, 2, 5, 17), (4, 1, 31, 0), (3, 0, 0, 31)]:
+        assert test.images[n, c, h, w] == x[h, w, c, n]
+    train_labels = torch.cat([splits.train.labels, splits.val.labels])
+    assert sorted(train_labels.tolist()) == sorted([1, 2, 3, 4, 5, 6, 7, 8, 9, 0] + [1, 2])
+    assert train_labels.dtype == torch.int64
+
+
+@pytest.mark.parametrize("name, folder", [("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python"),
+                                          ("svhn", "svhn")])
+def test_missing_files_without_download_name_the_path(tmp_path, name, folder):
+    with pytest.raises(DataError) as err:
+        load_dataset(name, tmp_path)
+    assert str(tmp_path / folder) in str(err.value) and "download=True" in str(err.value)
+
+
+def test_download_fetches_the_official_archive(tmp_path, monkeypatch):
+    import torchvision.datasets as tvd
+    import torchvision.datasets.utils as tv_utils
+
+    calls = []
+
+    def fake_download(url, download_root, filename=None, md5=None, **kwargs):
+        calls.append((url, filename, md5))
+        write_cifar10(Path(download_root))
+
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive", fake_download)
+    splits = load_dataset("cifar10", tmp_path, download=True)
+    assert calls == [(tvd.CIFAR10.url, tvd.CIFAR10.filename, tvd.CIFAR10.tgz_md5)]
+    assert len(splits.test) == 3
+
+
+class _RunsShell:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("nest", [False, True])
+def test_tampered_pickle_is_refused_without_running_it(tmp_path, nest):
+    folder = write_cifar10(tmp_path)
+    marker = tmp_path / "pwned"
+    payload = _RunsShell(marker)
+    evil = {b"data": cifar_rows(0, 1), b"labels": [payload]} if nest else payload
+    dump(evil, folder / "data_batch_1", 2)
+    with pytest.raises(DataError) as err:
+        load_dataset("cifar10", tmp_path)
+    assert str(folder / "data_batch_1") in str(err.value) and "system" in str(err.value)
+    assert not marker.exists()
+
+
+def test_corrupt_pickle_names_the_file(tmp_path):
+    folder = write_cifar10(tmp_path)
+    (folder / "test_batch").write_bytes(b"\x80\x02}q\x00")  # truncated
+    with pytest.raises(DataError, match="test_batch"):
+        load_dataset("cifar10", tmp_path)
+
+
+# ---------------------------------------------------------------- to_float and augment
+
+
+def test_to_float_scales_uint8_and_passes_floats():
+    x = torch.tensor([0, 51, 255], dtype=torch.uint8)
+    assert torch.allclose(to_float(x), torch.tensor([0.0, 0.2, 1.0]))
+    assert to_float(torch.tensor([0.5], dtype=torch.float64)).dtype == torch.float32
+    with pytest.raises(DataError, match="int64"):
+        to_float(torch.tensor([1]))
+
+
+def ramp(n: int, size: int = 32) -> torch.Tensor:
+    """Channel 0: value w + 1 at column w, so a crop reveals its offset and a flip reverses the ramp."""
+    x = torch.ones(n, 2, size, size)
+    x[:, 0] = torch.arange(1, size + 1, dtype=torch.float32)
+    return x
+
+
+@pytest.mark.parametrize("kind", ["none", "crop", "crop_flip"])
+def test_augment_keeps_shape_dtype_and_is_deterministic(kind):
+    x = (torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    state = torch.get_rng_state()
+    a = augment(x, kind, torch.Generator().manual_seed(1))
+    b = augment(x, kind, torch.Generator().manual_seed(1))
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG is untouched
+    assert a.shape == x.shape and a.dtype == x.dtype and torch.equal(a, b)
+    if kind == "none":
+        assert torch.equal(a, x)
+    else:
+        assert not torch.equal(augment(x, kind, torch.Generator().manual_seed(2)), a)
+
+
+def test_crop_flip_outputs_are_shifted_or_mirrored_crops():
+    x = torch.rand(16, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    out = augment(x, "crop_flip", torch.Generator().manual_seed(0))
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    for image, src in zip(out, padded):
+        candidates = [crop for dy in range(9) for dx in range(9)
+                      for crop in (src[:, dy:dy + 8, dx:dx + 8], src[:, dy:dy + 8, dx:dx + 8].flip(-1))]
+        assert any(torch.equal(image, crop) for crop in candidates)
+
+
+def test_crop_of_ones_leaves_a_zero_border_at_most_4_wide():
+    out = augment(torch.ones(500, 1, 32, 32), "crop_flip", torch.Generator().manual_seed(0))
+    ones = out[:, 0] == 1
+    assert torch.all((out == 0) | (out == 1))
+    rows, cols = ones.any(2), ones.any(1)  # which rows / columns hold image pixels
+    assert torch.equal(ones, rows[:, :, None] & cols[:, None, :])  # a rectangle of ones
+    assert rows.sum(1).min() >= 28 and cols.sum(1).min() >= 28
+    assert (rows.sum(1) < 32).any() and (cols.sum(1) < 32).any()  # the border does appear
+
+
+def test_crop_flip_flips_about_half_and_crop_never_flips():
+    x = ramp(4000)
+    center = slice(12, 20)  # inside the image for any offset up to 4
+    flips = lambda out: out[:, 0, 16, center].diff(dim=-1).lt(0).all(-1)  # noqa: E731
+    flipped = flips(augment(x, "crop_flip", torch.Generator().manual_seed(0)))
+    assert 0.45 < flipped.float().mean().item() < 0.55
+    out = augment(x, "crop", torch.Generator().manual_seed(0))
+    assert not flips(out).any()
+    dx = out[:, 0, 16, 16] - 17 + 4  # row 16 is never padding; column 16 shows source column 16 + dx - 4
+    assert set(dx.long().tolist()) == set(range(9))
+
+
+def test_augment_refuses_unknown_kind_and_unbatched_input():
+    with pytest.raises(DataError, match="crop_flip"):
+        augment(torch.zeros(1, 1, 4, 4), "cutout")
+    with pytest.raises(DataError, match="N, C, H, W"):
+        augment(torch.zeros(1, 4, 4), "crop")
+
+
+# ---------------------------------------------------------------- make_loader
+
+
+def indexed_split(n: int = 100) -> Split:
+    images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 2, 2).contiguous()
+    return Split(images, torch.arange(n))
+
+
+def epochs(loader, count: int = 2) -> list[list[int]]:
+    return [torch.cat([y for _, y in loader]).tolist() for _ in range(count)]
+
+
+def test_make_loader_is_deterministic_and_covers_each_example_once():
+    split = indexed_split()
+    first = epochs(make_loader(split, 16, shuffle=True, seed=7))
+    assert first == epochs(make_loader(split, 16, shuffle=True, seed=7))
+    assert first != epochs(make_loader(split, 16, shuffle=True, seed=8))
+    for order in first:
+        assert sorted(order) == list(range(100))
+    assert first[0] != first[1] and first[0] != list(range(100))  # reshuffled each epoch
+    x, y = next(iter(make_loader(split, 16, shuffle=True, seed=7)))
+    assert x.dtype == torch.uint8 and torch.equal(x[:, 0, 0, 0].long(), y)  # pairs stay together
+
+
+def test_make_loader_without_shuffle_and_with_drop_last():
+    split = indexed_split()
+    assert epochs(make_loader(split, 16, shuffle=False, seed=0), 1) == [list(range(100))]
+    loader = make_loader(split, 16, shuffle=True, seed=0, drop_last=True)
+    assert len(loader) == 6 and all(len(y) == 16 for _, y in loader)
