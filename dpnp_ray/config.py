@@ -114,6 +114,14 @@ class ExperimentConfig:
     eval_restarts: int = field(default=1, metadata=_range(1))
     eval_n: int = field(default=0, metadata=_range(0))  # 0: the whole test set
     eval_batch_size: int = field(default=500, metadata=_range(1))
+    # basic: clean, FGSM, PGD-k, CW-inf. quick (per search/ablation trial): + AutoAttack `apgd`
+    # (APGD-CE + APGD-T) on eval_aa_n points, PGD accuracy-vs-eps, masking checks, geometry,
+    # corruptions on eval_corruption_n points. full (final models): + AutoAttack `standard`, PGD-50x10.
+    eval_suite: str = field(default="quick", metadata=_choices("basic", "quick", "full"))
+    eval_aa_n: int = field(default=1000, metadata=_range(0))  # 0: the whole (eval_n) test set
+    eval_eps_curve: tuple[float, ...] = field(default=(0.0, 0.25, 0.5, 1.0, 1.5, 2.0), metadata=_range(0.0, 4.0))
+    eval_corruption_n: int = field(default=1000, metadata=_range(0))
+    corruption_root: str = ""  # a directory of released CIFAR-10-C / CIFAR-100-C .npy files, if you have them
     # --- execution
     device: str = field(default="auto", metadata=_choices("auto", "cpu", "cuda"))
     precision: str = field(default="auto", metadata=_choices("auto", "fp32", "bf16", "fp16"))

@@ -64,7 +64,7 @@ class DatasetSplits:
     test: Split
 
 
-Loader = Callable[[Path, bool], "tuple[Split, Split]"]
+Loader = Callable[[Path, bool], tuple[Split, Split]]
 DATASETS: dict[str, tuple[DatasetInfo, Loader]] = {}
 """name -> (info, loader); loader(root, download) returns (official train, official test)."""
 
@@ -393,10 +393,13 @@ def _svhn_split(path: Path) -> Split:
     mat = loadmat(str(path))
     for key in ("X", "y"):
         if key not in mat:
-            raise DataError(f"{path}: missing variable {key!r}; found {sorted(k for k in mat if not k.startswith('__'))}")
+            found = sorted(k for k in mat if not k.startswith("__"))
+            raise DataError(f"{path}: missing variable {key!r}; found {found}")
     x, y = np.asarray(mat["X"]), np.asarray(mat["y"]).astype(np.int64).reshape(-1)
     if x.dtype != np.uint8 or x.shape[:3] != (32, 32, 3) or x.ndim != 4 or x.shape[3] != len(y):
-        raise DataError(f"{path}: 'X' must be uint8 (32, 32, 3, N) with N = len(y) = {len(y)}, got {x.dtype} {x.shape}")
+        raise DataError(
+            f"{path}: 'X' must be uint8 (32, 32, 3, N) with N = len(y) = {len(y)}, got {x.dtype} {x.shape}"
+        )
     y[y == 10] = 0  # SVHN stores the digit 0 as class 10
     if len(y) and (y.min() < 0 or y.max() > 9):
         raise DataError(f"{path}: labels must lie in 1..10, got {y.min()}..{y.max()} after mapping 10 -> 0")

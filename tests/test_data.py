@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import struct
 from collections import Counter
 from pathlib import Path
 
@@ -38,29 +39,58 @@ def cifar_pixel(i: int, c: int, h: int, w: int) -> int:
 
 def cifar_rows(offset: int, n: int) -> np.ndarray:
     """(n, 3072) uint8 laid out as documented: 1024 red, 1024 green, 1024 blue, each row-major."""
-    rows = np.zeros((n, 3072), dtype=np.uint8)
-    for i in range(n):
-        for k in range(3072):
-            c, rest = divmod(k, 1024)
-            h, w = divmod(rest, 32)
-            rows[i, k] = cifar_pixel(offset + i, c, h, w)
-    return rows
+    c, rest = np.divmod(np.arange(3072), 1024)
+    h, w = np.divmod(rest, 32)
+    i = np.arange(offset, offset + n)[:, None]
+    return cifar_pixel(i, c, h, w).astype(np.uint8)
 
 
-def dump(obj, path: Path, protocol: int) -> None:
+def cifar_image(i: int) -> torch.Tensor:
+    """Example i as (C, H, W), built pixel by pixel from the pattern, independently of any reshape."""
+    return torch.tensor([[[cifar_pixel(i, c, h, w) for w in range(32)] for h in range(32)] for c in range(3)],
+                        dtype=torch.uint8)
+
+
+def py2_pickle(batch: dict[bytes, object]) -> bytes:
+    """Opcodes as Python 2's cPickle wrote the released files: numpy.core names, byte strings, protocol 2."""
+
+    def s(b: bytes) -> bytes:
+        return b"U" + bytes([len(b)]) + b
+
+    out = b"\x80\x02}("
+    for key, value in batch.items():
+        out += s(key)
+        if isinstance(value, np.ndarray):
+            out += b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85" + s(b"b") + b"\x87R("
+            out += b"K\x01(" + b"".join(b"J" + struct.pack("<i", d) for d in value.shape) + b"t"
+            out += b"cnumpy\ndtype\n" + s(b"u1") + b"K\x00K\x01\x87R(K\x03" + s(b"|")
+            out += b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
+            out += b"\x89T" + struct.pack("<I", value.nbytes) + value.tobytes() + b"tb"
+        else:  # a list of small ints
+            out += b"](" + b"".join(b"K" + bytes([v]) for v in value) + b"e"
+    return out + b"u."
+
+
+def dump(obj, path: Path, protocol: int | str) -> None:
+    """protocol "py2": the byte-level format of the released files (only for dicts of arrays and lists)."""
+    if protocol == "py2":
+        assert pickle.loads(py2_pickle(obj), encoding="bytes").keys() == obj.keys()  # the writer is sound
+        path.write_bytes(py2_pickle(obj))
+        return
     with open(path, "wb") as f:
         pickle.dump(obj, f, protocol=protocol)
 
 
-def write_cifar10(root: Path, per_batch: int = 4, n_test: int = 3, protocol: int = 2) -> Path:
+def write_cifar10(root: Path, per_batch: int = 4, n_test: int = 3, protocol: int | str = 2) -> Path:
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     for b in range(5):
         labels = [(b * per_batch + i) % 10 for i in range(per_batch)]
-        dump({b"batch_label": b"training batch", b"data": cifar_rows(b * per_batch, per_batch), b"labels": labels,
-              b"filenames": [b"x.png"] * per_batch}, folder / f"data_batch_{b + 1}", protocol)
-    dump({b"data": cifar_rows(1000, n_test), b"labels": [9 - i for i in range(n_test)]}, folder / "test_batch", protocol)
-    dump({b"label_names": [b"c%d" % k for k in range(10)], b"num_vis": 3072}, folder / "batches.meta", protocol)
+        batch = {b"data": cifar_rows(b * per_batch, per_batch), b"labels": labels}
+        dump(batch, folder / f"data_batch_{b + 1}", protocol)
+    test = {b"data": cifar_rows(1000, n_test), b"labels": [9 - i for i in range(n_test)]}
+    dump(test, folder / "test_batch", protocol)
+    dump({b"label_names": [b"c%d" % k for k in range(10)], b"num_vis": 3072}, folder / "batches.meta", 2)
     return folder
 
 
@@ -151,7 +181,8 @@ def test_digits_shapes_dtypes_and_value_range(digits):
 
 def test_digits_test_split_is_fixed_while_val_follows_split_seed(digits):
     other = load_dataset("digits", split_seed=1)
-    assert torch.equal(other.test.images, digits.test.images) and torch.equal(other.test.labels, digits.test.labels)
+    assert torch.equal(other.test.images, digits.test.images)
+    assert torch.equal(other.test.labels, digits.test.labels)
     assert not torch.equal(other.val.images, digits.val.images)
     again = load_dataset("digits", split_seed=0)
     assert torch.equal(again.val.images, digits.val.images)
@@ -203,7 +234,8 @@ def test_val_fraction_outside_unit_interval_is_refused(bad):
 # ---------------------------------------------------------------- CIFAR and SVHN from released-format files
 
 
-@pytest.mark.parametrize("protocol", [2, 5])  # Python 2 files (the release) and numpy 2's protocol-5 path
+# "py2": the release's own byte format; 2 and 5: files re-pickled by Python 3 (5 takes numpy's _frombuffer path).
+@pytest.mark.parametrize("protocol", ["py2", 2, 5])
 def test_cifar10_reads_released_layout(tmp_path, protocol):
     write_cifar10(tmp_path, per_batch=4, n_test=3, protocol=protocol)
     splits = load_dataset("cifar10", tmp_path, val_fraction=0.5, split_seed=0)
@@ -211,14 +243,16 @@ def test_cifar10_reads_released_layout(tmp_path, protocol):
     test = splits.test
     assert test.images.dtype == torch.uint8 and test.images.shape == (3, 3, 32, 32)
     assert test.labels.tolist() == [9, 8, 7]
-    expected = torch.tensor([[[[cifar_pixel(1000 + i, c, h, w) for w in range(32)] for h in range(32)]
-                              for c in range(3)] for i in range(3)], dtype=torch.uint8)
-    assert torch.equal(test.images, expected)
-    # The example of train index j carries label j % 10 and pattern j: check each one survived the split.
+    for i in range(3):
+        assert torch.equal(test.images[i], cifar_image(1000 + i))
+    # Train example j carries label j % 10 and pattern j; each must arrive intact in train or val, once.
+    seen = []
     for split in (splits.train, splits.val):
         for image, label in zip(split.images, split.labels):
-            j = next(j for j in range(20) if image[0, 0, 0] == cifar_pixel(j, 0, 0, 0) and image[2, 31, 5] == cifar_pixel(j, 2, 31, 5))
-            assert label == j % 10
+            j = {cifar_pixel(j, 0, 0, 0): j for j in range(20)}[int(image[0, 0, 0])]  # 37 j mod 256 is unique
+            assert torch.equal(image, cifar_image(j)) and label == j % 10
+            seen.append(j)
+    assert sorted(seen) == list(range(20))
 
 
 def test_cifar100_reads_fine_labels(tmp_path):

@@ -1,0 +1,150 @@
+"""Statistics over seeds: t confidence intervals, paired tests against the reference variant, Pareto fronts.
+
+Pure functions of numbers and DataFrames; nothing here draws or reads files.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats as scipy_stats
+
+#: names under which ablation studies record the full Adv-DPNP, in order of preference
+REFERENCE_VARIANTS = ("full", "adv_dpnp")
+
+PAIRED_TEST_NAME = "paired t-test over matching seeds (scipy.stats.ttest_rel, two-sided)"
+MIN_PAIRS_FOR_TEST = 2
+MIN_PAIRS_FOR_POWER = 5
+
+
+@dataclass(frozen=True)
+class Interval:
+    """mean ± t_{(1+c)/2, n-1} · s / sqrt(n); half_width is NaN when n < 2 (no spread to estimate)."""
+
+    mean: float
+    half_width: float
+    n: int
+    sd: float
+
+    @property
+    def low(self) -> float:
+        return self.mean - self.half_width
+
+    @property
+    def high(self) -> float:
+        return self.mean + self.half_width
+
+
+def t_interval(values: Iterable[float], confidence: float = 0.95) -> Interval:
+    """Student-t confidence interval of the mean of the finite values (NaN and None are dropped)."""
+    x = np.asarray([v for v in values if v is not None], dtype=float)
+    x = x[np.isfinite(x)]
+    n = len(x)
+    if n == 0:
+        return Interval(math.nan, math.nan, 0, math.nan)
+    if n == 1:
+        return Interval(float(x[0]), math.nan, 1, math.nan)
+    sd = float(x.std(ddof=1))
+    t = float(scipy_stats.t.ppf((1 + confidence) / 2, n - 1))
+    return Interval(float(x.mean()), t * sd / math.sqrt(n), n, sd)
+
+
+def summarize(frame: pd.DataFrame, by: str | Sequence[str], value: str, confidence: float = 0.95) -> pd.DataFrame:
+    """One row per group: mean, sd, n, half_width, low, high of `value` (a t-interval per group)."""
+    by = [by] if isinstance(by, str) else list(by)
+    rows = []
+    for key, group in frame.groupby(by, sort=False, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        ci = t_interval(group[value], confidence)
+        rows.append({**dict(zip(by, key)), "mean": ci.mean, "sd": ci.sd, "n": ci.n, "half_width": ci.half_width,
+                     "low": ci.low, "high": ci.high})
+    return pd.DataFrame(rows, columns=by + ["mean", "sd", "n", "half_width", "low", "high"])
+
+
+def reference_variant(variants: Iterable[str]) -> str | None:
+    """The full Adv-DPNP among an ablation's variants ("full", else "adv_dpnp"), or None."""
+    present = set(variants)
+    return next((name for name in REFERENCE_VARIANTS if name in present), None)
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """variant minus reference on one metric, over the seeds both have a finite value for."""
+
+    variant: str
+    reference: str
+    metric: str
+    n_pairs: int
+    mean_difference: float
+    ci_half_width: float
+    statistic: float
+    p_value: float
+    test: str
+    note: str
+
+    def as_row(self) -> dict:
+        return dict(self.__dict__)
+
+
+def paired_difference(frame: pd.DataFrame, metric: str, variant: str, reference: str, *,
+                      pair_on: str = "seed", confidence: float = 0.95) -> PairedComparison:
+    """Compare `variant` with `reference` on `metric`, pairing rows by `pair_on` (seed).
+
+    The difference d_i = variant_i - reference_i for each matching seed; its t-interval and
+    scipy.stats.ttest_rel's p-value. Fewer than 2 pairs: no test. Fewer than 5: a low-power note.
+    """
+    def per_seed(name: str) -> pd.Series:
+        rows = frame[frame["variant"] == name][[pair_on, metric]].dropna()
+        return rows.groupby(pair_on)[metric].mean()  # a seed run twice (resume) counts once
+
+    pairs = pd.concat([per_seed(variant).rename("v"), per_seed(reference).rename("r")], axis=1, join="inner")
+    n = len(pairs)
+    diff = t_interval(pairs["v"] - pairs["r"], confidence)
+    if n < MIN_PAIRS_FOR_TEST:
+        note = (f"no test: {n} matching seed{'s' if n != 1 else ''} with {reference!r}; "
+                f"a paired test needs at least {MIN_PAIRS_FOR_TEST}")
+        return PairedComparison(variant, reference, metric, n, diff.mean, math.nan, math.nan, math.nan,
+                                PAIRED_TEST_NAME, note)
+    if np.allclose(pairs["v"] - pairs["r"], (pairs["v"] - pairs["r"]).iloc[0]):
+        # scipy returns NaN for zero-variance differences; say why instead of showing "p=nan"
+        statistic, p_value = math.nan, math.nan
+        note = "no test: the difference is identical on every seed (zero variance)"
+    else:
+        result = scipy_stats.ttest_rel(pairs["v"], pairs["r"])
+        statistic, p_value = float(result.statistic), float(result.pvalue)
+        note = (f"low power: only {n} matching seeds (fewer than {MIN_PAIRS_FOR_POWER}); "
+                "a non-significant p says little" if n < MIN_PAIRS_FOR_POWER else "")
+    return PairedComparison(variant, reference, metric, n, diff.mean, diff.half_width, statistic, p_value,
+                            PAIRED_TEST_NAME, note)
+
+
+def differences_from_reference(frame: pd.DataFrame, metrics: Sequence[str], reference: str | None = None,
+                               confidence: float = 0.95) -> pd.DataFrame:
+    """A PairedComparison row for every (non-reference variant, metric) whose metric column exists."""
+    reference = reference or reference_variant(frame["variant"])
+    if reference is None:
+        raise ValueError(f"no reference variant among {sorted(frame['variant'].unique())}; "
+                         f"expected one of {REFERENCE_VARIANTS} or pass reference=")
+    rows = [paired_difference(frame, metric, variant, reference, confidence=confidence).as_row()
+            for variant in frame["variant"].drop_duplicates() if variant != reference
+            for metric in metrics if metric in frame.columns]
+    return pd.DataFrame(rows, columns=list(PairedComparison.__dataclass_fields__))
+
+
+def pareto_mask(values: np.ndarray) -> np.ndarray:
+    """Rows of an (n, k) array not dominated by any other row, all objectives maximized.
+
+    Row j dominates row i when it is >= on every objective and > on one. Rows with a NaN are never on the front.
+    """
+    values = np.asarray(values, dtype=float)
+    finite = np.isfinite(values).all(axis=1)
+    mask = finite.copy()
+    for i in np.flatnonzero(finite):
+        others = values[finite]
+        dominated = (others >= values[i]).all(axis=1) & (others > values[i]).any(axis=1)
+        mask[i] = not dominated.any()
+    return mask

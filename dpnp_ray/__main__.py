@@ -1,0 +1,46 @@
+"""Single-process training, no Ray: `python -m dpnp_ray epochs=3 method=pgd_at dataset=digits`.
+
+Every argument is a config field as key=value (values parsed as JSON where they parse:
+numbers, true/false, null, [lists]); prints each epoch and the test evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from .config import ConfigError, ExperimentConfig, config_fields
+
+
+def parse_assignments(arguments: list[str]) -> dict:
+    values = {}
+    for argument in arguments:
+        key, sep, raw = argument.partition("=")
+        if not sep:
+            raise ConfigError([f"argument {argument!r} is not key=value; fields: {', '.join(config_fields())}"])
+        try:
+            values[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key] = raw
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else argv
+    if arguments and arguments[0] in ("-h", "--help"):
+        print(__doc__)
+        print("fields:", ", ".join(config_fields()))
+        return 0
+    try:
+        cfg = ExperimentConfig.from_dict(parse_assignments(arguments))
+    except (ConfigError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from .experiment import run_experiment
+
+    run_experiment(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Config validation: each kind of bad input gets one clear error naming field, value and what is allowed."""
+
+import pytest
+
+from dpnp_ray.config import ConfigError, ExperimentConfig
+
+
+def error_for(**values) -> str:
+    with pytest.raises(ConfigError) as info:
+        ExperimentConfig.from_dict(values)
+    return str(info.value)
+
+
+def test_defaults_follow_paper_part_b_and_resolve_eps():
+    cfg = ExperimentConfig.from_dict({})
+    assert (cfg.method, cfg.prototype_update, cfg.logit_form, cfg.npr_form, cfg.ppa_form) == (
+        "adv_dpnp", "clean", "dot", "prototype", "sqeuclidean")
+    assert cfg.consistency_direction == "clean_to_adv" and cfg.consistency_detach_clean
+    assert cfg.eps == pytest.approx(0.1)  # digits' threat model
+    assert cfg.train_step_size == pytest.approx(cfg.eps / 4)
+    cifar = ExperimentConfig.from_dict({"dataset": "cifar10", "model": "resnet18"})
+    assert cifar.eps == pytest.approx(8 / 255) and cifar.train_step_size == pytest.approx(2 / 255)
+
+
+@pytest.mark.parametrize("values, fragments", [
+    ({"lamda_ppa": 0.1}, ["unknown field 'lamda_ppa'", "lambda_ppa"]),
+    ({"lambda_ppa": -0.5}, ["'lambda_ppa' = -0.5", ">= 0"]),
+    ({"eps": 1.5}, ["'eps' = 1.5", "<= 1.0"]),
+    ({"eps": -0.1}, ["'eps' = -0.1", ">= 0"]),
+    ({"train_attack_steps": 0}, ["'train_attack_steps' = 0", ">= 1"]),
+    ({"dataset": "mnist"}, ["'dataset' = 'mnist'", "'cifar10'", "'digits'"]),
+    ({"model": "vgg"}, ["'model' = 'vgg'", "'resnet18'"]),
+    ({"method": "mart"}, ["'method' = 'mart'", "'adv_dpnp'", "'trades'"]),
+    ({"epochs": "ten"}, ["'epochs' = 'ten'", "integer"]),
+    ({"epochs": 2.5}, ["'epochs' = 2.5", "integer"]),
+    ({"use_npr": "yes"}, ["'use_npr' = 'yes'", "true or false"]),
+    ({"lr": float("nan")}, ["'lr' = nan", "finite"]),
+    ({"prototype_update": "sometimes"}, ["'prototype_update'", "'clean'", "'adversarial'", "'both'"]),
+])
+def test_bad_values_name_field_value_and_allowed(values, fragments):
+    message = error_for(**values)
+    for fragment in fragments:
+        assert fragment in message
+
+
+def test_all_problems_are_reported_together():
+    message = error_for(eps=2.0, lambda_npr=-1.0, bogus=1)
+    assert "'eps'" in message and "'lambda_npr'" in message and "'bogus'" in message
+
+
+def test_sample_npr_requires_dominating_ppa():
+    message = error_for(npr_form="sample", lambda_ppa=0.1, lambda_npr=0.1)
+    assert "bounded below" in message and "lambda_ppa > lambda_npr" in message
+    assert "bounded below" in error_for(npr_form="sample", use_ppa=False, lambda_npr=0.01)
+    assert "bounded below" in error_for(npr_form="sample", ppa_form="cosine", lambda_ppa=1.0, lambda_npr=0.1)
+    ok = ExperimentConfig.from_dict({"npr_form": "sample", "lambda_ppa": 0.5, "lambda_npr": 0.1})
+    assert ok.npr_form == "sample"
+    # switching NPR off makes the combination harmless
+    assert ExperimentConfig.from_dict({"npr_form": "sample", "use_npr": False, "lambda_npr": 1.0})
+
+
+def test_flat_dict_round_trip_and_coercion():
+    import numpy as np
+
+    cfg = ExperimentConfig.from_dict({"epochs": np.int64(3), "lr": 1, "lr_milestones": [0.3, 0.6], "seed": 4.0})
+    assert cfg.epochs == 3 and isinstance(cfg.lr, float) and cfg.lr_milestones == (0.3, 0.6) and cfg.seed == 4
+    assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.replace(lr=0.5).lr == 0.5
+    with pytest.raises(ConfigError, match="'lr' = -1"):
+        cfg.replace(lr=-1)
+
+
+def test_schedule_combinations():
+    assert "eps_warmup_epochs > 0" in error_for(eps_schedule="linear")
+    assert "exceeds eps" in error_for(eps=0.05, eps_start=0.1)
+    assert "increasing" in error_for(lr_milestones=[0.8, 0.2])
+
+
+def test_frozen_and_direct_construction_validated():
+    cfg = ExperimentConfig.from_dict({})
+    with pytest.raises(Exception):
+        cfg.epochs = 3  # frozen
+    with pytest.raises(ConfigError, match="'epochs' = 0"):
+        ExperimentConfig(epochs=0)
