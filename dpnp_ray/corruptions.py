@@ -94,6 +94,7 @@ seed (two batches corrupted with one seed get the same noise at the same positio
 from __future__ import annotations
 
 import os
+import warnings
 import zlib
 from types import MappingProxyType
 from typing import Callable, Iterator, NamedTuple, Sequence
@@ -519,7 +520,11 @@ def _jpeg_compression(x, c, rng):
     from torchvision.io import decode_jpeg, encode_jpeg  # torchvision only needed for this one
 
     u8 = torch.from_numpy(np.round(x * 255).astype(np.uint8))
-    decoded = decode_jpeg(encode_jpeg(list(u8), quality=int(c)))
+    with warnings.catch_warnings():
+        # torchvision 0.29 deprecates its codecs in favour of TorchCodec; they still work. If they go,
+        # PIL (a torchvision dependency, and what the original used) gives the same bytes (tested).
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
+        decoded = decode_jpeg(encode_jpeg(list(u8), quality=int(c)))
     return torch.stack(decoded).numpy().astype(np.float64) / 255
 
 
