@@ -6,23 +6,9 @@ numbers, true/false, null, [lists]); prints each epoch and the test evaluation.
 
 from __future__ import annotations
 
-import json
 import sys
 
-from .config import ConfigError, ExperimentConfig, config_fields
-
-
-def parse_assignments(arguments: list[str]) -> dict:
-    values = {}
-    for argument in arguments:
-        key, sep, raw = argument.partition("=")
-        if not sep:
-            raise ConfigError([f"argument {argument!r} is not key=value; fields: {', '.join(config_fields())}"])
-        try:
-            values[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            values[key] = raw
-    return values
+from .config import ConfigError, ExperimentConfig, config_fields, parse_assignments
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ the default is this project's choice and says so in README.md ("Defaults and cho
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
@@ -274,3 +275,17 @@ def _coerce(name: str, value: Any, annotation: Any, metadata: Mapping[str, Any])
 
 def config_fields() -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(ExperimentConfig))
+
+
+def parse_assignments(arguments: list[str]) -> dict:
+    """['lr=0.1', 'use_npr=false', 'method=pgd_at'] -> {'lr': 0.1, 'use_npr': False, 'method': 'pgd_at'}."""
+    values = {}
+    for argument in arguments:
+        key, sep, raw = argument.partition("=")
+        if not sep:
+            raise ConfigError([f"argument {argument!r} is not key=value; fields: {', '.join(config_fields())}"])
+        try:
+            values[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key] = raw
+    return values

@@ -84,6 +84,7 @@ class EvalResult:
     accuracy: float
     split: str = "test"
     loss: str = "ce"
+    suite: str = "basic"
 
     def as_row(self) -> dict:
         return dict(self.__dict__)

@@ -13,6 +13,7 @@ Each file carries `schema_version` in its Parquet metadata and as a column.
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -74,34 +75,93 @@ def normalize(table: str, rows: Iterable[dict] | pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def write_table(directory: str | Path, table: str, rows: Iterable[dict] | pd.DataFrame) -> Path:
-    """Write one table atomically: a temporary file in the same directory, then os.replace."""
-    frame = normalize(table, rows)
-    missing = [c for c in REQUIRED_COLUMNS[table] if c not in frame.columns]
-    if missing and len(frame):
-        raise ResultsError(f"{table}.parquet would lack required columns {missing}")
-    target = path_for(directory, table)
+def is_uri(location: str | Path) -> bool:
+    return "://" in str(location) and not str(location).startswith("file://")
+
+
+def local_path(location: str | Path) -> Path:
+    text = str(location)
+    return Path(text[len("file://"):] if text.startswith("file://") else text)
+
+
+def write_bytes_atomic(location: str, data: bytes) -> None:
+    """Never leave a half-written file: local files go through a temporary file and os.replace;
+    object stores (s3://, gs://) publish an object only when its upload completes."""
+    if is_uri(location):
+        import pyarrow.fs
+
+        fs, path = pyarrow.fs.FileSystem.from_uri(location)
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(path) as stream:
+            stream.write(data)
+        return
+    target = local_path(location)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{table}.", suffix=".parquet.tmp", dir=target.parent)
-    os.close(fd)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
-        frame.to_parquet(tmp, index=False)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return target
+
+
+def join(location: str | Path, *parts: str) -> str:
+    return "/".join([str(location).rstrip("/"), *parts])
+
+
+def list_files(location: str | Path, suffix: str) -> list[str]:
+    """Files directly under a directory (local or URI) whose names end with suffix, sorted."""
+    if is_uri(location):
+        import pyarrow.fs
+
+        fs, path = pyarrow.fs.FileSystem.from_uri(str(location))
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+        scheme = str(location).split("://", 1)[0]
+        return sorted(f"{scheme}://{i.path}" for i in infos if i.path.endswith(suffix))
+    folder = local_path(location)
+    return sorted(str(p) for p in folder.glob(f"*{suffix}")) if folder.is_dir() else []
+
+
+def read_bytes(location: str) -> bytes:
+    if is_uri(location):
+        import pyarrow.fs
+
+        fs, path = pyarrow.fs.FileSystem.from_uri(location)
+        with fs.open_input_stream(path) as stream:
+            return stream.read()
+    return local_path(location).read_bytes()
+
+
+def write_table(directory: str | Path, table: str, rows: Iterable[dict] | pd.DataFrame) -> str:
+    """Write one table atomically (see write_bytes_atomic); returns its location."""
+    frame = normalize(table, rows)
+    missing = [c for c in REQUIRED_COLUMNS[table] if c not in frame.columns]
+    if missing and len(frame):
+        raise ResultsError(f"{table}.parquet would lack required columns {missing}")
+    path_for(directory, table)  # checks the table name
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    location = join(directory, f"{table}.parquet")
+    write_bytes_atomic(location, buffer.getvalue())
+    return location
 
 
 def read_table(directory: str | Path, table: str, *, required: bool = True) -> pd.DataFrame | None:
     """Read one table, checking it is Parquet of this schema; a clear ResultsError names the file otherwise."""
-    path = path_for(directory, table)
-    if not path.exists():
+    path_for(directory, table)  # checks the table name
+    path = join(directory, f"{table}.parquet")
+    try:
+        data = read_bytes(path)
+    except (FileNotFoundError, OSError):
         if required:
-            raise ResultsError(f"{path}: not found; is {Path(directory)} a dpnp_ray study directory?")
+            raise ResultsError(f"{path}: not found; is {directory} a dpnp_ray study directory?") from None
         return None
     try:
-        frame = pd.read_parquet(path)
+        frame = pd.read_parquet(io.BytesIO(data))
     except Exception as exc:  # pyarrow raises many types for truncated/foreign files
         raise ResultsError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc}); "
                            "was it truncated or written by another program?") from None
