@@ -109,6 +109,8 @@ class ExperimentConfig:
     select_metric: str = field(default="val_robust", metadata=_choices("val_robust", "val_clean", "last"))
     early_stop_patience: int = field(default=0, metadata=_range(0))  # 0: never stop early
     val_attack_steps: int = field(default=10, metadata=_range(1))
+    # --- evaluation threat model (validation and test): fixed, whatever the training eps schedule does
+    eval_eps: float | None = field(default=None, metadata=_range(0.0, 1.0))  # None: the dataset's threat model
     # --- test-set evaluation
     eval_attack_steps: int = field(default=20, metadata=_range(1))
     eval_step_size: float | None = field(default=None, metadata=_range(0.0, 1.0, lo_open=True))
@@ -190,12 +192,14 @@ class ExperimentConfig:
             raise ConfigError(problems)
 
     def resolved(self) -> "ExperimentConfig":
-        """Fill the dataset-dependent defaults (eps) so the config states every value used."""
-        if self.eps is not None:
+        """Fill the dataset-dependent defaults (eps, eval_eps) so the config states every value used."""
+        if self.eps is not None and self.eval_eps is not None:
             return self
         from .data import dataset_info
 
-        return dataclasses.replace(self, eps=float(dataset_info(self.dataset).default_eps))
+        threat = float(dataset_info(self.dataset).default_eps)
+        return dataclasses.replace(self, eps=threat if self.eps is None else self.eps,
+                                   eval_eps=threat if self.eval_eps is None else self.eval_eps)
 
     def replace(self, **changes: Any) -> "ExperimentConfig":
         """A validated copy with some fields changed."""
@@ -221,8 +225,9 @@ class ExperimentConfig:
 
     @property
     def eval_step(self) -> float:
-        assert self.eps is not None, "call resolved() first"
-        return self.eval_step_size if self.eval_step_size is not None else self.eps / 4
+        """PGD step for validation/test attacks: eval_eps/4 unless set."""
+        assert self.eval_eps is not None, "call resolved() first"
+        return self.eval_step_size if self.eval_step_size is not None else self.eval_eps / 4
 
 
 def _coerce(name: str, value: Any, annotation: Any, metadata: Mapping[str, Any]) -> Any:

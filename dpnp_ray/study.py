@@ -100,8 +100,11 @@ def connect(settings: StudySettings) -> None:
                              "`ray start --head` (and `ray start --address <head>:6379` on the other nodes), "
                              "or drop --cluster to run on a local instance") from None
         return
-    ray.init(address="local", num_cpus=settings.local_cpus or os.cpu_count(), include_dashboard=False,
-             object_store_memory=300 * 1024 * 1024, log_to_driver=True)
+    # The dashboard serves the state API that Ray Train's placement-group cleaner needs: without
+    # it, the workers of a trial stopped early by the scheduler keep their CPUs and later trials hang.
+    # It listens on loopback only.
+    ray.init(address="local", num_cpus=settings.local_cpus or os.cpu_count(), include_dashboard=True,
+             dashboard_host="127.0.0.1", object_store_memory=300 * 1024 * 1024, log_to_driver=True)
 
 
 def plan_concurrency(scaling: Scaling, max_concurrent: int) -> int:
@@ -189,6 +192,8 @@ def _flatten_record(record: dict[str, Any]) -> dict[str, Any]:
         if key.endswith("_version") or key in ("hardware", "platform"):
             row[key] = value
     row.update(results.config_columns(record.get("config") or {}))
+    # What the searcher sampled (absent: not sampled for this trial, e.g. a weight whose term was off).
+    row.update({f"param_{k}": v for k, v in (record.get("params") or {}).items()})
     return row
 
 
@@ -210,6 +215,42 @@ def export(study_dir: str) -> dict[str, str]:
     for name, rows in tables.items():
         if rows or name == "trials":
             written[name] = results.write_table(study_dir, name, rows)
+    return written
+
+
+def record_unfinished(grid, settings: StudySettings, base: dict[str, Any], kind: str) -> int:
+    """Trials whose driver never wrote a record (stopped by the scheduler, or errored in Tune):
+    write one from Tune's results so every trial is in the tables. Returns how many were written."""
+    written = 0
+    for result in grid:
+        params = dict(result.config or {})
+        last = dict(result.metrics or {})
+        variant = params.pop("variant", "search")
+        try:
+            cfg = ExperimentConfig.from_dict({**base, **(ABLATION_VARIANTS.get(variant, {}) if kind == "ablation"
+                                                         else {}), **params})
+        except ConfigError:
+            continue
+        trial_id = f"{variant}-s{cfg.seed}" if kind == "ablation" else last.get("trial_id")
+        if not trial_id or _read_record(record_path(settings.directory, trial_id)) is not None:
+            continue
+        history = []
+        frame = result.metrics_dataframe
+        if frame is not None and "epoch" in frame and "trial_status" in frame:
+            epochs = frame[frame["trial_status"] == "running"].drop_duplicates("epoch", keep="last")
+            keep = [c for c in epochs.columns if c.startswith(("loss_", "train_", "val_")) or c in (
+                "epoch", "eps", "lr", "images_per_s", "epoch_seconds", "eval_seconds", "best_epoch")]
+            history = epochs[keep].to_dict("records")
+        status = "failed" if result.error is not None else "stopped"
+        record = {"study": settings.name, "trial_id": trial_id, "variant": variant, "seed": cfg.seed,
+                  "study_kind": kind, "config": cfg.to_dict(), "params": params, "status": status,
+                  "error": redact(str(result.error or "stopped early by the scheduler"))[:2000],
+                  "summary": {"val_clean_acc": last.get("val_clean_acc"), "val_robust_acc": last.get("val_robust_acc"),
+                              "epochs_run": len(history)},
+                  "history": history, "num_workers": settings.scaling.num_workers,
+                  "use_gpu": settings.scaling.use_gpu, **provenance()}
+        results.write_bytes_atomic(record_path(settings.directory, trial_id), json.dumps(record, default=str).encode())
+        written += 1
     return written
 
 
@@ -280,5 +321,5 @@ def run_ablation(base: dict[str, Any], variants: list[str], seeds: list[int], se
     tuner = _tuner(run_trial, settings, base, "ablation",
                    param_space={"variant": tune.grid_search(list(variants)), "seed": tune.grid_search(list(seeds))},
                    tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, num_samples=1))
-    tuner.fit()
+    record_unfinished(tuner.fit(), settings, base, "ablation")
     return export(settings.directory)

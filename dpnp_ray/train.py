@@ -109,7 +109,7 @@ def train(cfg: ExperimentConfig, *, env: LocalEnvironment | None = None, data: D
                                steps_per_epoch=len(loader), start=cfg.eps_start)
     attack_gen = _generator(device, 1_000_003 * cfg.seed + 2 * env.rank + 1)
     augment_gen = _generator(device, 1_000_003 * cfg.seed + 2 * env.rank + 2)
-    val_attack = pgd_attack(cfg.eps, cfg.eval_step, cfg.val_attack_steps, precision)
+    val_attack = pgd_attack(cfg.eval_eps, cfg.eval_step, cfg.val_attack_steps, precision)
 
     history: list[dict[str, Any]] = []
     best = {"metric": float("-inf"), "epoch": -1, "state": None, "bad_epochs": 0}
