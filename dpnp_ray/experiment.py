@@ -13,43 +13,32 @@ from typing import Any, Callable
 from .config import ExperimentConfig
 from .data import DatasetSplits
 from .environment import LocalEnvironment
-from .evaluate import EvalResult, evaluate_attack, fgsm_attack, pgd_attack, subsample
+from .robustness import check_inputs, run_suite
 from .runtime import Precision, resolve_device
 from .train import EpochCallback, TrainResult, load_data, train
 
 
 @dataclass
 class ExperimentResult:
+    """A finished trial: the trained model and its evaluation-suite rows (without the key columns)."""
+
     config: ExperimentConfig
     train: TrainResult
-    evals: list[EvalResult]
+    evals: list[dict[str, Any]]  # evals.parquet rows; the first four are clean, fgsm, pgd, cw_inf
     summary: dict[str, Any] = field(default_factory=dict)
+    corruptions: list[dict[str, Any]] = field(default_factory=list)
+    geometry: list[dict[str, Any]] = field(default_factory=list)
+    masking: list[dict[str, Any]] = field(default_factory=list)
 
 
-def test_evaluation(net, data: DatasetSplits, cfg: ExperimentConfig, env: LocalEnvironment,
-                    precision: Precision) -> list[EvalResult]:
-    """Clean, FGSM, PGD-k (CE) and CW-inf (PGD on the C&W margin) at the threat model's eps."""
-    test = subsample(data.test, cfg.eval_n)
-    common = dict(env=env, batch_size=cfg.eval_batch_size, precision=precision, seed=cfg.seed)
-    eps, step, k, restarts = cfg.eps, cfg.eval_step, cfg.eval_attack_steps, cfg.eval_restarts
-    return [
-        evaluate_attack(net, test, name="clean", attack=None, eps=0.0, steps=0, restarts=0, **common),
-        evaluate_attack(net, test, name="fgsm", attack=fgsm_attack(eps, precision), eps=eps, steps=1,
-                        restarts=1, **common),
-        evaluate_attack(net, test, name="pgd", attack=pgd_attack(eps, step, k, precision, restarts=restarts),
-                        eps=eps, steps=k, restarts=restarts, **common),
-        evaluate_attack(net, test, name="cw_inf",
-                        attack=pgd_attack(eps, step, k, precision, restarts=restarts, loss="cw"),
-                        eps=eps, steps=k, restarts=restarts, loss="cw", **common),
-    ]
-
-
-def summarize(evals: list[EvalResult], result: TrainResult) -> dict[str, Any]:
-    by_name = {e.attack: e.accuracy for e in evals}
+def summarize(evals: list[dict[str, Any]], result: TrainResult) -> dict[str, Any]:
+    by_name: dict[str, float] = {}
+    for row in evals:  # the first row of each attack: the threat-model evaluation (later ones vary eps/steps)
+        by_name.setdefault(row["attack"], row["accuracy"])
     best = next((r for r in result.history if r["epoch"] == result.best_epoch), {})
     return {
         "clean_acc": by_name.get("clean"), "fgsm_acc": by_name.get("fgsm"), "pgd_acc": by_name.get("pgd"),
-        "cw_acc": by_name.get("cw_inf"), "eval_n": evals[0].n if evals else 0,
+        "cw_acc": by_name.get("cw_inf"), "eval_n": evals[0]["n"] if evals else 0,
         "best_epoch": result.best_epoch, "epochs_run": len(result.history), "stopped_early": result.stopped_early,
         "val_clean_acc": best.get("val_clean_acc"), "val_robust_acc": best.get("val_robust_acc"),
         "precision": result.precision,
@@ -60,14 +49,22 @@ def run_experiment(cfg: ExperimentConfig, *, env: LocalEnvironment | None = None
                    resume: dict[str, Any] | None = None, on_epoch: EpochCallback | None = None,
                    log: Callable[[str], None] | None = print) -> ExperimentResult:
     cfg = cfg.resolved()
+    check_inputs(cfg)  # before training: a suite input that cannot work should not cost a training run
     env = env or LocalEnvironment(resolve_device(cfg.device))
     data = data or load_data(cfg)
     started = time.perf_counter()
     result = train(cfg, env=env, data=data, resume=resume, on_epoch=on_epoch, log=log)
     train_seconds = time.perf_counter() - started
-    evals = test_evaluation(result.net, data, cfg, env, Precision.choose(cfg.precision, env.device))
-    summary = summarize(evals, result)
+    suite = run_suite(result.net, data, cfg, env, Precision.choose(cfg.precision, env.device))
+    summary = summarize(suite.evals, result)
+    summary.update(suite.summary)
     summary.update(train_seconds=train_seconds, eval_seconds=time.perf_counter() - started - train_seconds)
     if log is not None and env.is_main:
-        log("test: " + "  ".join(f"{e.attack} {e.accuracy:.3f}" for e in evals) + f"  (n={summary['eval_n']})")
-    return ExperimentResult(cfg, result, evals, summary)
+        log("test: " + "  ".join(f"{e['attack']} {e['accuracy']:.3f}" for e in suite.evals[:4])
+            + f"  (n={summary['eval_n']})")
+        if "aa_acc" in summary:
+            log(f"autoattack {summary['aa_version']} {summary['aa_acc']:.3f} (n={summary['aa_n']}), "
+                f"PGD-AA gap {summary['pgd_aa_gap']:+.3f}")
+        if summary.get("any_masking_flag"):
+            log(f"gradient-masking checks flagged: {summary['masking_flagged_checks']}")
+    return ExperimentResult(cfg, result, suite.evals, summary, suite.corruptions, suite.geometry, suite.masking)

@@ -94,8 +94,9 @@ def connect(settings: StudySettings) -> None:
         address = settings.address or "auto"
         try:
             # Ship this package to the cluster's workers; torch & co. must be installed there.
-            ray.init(address=address, runtime_env={"py_modules": [dpnp_ray]}, log_to_driver=True)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
+            ray.init(address=address, runtime_env={"py_modules": [str(Path(dpnp_ray.__file__).parent)]},
+                     log_to_driver=True)
+        except ConnectionError as exc:
             raise StudyError(f"no Ray cluster reachable at {address!r} ({type(exc).__name__}: {exc}); start one with "
                              "`ray start --head` (and `ray start --address <head>:6379` on the other nodes), "
                              "or drop --cluster to run on a local instance") from None
@@ -107,21 +108,45 @@ def connect(settings: StudySettings) -> None:
              dashboard_host="127.0.0.1", object_store_memory=300 * 1024 * 1024, log_to_driver=True)
 
 
-def plan_concurrency(scaling: Scaling, max_concurrent: int) -> int:
-    """How many trials fit at once; a request no node can satisfy is an error, not a hang."""
-    import ray
+DRIVER_CPU = 0.01  # what each trial's Tune driver function holds (0 is rejected by Tune)
 
-    total = ray.cluster_resources()
-    need = scaling.resources()
-    for resource, amount in need.items():
-        have = total.get(resource, 0.0)
-        if amount > have + 1e-9:
-            per_worker = scaling.gpus_per_worker if resource == "GPU" else scaling.cpus_per_worker
-            raise StudyError(
-                f"a trial needs {amount:g} {resource} ({scaling.num_workers} workers x {per_worker:g}) but the "
-                f"cluster has {have:g}; lower --workers / --{resource.lower()}s-per-worker or add nodes")
-    fit = min(int((total.get(r, 0.0) + 1e-9) // a) for r, a in need.items() if a > 0)
-    return max(1, min(fit, max_concurrent) if max_concurrent else fit)
+
+def plan_concurrency(scaling: Scaling, max_concurrent: int, nodes: list[dict[str, float]] | None = None) -> int:
+    """How many trials fit at once on the cluster's nodes; a request that can never fit is an
+    error before training, not a trial that waits forever.
+
+    Workers are packed per node (a worker cannot span nodes). Each trial's driver holds
+    DRIVER_CPU; drivers go into the fractional CPU left over on nodes, and where none is
+    left they cost a whole worker slot.
+    """
+    if nodes is None:
+        import ray
+
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    cpw, gpw = scaling.cpus_per_worker, scaling.gpus_per_worker
+    cpu_slots = [int((n.get("CPU", 0.0) + 1e-9) // cpw) for n in nodes]
+    if gpw > 0:
+        cpu_slots = [min(c, int((n.get("GPU", 0.0) + 1e-9) // gpw)) for c, n in zip(cpu_slots, nodes)]
+    slots = sum(cpu_slots)
+    spare = sum(int((n.get("CPU", 0.0) - c * cpw + 1e-9) // DRIVER_CPU) for c, n in zip(cpu_slots, nodes))
+
+    def fits(k: int) -> bool:
+        lost = math.ceil(max(0, k - spare) * DRIVER_CPU / cpw) if k > spare else 0
+        return k * scaling.num_workers <= slots - lost
+
+    if not fits(1):
+        total_cpu = sum(n.get("CPU", 0.0) for n in nodes)
+        total_gpu = sum(n.get("GPU", 0.0) for n in nodes)
+        largest = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
+        raise StudyError(
+            f"a trial needs {scaling.num_workers} workers x ({cpw:g} CPU" + (f", {gpw:g} GPU" if gpw else "")
+            + f") plus {DRIVER_CPU} CPU for its driver, which this cluster cannot place "
+            f"({len(nodes)} nodes, {total_cpu:g} CPUs (largest node {largest:g}), {total_gpu:g} GPUs); "
+            "lower --workers, --cpus-per-worker or --gpus-per-worker, or add nodes")
+    k = 1
+    while fits(k + 1) and (not max_concurrent or k < max_concurrent):
+        k += 1
+    return k
 
 
 # ------------------------------------------------------------------------------- one trial

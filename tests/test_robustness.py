@@ -1,0 +1,418 @@
+"""Tests for dpnp_ray.robustness: the evaluation suite, its attacks, masking checks, geometry, corruptions.
+
+Every test uses the session's one trained model (conftest's `trained_digits`: Adv-DPNP, small_cnn,
+digits, evaluated by run_experiment at the basic level). The file takes about a minute of CPU time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dpnp_ray import results
+from dpnp_ray.attacks import eval_mode, fgsm, pgd
+from dpnp_ray.config import ExperimentConfig
+from dpnp_ray.corruptions import GENERATED_BENCHMARK, SEVERITIES
+from dpnp_ray.data import DatasetSplits, Split, to_float
+from dpnp_ray.environment import LocalEnvironment
+from dpnp_ray.evaluate import evaluate_attack, fgsm_attack, pgd_attack, subsample
+from dpnp_ray.models import Classifier, build_model
+from dpnp_ray.registry import UnknownNameError
+from dpnp_ray.robustness import (
+    PGD_AA_GAP_THRESHOLD,
+    SUITE_LEVELS,
+    SuiteLevel,
+    autoattack,
+    check_black_box,
+    check_eps0_equals_clean,
+    check_eps_monotone,
+    check_inputs,
+    check_pgd_aa_gap,
+    check_steps_monotone,
+    check_unbounded,
+    geometry_rows,
+    noise_tolerance,
+    run_suite,
+    square,
+)
+from dpnp_ray.runtime import Precision
+
+CPU = torch.device("cpu")
+FP32 = Precision.choose("fp32", CPU)
+ENV = LocalEnvironment(CPU)
+#: the quick level with a cheaper stand-alone Square (the production default is 1000 queries on 500 points)
+CHEAP_QUICK = dataclasses.replace(SUITE_LEVELS.get("quick"), square_queries=300, square_n=100)
+MASKING_CHECKS = {"fgsm_vs_pgd", "pgd_aa_gap", "eps_monotone", "eps0_equals_clean", "steps_monotone",
+                  "unbounded_eps", "zero_gradients", "black_box_vs_white_box"}
+
+
+# ------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def experiment(trained_digits):
+    """The session's trained model, evaluated at the basic level by run_experiment (conftest.py)."""
+    assert trained_digits.config.eval_suite == "basic" and trained_digits.config.method == "adv_dpnp"
+    return trained_digits
+
+
+@pytest.fixture(scope="module")
+def data(digits) -> DatasetSplits:
+    return digits
+
+
+@pytest.fixture(scope="module")
+def cfg(experiment) -> ExperimentConfig:
+    """The trained model's config with the suite's subset sizes of these tests."""
+    return experiment.config.replace(eval_n=200, eval_aa_n=100, eval_corruption_n=100, device="cpu",
+                                     precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def net(experiment) -> Classifier:
+    return experiment.train.net
+
+
+@pytest.fixture(scope="module")
+def quick(net, data, cfg):
+    """The quick suite, started with the model in train mode (it must evaluate in eval mode and restore)."""
+    was_training = net.training
+    net.train()
+    running = {k: v.clone() for k, v in net.state_dict().items() if "running" in k}
+    suite = run_suite(net, data, cfg.replace(eval_suite="quick"), ENV, FP32, level=CHEAP_QUICK)
+    assert net.training, "run_suite must restore the caller's train/eval mode"
+    for key, value in running.items():  # a forward in train mode would have moved BatchNorm's statistics
+        assert torch.equal(net.state_dict()[key], value), f"{key} changed: some attack ran in train mode"
+    net.train(was_training)
+    return suite
+
+
+@pytest.fixture(scope="module")
+def points(data, cfg) -> tuple[torch.Tensor, torch.Tensor]:
+    test = subsample(data.test, cfg.eval_n)
+    return to_float(test.images), test.labels
+
+
+class Quantize(nn.Module):
+    """round(16 x) / 16: leaves digits (pixels k/16) unchanged and has zero gradient everywhere."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.round(x * 16) / 16
+
+
+class DigitsFromRGB32(nn.Module):
+    """(3, 32, 32) -> (1, 8, 8): grey, then 4x4 means; inverts `upsample` exactly."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(x.mean(1, keepdim=True), 4)
+
+
+def upsample(images: torch.Tensor) -> torch.Tensor:
+    """Digits as uint8 (N, 3, 32, 32) pictures: nearest x4, grey replicated to RGB."""
+    x = F.interpolate(to_float(images), scale_factor=4, mode="nearest").repeat(1, 3, 1, 1)
+    return (x * 255).round().to(torch.uint8)
+
+
+def with_input_layer(net: Classifier, layer: nn.Module) -> Classifier:
+    """The same trained modules behind an extra input transform."""
+    return Classifier(nn.Sequential(layer, net.normalize), net.backbone, net.head, net.projection).eval()
+
+
+@pytest.fixture(scope="module")
+def rgb32(net, data):
+    """The trained digits model as a model of 32x32 RGB images, and digits as such images."""
+    info = dataclasses.replace(data.info, image_shape=(3, 32, 32))
+    test = Split(upsample(data.test.images), data.test.labels)
+    return with_input_layer(net, DigitsFromRGB32()), DatasetSplits(info, data.train, data.val, test)
+
+
+def reference_test_evaluation(net, data, cfg, env, precision):
+    """experiment.test_evaluation as it was before the suite replaced it (commit 074938e)."""
+    test = subsample(data.test, cfg.eval_n)
+    common = dict(env=env, batch_size=cfg.eval_batch_size, precision=precision, seed=cfg.seed)
+    eps, step, k, restarts = cfg.eps, cfg.eval_step, cfg.eval_attack_steps, cfg.eval_restarts
+    return [
+        evaluate_attack(net, test, name="clean", attack=None, eps=0.0, steps=0, restarts=0, **common),
+        evaluate_attack(net, test, name="fgsm", attack=fgsm_attack(eps, precision), eps=eps, steps=1,
+                        restarts=1, **common),
+        evaluate_attack(net, test, name="pgd", attack=pgd_attack(eps, step, k, precision, restarts=restarts),
+                        eps=eps, steps=k, restarts=restarts, **common),
+        evaluate_attack(net, test, name="cw_inf",
+                        attack=pgd_attack(eps, step, k, precision, restarts=restarts, loss="cw"),
+                        eps=eps, steps=k, restarts=restarts, loss="cw", **common),
+    ]
+
+
+def assert_in_threat_model(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> None:
+    assert x_adv.shape == x.shape
+    assert float((x_adv - x).abs().max()) <= eps + 1e-6
+    assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item()
+
+
+# ------------------------------------------------------------------------------- basic level
+
+
+def test_basic_level_reproduces_the_rows_of_test_evaluation(experiment, net, data):
+    fields = ("attack", "eps", "steps", "restarts", "n", "accuracy", "split", "loss")
+    basic_cfg = experiment.config
+    precision = Precision.choose(basic_cfg.precision, CPU)
+    reference = [{f: getattr(e, f) for f in fields}
+                 for e in reference_test_evaluation(net, data, basic_cfg, ENV, precision)]
+    rows = experiment.evals
+    assert [{f: r[f] for f in fields} for r in rows] == reference
+    assert [r["attack"] for r in rows] == ["clean", "fgsm", "pgd", "cw_inf"]
+    assert all(r["suite"] == "basic" for r in rows)
+    assert experiment.corruptions == [] and experiment.geometry == [] and experiment.masking == []
+    summary = experiment.summary
+    assert summary["eval_suite"] == "basic" and summary["eval_n"] == len(subsample(data.test, basic_cfg.eval_n))
+    assert (summary["clean_acc"], summary["fgsm_acc"], summary["pgd_acc"], summary["cw_acc"]) == tuple(
+        r["accuracy"] for r in reference)
+    assert "aa_acc" not in summary and "masking_flags" not in summary
+    assert summary["clean_acc"] > 0.9, "the shared model did not train; every later test would be meaningless"
+
+
+# -------------------------------------------------------------------------------- attacks
+
+
+def test_every_attack_stays_in_the_threat_model(net, points, cfg):
+    x, y = points[0][:50], points[1][:50]
+    eps = cfg.eps
+    with eval_mode(net):
+        gen = torch.Generator().manual_seed(0)
+        assert_in_threat_model(fgsm(net, x, y, eps=eps), x, eps)
+        assert_in_threat_model(pgd(net, x, y, eps=eps, step_size=cfg.eval_step, steps=10, generator=gen), x, eps)
+        assert_in_threat_model(pgd(net, x, y, eps=eps, step_size=cfg.eval_step, steps=10, loss="cw",
+                                   restarts=2, generator=gen), x, eps)
+        rng = torch.random.get_rng_state()
+        x_aa, robust, _ = autoattack(net, x, y, eps=eps, version="apgd", seed=0, batch_size=500, num_classes=10)
+        x_sq = square(net, x, y, eps=eps, queries=100, seed=0, batch_size=500)
+        assert torch.equal(torch.random.get_rng_state(), rng), "AutoAttack/Square reseed torch's global RNG"
+        assert_in_threat_model(x_aa, x, eps)
+        assert_in_threat_model(x_sq, x, eps)
+        # AutoAttack's robust flags are the model's verdict on its adversarial points
+        assert torch.equal(robust, net(x_aa).argmax(1) == y)
+        # ... and it is at least as strong as PGD-20 on the same points (one point of slack)
+        x_pgd = pgd(net, x, y, eps=eps, step_size=cfg.eval_step, steps=20, generator=gen)
+        assert robust.float().mean().item() <= accuracy(net, x_pgd, y) + 1 / len(y)
+
+
+def test_pgd_is_at_least_as_strong_as_fgsm(experiment, net, points, cfg):
+    acc = {r["attack"]: r["accuracy"] for r in experiment.evals}
+    n = experiment.evals[0]["n"]
+    assert acc["pgd"] <= acc["fgsm"] + noise_tolerance(n)
+    assert acc["cw_inf"] <= acc["clean"] and acc["pgd"] < acc["clean"]
+    x, y = points
+    with eval_mode(net):  # on the same points, point by point: PGD breaks what FGSM breaks (almost always)
+        fgsm_ok = net(fgsm(net, x, y, eps=cfg.eps)).argmax(1) == y
+        pgd_ok = net(pgd(net, x, y, eps=cfg.eps, step_size=cfg.eval_step, steps=20,
+                         generator=torch.Generator().manual_seed(0))).argmax(1) == y
+    assert (pgd_ok & ~fgsm_ok).sum() <= 2
+
+
+def test_our_pgd_agrees_with_torchattacks(net, points, cfg):
+    torchattacks = pytest.importorskip(
+        "torchattacks", reason="torchattacks is not installed; install it with "
+        "`pip install --no-deps torchattacks==3.5.1` (--no-deps: it pins an old requests that breaks Ray)")
+    x, y = points
+    eps, alpha, steps = cfg.eps, cfg.eval_step, 20
+    with eval_mode(net):
+        # No random start: the same deterministic iteration, so the same points up to float rounding.
+        ours = pgd(net, x, y, eps=eps, step_size=alpha, steps=steps, random_start=False)
+        theirs = torchattacks.PGD(net, eps=eps, alpha=alpha, steps=steps, random_start=False)(x, y)
+        assert (ours - theirs).abs().le(1e-5).float().mean() > 0.99
+        assert abs(accuracy(net, ours, y) - accuracy(net, theirs, y)) <= 1 / len(y)
+        # Random start: different draws, so accuracies agree within the attacks' noise.
+        ours = pgd(net, x, y, eps=eps, step_size=alpha, steps=steps, generator=torch.Generator().manual_seed(1))
+        torch.manual_seed(1)
+        theirs = torchattacks.PGD(net, eps=eps, alpha=alpha, steps=steps, random_start=True)(x, y)
+        assert abs(accuracy(net, ours, y) - accuracy(net, theirs, y)) <= noise_tolerance(len(y))
+
+
+# ------------------------------------------------------------------------------- quick level
+
+
+def test_quick_level_rows_and_summary(quick, cfg):
+    evals = {(r["attack"], r["eps"], r["steps"]): r for r in quick.evals}
+    assert [r["attack"] for r in quick.evals[:4]] == ["clean", "fgsm", "pgd", "cw_inf"]
+    assert all(r["suite"] == "quick" for r in quick.evals)
+    aa = evals[("autoattack", cfg.eps, 100)]
+    assert aa["version"] == "apgd" and aa["loss"] == "apgd-ce+apgd-t" and aa["n"] == cfg.eval_aa_n
+    curve = sorted((r["eps"], r["accuracy"]) for r in quick.evals if r["attack"] == "pgd_eps_curve")
+    assert [e for e, _ in curve] == pytest.approx([m * cfg.eps for m in sorted(set(cfg.eval_eps_curve) | {1.0})])
+    summary = quick.summary
+    # AutoAttack is at least as strong as PGD-CE on the same points
+    assert summary["aa_acc"] <= summary["pgd_acc_subset"] + 1 / cfg.eval_aa_n
+    assert summary["pgd_aa_gap"] == pytest.approx(summary["pgd_acc_subset"] - summary["aa_acc"])
+    assert summary["aa_version"] == "apgd" and summary["aa_code"].startswith("pyautoattack")
+    assert curve[0] == (0.0, summary["clean_acc_subset"])
+    assert dict(curve)[cfg.eps] == summary["pgd_acc_subset"]
+    assert evals[("pgd_unbounded", 1.0, 50)]["accuracy"] <= 0.02
+    for key in ("seconds_threat_model", "seconds_autoattack", "seconds_square"):
+        assert summary[key] >= 0
+    json_safe = (bool, int, float, str)
+    for table in (quick.evals, quick.masking, quick.geometry):
+        for row in table:
+            assert all(v is None or isinstance(v, json_safe) for v in row.values()), row
+    assert all(isinstance(v, json_safe) for v in summary.values())
+
+
+def test_trained_model_passes_the_masking_checks(quick):
+    checks = {row["check"]: row for row in quick.masking}
+    assert set(checks) == MASKING_CHECKS
+    assert not [row for row in quick.masking if row["flagged"]], quick.masking
+    assert quick.summary["masking_flags"] == 0 and quick.summary["any_masking_flag"] is False
+    for row in quick.masking:
+        assert set(row) >= {"check", "value", "threshold", "flagged", "detail", "n"}
+        assert row["flagged"] == (row["value"] > row["threshold"])
+
+
+def test_a_gradient_masked_model_is_flagged(net, data, cfg):
+    """Input quantization (round, no straight-through gradient) hides the gradient from every white-box
+    attack: PGD and AutoAttack barely move, so black-box Square beats them and eps = 1 leaves points."""
+    masked = with_input_layer(net, Quantize())
+    suite = run_suite(masked, data, cfg.replace(eval_suite="quick", eval_aa_n=60), ENV, FP32, level=CHEAP_QUICK)
+    flagged = {row["check"] for row in suite.masking if row["flagged"]}
+    assert {"zero_gradients", "unbounded_eps", "black_box_vs_white_box"} <= flagged
+    assert suite.summary["any_masking_flag"] is True and suite.summary["masking_flags"] == len(flagged)
+    assert "zero gradient" in suite.summary["aa_warnings"]  # AutoAttack's own check, recorded
+    assert suite.summary["square_acc"] < suite.summary["aa_acc"]
+
+
+def test_masking_checks_by_hand():
+    assert noise_tolerance(1000) == pytest.approx(0.0158, abs=1e-4)  # EVAL_NOTES: about 1.6 points at 1k
+    assert noise_tolerance(4) == 0.25 and noise_tolerance(10_000) == 0.005
+    rising = check_eps_monotone([0.0, 0.1, 0.2], [0.9, 0.5, 0.6], n=1000)
+    assert rising["flagged"] and rising["value"] == pytest.approx(0.1)
+    assert not check_eps_monotone([0.2, 0.0, 0.1], [0.4, 0.9, 0.41], n=1000)["flagged"]  # 1 point: noise
+    assert not check_steps_monotone("s", ("PGD-10", 0.50), ("PGD-20", 0.51), n=1000)["flagged"]
+    assert check_steps_monotone("s", ("PGD-10", 0.50), ("PGD-20", 0.53), n=1000)["flagged"]
+    assert check_eps0_equals_clean(0.9, 0.899, n=1000)["flagged"]
+    assert not check_eps0_equals_clean(0.9, 0.9, n=1000)["flagged"]
+    assert check_pgd_aa_gap(0.55, 0.50, n=1000, version="apgd")["flagged"]
+    gap = check_pgd_aa_gap(0.53, 0.50, n=1000, version="apgd")
+    assert not gap["flagged"] and gap["threshold"] == PGD_AA_GAP_THRESHOLD
+    assert check_pgd_aa_gap(0.53, 0.50, n=100, version="apgd")["threshold"] == pytest.approx(0.05)
+    assert check_black_box(0.40, 0.50, n=1000, queries=1000)["flagged"]
+    assert not check_black_box(0.55, 0.50, n=1000, queries=1000)["flagged"]
+    assert check_unbounded(0.05, n=1000, steps=50)["flagged"] and not check_unbounded(0.0, n=1000, steps=50)["flagged"]
+
+
+# ---------------------------------------------------------------------------------- geometry
+
+
+def test_geometry_rows(quick, cfg):
+    rows = {row["split"]: row for row in quick.geometry}
+    assert set(rows) == {"test", "test_pgd"}
+    metrics = {"intra_class_compactness", "inter_class_separation", "compactness_separation_ratio",
+               "min_angle_deg", "mean_angle_deg", "simplex_angle_deg", "simplex_deviation_deg",
+               "mean_dist_own", "mean_dist_rival", "mean_margin", "frac_positive_margin"}
+    for row in rows.values():
+        assert metrics <= set(row) and row["n"] == cfg.eval_aa_n and row["prototype_source"] == "prototype_head"
+        assert all(math.isfinite(row[m]) for m in metrics)
+        assert 0 < row["min_angle_deg"] <= row["mean_angle_deg"] <= 180
+        assert row["simplex_angle_deg"] == pytest.approx(math.degrees(math.acos(-1 / 9)))
+        # dot logits with prototypes of equal norm: argmax_j <z, c_j> = argmin_j ||z - c_j||, so the
+        # nearest-prototype rule is the classifier and its accuracy is the row's accuracy
+        assert row["frac_positive_margin"] == pytest.approx(row["accuracy"])
+    assert rows["test"]["accuracy"] == quick.summary["clean_acc_subset"]
+    assert rows["test_pgd"]["accuracy"] == quick.summary["pgd_acc_subset"]
+    assert rows["test_pgd"]["mean_margin"] < rows["test"]["mean_margin"]  # attacks push features to rivals
+    assert rows["test_pgd"]["min_angle_deg"] == rows["test"]["min_angle_deg"]  # same prototypes
+
+
+def test_geometry_of_a_linear_head_uses_its_weight_rows():
+    torch.manual_seed(0)
+    net = build_model(backbone="small_cnn", num_classes=10, in_channels=1, mean=(0.3,), std=(0.4,),
+                      prototype_head=False).eval()
+    x, y = torch.rand(40, 1, 8, 8), torch.arange(40) % 10
+    with torch.no_grad():
+        z = net.features(x)
+    rows = geometry_rows({"test": z}, y, net, 10, {})
+    assert rows[0]["prototype_source"] == "linear_weight" and rows[0]["n"] == 40
+    assert 0 <= rows[0]["frac_positive_margin"] <= 1
+
+
+# ------------------------------------------------------------------------------- corruptions
+
+
+def test_no_generated_corruptions_for_8x8_digits(quick):
+    assert quick.corruptions == []
+    assert quick.summary["corruption_source"] == "none"
+    assert "(3, 32, 32)" in quick.summary["corruption_note"]
+
+
+def test_generated_corruption_rows(rgb32, cfg):
+    model, data32 = rgb32
+    level = SuiteLevel("corruptions_only", corruptions=True)
+    suite = run_suite(model, data32, cfg.replace(eval_n=100), ENV, FP32, level=level)
+    rows = suite.corruptions
+    assert len(rows) == len(GENERATED_BENCHMARK) * len(SEVERITIES) == 70
+    assert {(r["corruption"], r["severity"]) for r in rows} == {
+        (c, s) for c in GENERATED_BENCHMARK for s in SEVERITIES}
+    for row in rows:
+        assert set(row) >= {"source", "corruption", "severity", "n", "accuracy"}
+        assert row["source"] == "generated-c" and row["n"] == cfg.eval_corruption_n
+        assert 0 <= row["accuracy"] <= 1 and row["label_agreement"] == 1.0
+    summary = suite.summary
+    n = summary["corruption_n"]
+    assert summary["corruption_source"] == "generated-c" and summary["corruption_count"] == 14
+    assert summary["corruption_acc"] == pytest.approx(np.mean([r["accuracy"] for r in rows]))
+    assert summary["corruption_clean_acc"] > 0.9
+    assert summary["corruption_acc"] <= summary["corruption_clean_acc"] + noise_tolerance(n)
+    by_severity = {s: np.mean([r["accuracy"] for r in rows if r["severity"] == s]) for s in SEVERITIES}
+    assert by_severity[5] <= by_severity[1] + noise_tolerance(n)  # harsher corruptions cost accuracy
+
+
+def test_released_corruption_files_are_read_and_named(rgb32, tmp_path):
+    """Fake CIFAR-10-C files whose 'corrupted' images are the clean ones: every row must equal clean accuracy."""
+    model, data32 = rgb32
+    m = 20
+    hwc = data32.test.images[:m].permute(0, 2, 3, 1).numpy()
+    for name in ("gaussian_noise", "fog"):
+        np.save(tmp_path / f"{name}.npy", np.concatenate([hwc] * 5))
+    np.save(tmp_path / "labels.npy", np.concatenate([data32.test.labels[:m].numpy()] * 5))
+    cfg = ExperimentConfig.from_dict(dict(dataset="cifar10", corruption_root=str(tmp_path), eval_corruption_n=m,
+                                          eval_n=m, device="cpu", precision="fp32"))
+    suite = run_suite(model, data32, cfg, ENV, FP32, level=SuiteLevel("corruptions_only", corruptions=True))
+    assert suite.summary["corruption_source"] == "cifar10-c" and suite.summary["corruption_count"] == 2
+    assert len(suite.corruptions) == 10
+    clean = suite.summary["corruption_clean_acc"]
+    assert all(r["source"] == "cifar10-c" and r["n"] == m and r["accuracy"] == clean for r in suite.corruptions)
+    assert suite.summary["corruption_label_agreement"] == 1.0
+
+
+def test_an_empty_corruption_root_fails_before_training(tmp_path):
+    cfg = ExperimentConfig.from_dict(dict(dataset="cifar10", corruption_root=str(tmp_path)))
+    with pytest.raises(ValueError, match="corruption_root"):
+        check_inputs(cfg)
+    check_inputs(cfg.replace(eval_suite="basic"))  # the basic level reads no corruptions
+    check_inputs(cfg.replace(dataset="svhn"))  # no released files for SVHN: the generator is used
+
+
+# ------------------------------------------------------------------------------ integration
+
+
+def test_suite_rows_fit_the_parquet_schema(quick, tmp_path):
+    keys = {"study": "s", "trial_id": "t0", "variant": "full", "seed": 0}
+    for table, rows in (("evals", quick.evals), ("geometry", quick.geometry), ("masking", quick.masking)):
+        results.write_table(tmp_path, table, [{**keys, **row} for row in rows])
+        frame = results.read_table(tmp_path, table)
+        assert len(frame) == len(rows), f"{table}: rows collide on the natural key {results.UNIQUE_KEYS[table]}"
+
+
+def test_unknown_suite_level_lists_the_known_ones():
+    with pytest.raises(UnknownNameError, match="basic, full, quick"):
+        SUITE_LEVELS.get("thorough")
+    full = SUITE_LEVELS.get("full")
+    assert full.autoattack == "standard" and full.strong_pgd == (50, 10)
