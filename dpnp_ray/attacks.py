@@ -81,33 +81,43 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, loss
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_size: float, steps: int,
         loss: str = "ce", random_start: bool = True, restarts: int = 1, generator: torch.Generator | None = None,
-        reference: torch.Tensor | None = None) -> torch.Tensor:
+        reference: torch.Tensor | None = None, early_stop: bool = False, compact_every: int = 2) -> torch.Tensor:
     """L-inf projected gradient ascent (Madry et al.) with restarts.
 
     Each restart: delta ~ U(-eps, eps) (or 0), then `steps` times
     delta <- clip_[-eps, eps](delta + step_size * sign(grad)), with x + delta clipped to [0, 1].
     Across restarts each example keeps a misclassifying perturbation if any restart found one,
     else the one with the highest final loss: the per-point worst case.
+
+    early_stop=True (robust-accuracy evaluation, never training): a point is broken as soon as any
+    iterate misclassifies it; that iterate is frozen and returned, and later restarts skip the point.
+    Points never broken follow exactly the plain trajectory, so the returned points are never weaker
+    than plain PGD's final iterates on the same seed. Every `compact_every` steps the broken points
+    are dropped from the batch (one host sync), which is where the compute is saved.
     """
-    if eps < 0 or step_size < 0 or steps < 0 or restarts < 1:
-        raise ValueError(f"pgd: eps={eps}, step_size={step_size}, steps={steps}, restarts={restarts} out of range")
+    if eps < 0 or step_size < 0 or steps < 0 or restarts < 1 or compact_every < 0:
+        raise ValueError(f"pgd: eps={eps}, step_size={step_size}, steps={steps}, restarts={restarts}, "
+                         f"compact_every={compact_every} out of range")
     loss_fn = ATTACK_LOSSES.get(loss)
     x = x.detach()
+    # clamp(min(max(a, x - eps), x + eps), 0, 1) == clamp(a, lo, hi) exactly (x is in [0, 1]): bounds
+    # computed once, then every step updates x_adv in place.
+    lo, hi = (x - eps).clamp_(0, 1), (x + eps).clamp_(0, 1)
+    if early_stop:
+        return _pgd_early_stop(model, x, y, lo, hi, eps=eps, step_size=step_size, steps=steps, loss_fn=loss_fn,
+                               random_start=random_start, restarts=restarts, generator=generator,
+                               reference=reference, compact_every=compact_every)
     best = x.clone()
     best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device)
     best_wrong = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     for _ in range(restarts):
-        if random_start and eps > 0:
-            noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x_adv = (x + (2 * noise - 1) * eps).clamp(0, 1)
-        else:
-            x_adv = x.clone()
+        x_adv = _start(x, eps, random_start, generator)
         for _ in range(steps):
             grad, _, _ = _input_grad(model, x_adv, y, loss_fn, reference)
-            x_adv = x_adv + step_size * grad.sign()
-            x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
+            x_adv.add_(grad.sign_(), alpha=step_size)
+            torch.clamp(x_adv, lo, hi, out=x_adv)
         if restarts == 1:
-            return x_adv.detach()
+            return x_adv
         with torch.no_grad():
             logits = model(x_adv)
             final_loss = loss_fn(logits, y, reference)
@@ -118,3 +128,63 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_
         best_loss = torch.where(better, final_loss, best_loss)
         best_wrong = best_wrong | wrong
     return best.detach()
+
+
+def _start(x: torch.Tensor, eps: float, random_start: bool, generator: torch.Generator | None) -> torch.Tensor:
+    """The first iterate of a restart: x + U(-eps, eps) clipped to [0, 1], or a copy of x."""
+    if random_start and eps > 0:
+        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return (x + (2 * noise - 1) * eps).clamp_(0, 1)
+    return x.clone()
+
+
+def _pgd_early_stop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, *,
+                    eps: float, step_size: float, steps: int, loss_fn: AttackLoss, random_start: bool,
+                    restarts: int, generator: torch.Generator | None, reference: torch.Tensor | None,
+                    compact_every: int) -> torch.Tensor:
+    """`pgd` with early exit: the per-point worst case over every iterate of every restart.
+
+    The random start of each restart is drawn for the whole batch (the same draws as plain PGD)
+    and then restricted to the points still unbroken.
+    """
+    n = x.shape[0]
+    view = (-1, *[1] * (x.dim() - 1))
+    best = x.clone()
+    best_loss = torch.full((n,), float("-inf"), device=x.device)
+    broken = torch.zeros(n, dtype=torch.bool, device=x.device)
+    for restart in range(restarts):
+        start = _start(x, eps, random_start, generator)
+        index = torch.arange(n, device=x.device) if restart == 0 else (~broken).nonzero().squeeze(1)
+        if index.numel() == 0:
+            break
+        x_adv, alive = start[index], torch.ones(index.numel(), dtype=torch.bool, device=x.device)
+        y_a, lo_a, hi_a = y[index], lo[index], hi[index]
+        ref_a = None if reference is None else reference[index]
+        for t in range(steps):
+            grad, _, logits = _input_grad(model, x_adv, y_a, loss_fn, ref_a)
+            alive &= logits.argmax(1) == y_a
+            # Broken points keep the iterate that broke them; the others take the plain PGD step.
+            step = x_adv.add(grad.sign_(), alpha=step_size)
+            torch.clamp(step, lo_a, hi_a, out=step)
+            x_adv = torch.where(alive.view(view), step, x_adv)
+            if compact_every and (t + 1) % compact_every == 0 and t + 1 < steps:
+                best[index] = torch.where(alive.view(view), best[index], x_adv)
+                broken[index] = ~alive
+                keep = alive.nonzero().squeeze(1)  # the host sync: how many points are left
+                index, x_adv, alive, y_a, lo_a, hi_a = (v[keep] for v in (index, x_adv, alive, y_a, lo_a, hi_a))
+                ref_a = None if ref_a is None else ref_a[keep]
+                if index.numel() == 0:
+                    break
+        if index.numel() and restarts > 1:
+            # The final iterate is an iterate too; its loss ranks the restarts of unbroken points.
+            with torch.no_grad():
+                logits = model(x_adv)
+                final_loss = loss_fn(logits, y_a, ref_a)
+                alive &= logits.argmax(1) == y_a
+            better = ~alive | (final_loss > best_loss[index])
+            best_loss[index] = torch.where(alive, final_loss, best_loss[index])
+            best[index] = torch.where(better.view(view), x_adv, best[index])
+        elif index.numel():
+            best[index] = x_adv
+        broken[index] = ~alive
+    return best

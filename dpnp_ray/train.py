@@ -20,7 +20,7 @@ from .data import DatasetInfo, DatasetSplits, Split, augment, load_dataset, to_f
 from .environment import LocalEnvironment
 from .evaluate import correct_counts, pgd_attack
 from .models import Classifier, DualBranchForward, build_model
-from .runtime import Precision, resolve_device
+from .runtime import DeviceLoader, Precision, fits_on_device, resolve_device
 from .schedules import make_eps_schedule, make_lr_scheduler
 from .step import train_step
 
@@ -65,15 +65,24 @@ def load_data(cfg: ExperimentConfig) -> DatasetSplits:
                         download=cfg.download)
 
 
-def train_loader(split: Split, cfg: ExperimentConfig, env: LocalEnvironment) -> DataLoader:
+def train_loader(split: Split, cfg: ExperimentConfig, env: LocalEnvironment) -> DataLoader | DeviceLoader:
     """Shuffled batches of this rank's shard; the order of epoch e depends on (seed, e) only,
-    so a resumed run sees the same batches as an undisturbed one."""
+    so a resumed run sees the same batches as an undisturbed one.
+
+    On a GPU a split that fits (CIFAR-sized) stays on the device and batches are gathered there
+    (DeviceLoader: the same batches in the same order); otherwise batches come from pinned host
+    memory and the loop copies them with non_blocking=True.
+    """
     dataset = TensorDataset(split.images, split.labels)
     sampler = DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True,
                                  seed=cfg.seed, drop_last=True)
     per_rank = max(1, len(sampler))
-    return DataLoader(dataset, batch_size=min(cfg.batch_size, per_rank), sampler=sampler,
-                      drop_last=per_rank > cfg.batch_size, pin_memory=env.device.type == "cuda")
+    batch_size, drop_last = min(cfg.batch_size, per_rank), per_rank > cfg.batch_size
+    if fits_on_device(split.images.nbytes + split.labels.nbytes, env.device):
+        return DeviceLoader(split.images, split.labels, sampler=sampler, batch_size=batch_size,
+                            drop_last=drop_last, device=env.device)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+                      pin_memory=env.device.type == "cuda")
 
 
 def _generator(device: torch.device, seed: int) -> torch.Generator:

@@ -1,0 +1,65 @@
+"""Helpers for the end-to-end Ray tests: run the study scripts as a user would, start a cluster."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def study_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    env.update(PYTHONUNBUFFERED="1", RAY_DEDUP_LOGS="0", **extra)
+    return env
+
+
+def run_script(script: str, *args: str, timeout: int = 600, env: dict[str, str] | None = None,
+               check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([PYTHON, str(REPO / "studies" / script), *args], cwd=REPO, env=env or study_env(),
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} {' '.join(args)} exited {proc.returncode}\n--- stderr tail:\n"
+                             f"{proc.stderr[-4000:]}\n--- stdout tail:\n{proc.stdout[-4000:]}")
+    return proc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class TwoNodeCluster:
+    """`ray start --head` plus one more `ray start --address`, 1 CPU each, token auth with a fresh token."""
+
+    def __init__(self, tmp: Path):
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.env = study_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32),
+                             RAY_TMPDIR=str(tmp))
+
+    def _ray(self, *args: str, timeout: int = 120) -> None:
+        proc = subprocess.run([RAY, *args], env=self.env, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            raise RuntimeError(f"ray {' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+
+    def __enter__(self) -> "TwoNodeCluster":
+        self._ray("start", "--head", "--num-cpus", "1", "--port", str(self.port), "--node-ip-address", "127.0.0.1",
+                  "--dashboard-host", "127.0.0.1", "--dashboard-port", str(free_port()), "--disable-usage-stats")
+        try:
+            self._ray("start", "--address", self.address, "--num-cpus", "1", "--node-ip-address", "127.0.0.1",
+                      "--disable-usage-stats")
+        except Exception:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        subprocess.run([RAY, "stop", "--force"], env=self.env, capture_output=True, timeout=120)

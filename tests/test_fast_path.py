@@ -1,0 +1,275 @@
+"""The fast path computes the same function as the plain path: memory format, device-resident
+batches, bf16 autocast, no host syncs in the attack and the step, and early-exit evaluation PGD."""
+
+import contextlib
+import copy
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from dpnp_ray.attacks import _input_grad, ATTACK_LOSSES, eval_mode, pgd
+from dpnp_ray.config import ExperimentConfig
+from dpnp_ray.data import Split
+from dpnp_ray.environment import LocalEnvironment
+from dpnp_ray.evaluate import correct_counts, pgd_attack
+from dpnp_ray.models import DualBranchForward, build_model
+from dpnp_ray.runtime import DeviceLoader, Precision, configure_backend
+from dpnp_ray.step import PROTOTYPE_DETACH, method_loss, train_step
+from dpnp_ray import train as train_module
+
+CPU = torch.device("cpu")
+FP32 = Precision.choose("fp32", CPU)
+
+
+def small_net(backbone: str = "small_cnn", prototypes: bool = True, seed: int = 0):
+    torch.manual_seed(seed)
+    return build_model(backbone=backbone, num_classes=4, in_channels=3, mean=(0.5,) * 3, std=(0.25,) * 3,
+                       prototype_head=prototypes, prototype_radius=2.0)
+
+
+def cfg_of(**kw) -> ExperimentConfig:
+    return ExperimentConfig.from_dict({"dataset": "digits", **kw})
+
+
+# ------------------------------------------------------------------------------ channels_last
+
+
+def loss_and_gradients(backbone: str, channels_last: bool, dtype: torch.dtype):
+    """The Adv-DPNP training loss, its parameter gradients, and the attack's input gradient."""
+    cfg = cfg_of()
+    g = torch.Generator().manual_seed(0)
+    x, x_adv = torch.rand(6, 3, 12, 12, generator=g), torch.rand(6, 3, 12, 12, generator=g)
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    net = small_net(backbone).to(dtype)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    if channels_last:
+        net = net.to(memory_format=fmt)
+        conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+        assert conv.weight.is_contiguous(memory_format=fmt)  # the comparison is not vacuous
+    x, x_adv = x.to(dtype).contiguous(memory_format=fmt), x_adv.to(dtype).contiguous(memory_format=fmt)
+    dc, da = PROTOTYPE_DETACH[cfg.prototype_update]
+    loss, _ = method_loss(DualBranchForward(net)(x, x_adv, detach_clean=dc, detach_adv=da), y, cfg)
+    loss.backward()
+    with eval_mode(net):
+        input_grad, _, _ = _input_grad(net, x_adv, y, ATTACK_LOSSES.get("ce"), None)
+    return [loss.detach().double()] + [p.grad.double() for p in net.parameters()] + [input_grad.double()]
+
+
+@pytest.mark.parametrize("backbone", ["small_cnn", "resnet18"])
+def test_channels_last_gives_the_same_loss_and_gradients(backbone):
+    """Within fp32 rounding: channels_last is as close to the fp64 result as the contiguous fp32 path.
+
+    (ResNet-18 on a 6-image 12x12 batch has BatchNorm over 2x2 maps: fp32 gradients of either format
+    differ from fp64 by ~0.5% there, so a fixed elementwise tolerance would test the conditioning.)
+    """
+    exact = loss_and_gradients(backbone, False, torch.float64)
+    plain = loss_and_gradients(backbone, False, torch.float32)
+    fast = loss_and_gradients(backbone, True, torch.float32)
+    torch.testing.assert_close(fast[0], plain[0], rtol=1e-5, atol=1e-6)
+    rel = lambda a, b: float((a - b).norm() / b.norm().clamp_min(1e-30))
+    for index, (p, f, e) in enumerate(zip(plain, fast, exact)):
+        assert rel(f, e) <= 4 * rel(p, e) + 1e-5, (index, rel(f, e), rel(p, e))
+        assert rel(f, p) <= 1e-2, (index, rel(f, p))
+
+
+# ---------------------------------------------------------------------- device-resident batches
+
+
+def batches(loader, epochs):
+    out = []
+    for epoch in epochs:
+        loader.sampler.set_epoch(epoch)
+        out.append([(x.clone(), y.clone()) for x, y in loader])
+    return out
+
+
+@pytest.mark.parametrize("world_size,batch_size", [(1, 16), (2, 16), (3, 7), (3, 64)])
+def test_device_loader_yields_the_distributed_sampler_batches(world_size, batch_size, monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    split = Split(torch.randint(0, 256, (103, 3, 4, 4), dtype=torch.uint8, generator=g),
+                  torch.randint(0, 10, (103,), generator=g))
+    cfg = cfg_of(batch_size=batch_size, seed=5)
+    epochs = [0, 1, 2]
+    for rank in range(world_size):
+        env = LocalEnvironment(CPU, rank, world_size)
+        host = train_module.train_loader(split, cfg, env)
+        assert isinstance(host, DataLoader)  # on the CPU nothing changes
+        monkeypatch.setattr(train_module, "fits_on_device", lambda nbytes, device: True)
+        resident = train_module.train_loader(split, cfg, env)
+        monkeypatch.undo()
+        assert isinstance(resident, DeviceLoader) and len(resident) == len(host)
+        expected, got = batches(host, epochs), batches(resident, epochs)
+        assert [len(e) for e in got] == [len(e) for e in expected] and len(expected[0]) > 0
+        for e_epoch, g_epoch in zip(expected, got):
+            for (xe, ye), (xg, yg) in zip(e_epoch, g_epoch):
+                assert xg.dtype == torch.uint8 and torch.equal(xe, xg) and torch.equal(ye, yg)
+        assert not torch.equal(got[0][0][1], got[1][0][1]), "set_epoch reshuffles"
+
+
+# ------------------------------------------------------------------------------------ precision
+
+
+def test_precision_choose_semantics(monkeypatch):
+    cpu_auto = Precision.choose("auto", CPU)
+    assert cpu_auto.name == "fp32" and cpu_auto.grad_scaler() is None
+    bf16 = Precision.choose("bf16", CPU)
+    assert bf16.dtype is torch.bfloat16 and bf16.device_type == "cpu" and bf16.grad_scaler() is None
+    with bf16.autocast():
+        assert torch.nn.Linear(4, 2)(torch.rand(3, 4)).dtype is torch.bfloat16
+    assert Precision.choose("fp16", CPU).grad_scaler() is not None  # fp16 needs loss scaling
+    for supported, name in [(True, "bf16"), (False, "fp16")]:
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: supported)
+        assert Precision.choose("auto", torch.device("cuda")).name == name
+    with pytest.raises(KeyError):
+        Precision.choose("int8", CPU)
+
+
+def test_bf16_autocast_accuracy_within_noise_of_fp32(trained_digits, digits):
+    net = trained_digits.train.net
+    env = LocalEnvironment(CPU)
+    bf16 = Precision.choose("bf16", CPU)
+    clean32, n = correct_counts(net, digits.test, None, env=env, batch_size=500, precision=FP32)
+    clean16, _ = correct_counts(net, digits.test, None, env=env, batch_size=500, precision=bf16)
+    assert abs(clean32 - clean16) / n <= 0.02, (clean32, clean16, n)
+    sub = Split(digits.test.images[:200], digits.test.labels[:200])
+    eps = trained_digits.config.eval_eps
+    rob32, m = correct_counts(net, sub, pgd_attack(eps, eps / 4, 5, FP32), env=env, batch_size=200, precision=FP32)
+    rob16, _ = correct_counts(net, sub, pgd_attack(eps, eps / 4, 5, bf16), env=env, batch_size=200, precision=bf16)
+    assert abs(rob32 - rob16) / m <= 0.05, (rob32, rob16, m)
+
+
+def test_configure_backend_sets_cudnn_benchmark_only_for_cuda(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    configure_backend(CPU)
+    assert torch.backends.cudnn.benchmark is False
+    configure_backend(torch.device("cuda"))
+    assert torch.backends.cudnn.benchmark is True
+
+
+# ------------------------------------------------------------------------------ no host syncs
+
+
+class HostSync(AssertionError):
+    pass
+
+
+@contextlib.contextmanager
+def no_host_sync(monkeypatch):
+    """Every way a tensor's value reaches Python raises. On a GPU each of these blocks the host
+    until the device catches up; on the CPU they are the structural proxy for it."""
+    def forbid(name):
+        def raiser(*args, **kwargs):
+            raise HostSync(f"host sync: Tensor.{name} called")
+        return raiser
+
+    with monkeypatch.context() as m:
+        for name in ("item", "tolist", "cpu", "numpy", "nonzero", "__bool__", "__int__", "__float__",
+                     "__index__"):
+            m.setattr(torch.Tensor, name, forbid(name))
+        m.setattr(torch, "nonzero", forbid("torch.nonzero"))
+        if torch.cuda.is_available():
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield
+        finally:
+            if torch.cuda.is_available():
+                torch.cuda.set_sync_debug_mode("default")
+
+
+def device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else CPU
+
+
+def test_the_guard_catches_a_host_sync(monkeypatch):
+    class Syncing(torch.nn.Module):
+        def forward(self, x):
+            return x.flatten(1)[:, :4] * float(x.sum())  # a hidden .item()
+
+    x, y = torch.rand(4, 3, 4, 4, device=device()), torch.tensor([0, 1, 2, 3], device=device())
+    with no_host_sync(monkeypatch), pytest.raises((HostSync, RuntimeError)):
+        pgd(Syncing(), x, y, eps=0.1, step_size=0.05, steps=1)
+    net = small_net().to(device()).eval()
+    with no_host_sync(monkeypatch), pytest.raises((HostSync, RuntimeError)):
+        pgd(net, x, y, eps=0.1, step_size=0.05, steps=4, early_stop=True)  # compaction syncs, by design
+
+
+@pytest.mark.parametrize("restarts", [1, 2])
+def test_pgd_steps_never_sync_with_the_host(restarts, monkeypatch):
+    net = small_net().to(device()).eval()
+    g = torch.Generator(device=device()).manual_seed(0)
+    x, y = torch.rand(8, 3, 8, 8, device=device()), torch.randint(0, 4, (8,), device=device())
+    for loss in ("ce", "cw"):
+        with no_host_sync(monkeypatch):
+            x_adv = pgd(net, x, y, eps=0.1, step_size=0.03, steps=3, loss=loss, restarts=restarts, generator=g)
+    assert float((x_adv - x).abs().max()) <= 0.1 + 1e-6
+
+
+@pytest.mark.parametrize("method", ["adv_dpnp", "pgd_at", "trades"])
+def test_train_step_never_syncs_with_the_host(method, monkeypatch):
+    cfg = cfg_of(method=method, train_attack_steps=2)
+    net = small_net(prototypes=cfg.uses_prototypes).to(device())
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    x, y = torch.rand(8, 3, 8, 8, device=device()), torch.randint(0, 4, (8,), device=device())
+    g = torch.Generator(device=device()).manual_seed(0)
+    for _ in range(2):  # the second step runs with momentum buffers in place
+        with no_host_sync(monkeypatch):
+            stats = train_step(DualBranchForward(net), net, x, y, cfg, eps=0.1, optimizer=opt, precision=FP32,
+                               generator=g)
+    assert torch.isfinite(stats["loss_total"])
+
+
+# ------------------------------------------------------------------------------ early exit
+
+
+def count_images(net):
+    seen = []
+    handle = net.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+    return seen, handle
+
+
+@pytest.mark.parametrize("restarts,loss", [(1, "ce"), (2, "ce"), (1, "cw")])
+def test_early_exit_is_never_weaker_and_does_fewer_forwards(trained_digits, digits, restarts, loss):
+    net = trained_digits.train.net
+    eps = trained_digits.config.eval_eps
+    x, y = digits.test.images[:300].float(), digits.test.labels[:300]
+    x = x / 255 if x.max() > 1 else x
+    outcome = {}
+    for early in (False, True):
+        seen, handle = count_images(net)
+        with eval_mode(net):
+            x_adv = pgd(net, x, y, eps=eps, step_size=eps / 4, steps=10, loss=loss, restarts=restarts,
+                        generator=torch.Generator().manual_seed(3), early_stop=early)
+            handle.remove()
+            with torch.no_grad():
+                robust = net(x_adv).argmax(1) == y
+        assert float((x_adv - x).abs().max()) <= eps + 1e-6 and 0 <= float(x_adv.min()) <= float(x_adv.max()) <= 1
+        outcome[early] = (robust, sum(seen))
+    (plain, plain_images), (early, early_images) = outcome[False], outcome[True]
+    assert int(early.sum()) <= int(plain.sum())
+    assert not (early & ~plain).any(), "a point plain PGD breaks is broken by early exit too"
+    assert int(plain.sum()) < 0.95 * len(y) and int(plain.sum()) > 0.2 * len(y)  # a regime where it matters
+    print(f"\n[early exit] robust {int(plain.sum())} -> {int(early.sum())} of {len(y)}; images forwarded {plain_images} -> {early_images}")
+    assert early_images < plain_images - len(y), (early_images, plain_images)
+
+
+def test_evaluation_uses_early_exit_and_training_does_not(trained_digits, digits, monkeypatch):
+    net = trained_digits.train.net
+    env = LocalEnvironment(CPU)
+    eps = trained_digits.config.eval_eps
+    sub = Split(digits.test.images[:200], digits.test.labels[:200])
+    early, n = correct_counts(net, sub, pgd_attack(eps, eps / 4, 10, FP32), env=env, batch_size=100, precision=FP32)
+    plain, _ = correct_counts(net, sub, pgd_attack(eps, eps / 4, 10, FP32, early_stop=False), env=env,
+                              batch_size=100, precision=FP32)
+    assert early <= plain
+
+    import dpnp_ray.step as step_module
+
+    calls = []
+    real = step_module.pgd
+    monkeypatch.setattr(step_module, "pgd", lambda *a, **k: (calls.append(k.get("early_stop", False)), real(*a, **k))[1])
+    cfg = cfg_of(train_attack_steps=2)
+    net = small_net()
+    train_step(DualBranchForward(net), net, torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 3]), cfg, eps=0.1,
+               optimizer=torch.optim.SGD(net.parameters(), lr=0.1), precision=FP32)
+    assert calls == [False], "the training attack is the paper's plain PGD"

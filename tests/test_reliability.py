@@ -1,0 +1,234 @@
+"""Faults injected for real: bad input, tampered checkpoints, truncated results, killed workers and drivers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from dpnp_ray import results
+from dpnp_ray.provenance import redact
+
+from .raytools import PYTHON, REPO, run_script, study_env
+
+# ---------------------------------------------------------------------------------------------- no Ray
+
+
+class FakeCheckpoint:
+    def __init__(self, directory: Path):
+        self.directory = directory
+
+    @contextmanager
+    def as_directory(self):
+        yield str(self.directory)
+
+
+class Payload:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_tampered_checkpoint_is_refused(tmp_path):
+    from dpnp_ray.trainer import STATE_FILE, _load_checkpoint
+
+    marker = tmp_path / "pwned"
+    torch.save({"version": 1, "model": Payload(marker)}, tmp_path / STATE_FILE)
+    with pytest.raises(Exception, match="(?i)weights_only|unpickl|unsupported"):
+        _load_checkpoint(FakeCheckpoint(tmp_path))
+    assert not marker.exists()
+    # an honest checkpoint of tensors and plain containers loads
+    torch.save({"version": 1, "model": {"w": torch.ones(2)}, "history": [{"epoch": 0, "loss": 1.0}]},
+               tmp_path / STATE_FILE)
+    state, final = _load_checkpoint(FakeCheckpoint(tmp_path))
+    assert final is None and torch.equal(state["model"]["w"], torch.ones(2))
+
+
+def test_truncated_and_foreign_parquet_get_clear_errors(tmp_path):
+    results.write_table(tmp_path, "trials", [{"study": "s", "trial_id": "t", "variant": "v", "seed": 0,
+                                              **{c: 0 for c in results.REQUIRED_COLUMNS["trials"][4:]}}])
+    data = (tmp_path / "trials.parquet").read_bytes()
+    (tmp_path / "trials.parquet").write_bytes(data[: len(data) // 2])
+    with pytest.raises(results.ResultsError, match=r"trials\.parquet: not a readable Parquet file"):
+        results.read_table(tmp_path, "trials")
+    pd.DataFrame({"x": [1]}).to_parquet(tmp_path / "epochs.parquet")
+    with pytest.raises(results.ResultsError, match=r"epochs\.parquet: missing columns"):
+        results.read_table(tmp_path, "epochs")
+    with pytest.raises(results.ResultsError, match="not found"):
+        results.read_table(tmp_path / "nowhere", "trials")
+
+
+def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path, monkeypatch):
+    results.write_table(tmp_path, "pareto", [{"study": "s", "trial_id": "a"}])
+    before = (tmp_path / "pareto.parquet").read_bytes()
+    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError):
+        results.write_table(tmp_path, "pareto", [{"study": "s", "trial_id": "b"}])
+    assert (tmp_path / "pareto.parquet").read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_credentials_and_home_are_redacted():
+    text = redact(f"s3://AKIAXYZ:verysecret@bucket/x?X-Amz-Signature=abc123&part=1 {os.path.expanduser('~')}/r")
+    assert "verysecret" not in text and "AKIAXYZ" not in text and "abc123" not in text
+    assert "s3://***@bucket/x" in text and "part=1" in text
+    assert os.path.expanduser("~") not in text or os.path.expanduser("~") == "/"
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--variants", "full", "nope"], "invalid choice: 'nope'"),
+    (["--dataset", "mnist"], "'dataset' = 'mnist'"),
+    (["--set", "lambda_ppa=-1"], "'lambda_ppa' = -1.0"),
+    (["--set", "eps=1.5"], "'eps' = 1.5"),
+    (["--set", "colour=blue"], "unknown field 'colour'"),
+    (["--workers", "0"], "--workers 0"),
+    (["--storage", "/proc/no/such/place"], "is not writable"),
+])
+def test_bad_cli_input_fails_before_training(tmp_path, args, fragment):
+    if "--storage" not in args:
+        args = [*args, "--storage", str(tmp_path)]
+    start = time.time()
+    proc = subprocess.run([PYTHON, str(REPO / "studies" / "ablation.py"), "--smoke", *args], cwd=REPO,
+                          env=study_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert fragment in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not list(tmp_path.glob("**/trials/*.json"))  # nothing trained
+    assert time.time() - start < 60
+
+
+# ---------------------------------------------------------------------------------------------- with Ray
+ray_test = [pytest.mark.ray, pytest.mark.timeout(900)]
+
+
+def _records(directory: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in (directory / "trials").glob("*.json")}
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(900)
+def test_killed_worker_resumes_from_checkpoint_and_matches_undisturbed_run(tmp_path, digits):
+    from dpnp_ray.config import ExperimentConfig
+    from dpnp_ray.experiment import run_experiment
+
+    marker = tmp_path / "killed-once"
+    overrides = ["epochs=3", "train_attack_steps=3", "val_attack_steps=3", "eval_attack_steps=10",
+                 "eval_suite=basic", "lr=0.05", "batch_size=64"]
+    env = study_env(DPNP_RAY_FAIL_AT_EPOCH=f"1:{marker}")
+    run_script("ablation.py", "--variants", "full", "--seeds", "0", "--storage", str(tmp_path), "--name", "kill",
+               "--max-failures", "2", "--set", *overrides, env=env)
+    assert marker.exists(), "the worker was not killed"
+    directory = tmp_path / "kill"
+    epochs = results.read_table(directory, "epochs")
+    assert epochs["epoch"].tolist() == [0, 1, 2]  # each epoch once, although epoch 1 was reported twice
+    trial = results.read_table(directory, "trials").iloc[0]
+    assert trial["status"] == "completed"
+
+    # The same config and seed, undisturbed, in this process: identical numbers (CPU, one thread each).
+    cfg = ExperimentConfig.from_dict({"dataset": "digits", "model": "small_cnn",
+                                      **{k: json.loads(v) for k, v in (o.split("=") for o in overrides)}})
+    reference = run_experiment(cfg, data=digits, log=None)
+    for record in reference.train.history:
+        row = epochs[epochs["epoch"] == record["epoch"]].iloc[0]
+        for key in ("loss_total", "val_clean_acc", "val_robust_acc", "train_adv_acc"):
+            assert row[key] == pytest.approx(record[key], rel=1e-6, abs=1e-9), (record["epoch"], key)
+    for key in ("clean_acc", "pgd_acc", "cw_acc"):
+        assert trial[key] == pytest.approx(reference.summary[key], abs=1e-9), key
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(1200)
+def test_driver_killed_then_resumed_finishes_without_rerunning(tmp_path):
+    args = ["--smoke", "--variants", "full", "pgd_at", "no_npr", "--storage", str(tmp_path), "--name", "drv",
+            "--set", "eval_suite=basic"]
+    directory = tmp_path / "drv"
+
+    def start():
+        return subprocess.Popen([PYTHON, str(REPO / "studies" / "ablation.py"), *args], cwd=REPO, env=study_env(),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def wait_for_records(n: int, proc, limit=400):
+        deadline = time.time() + limit
+        while time.time() < deadline and len(_records(directory)) < n:
+            assert proc.poll() is None, "the study ended before it could be interrupted"
+            time.sleep(1)
+        assert len(_records(directory)) >= n
+
+    proc = start()
+    wait_for_records(1, proc)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, at once
+    proc.wait()
+    first = _records(directory)
+    assert 1 <= len(first) < 3
+
+    resumed = subprocess.Popen([PYTHON, str(REPO / "studies" / "ablation.py"), *args, "--resume"], cwd=REPO,
+                               env=study_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    wait_for_records(len(first) + 1, resumed)
+    resumed.send_signal(signal.SIGINT)
+    out, _ = resumed.communicate(timeout=300)
+    if len(_records(directory)) < 3:
+        assert "--resume" in out  # the interrupted driver says how to continue
+
+    run_script("ablation.py", *args, "--resume")
+    records = _records(directory)
+    assert sorted(records) == ["full-s0", "no_npr-s0", "pgd_at-s0"]
+    for trial_id, record in first.items():
+        assert records[trial_id]["finished_at"] == record["finished_at"], f"{trial_id} was run again"
+    trials = results.read_table(directory, "trials")
+    assert trials["trial_id"].is_unique and len(trials) == 3 and (trials["status"] == "completed").all()
+    epochs = results.read_table(directory, "epochs")
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(900)
+def test_non_finite_trial_fails_alone_and_is_recorded(tmp_path):
+    # An enormous PPA weight overflows the Adv-DPNP loss at step 0; the PGD-AT baseline has no PPA term.
+    proc = run_script("ablation.py", "--smoke", "--variants", "full", "pgd_at", "--storage", str(tmp_path),
+                      "--name", "nan", "--set", "lambda_ppa=1e38", "eval_suite=basic")
+    trials = results.read_table(tmp_path / "nan", "trials").set_index("variant")
+    assert trials.loc["full", "status"] == "failed"
+    assert "epoch 0, step" in trials.loc["full", "error"] and "non-finite" in trials.loc["full", "error"]
+    assert trials.loc["pgd_at", "status"] == "completed" and trials.loc["pgd_at", "clean_acc"] > 0.5
+    assert "failed" in proc.stdout
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(1200)
+def test_search_resume_continues_the_optuna_study(tmp_path):
+    import optuna
+
+    args = ["--smoke", "--trials", "3", "--max-concurrent", "1", "--scheduler", "none", "--storage", str(tmp_path),
+            "--name", "srch"]
+    directory = tmp_path / "srch"
+    proc = subprocess.Popen([PYTHON, str(REPO / "studies" / "search.py"), *args], cwd=REPO, env=study_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 400
+    while time.time() < deadline and len(_records(directory)) < 1:
+        assert proc.poll() is None
+        time.sleep(1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = set(_records(directory))
+    assert done_before
+
+    run_script("search.py", *args, "--resume")
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(directory / "optuna.journal")))
+    study = optuna.load_study(study_name="srch", storage=storage)
+    finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(finished) >= 3  # the search went on from what it had
+    trials = results.read_table(directory, "trials")
+    assert trials["trial_id"].is_unique and len(trials) == 3
+    assert done_before <= set(trials["trial_id"])

@@ -1,0 +1,136 @@
+"""End to end with real Ray: the ablation smoke study, a real two-node cluster, a tiny Optuna search.
+
+Few and small on purpose: each starts Ray (seconds) and trains (tens of seconds) on 2 cores.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+
+import optuna
+import pandas as pd
+import pytest
+
+from dpnp_ray import results
+from dpnp_ray.search import SearchSpace
+
+from .raytools import TwoNodeCluster, run_script, study_env
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
+
+METRICS = ["clean_acc", "fgsm_acc", "pgd_acc", "cw_acc", "val_clean_acc", "val_robust_acc"]
+
+
+@pytest.fixture(scope="module")
+def smoke_study(tmp_path_factory):
+    """`studies/ablation.py --smoke` exactly as the README runs it, into a temporary storage root."""
+    storage = tmp_path_factory.mktemp("smoke")
+    proc = run_script("ablation.py", "--smoke", "--storage", str(storage), "--name", "smoke")
+    return storage / "smoke", proc
+
+
+def test_smoke_ablation_writes_documented_tables(smoke_study):
+    directory, proc = smoke_study
+    assert f"results: {directory}" in proc.stdout
+    trials = results.read_table(directory, "trials")
+    assert sorted(zip(trials["variant"], trials["seed"])) == [("full", 0), ("pgd_at", 0)]
+    assert (trials["status"] == "completed").all()
+    for column in results.REQUIRED_COLUMNS["trials"] + METRICS + ["aa_acc", "cfg_method", "cfg_lambda_ppa"]:
+        assert column in trials, column
+    for column in METRICS + ["aa_acc"]:
+        assert trials[column].between(0, 1).all(), column
+    assert (trials["aa_acc"] <= trials["pgd_acc"] + 0.02).all()
+    assert set(trials["cfg_method"]) == {"adv_dpnp", "pgd_at"}
+    assert trials["code_version"].str.len().gt(6).all() and trials["torch_version"].ne("absent").all()
+
+    epochs = results.read_table(directory, "epochs")
+    assert epochs.groupby("trial_id")["epoch"].apply(sorted).tolist() == [[0, 1], [0, 1]]
+    assert epochs["val_robust_acc"].between(0, 1).all() and (epochs["images_per_s"] > 0).all()
+    full = epochs[epochs["variant"] == "full"]
+    assert full[["loss_ppa", "loss_npr", "loss_cons", "loss_ce_adv"]].notna().all().all()
+
+    evals = results.read_table(directory, "evals")
+    assert {"clean", "fgsm", "pgd", "cw_inf", "autoattack", "pgd_eps_curve"} <= set(evals["attack"])
+    assert evals["accuracy"].between(0, 1).all() and (evals["n"] > 0).all()
+    assert set(evals["suite"]) == {"quick"}
+    masking = results.read_table(directory, "masking")
+    assert {"eps_monotone", "pgd_aa_gap", "unbounded_eps"} <= set(masking["check"])
+    geometry = results.read_table(directory, "geometry")
+    assert set(geometry["variant"]) == {"full", "pgd_at"}
+
+
+def test_resume_of_finished_study_reruns_nothing_and_keeps_one_row_each(smoke_study):
+    directory, _ = smoke_study
+    before = results.read_table(directory, "trials").set_index("trial_id")["finished_at"]
+    proc = run_script("ablation.py", "--smoke", "--storage", str(directory.parent), "--name", "smoke", "--resume")
+    assert "epoch   0" not in proc.stdout + proc.stderr  # nothing trained again
+    trials = results.read_table(directory, "trials").set_index("trial_id")
+    assert trials.index.is_unique and len(trials) == 2
+    pd.testing.assert_series_equal(trials["finished_at"], before)
+    epochs = results.read_table(directory, "epochs")
+    assert not epochs.duplicated(["trial_id", "epoch"]).any() and len(epochs) == 4
+
+
+def test_report_builds_from_real_smoke_output(smoke_study, tmp_path):
+    from analysis.report import build_report
+
+    directory, _ = smoke_study
+    out = build_report(directory, tmp_path / "report.html", log=lambda *_: None)
+    html = out.read_text()
+    assert 'id="fig-ablation_bars"' in html and "plotly" in html.lower()
+
+
+def test_cluster_flag_without_cluster_fails_clearly(tmp_path):
+    proc = run_script("ablation.py", "--smoke", "--cluster", "--address", "127.0.0.1:1", "--storage", str(tmp_path),
+                      check=False, timeout=180)
+    assert proc.returncode == 2
+    assert "127.0.0.1:1" in proc.stderr and "ray start --head" in proc.stderr
+    assert not (tmp_path / "ablation" / "trials").exists()  # nothing trained
+
+
+def test_two_node_cluster_runs_ddp_trial(tmp_path):
+    with TwoNodeCluster(tmp_path / "ray") as cluster:
+        storage = tmp_path / "results"
+        proc = run_script("ablation.py", "--smoke", "--address", cluster.address, "--workers", "2",
+                          "--cpus-per-worker", "0.5", "--variants", "full", "--storage", str(storage),
+                          "--set", "eval_suite=basic", env=cluster.env)
+        assert "world_size=2" in proc.stdout + proc.stderr
+        trials = results.read_table(storage / "ablation", "trials")
+        assert len(trials) == 1 and trials.loc[0, "status"] == "completed"
+        assert trials.loc[0, "num_workers"] == 2 and 0.5 < trials.loc[0, "clean_acc"] <= 1
+        # a request the cluster cannot place fails before training, naming what is missing
+        proc = run_script("ablation.py", "--smoke", "--address", cluster.address, "--workers", "2",
+                          "--gpus-per-worker", "1", "--storage", str(tmp_path / "r2"), env=cluster.env, check=False)
+        assert proc.returncode == 2 and "GPU" in proc.stderr and "cannot place" in proc.stderr
+
+
+def test_tiny_search_respects_space_and_writes_pareto(tmp_path):
+    run_script("search.py", "--smoke", "--trials", "3", "--storage", str(tmp_path), "--name", "tiny",
+               "--max-concurrent", "1")
+    directory = tmp_path / "tiny"
+    trials = results.read_table(directory, "trials")
+    assert len(trials) == 3 and trials["trial_id"].is_unique
+    space = SearchSpace()
+    eps = 0.1  # digits' threat model
+    for _, row in trials.iterrows():
+        for term, weight in (("use_ppa", "lambda_ppa"), ("use_npr", "lambda_npr"), ("use_consistency", "lambda_cons")):
+            sampled = row.get(f"param_{weight}")
+            if row[f"param_{term}"]:
+                lo, hi = getattr(space, weight)
+                assert lo <= sampled <= hi
+                assert row[f"cfg_{weight}"] == pytest.approx(sampled)
+            else:  # conditional: no weight is sampled for a switched-off term
+                assert sampled is None or math.isnan(sampled)
+        assert 0.5 * eps - 1e-12 <= row["param_eps"] <= eps + 1e-12
+        assert row["param_beta_adv"] >= space.beta_adv[0] and row["param_beta_adv"] <= space.beta_adv[1]
+        warmup = row.get("param_eps_warmup_epochs")
+        assert (row["param_eps_schedule"] == "constant") == (warmup is None or math.isnan(warmup))
+        assert row["cfg_eval_eps"] == pytest.approx(eps)  # evaluation keeps the threat model
+    pareto = results.read_table(directory, "pareto")
+    assert len(pareto) >= 1 and set(pareto["trial_id"]) <= set(trials["trial_id"])
+    study = optuna.load_study(study_name="tiny", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(directory / "optuna.journal"))))
+    assert len(study.trials) == 3
+    # the first trial evaluates the base config (points_to_evaluate)
+    assert study.trials[0].params["lambda_ppa"] == pytest.approx(0.1)
