@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -92,6 +93,8 @@ def connect(settings: StudySettings) -> None:
         return
     if settings.cluster or settings.address:
         address = settings.address or "auto"
+        if address != "auto":
+            _probe(address)
         try:
             # Ship this package to the cluster's workers; torch & co. must be installed there.
             ray.init(address=address, runtime_env={"py_modules": [str(Path(dpnp_ray.__file__).parent)]},
@@ -109,6 +112,19 @@ def connect(settings: StudySettings) -> None:
 
 
 DRIVER_CPU = 0.01  # what each trial's Tune driver function holds (0 is rejected by Tune)
+
+
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on an unreachable head: ray.init retries a dead address for minutes."""
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as exc:
+        raise StudyError(f"no Ray cluster reachable at {address!r} ({exc}); start one with `ray start --head` "
+                         "(and `ray start --address <head>:6379` on the other nodes), check the address, "
+                         "or drop --cluster/--address to run on a local instance") from None
 
 
 def plan_concurrency(scaling: Scaling, max_concurrent: int, nodes: list[dict[str, float]] | None = None) -> int:

@@ -109,10 +109,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     try:
         result = run_experiment(cfg, env=env, resume=resume, on_epoch=on_epoch,
                                 log=print if rank == 0 else None)
-        record.update(summary=result.summary, history=result.train.history,
-                      evals=[e.as_row() if hasattr(e, "as_row") else e for e in result.evals],
-                      corruptions=getattr(result, "corruptions", []), geometry=getattr(result, "geometry", []),
-                      masking=getattr(result, "masking", []))
+        record.update(summary=result.summary, history=result.train.history, evals=result.evals,
+                      corruptions=result.corruptions, geometry=result.geometry, masking=result.masking)
         final_metrics = {"epoch": result.train.history[-1]["epoch"] if result.train.history else -1,
                          **{k: v for k, v in result.summary.items() if isinstance(v, (int, float, str, bool))}}
     except NonFiniteLossError as exc:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,11 +42,13 @@ def free_port() -> int:
 class TwoNodeCluster:
     """`ray start --head` plus one more `ray start --address`, 1 CPU each, token auth with a fresh token."""
 
-    def __init__(self, tmp: Path):
+    def __init__(self):
+        # Ray's socket paths must stay under 107 bytes: a short temp dir, not pytest's deep tmp_path.
+        self.tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.env = study_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32),
-                             RAY_TMPDIR=str(tmp))
+                             RAY_TMPDIR=self.tmp)
 
     def _ray(self, *args: str, timeout: int = 120) -> None:
         proc = subprocess.run([RAY, *args], env=self.env, capture_output=True, text=True, timeout=timeout)
@@ -62,4 +67,9 @@ class TwoNodeCluster:
         return self
 
     def __exit__(self, *exc) -> None:
-        subprocess.run([RAY, "stop", "--force"], env=self.env, capture_output=True, timeout=120)
+        # Stop only this cluster's processes (their command lines name its temp dir), not every Ray
+        # instance on the machine as `ray stop` would.
+        for sig in ("TERM", "KILL"):
+            subprocess.run(["pkill", f"-{sig}", "-f", self.tmp], capture_output=True)
+            time.sleep(2)
+        shutil.rmtree(self.tmp, ignore_errors=True)

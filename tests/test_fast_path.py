@@ -2,7 +2,6 @@
 batches, bf16 autocast, no host syncs in the attack and the step, and early-exit evaluation PGD."""
 
 import contextlib
-import copy
 
 import pytest
 import torch
@@ -181,16 +180,20 @@ def device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else CPU
 
 
+#: on the CPU only the structural guard can fire; on a GPU, CUDA's sync debug mode may fire first
+SYNC_ERRORS = (HostSync, RuntimeError) if torch.cuda.is_available() else HostSync
+
+
 def test_the_guard_catches_a_host_sync(monkeypatch):
     class Syncing(torch.nn.Module):
         def forward(self, x):
             return x.flatten(1)[:, :4] * float(x.sum())  # a hidden .item()
 
     x, y = torch.rand(4, 3, 4, 4, device=device()), torch.tensor([0, 1, 2, 3], device=device())
-    with no_host_sync(monkeypatch), pytest.raises((HostSync, RuntimeError)):
+    with no_host_sync(monkeypatch), pytest.raises(SYNC_ERRORS):
         pgd(Syncing(), x, y, eps=0.1, step_size=0.05, steps=1)
     net = small_net().to(device()).eval()
-    with no_host_sync(monkeypatch), pytest.raises((HostSync, RuntimeError)):
+    with no_host_sync(monkeypatch), pytest.raises(SYNC_ERRORS):
         pgd(net, x, y, eps=0.1, step_size=0.05, steps=4, early_stop=True)  # compaction syncs, by design
 
 
@@ -219,6 +222,31 @@ def test_train_step_never_syncs_with_the_host(method, monkeypatch):
     assert torch.isfinite(stats["loss_total"])
 
 
+def test_the_per_batch_path_of_the_loop_never_syncs_with_the_host(monkeypatch):
+    """What train() does per batch on a GPU: a DeviceLoader batch, to_float, crop+flip, train_step.
+    (The sampler's order is computed once per epoch, when the first batch is requested.)"""
+    from torch.utils.data import RandomSampler
+
+    from dpnp_ray.data import augment, to_float
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (24, 3, 8, 8), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 4, (24,), generator=g)
+    loader = DeviceLoader(images, labels, sampler=RandomSampler(range(24), generator=g), batch_size=8,
+                          drop_last=True, device=device())
+    cfg = cfg_of(train_attack_steps=2)
+    net = small_net().to(device())
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    augment_gen, attack_gen = (torch.Generator(device=device()).manual_seed(s) for s in (1, 2))
+    batches = iter(loader)
+    first = next(batches)
+    with no_host_sync(monkeypatch):
+        for xb, yb in [first, *batches]:
+            x = augment(to_float(xb), "crop_flip", augment_gen)
+            train_step(DualBranchForward(net), net, x, yb, cfg, eps=0.1, optimizer=opt, precision=FP32,
+                       generator=attack_gen)
+
+
 # ------------------------------------------------------------------------------ early exit
 
 
@@ -231,7 +259,7 @@ def count_images(net):
 @pytest.mark.parametrize("restarts,loss", [(1, "ce"), (2, "ce"), (1, "cw")])
 def test_early_exit_is_never_weaker_and_does_fewer_forwards(trained_digits, digits, restarts, loss):
     net = trained_digits.train.net
-    eps = trained_digits.config.eval_eps
+    eps = 2 * trained_digits.config.eval_eps  # twice the threat model: about half the points break
     x, y = digits.test.images[:300].float(), digits.test.labels[:300]
     x = x / 255 if x.max() > 1 else x
     outcome = {}
@@ -249,8 +277,9 @@ def test_early_exit_is_never_weaker_and_does_fewer_forwards(trained_digits, digi
     assert int(early.sum()) <= int(plain.sum())
     assert not (early & ~plain).any(), "a point plain PGD breaks is broken by early exit too"
     assert int(plain.sum()) < 0.95 * len(y) and int(plain.sum()) > 0.2 * len(y)  # a regime where it matters
-    print(f"\n[early exit] robust {int(plain.sum())} -> {int(early.sum())} of {len(y)}; images forwarded {plain_images} -> {early_images}")
-    assert early_images < plain_images - len(y), (early_images, plain_images)
+    print(f"\n[early exit] robust {int(plain.sum())} -> {int(early.sum())} of {len(y)}; "
+          f"images forwarded {plain_images} -> {early_images}")
+    assert early_images < 0.8 * plain_images, (early_images, plain_images)
 
 
 def test_evaluation_uses_early_exit_and_training_does_not(trained_digits, digits, monkeypatch):
@@ -267,7 +296,12 @@ def test_evaluation_uses_early_exit_and_training_does_not(trained_digits, digits
 
     calls = []
     real = step_module.pgd
-    monkeypatch.setattr(step_module, "pgd", lambda *a, **k: (calls.append(k.get("early_stop", False)), real(*a, **k))[1])
+
+    def recording_pgd(*args, **kwargs):
+        calls.append(kwargs.get("early_stop", False))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(step_module, "pgd", recording_pgd)
     cfg = cfg_of(train_attack_steps=2)
     net = small_net()
     train_step(DualBranchForward(net), net, torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 3]), cfg, eps=0.1,

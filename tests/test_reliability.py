@@ -131,7 +131,7 @@ def test_killed_worker_resumes_from_checkpoint_and_matches_undisturbed_run(tmp_p
     assert marker.exists(), "the worker was not killed"
     directory = tmp_path / "kill"
     epochs = results.read_table(directory, "epochs")
-    assert epochs["epoch"].tolist() == [0, 1, 2]  # each epoch once, although epoch 1 was reported twice
+    assert epochs["epoch"].tolist() == [0, 1, 2]  # each epoch once: epoch 1 was trained twice, recorded once
     trial = results.read_table(directory, "trials").iloc[0]
     assert trial["status"] == "completed"
 

@@ -90,7 +90,7 @@ def test_cluster_flag_without_cluster_fails_clearly(tmp_path):
 
 
 def test_two_node_cluster_runs_ddp_trial(tmp_path):
-    with TwoNodeCluster(tmp_path / "ray") as cluster:
+    with TwoNodeCluster() as cluster:
         storage = tmp_path / "results"
         proc = run_script("ablation.py", "--smoke", "--address", cluster.address, "--workers", "2",
                           "--cpus-per-worker", "0.5", "--variants", "full", "--storage", str(storage),

@@ -1,0 +1,159 @@
+"""Cost of one adversarial training step: ours (Adv-DPNP, PGD-AT) against a plain reference PGD-AT.
+
+    python bench/step_cost.py                                  # small_cnn, CIFAR-shaped, CPU
+    python bench/step_cost.py --shape digits --batch 128
+    python bench/step_cost.py --model resnet18 --device cuda --batch 512 --precision bf16
+
+reference   torchattacks.PGD (eps, alpha, k, random start; it puts the model in eval mode for the
+            attack) + cross-entropy + SGD on the same backbone with a softmax linear head: PGD-AT
+            "written the plain way".
+pgd_at      dpnp_ray.step.train_step, method=pgd_at (same model, same k).
+adv_dpnp    dpnp_ray.step.train_step, method=adv_dpnp (prototype head, clean + adversarial branch).
+
+All three see the same batch, k and precision; they run alternately (the order rotates every
+repeat), after one warm-up step each, and the table gives medians (ratios of medians) and, for a
+shared machine where other processes steal time, minima (the least disturbed run of each). Cost model (EVAL_NOTES "Cost"):
+PGD-AT = 2k+3 forward-equivalents, Adv-DPNP = 2k+6, so Adv-DPNP / PGD-AT >= (2k+6)/(2k+3)
+(1.13 at k=10). Targets: pgd_at / reference <= 1.0, adv_dpnp / reference <= 1.2.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from measure import machine, measure, median, spread, table, write_json
+
+import torch
+import torch.nn.functional as F
+
+from dpnp_ray.config import ExperimentConfig
+from dpnp_ray.models import DualBranchForward, build_model
+from dpnp_ray.runtime import Precision, configure_backend, resolve_device
+from dpnp_ray.step import train_step
+
+SHAPES = {"cifar": (3, 32, 32), "digits": (1, 8, 8)}
+EPS, ALPHA = 8 / 255, 2 / 255
+
+
+def make_net(model: str, shape, prototypes: bool, device, channels_last: bool):
+    torch.manual_seed(0)
+    net = build_model(backbone=model, num_classes=10, in_channels=shape[0], mean=(0.5,) * shape[0],
+                      std=(0.25,) * shape[0], prototype_head=prototypes).to(device)
+    return net.to(memory_format=torch.channels_last) if channels_last else net
+
+
+def optimizer_of(net):
+    return torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+
+def reference_step(args, shape, device, precision: Precision, channels_last: bool):
+    import torchattacks
+
+    net = make_net(args.model, shape, False, device, channels_last)
+    attack = torchattacks.PGD(net, eps=EPS, alpha=ALPHA, steps=args.steps, random_start=True)
+    opt = optimizer_of(net)
+
+    def step(x, y):
+        net.train()
+        with precision.autocast():
+            x_adv = attack(x, y)
+            loss = F.cross_entropy(net(x_adv).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def our_step(method: str, args, shape, device, precision: Precision, channels_last: bool):
+    cfg = ExperimentConfig.from_dict(dict(dataset="digits", method=method, eps=EPS, eval_eps=EPS,
+                                          train_attack_steps=args.steps, train_attack_step_size=ALPHA))
+    net = make_net(args.model, shape, cfg.uses_prototypes, device, channels_last)
+    forward, opt = DualBranchForward(net), optimizer_of(net)
+    generator = torch.Generator(device=device).manual_seed(0)
+    scaler = precision.grad_scaler()
+
+    def step(x, y):
+        net.train()
+        train_step(forward, net, x, y, cfg, eps=EPS, optimizer=opt, precision=precision, generator=generator,
+                   scaler=scaler)
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="small_cnn")
+    parser.add_argument("--shape", choices=SHAPES, default="cifar")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=10, help="PGD steps k")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument("--channels-last", action="store_true", help="channels_last weights and batches")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--json", default=None, help="output path (default bench/runs/step_cost.json)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    configure_backend(device)
+    precision = Precision.choose(args.precision, device)
+    shape = SHAPES[args.shape]
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(args.batch, *shape, generator=g).to(device)
+    y = torch.randint(0, 10, (args.batch,), generator=g).to(device)
+    if args.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    steps = {
+        "reference": reference_step(args, shape, device, precision, args.channels_last),
+        "pgd_at": our_step("pgd_at", args, shape, device, precision, args.channels_last),
+        "adv_dpnp": our_step("adv_dpnp", args, shape, device, precision, args.channels_last),
+    }
+    seconds = {name: [] for name in steps}
+    memory = {name: [] for name in steps}
+    for name, fn in steps.items():  # warm-up: allocator, kernel selection, cudnn.benchmark
+        measure(lambda: fn(x, y), device)
+    names = list(steps)
+    for r in range(args.repeats):
+        for name in names[r % 3:] + names[:r % 3]:
+            s, mib = measure(lambda: steps[name](x, y), device)
+            seconds[name].append(s)
+            memory[name].append(mib)
+
+    k = args.steps
+    forwards = {"reference": 2 * k + 3, "pgd_at": 2 * k + 3, "adv_dpnp": 2 * k + 6}
+    ref = median(seconds["reference"])
+    rows = []
+    for name in names:
+        med = median(seconds[name])
+        best = min(seconds[name])
+        rows.append({"variant": name, "ms": 1000 * med, "spread": 100 * spread(seconds[name]),
+                     "img_s": args.batch / med, "ratio": med / ref, "min_ms": 1000 * best,
+                     "ratio_min": best / min(seconds["reference"]),
+                     "model_ratio": forwards[name] / forwards["reference"],
+                     "fwd_equiv": forwards[name], "peak_mib": max(memory[name]),
+                     "memory_kind": "cuda max_memory_allocated" if device.type == "cuda" else "peak RSS growth"})
+    targets = {"pgd_at": 1.0, "adv_dpnp": 1.2}
+    for row in rows:
+        row["target"] = targets.get(row["variant"])
+        row["meets_target"] = None if row["target"] is None else row["ratio"] <= row["target"]
+    where = machine(device)
+    print(f"step cost: {args.model}, {args.shape} {shape}, batch {args.batch}, PGD-{k}, {precision.name}"
+          f"{', channels_last' if args.channels_last else ''}, {args.repeats} repeats, on {where['device']} "
+          f"({where.get('gpu', where['cpu_model'])}, {where['cpus_usable']} usable CPUs, {where['torch_threads']} "
+          f"torch threads, load {where['load_average_1m']:.1f})")
+    print(table(rows, [("variant", "variant", ""), ("ms", "median ms", ".1f"), ("spread", "+-%", ".0f"),
+                       ("img_s", "img/s", ".1f"), ("ratio", "/ reference", ".3f"), ("min_ms", "min ms", ".1f"),
+                       ("ratio_min", "min / ref min", ".3f"),
+                       ("model_ratio", "cost model", ".3f"), ("target", "target", ".2f"),
+                       ("peak_mib", "peak MiB", ".1f")]))
+    print(f"Adv-DPNP / our PGD-AT: {median(seconds['adv_dpnp']) / median(seconds['pgd_at']):.3f} "
+          f"(algorithmic floor (2k+6)/(2k+3) = {(2 * k + 6) / (2 * k + 3):.3f})")
+    out = write_json("step_cost", {"args": vars(args), "machine": where, "precision": precision.name,
+                                   "rows": rows, "seconds": seconds}, args.json)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
