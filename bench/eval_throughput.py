@@ -64,7 +64,7 @@ def bench_model(name, net, x, y, eps, args, device, precision, aa_n, num_classes
         holder = {}
         for early in (False, True):
             key = "early" if early else "plain"
-            seconds, _ = measure(lambda: holder.__setitem__(key, run_pgd(net, x, y, eps, args.steps, precision,
+            seconds, _, _ = measure(lambda: holder.__setitem__(key, run_pgd(net, x, y, eps, args.steps, precision,
                                                                          args.batch, early)), device)
             row[f"{key}_img_s"] = len(x) / seconds
             row[f"{key}_acc"] = accuracy(net, holder[key], y, precision)
@@ -72,7 +72,7 @@ def bench_model(name, net, x, y, eps, args, device, precision, aa_n, num_classes
         if aa_n > 0:
             xa, ya = x[:aa_n], y[:aa_n]
             result = {}
-            seconds, _ = measure(lambda: result.__setitem__("aa", autoattack(
+            seconds, _, _ = measure(lambda: result.__setitem__("aa", autoattack(
                 net, xa, ya, eps=eps, version="apgd", seed=0, batch_size=args.batch, num_classes=num_classes)), device)
             row.update(aa_n=aa_n, aa_img_s=aa_n / seconds, aa_acc=float(result["aa"][1].float().mean()),
                        pgd_acc_aa_points=accuracy(net, holder["early"][:aa_n], ya, precision))

@@ -1,10 +1,11 @@
 """What every benchmark here needs: the machine it ran on, step timing, peak memory, JSON output.
 
 Timing is wall-clock around one call, with the device synchronised before and after (on CUDA,
-kernels are asynchronous). Peak memory per call: on CUDA torch.cuda.max_memory_allocated after
-reset_peak_memory_stats; on the CPU the process's peak resident set (VmHWM), reset before the call
-by writing 5 to /proc/self/clear_refs (Linux), minus the resident set before it. Where the reset
-is not allowed, the ru_maxrss delta is used instead, which only sees growth past the earlier peak.
+kernels are asynchronous), and the process's CPU time (time.process_time) for CPU runs.
+Peak memory per call: on CUDA torch.cuda.max_memory_allocated after reset_peak_memory_stats; on
+the CPU the process's peak resident set (VmHWM), reset before the call by writing 5 to
+/proc/self/clear_refs (Linux), minus the resident set before it. Where the reset is not allowed,
+the ru_maxrss delta is used instead, which only sees growth past the earlier peak.
 """
 
 from __future__ import annotations
@@ -70,8 +71,12 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def measure(fn: Callable[[], Any], device: torch.device) -> tuple[float, float]:
-    """(seconds, peak extra memory in MiB during the call) of one call of fn."""
+def measure(fn: Callable[[], Any], device: torch.device) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds of this process, peak extra memory in MiB) of one call of fn.
+
+    On a shared CPU the process's CPU time is the steadier measure of the work done: time other
+    processes take from this one is not counted (their cache and frequency effects still are).
+    """
     sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -80,16 +85,16 @@ def measure(fn: Callable[[], Any], device: torch.device) -> tuple[float, float]:
         resettable = _reset_peak_rss()
         before = _status_kib("VmRSS") * 1024 if resettable else \
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     fn()
     sync(device)
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device)
     else:
         peak = _status_kib("VmHWM") * 1024 if resettable else \
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return seconds, max(0, peak - before) / 2**20
+    return seconds, cpu_seconds, max(0, peak - before) / 2**20
 
 
 def median(values: list[float]) -> float:

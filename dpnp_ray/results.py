@@ -32,7 +32,7 @@ REQUIRED_COLUMNS: dict[str, list[str]] = {
         "code_version", "torch_version", "ray_version", "python_version", "schema_version",
     ],
     "epochs": KEY_COLUMNS + [
-        "epoch", "loss_total", "train_clean_acc", "val_clean_acc", "val_robust_acc", "eps", "lr",
+        "epoch", "loss_total", "val_clean_acc", "val_robust_acc", "eps", "lr",
         "images_per_s", "epoch_seconds", "schema_version",
     ],
     "evals": KEY_COLUMNS + ["suite", "split", "attack", "loss", "eps", "steps", "restarts", "n", "accuracy",
@@ -98,6 +98,9 @@ def write_bytes_atomic(location: str, data: bytes) -> None:
     target = local_path(location)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results are meant to be shared
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

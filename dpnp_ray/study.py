@@ -266,6 +266,8 @@ def record_unfinished(grid, settings: StudySettings, base: dict[str, Any], kind:
     for result in grid:
         params = dict(result.config or {})
         last = dict(result.metrics or {})
+        if kind == "ablation" and "variant" not in params:
+            continue  # Tune knows nothing of this trial's grid point: nothing to attribute a record to
         variant = params.pop("variant", "search")
         try:
             cfg = ExperimentConfig.from_dict({**base, **(ABLATION_VARIANTS.get(variant, {}) if kind == "ablation"

@@ -119,7 +119,7 @@ def _records(directory: Path) -> dict[str, dict]:
 @pytest.mark.ray
 @pytest.mark.timeout(900)
 def test_killed_worker_resumes_from_checkpoint_and_matches_undisturbed_run(tmp_path, digits):
-    from dpnp_ray.config import ExperimentConfig
+    from dpnp_ray.config import ExperimentConfig, parse_assignments
     from dpnp_ray.experiment import run_experiment
 
     marker = tmp_path / "killed-once"
@@ -136,8 +136,7 @@ def test_killed_worker_resumes_from_checkpoint_and_matches_undisturbed_run(tmp_p
     assert trial["status"] == "completed"
 
     # The same config and seed, undisturbed, in this process: identical numbers (CPU, one thread each).
-    cfg = ExperimentConfig.from_dict({"dataset": "digits", "model": "small_cnn",
-                                      **{k: json.loads(v) for k, v in (o.split("=") for o in overrides)}})
+    cfg = ExperimentConfig.from_dict({"dataset": "digits", "model": "small_cnn", **parse_assignments(overrides)})
     reference = run_experiment(cfg, data=digits, log=None)
     for record in reference.train.history:
         row = epochs[epochs["epoch"] == record["epoch"]].iloc[0]
