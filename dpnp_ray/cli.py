@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any, Callable
 
@@ -65,10 +66,16 @@ def scaling(args: argparse.Namespace) -> Scaling:
 def run_cli(main: Callable[[], int]) -> None:
     """Run a study's main; known user errors become one line on stderr and exit code 2."""
     from .results import ResultsError
-    from .study import StudyError
+    from .study import StudyError, StudyInterrupted
 
+    # Ctrl-C ends the driver at once (KeyboardInterrupt) instead of Tune's graceful stop, which reports
+    # unfinished trials as ended; Tune's experiment state is saved as it goes, so --resume continues.
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     try:
         sys.exit(main())
+    except StudyInterrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        sys.exit(130)
     except (ConfigError, StudyError, ResultsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -100,3 +107,12 @@ def summary_table(trials, group: str = "variant") -> str:
     for _, row in failed.iterrows():
         lines.append(f"{row['trial_id']}: {row['status']} {row.get('error', '')}")
     return "\n".join(lines) if lines else "(no trials)"
+
+
+def print_locations(written: dict[str, str]) -> None:
+    """The results directory and every file the study wrote."""
+    from pathlib import Path
+
+    print(f"\nresults: {Path(written['trials']).parent}")
+    for table, location in written.items():
+        print(f"  {table:14s} {location}")

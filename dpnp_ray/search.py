@@ -14,8 +14,8 @@ from ray.tune.search.optuna import OptunaSearch
 
 from . import results
 from .config import ExperimentConfig
-from .study import (StudyError, StudySettings, _tuner, _validate_base, export, pareto_front, plan_concurrency,
-                    prepare, record_unfinished, run_trial)
+from .study import (StudyError, StudySettings, _tuner, _validate_base, pareto_front, plan_concurrency,
+                    finish, prepare, run_trial)
 
 OBJECTIVES = {"multi": (["val_clean_acc", "val_robust_acc"], ["max", "max"]),
               "robust": ("val_robust_acc", "max"), "clean": ("val_clean_acc", "max")}
@@ -162,8 +162,7 @@ def run_search(base: dict[str, Any], settings: StudySettings, *, trials: int, sp
                                   max_concurrent_trials=concurrent,
                                   metric=metric if single else None, mode=mode if single else None)
     tuner = _tuner(run_trial, settings, base, "search", tune_config=tune_config)
-    record_unfinished(tuner.fit(), settings, base, "search")
-    written = export(settings.directory)
+    written = finish(tuner.fit(), settings, base, "search")
     frame = results.read_table(settings.directory, "trials")
     objectives = tuple(metric) if isinstance(metric, list) else (metric,)
     front = pareto_front(frame, objectives)

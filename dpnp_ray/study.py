@@ -259,12 +259,22 @@ def export(study_dir: str) -> dict[str, str]:
     return written
 
 
+class StudyInterrupted(StudyError):
+    """The study stopped before every trial ended (Ctrl-C); its results so far are exported."""
+
+
 def record_unfinished(grid, settings: StudySettings, base: dict[str, Any], kind: str) -> int:
     """Trials whose driver never wrote a record (stopped by the scheduler, or errored in Tune):
-    write one from Tune's results so every trial is in the tables. Returns how many were written."""
-    written = 0
-    for result in grid:
-        params = dict(result.config or {})
+    write one from Tune's results so every trial is in the tables. Returns how many trials had
+    not ended at all (the experiment was interrupted): those get no record and run on --resume."""
+    # ResultGrid lists its results in the order of the experiment's trials, which carry the status.
+    trials = grid._experiment_analysis.trials
+    interrupted = 0
+    for result, trial in zip(grid, trials):
+        if trial.status not in ("TERMINATED", "ERROR"):
+            interrupted += 1
+            continue
+        params = dict(trial.config or result.config or {})
         last = dict(result.metrics or {})
         if kind == "ablation" and "variant" not in params:
             continue  # Tune knows nothing of this trial's grid point: nothing to attribute a record to
@@ -293,7 +303,17 @@ def record_unfinished(grid, settings: StudySettings, base: dict[str, Any], kind:
                   "history": history, "num_workers": settings.scaling.num_workers,
                   "use_gpu": settings.scaling.use_gpu, **provenance()}
         results.write_bytes_atomic(record_path(settings.directory, trial_id), json.dumps(record, default=str).encode())
-        written += 1
+    return interrupted
+
+
+def finish(grid, settings: StudySettings, base: dict[str, Any], kind: str) -> dict[str, str]:
+    """Record what Tune knows, export the tables, and say so when the study did not finish."""
+    interrupted = record_unfinished(grid, settings, base, kind)
+    written = export(settings.directory)
+    if interrupted:
+        raise StudyInterrupted(f"{interrupted} trial(s) had not finished when the study stopped; the results "
+                               f"so far are in {redact(settings.directory)}; continue with the same command "
+                               "plus --resume")
     return written
 
 
@@ -364,5 +384,4 @@ def run_ablation(base: dict[str, Any], variants: list[str], seeds: list[int], se
     tuner = _tuner(run_trial, settings, base, "ablation",
                    param_space={"variant": tune.grid_search(list(variants)), "seed": tune.grid_search(list(seeds))},
                    tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, num_samples=1))
-    record_unfinished(tuner.fit(), settings, base, "ablation")
-    return export(settings.directory)
+    return finish(tuner.fit(), settings, base, "ablation")

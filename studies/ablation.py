@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from dpnp_ray import results
-from dpnp_ray.cli import add_common_flags, base_config, run_cli, scaling, summary_table
+from dpnp_ray.cli import add_common_flags, base_config, print_locations, run_cli, scaling, summary_table
 from dpnp_ray.study import ABLATION_VARIANTS, DEFAULT_VARIANTS, StudySettings, run_ablation
 
 # The ablation's defaults on digits: small enough for a laptop, large enough to separate variants.
@@ -43,9 +43,7 @@ def main() -> int:
     written = run_ablation(base, variants, seeds, settings)
     trials = results.read_table(Path(written["trials"]).parent, "trials")
     print("\n" + summary_table(trials))
-    print(f"\nresults: {Path(written['trials']).parent}")
-    for table, location in written.items():
-        print(f"  {table:12s} {location}")
+    print_locations(written)
     return 0
 
 

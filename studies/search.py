@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from dpnp_ray import results
-from dpnp_ray.cli import add_common_flags, base_config, run_cli, scaling, summary_table
+from dpnp_ray.cli import add_common_flags, base_config, print_locations, run_cli, scaling, summary_table
 from dpnp_ray.search import OBJECTIVES, SearchSpace, run_search
 from dpnp_ray.study import StudySettings
 
@@ -53,9 +53,7 @@ def main() -> int:
     pareto = results.read_table(directory, "pareto")
     print("\nPareto front (val clean vs val robust):")
     print(pareto.drop(columns=["schema_version"]).to_string(index=False, max_cols=8))
-    print(f"\nresults: {directory}")
-    for table, location in written.items():
-        print(f"  {table:14s} {location}")
+    print_locations(written)
     return 0
 
 

@@ -136,7 +136,7 @@ def reference_test_evaluation(net, data, cfg, env, precision):
     """experiment.test_evaluation as it was before the suite replaced it (commit 074938e)."""
     test = subsample(data.test, cfg.eval_n)
     common = dict(env=env, batch_size=cfg.eval_batch_size, precision=precision, seed=cfg.seed)
-    eps, step, k, restarts = cfg.eps, cfg.eval_step, cfg.eval_attack_steps, cfg.eval_restarts
+    eps, step, k, restarts = cfg.eval_eps, cfg.eval_step, cfg.eval_attack_steps, cfg.eval_restarts
     return [
         evaluate_attack(net, test, name="clean", attack=None, eps=0.0, steps=0, restarts=0, **common),
         evaluate_attack(net, test, name="fgsm", attack=fgsm_attack(eps, precision), eps=eps, steps=1,
