@@ -232,7 +232,9 @@ def _flatten_record(record: dict[str, Any]) -> dict[str, Any]:
     for key, value in record.items():
         if key.endswith("_version") or key in ("hardware", "platform"):
             row[key] = value
-    row.update(results.config_columns(record.get("config") or {}))
+    # Paths in the config (data_root, corruption_root) must not reveal a home directory or credentials.
+    config = {k: redact(v) if isinstance(v, str) else v for k, v in (record.get("config") or {}).items()}
+    row.update(results.config_columns(config))
     # What the searcher sampled (absent: not sampled for this trial, e.g. a weight whose term was off).
     row.update({f"param_{k}": v for k, v in (record.get("params") or {}).items()})
     return row

@@ -86,6 +86,23 @@ def test_credentials_and_home_are_redacted():
     assert os.path.expanduser("~") not in text or os.path.expanduser("~") == "/"
 
 
+def test_exported_rows_hold_no_home_paths_or_credentials(tmp_path):
+    from dpnp_ray.study import export
+
+    home = os.path.expanduser("~")
+    record = {"study": "s", "trial_id": "t", "variant": "full", "seed": 0, "status": "completed", "error": "",
+              "config": {"data_root": f"{home}/datasets", "corruption_root": "s3://key:secret@bucket/c"},
+              "summary": {"clean_acc": 0.9, "pgd_acc": 0.5}, "num_workers": 1, "use_gpu": False,
+              "hardware": "cpu", "code_version": "x", "torch_version": "t", "ray_version": "r",
+              "python_version": "p", "wall_seconds": 1.0}
+    (tmp_path / "trials").mkdir()
+    (tmp_path / "trials" / "t.json").write_text(json.dumps(record))
+    export(str(tmp_path))
+    row = results.read_table(tmp_path, "trials").iloc[0]
+    assert row["cfg_data_root"] == "~/datasets" or home == "/"
+    assert "secret" not in row["cfg_corruption_root"]
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["--variants", "full", "nope"], "invalid choice: 'nope'"),
     (["--dataset", "mnist"], "'dataset' = 'mnist'"),
