@@ -20,7 +20,7 @@ from .data import DatasetInfo, DatasetSplits, Split, augment, load_dataset, to_f
 from .environment import LocalEnvironment
 from .evaluate import correct_counts, pgd_attack
 from .models import Classifier, DualBranchForward, build_model
-from .runtime import DeviceLoader, Precision, fits_on_device, resolve_device
+from .runtime import DeviceLoader, Precision, configure_backend, fits_on_device, resolve_device
 from .schedules import make_eps_schedule, make_lr_scheduler
 from .step import train_step
 
@@ -102,6 +102,7 @@ def train(cfg: ExperimentConfig, *, env: LocalEnvironment | None = None, data: D
     env = env or LocalEnvironment(resolve_device(cfg.device))
     data = data or load_data(cfg)
     device = env.device
+    configure_backend(device)
     torch.manual_seed(cfg.seed)
     net = model_from_config(cfg, data.info).to(device)
     if cfg.channels_last and device.type == "cuda":
