@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import argparse
 
-from measure import machine, measure, median, table, write_json
+from measure import machine, measure, median, setup, table, write_json
 
 import torch
 
 from dpnp_ray.attacks import eval_mode, pgd
 from dpnp_ray.models import build_model
-from dpnp_ray.runtime import Precision, configure_backend, resolve_device
+from dpnp_ray.runtime import Precision
 
 
 def accuracy(net, x, y, precision: Precision) -> float:
@@ -153,11 +153,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    configure_backend(device)
-    precision = Precision.choose(args.precision, device)
+    device, precision = setup(args.threads, args.device, args.precision)
     rows = [synthetic_row(m, args, device, precision) for m in args.models.split(",") if m]
     if not args.no_digits:
         rows.append(digits_row(args, device, precision))

@@ -127,3 +127,14 @@ def write_json(name: str, payload: dict[str, Any], path: str | None = None) -> P
     out.write_text(json.dumps({"benchmark": name, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **payload},
                               indent=2, default=str))
     return out
+
+
+def setup(threads: int, device_name: str, precision_name: str):
+    """The process set-up every CPU/GPU benchmark shares: threads, device, kernel settings, precision."""
+    from dpnp_ray.runtime import Precision, configure_backend, resolve_device
+
+    if threads:
+        torch.set_num_threads(threads)
+    device = resolve_device(device_name)
+    configure_backend(device)
+    return device, Precision.choose(precision_name, device)

@@ -25,14 +25,14 @@ import os
 import subprocess
 import sys
 
-from measure import machine, measure, median, spread, table, write_json
+from measure import machine, measure, median, setup, spread, table, write_json
 
 import torch
 import torch.nn.functional as F
 
 from dpnp_ray.config import ExperimentConfig
 from dpnp_ray.models import DualBranchForward, build_model
-from dpnp_ray.runtime import Precision, configure_backend, resolve_device
+from dpnp_ray.runtime import Precision
 from dpnp_ray.step import train_step
 
 SHAPES = {"cifar": (3, 32, 32), "digits": (1, 8, 8)}
@@ -109,11 +109,7 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="output path (default bench/runs/step_cost.json)")
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)  # internal: one variant's memory
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    configure_backend(device)
-    precision = Precision.choose(args.precision, device)
+    device, precision = setup(args.threads, args.device, args.precision)
     shape = SHAPES[args.shape]
     g = torch.Generator().manual_seed(0)
     x = torch.rand(args.batch, *shape, generator=g).to(device)
