@@ -31,7 +31,7 @@ import torch
 
 from dpnp_ray.attacks import eval_mode, pgd
 from dpnp_ray.models import build_model
-from dpnp_ray.runtime import Precision
+from dpnp_ray.devices import Precision
 
 
 def accuracy(net, x, y, precision: Precision) -> float:
@@ -122,8 +122,8 @@ def synthetic_row(model: str, args, device, precision) -> dict:
 def digits_row(args, device, precision) -> dict:
     from dpnp_ray.config import ExperimentConfig
     from dpnp_ray.data import load_dataset, to_float
-    from dpnp_ray.environment import LocalEnvironment
-    from dpnp_ray.train import train
+    from dpnp_ray.distributed import LocalEnvironment
+    from dpnp_ray.training_loop import train
 
     data = load_dataset("digits")
     cfg = ExperimentConfig.from_dict(dict(dataset="digits", epochs=4, lr=0.05, batch_size=64, train_attack_steps=5,

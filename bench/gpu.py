@@ -6,7 +6,7 @@
 
 Each variant builds a fresh ResNet-18 Adv-DPNP model and runs what train() runs per step: a batch
 gathered from a device-resident uint8 split (DeviceLoader, --n-data images), crop+flip augmentation
-on the device, channels_last where asked, then dpnp_ray.step.train_step (PGD-k attack, clean and
+on the device, channels_last where asked, then dpnp_ray.dual_branch.train_step (PGD-k attack, clean and
 adversarial branch, one backward, SGD). Warm-up steps (cudnn.benchmark, compilation) are timed
 separately; then --iters steps are timed as one block between two synchronisations.
 
@@ -52,9 +52,9 @@ def peak_for(name: str) -> float | None:
 def run_variant(name: str, args, device: torch.device) -> dict:
     from dpnp_ray.config import ExperimentConfig
     from dpnp_ray.data import augment, to_float
-    from dpnp_ray.models import DualBranchForward, build_model
-    from dpnp_ray.runtime import DeviceLoader, Precision
-    from dpnp_ray.step import train_step
+    from dpnp_ray.devices import DeviceLoader, Precision
+    from dpnp_ray.dual_branch import DualBranchForward, train_step
+    from dpnp_ray.models import build_model
     from torch.utils.data import RandomSampler
 
     precision_name, channels_last, compiled = VARIANTS[name]
@@ -138,7 +138,7 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
-    from dpnp_ray.runtime import configure_backend
+    from dpnp_ray.devices import configure_backend
 
     if args.dry_run_cpu:
         device = torch.device("cpu")

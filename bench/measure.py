@@ -131,7 +131,7 @@ def write_json(name: str, payload: dict[str, Any], path: str | None = None) -> P
 
 def setup(threads: int, device_name: str, precision_name: str):
     """The process set-up every CPU/GPU benchmark shares: threads, device, kernel settings, precision."""
-    from dpnp_ray.runtime import Precision, configure_backend, resolve_device
+    from dpnp_ray.devices import Precision, configure_backend, resolve_device
 
     if threads:
         torch.set_num_threads(threads)

@@ -6,9 +6,9 @@
 Both sides run dpnp_ray.experiment.run_experiment (train() then the basic test suite on --eval-n
 points) on the same config with one torch thread, each in a fresh process: the bare side in a
 plain child process, the Ray side inside
-dpnp_ray.trainer.train_loop_per_worker (reports and a checkpoint every epoch, as in a study),
+dpnp_ray.ray_train.train_loop_per_worker (reports and a checkpoint every epoch, as in a study),
 wrapped only to stamp the time it starts and ends; the TorchTrainer is built like
-dpnp_ray.trainer.make_trainer(in_tune=False).
+dpnp_ray.ray_train.make_trainer(in_tune=False).
 
 epoch seconds   the loop's own epoch time (history "epoch_seconds"): the target is ray / bare <= 1.05
 train seconds   train() wall time, with Ray's per-epoch report + checkpoint on the Ray side
@@ -40,7 +40,7 @@ def stamped_loop(loop_config: dict) -> None:
     import time as _time
     from pathlib import Path as _Path
 
-    from dpnp_ray.trainer import train_loop_per_worker
+    from dpnp_ray.ray_train import train_loop_per_worker
 
     stamp = _Path(loop_config["stamp"])
     stamp.write_text(f"{_time.time()} {_time.process_time()}\n")
@@ -53,7 +53,7 @@ def run_ray(cfg, storage: str, threads: int, run: int) -> dict:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from dpnp_ray.trainer import read_final_record
+    from dpnp_ray.ray_train import read_final_record
 
     stamp = Path(storage) / f"stamp_{run}.txt"
     trainer = TorchTrainer(
@@ -88,7 +88,7 @@ def run_bare(threads: int) -> dict:
 
 
 def bare_child(cfg, threads: int) -> dict:
-    from dpnp_ray.environment import LocalEnvironment
+    from dpnp_ray.distributed import LocalEnvironment
     from dpnp_ray.experiment import run_experiment
 
     torch.set_num_threads(threads)

@@ -20,7 +20,7 @@ def __getattr__(name: str):
 
         return run_experiment
     if name == "train":
-        from .train import train
+        from .training_loop import train
 
         return train
     if name in ("run_ablation", "export"):

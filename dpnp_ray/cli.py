@@ -8,7 +8,7 @@ import sys
 from typing import Any, Callable
 
 from .config import ConfigError, parse_assignments
-from .trainer import Scaling
+from .ray_train import Scaling
 
 
 def add_common_flags(parser: argparse.ArgumentParser, default_name: str) -> None:

@@ -15,8 +15,8 @@ from torch import nn
 
 from .attacks import eval_mode, fgsm, pgd
 from .data import Split, to_float
-from .environment import LocalEnvironment
-from .runtime import Precision
+from .distributed import LocalEnvironment
+from .devices import Precision
 
 Attack = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
 """attack(model, x, y, generator) -> x_adv, with the model already in eval mode."""

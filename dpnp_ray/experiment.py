@@ -12,10 +12,10 @@ from typing import Any, Callable
 
 from .config import ExperimentConfig
 from .data import DatasetSplits
-from .environment import LocalEnvironment
+from .distributed import LocalEnvironment
 from .robustness import check_inputs, run_suite
-from .runtime import Precision, resolve_device
-from .train import EpochCallback, TrainResult, load_data, train
+from .devices import Precision, resolve_device
+from .training_loop import EpochCallback, TrainResult, load_data, train
 
 
 @dataclass

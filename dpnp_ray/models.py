@@ -6,7 +6,6 @@ never need to know a dataset's mean and std.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -239,48 +238,6 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
-
-
-@dataclass
-class BranchOutputs:
-    """What one training forward produces; absent branches are None."""
-
-    z: torch.Tensor | None
-    logits: torch.Tensor | None
-    z_adv: torch.Tensor | None
-    logits_adv: torch.Tensor | None
-    prototypes: torch.Tensor | None  # live (not detached) c, for the NPR term
-
-
-class DualBranchForward(nn.Module):
-    """The one module DDP wraps: both branches run in a single forward call.
-
-    DDP syncs gradients for parameters reached from its wrapper's forward; running the clean
-    and the adversarial pass inside one call (separate backbone passes, so BatchNorm sees
-    each batch on its own) keeps one backward per step correct under DDP.
-    `detach_clean` / `detach_adv` stop the gradient to the prototypes in that branch.
-    """
-
-    def __init__(self, net: Classifier):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor | None, x_adv: torch.Tensor | None = None,
-                detach_clean: bool = False, detach_adv: bool = True) -> BranchOutputs:
-        net = self.net
-        c = net.head.prototypes() if net.has_prototypes else None
-
-        def branch(inputs: torch.Tensor | None, detach: bool):
-            if inputs is None:
-                return None, None
-            z = net.features(inputs)
-            if c is None:
-                return z, net.head(z)
-            return z, net.head.logits(z, c.detach() if detach else c)
-
-        z, logits = branch(x, detach_clean)
-        z_adv, logits_adv = branch(x_adv, detach_adv)
-        return BranchOutputs(z, logits, z_adv, logits_adv, c)
 
 
 def build_model(*, backbone: str, num_classes: int, in_channels: int, mean: Sequence[float],

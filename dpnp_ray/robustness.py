@@ -75,12 +75,12 @@ from . import corruptions
 from .attacks import eval_mode
 from .config import ExperimentConfig
 from .data import DatasetInfo, DatasetSplits, Split, to_float
-from .environment import LocalEnvironment
+from .distributed import LocalEnvironment
 from .evaluate import EvalResult, evaluate_attack, fgsm_attack, pgd_attack, shard, subsample
 from .geometry import geometry_metrics
 from .models import Classifier
 from .registry import Registry
-from .runtime import Precision
+from .devices import Precision
 
 # ------------------------------------------------------------------------------------ levels
 

@@ -20,7 +20,7 @@ from typing import Any, Callable
 from . import results
 from .config import ConfigError, ExperimentConfig
 from .provenance import provenance, redact
-from .trainer import Scaling, make_trainer, read_final_record
+from .ray_train import Scaling, make_trainer, read_final_record
 
 ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
     "full": {},

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from dpnp_ray.attacks import cw_margin_loss, eval_mode, fgsm, pgd
-from dpnp_ray.environment import LocalEnvironment
+from dpnp_ray.distributed import LocalEnvironment
 from dpnp_ray.evaluate import correct_counts, fgsm_attack, pgd_attack
-from dpnp_ray.runtime import Precision
+from dpnp_ray.devices import Precision
 
 FP32 = Precision.choose("fp32", torch.device("cpu"))
 ENV = LocalEnvironment(torch.device("cpu"))

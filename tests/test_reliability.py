@@ -41,7 +41,7 @@ class Payload:
 
 
 def test_tampered_checkpoint_is_refused(tmp_path):
-    from dpnp_ray.trainer import STATE_FILE, _load_checkpoint
+    from dpnp_ray.ray_train import STATE_FILE, _load_checkpoint
 
     marker = tmp_path / "pwned"
     torch.save({"version": 1, "model": Payload(marker)}, tmp_path / STATE_FILE)

@@ -20,7 +20,7 @@ from dpnp_ray.attacks import eval_mode, fgsm, pgd
 from dpnp_ray.config import ExperimentConfig
 from dpnp_ray.corruptions import GENERATED_BENCHMARK, SEVERITIES
 from dpnp_ray.data import DatasetSplits, Split, to_float
-from dpnp_ray.environment import LocalEnvironment
+from dpnp_ray.distributed import LocalEnvironment
 from dpnp_ray.evaluate import evaluate_attack, fgsm_attack, pgd_attack, subsample
 from dpnp_ray.models import Classifier, build_model
 from dpnp_ray.registry import UnknownNameError
@@ -41,7 +41,7 @@ from dpnp_ray.robustness import (
     run_suite,
     square,
 )
-from dpnp_ray.runtime import Precision
+from dpnp_ray.devices import Precision
 
 CPU = torch.device("cpu")
 FP32 = Precision.choose("fp32", CPU)

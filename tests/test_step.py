@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from dpnp_ray.config import ExperimentConfig
-from dpnp_ray.models import DualBranchForward, build_model
-from dpnp_ray.runtime import Precision
-from dpnp_ray.step import PROTOTYPE_DETACH, method_loss, train_step
+from dpnp_ray.dual_branch import DualBranchForward
+from dpnp_ray.models import build_model
+from dpnp_ray.devices import Precision
+from dpnp_ray.dual_branch import PROTOTYPE_DETACH, method_loss, train_step
 
 FP32 = Precision.choose("fp32", torch.device("cpu"))
 

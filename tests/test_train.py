@@ -3,10 +3,10 @@
 import torch
 
 from dpnp_ray.config import ExperimentConfig
-from dpnp_ray.environment import LocalEnvironment
+from dpnp_ray.distributed import LocalEnvironment
 from dpnp_ray.evaluate import correct_counts, pgd_attack
-from dpnp_ray.runtime import Precision
-from dpnp_ray.train import model_from_config, train
+from dpnp_ray.devices import Precision
+from dpnp_ray.training_loop import model_from_config, train
 
 CHANCE = 0.1
 
@@ -59,7 +59,7 @@ def test_same_seed_same_history_on_cpu(digits):
 def test_non_finite_loss_names_epoch_and_step(digits):
     import pytest
 
-    from dpnp_ray.train import NonFiniteLossError
+    from dpnp_ray.training_loop import NonFiniteLossError
 
     cfg = ExperimentConfig.from_dict(dict(epochs=1, lr=1e30, optimizer="sgd", momentum=0.0, batch_size=256,
                                           train_attack_steps=1, val_attack_steps=1))

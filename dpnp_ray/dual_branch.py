@@ -1,4 +1,4 @@
-"""One optimisation step for every method, the Adv-DPNP dual-branch step among them.
+"""The dual-branch forward and one optimisation step for every method (Adv-DPNP among them).
 
 `method_loss` maps a config onto the pure loss terms of losses.py; `train_step` makes the
 training adversary, runs one forward of both branches, and does one backward.
@@ -6,6 +6,7 @@ training adversary, runs one forward of both branches, and does one backward.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,8 +15,50 @@ from torch import nn
 from . import losses
 from .attacks import eval_mode, pgd
 from .config import ExperimentConfig
-from .models import BranchOutputs, Classifier
-from .runtime import Precision
+from .devices import Precision
+from .models import Classifier
+
+@dataclass
+class BranchOutputs:
+    """What one training forward produces; absent branches are None."""
+
+    z: torch.Tensor | None
+    logits: torch.Tensor | None
+    z_adv: torch.Tensor | None
+    logits_adv: torch.Tensor | None
+    prototypes: torch.Tensor | None  # live (not detached) c, for the NPR term
+
+
+class DualBranchForward(nn.Module):
+    """The one module DDP wraps: both branches run in a single forward call.
+
+    DDP syncs gradients for parameters reached from its wrapper's forward; running the clean
+    and the adversarial pass inside one call (separate backbone passes, so BatchNorm sees
+    each batch on its own) keeps one backward per step correct under DDP.
+    `detach_clean` / `detach_adv` stop the gradient to the prototypes in that branch.
+    """
+
+    def __init__(self, net: Classifier):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor | None, x_adv: torch.Tensor | None = None,
+                detach_clean: bool = False, detach_adv: bool = True) -> BranchOutputs:
+        net = self.net
+        c = net.head.prototypes() if net.has_prototypes else None
+
+        def branch(inputs: torch.Tensor | None, detach: bool):
+            if inputs is None:
+                return None, None
+            z = net.features(inputs)
+            if c is None:
+                return z, net.head(z)
+            return z, net.head.logits(z, c.detach() if detach else c)
+
+        z, logits = branch(x, detach_clean)
+        z_adv, logits_adv = branch(x_adv, detach_adv)
+        return BranchOutputs(z, logits, z_adv, logits_adv, c)
+
 
 #: prototype_update -> (stop-gradient on c in the clean branch, in the adversarial branch)
 PROTOTYPE_DETACH = {"clean": (False, True), "adversarial": (True, False), "both": (False, False)}

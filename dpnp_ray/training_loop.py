@@ -1,6 +1,6 @@
 """The training loop: a plain function of a config, with no Ray in it.
 
-`train(cfg)` runs in one process; ray_glue.py runs the same function in every Ray Train
+`train(cfg)` runs in one process; ray_train.py runs the same function in every Ray Train
 worker with a DistributedEnvironment, an `on_epoch` callback that reports and checkpoints,
 and `resume` set from the latest checkpoint.
 """
@@ -17,12 +17,12 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from .config import ExperimentConfig
 from .data import DatasetInfo, DatasetSplits, Split, augment, load_dataset, to_float
-from .environment import LocalEnvironment
+from .devices import DeviceLoader, Precision, configure_backend, fits_on_device, resolve_device
+from .distributed import LocalEnvironment
+from .dual_branch import DualBranchForward, train_step
 from .evaluate import correct_counts, pgd_attack
-from .models import Classifier, DualBranchForward, build_model
-from .runtime import DeviceLoader, Precision, configure_backend, fits_on_device, resolve_device
+from .models import Classifier, build_model
 from .schedules import make_eps_schedule, make_lr_scheduler
-from .step import train_step
 
 CHECKPOINT_VERSION = 1
 EpochCallback = Callable[[dict[str, Any], Callable[[], dict[str, Any]]], None]

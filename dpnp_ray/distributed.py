@@ -1,7 +1,7 @@
 """Where a training loop runs: device, rank, world size, and how models and sums are shared.
 
-The loop in train.py only talks to an Environment. `LocalEnvironment` is one process;
-ray_glue.py supplies the Ray Train (DDP) one.
+The training loop (training_loop.py) only talks to an Environment. `LocalEnvironment` is one process;
+ray_train.py supplies the Ray Train (DDP) one.
 """
 
 from __future__ import annotations

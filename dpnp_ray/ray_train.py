@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from .config import ExperimentConfig
-from .environment import DistributedEnvironment, LocalEnvironment
+from .distributed import DistributedEnvironment, LocalEnvironment
 from .provenance import provenance
 
 STATE_FILE = "state.pt"
@@ -75,7 +75,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
 
     from .experiment import run_experiment
-    from .train import NonFiniteLossError
+    from .training_loop import NonFiniteLossError
 
     cfg = ExperimentConfig.from_dict(loop_config["experiment"])
     context = ray.train.get_context()
