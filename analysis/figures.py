@@ -364,7 +364,7 @@ def geometry_bars(geometry: pd.DataFrame, confidence: float = 0.95, columns: int
     rows = math.ceil(len(metrics) / columns)
     fig = make_subplots(rows=rows, cols=columns, subplot_titles=[label(m) for m in metrics],
                         horizontal_spacing=0.08, vertical_spacing=0.5 / rows)
-    palette = {"clean": "#4C78A8", "adversarial": "#E45756"}
+    palette = {"test": "#4C78A8", "test_pgd": "#E45756"}  # the clean and the PGD-attacked test features
     for i, metric in enumerate(metrics):
         row, col = divmod(i, columns)
         for j, split in enumerate(splits):

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .losses import kl_per_example
 from .registry import Registry
 
 AttackLoss = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -41,9 +42,7 @@ def kl_loss(logits: torch.Tensor, y: torch.Tensor, reference: torch.Tensor | Non
     """KL(softmax(reference) || softmax(logits)) per example: the TRADES attack objective."""
     if reference is None:
         raise ValueError("attack loss 'kl' needs reference (clean) logits")
-    log_p = F.log_softmax(reference.float(), dim=1)
-    log_q = F.log_softmax(logits.float(), dim=1)
-    return (log_p.exp() * (log_p - log_q)).sum(1)
+    return kl_per_example(reference, logits)
 
 
 @contextlib.contextmanager

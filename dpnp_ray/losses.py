@@ -60,11 +60,16 @@ def npr_sample(z: torch.Tensor, c: torch.Tensor, y: torch.Tensor) -> torch.Tenso
     return -nearest.mean()
 
 
-def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
-    """KL(p || q) = mean_i sum_j p_ij (log p_ij - log q_ij) with p, q the softmaxes of the logits."""
+def kl_per_example(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """KL(p_i || q_i) = sum_j p_ij (log p_ij - log q_ij) per row, p and q the softmaxes of the logits (fp32)."""
     log_p = F.log_softmax(p_logits.float(), dim=1)
     log_q = F.log_softmax(q_logits.float(), dim=1)
-    return (log_p.exp() * (log_p - log_q)).sum(1).mean()
+    return (log_p.exp() * (log_p - log_q)).sum(1)
+
+
+def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) averaged over the batch: mean_i KL(p_i || q_i)."""
+    return kl_per_example(p_logits, q_logits).mean()
 
 
 def consistency(logits_clean: torch.Tensor, logits_adv: torch.Tensor, direction: str = "clean_to_adv",

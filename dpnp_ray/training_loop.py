@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -41,7 +41,6 @@ class TrainResult:
     stopped_early: bool
     info: DatasetInfo
     precision: str
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 def model_from_config(cfg: ExperimentConfig, info: DatasetInfo) -> Classifier:
