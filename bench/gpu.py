@@ -10,7 +10,7 @@ on the device, channels_last where asked, then dpnp_ray.dual_branch.train_step (
 adversarial branch, one backward, SGD). Warm-up steps (cudnn.benchmark, compilation) are timed
 separately; then --iters steps are timed as one block between two synchronisations.
 
-FLOP model (../shared/EVAL_NOTES.md "Cost"): a ResNet-18 forward is 1.11 GFLOP per 32x32 image; an
+FLOP model (docs/evaluation.md#cost-model): a ResNet-18 forward is 1.11 GFLOP per 32x32 image; an
 attack step is 2 forward-equivalents (forward + input backward), a training forward+backward 3, and
 Adv-DPNP trains on both branches, so a step costs (2k + 6) forward-equivalents per image
 (28.9 GFLOP at k = 10). Achieved TFLOP/s = images/s x (2k + 6) x 1.11 GFLOP; the fraction is of the
@@ -28,7 +28,7 @@ from measure import machine, table, write_json
 
 import torch
 
-GFLOP_PER_FORWARD = 1.11  # ResNet-18, one 32x32 image (EVAL_NOTES "Cost")
+GFLOP_PER_FORWARD = 1.11  # ResNet-18, one 32x32 image (docs/evaluation.md#cost-model)
 #: dense bf16 tensor-core peak in TFLOP/s by device-name fragment (first match wins; vendor data sheets)
 PEAK_BF16_TFLOPS = [
     ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0), ("GH200", 989.0),

@@ -13,7 +13,7 @@ adv_dpnp    dpnp_ray.dual_branch.train_step, method=adv_dpnp (prototype head, cl
 All three see the same batch, k and precision; they run alternately (the order rotates every
 repeat), after one warm-up step each. The table gives medians of wall time and, on the CPU, of
 the process's CPU time, the steadier measure on a shared machine (targets are judged on it there).
-Cost model (EVAL_NOTES "Cost"): PGD-AT = 2k+3 forward-equivalents, Adv-DPNP = 2k+6, so
+Cost model (docs/evaluation.md#cost-model): PGD-AT = 2k+3 forward-equivalents, Adv-DPNP = 2k+6, so
 Adv-DPNP / PGD-AT >= (2k+6)/(2k+3) (1.13 at k=10). Targets: pgd_at / reference <= 1.0, adv_dpnp / reference <= 1.2.
 """
 

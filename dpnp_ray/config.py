@@ -1,7 +1,7 @@
 """The experiment config: one frozen dataclass, built from a flat dict, validated once.
 
 Every field is flat so that Ray Tune / Optuna search spaces and Parquet columns map onto
-it one to one. Defaults follow ../shared/PAPER.md part B; where the paper gives no value
+it one to one. Defaults follow docs/method.md; where the paper gives no value
 the default is this project's choice and says so in README.md ("Defaults and choices").
 """
 

@@ -65,7 +65,7 @@ PROTOTYPE_DETACH = {"clean": (False, True), "adversarial": (True, False), "both"
 
 
 def adv_dpnp_loss(out: BranchOutputs, y: torch.Tensor, cfg: ExperimentConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """L = L_clean + beta_adv * L_adv + lambda_cons * KL (PAPER.md B7); also the `dpnp` clean-only loss.
+    """L = L_clean + beta_adv * L_adv + lambda_cons * KL (docs/method.md#dual-branch-step); also `dpnp` (clean only).
 
     L_clean = CE(z, c) + lambda_ppa PPA(z, c) + lambda_npr NPR,  L_adv = CE(z', c) + lambda_ppa PPA(z', c)
     [+ lambda_npr NPR(z', c) for the sample form], where each branch sees c or sg(c) according to
@@ -126,7 +126,7 @@ def method_loss(out: BranchOutputs, y: torch.Tensor, cfg: ExperimentConfig) -> t
 
 def training_adversary(net: Classifier, x: torch.Tensor, y: torch.Tensor, cfg: ExperimentConfig, eps: float,
                        generator: torch.Generator | None, precision: Precision) -> torch.Tensor:
-    """The training attack (PAPER.md B8): L-inf PGD on the prototype logits, prototypes fixed.
+    """The training attack (docs/method.md#training-attack): L-inf PGD on the prototype logits, prototypes fixed.
 
     Runs on the unwrapped network (no DDP hooks), BatchNorm in eval mode unless
     attack_bn_mode='train'. TRADES maximizes KL to the clean prediction instead of CE.

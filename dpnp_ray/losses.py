@@ -1,4 +1,4 @@
-"""Loss terms as pure functions of tensors (PAPER.md part B, items 3-6 and 9).
+"""Loss terms as pure functions of tensors (docs/method.md#losses and #baselines).
 
 Notation: z (N, d) features, c (C, d) prototypes, y (N,) labels, l (N, C) logits.
 Nothing here knows about configs, branches or stop-gradients: callers pass the (possibly

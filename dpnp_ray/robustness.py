@@ -35,7 +35,7 @@ corruption_source, masking_flags (count), any_masking_flag, masking_flagged_chec
 
 Gradient-masking checks (masking.parquet: check, value, threshold, flagged = value > threshold, detail, n).
 "tol(n)" is `noise_tolerance(n)` = max(0.5 / sqrt(n), 1 / n): one binomial standard error at p = 1/2
-(1.6 points at n = 1000, as EVAL_NOTES gives for 1k subsets), at least one point. All comparisons are
+(1.6 points at n = 1000, docs/evaluation.md#noise-tolerance), at least one point. All comparisons are
 on the same points, so only the attacks' randomness can reorder them; tol is generous on purpose.
 
 fgsm_vs_pgd             acc(PGD-k) - acc(FGSM) on the eval_n points > tol(n)
@@ -43,7 +43,7 @@ eps_monotone            largest rise of PGD-k accuracy between consecutive eps o
 eps0_equals_clean       |acc(PGD, eps = 0) - clean acc| > 0 (PGD at eps 0 must not change any input)
 steps_monotone          acc(PGD-2k) - acc(PGD-k) > tol(n); full adds steps_monotone_50x10 (eval_n points)
 pgd_aa_gap              acc(PGD-k CE) - acc(AutoAttack) > max(4 points, tol(n)): sound evaluations show
-                        about 1.8 points, hypersphere training 4-7, broken defenses far more (EVAL_NOTES)
+                        about 1.8 points, hypersphere training 4-7 and more (docs/evaluation.md#prototype-classifiers)
 black_box_vs_white_box  acc(white-box, per point: survived PGD-k and AutoAttack) - acc(Square) > tol(m),
                         on the m points Square ran on (quick: 1000 queries on <= 500 points, Square's
                         schedule rescaled to the budget; full: 5000 queries, AutoAttack's settings)
@@ -128,7 +128,7 @@ CORRUPTION_SEED = 0
 # ------------------------------------------------------------------ masking-check thresholds
 #: flag a PGD-CE minus AutoAttack gap above 4 points: sound evaluations show about 1.8 points
 #: (APGD-CE vs APGD-DLR for plain TRADES), hypersphere / prototype training 4-7 and defenses that
-#: collapsed under AutoAttack far more (../shared/EVAL_NOTES.md, "Pitfalls").
+#: collapsed under AutoAttack far more (docs/evaluation.md#prototype-classifiers).
 PGD_AA_GAP_THRESHOLD = 0.04
 #: flag when PGD at eps = 1 (any image in [0, 1]^d reachable) leaves more than 2% accuracy
 UNBOUNDED_THRESHOLD = 0.02
@@ -138,7 +138,7 @@ def noise_tolerance(n: int) -> float:
     """Allowed violation of an ordering that should hold between two accuracies on the same n points.
 
     One binomial standard error at p = 1/2, 0.5 / sqrt(n) (1.6 points at n = 1000: the noise
-    EVAL_NOTES gives for 1k-point subsets), and never less than one point (1 / n). Both accuracies
+    of 1k-point subsets, docs/evaluation.md#noise-tolerance), and never less than one point (1 / n). Both accuracies
     are measured on the same points, so this is generous: the attacks' own randomness, not sampling
     noise, is all that can reorder them.
     """

@@ -290,7 +290,7 @@ def test_a_gradient_masked_model_is_flagged(net, data, cfg):
 
 
 def test_masking_checks_by_hand():
-    assert noise_tolerance(1000) == pytest.approx(0.0158, abs=1e-4)  # EVAL_NOTES: about 1.6 points at 1k
+    assert noise_tolerance(1000) == pytest.approx(0.0158, abs=1e-4)  # docs/evaluation.md#noise-tolerance: 1.6 points
     assert noise_tolerance(4) == 0.25 and noise_tolerance(10_000) == 0.005
     rising = check_eps_monotone([0.0, 0.1, 0.2], [0.9, 0.5, 0.6], n=1000)
     assert rising["flagged"] and rising["value"] == pytest.approx(0.1)
