@@ -1,22 +1,24 @@
 """The experiment config: one frozen dataclass, built from a flat dict, validated once.
 
 Every field is flat so that Ray Tune / Optuna search spaces and Parquet columns map onto
-it one to one. Defaults follow docs/method.md; where the paper gives no value
+it one to one. Defaults follow docs/method.md#defaults; where the paper gives no value
 the default is this project's choice and says so in README.md ("Defaults and choices").
+Fields that name a registered thing (dataset, model, method, optimizer, schedules) accept
+exactly the names in that registry.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
-METHODS = ("adv_dpnp", "pgd_at", "trades", "dpnp")
-PROTOTYPE_METHODS = ("adv_dpnp", "dpnp")
+from .methods import METHODS
 
 
 class ConfigError(ValueError):
@@ -31,38 +33,36 @@ def _choices(*values: str) -> dict:
     return {"choices": values}
 
 
-def _registry_choices(loader: Callable[[], tuple[str, ...]]) -> dict:
-    return {"choices_from": loader}
+def _registry_choices(module: str, registry: str) -> dict:
+    """Allowed values: the names in dpnp_ray.<module>.<registry>, imported when first needed
+    (most registries hold torch objects; importing the config must not import torch)."""
+    return {"registry": (module, registry)}
 
 
 def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> dict:
     return {"range": (lo, hi, lo_open)}
 
 
-def _dataset_names() -> tuple[str, ...]:
-    from .data import dataset_names
-
-    return dataset_names()
-
-
-def _model_names() -> tuple[str, ...]:
-    from .models import BACKBONES
-
-    return BACKBONES.names()
+def _allowed_values(metadata: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """The values a field accepts, if it has a fixed set (a registry's names are read now)."""
+    if "registry" in metadata:
+        module, registry = metadata["registry"]
+        return getattr(importlib.import_module(f"{__package__}.{module}"), registry).names()
+    return metadata.get("choices")
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
     # --- data
-    dataset: str = field(default="digits", metadata=_registry_choices(_dataset_names))
+    dataset: str = field(default="digits", metadata=_registry_choices("data", "DATASETS"))
     data_root: str = "data"
     download: bool = False
     val_fraction: float = field(default=0.1, metadata=_range(0.0, 0.9, lo_open=True))
     split_seed: int = field(default=0, metadata=_range(0))
     # --- model
-    model: str = field(default="small_cnn", metadata=_registry_choices(_model_names))
+    model: str = field(default="small_cnn", metadata=_registry_choices("models", "BACKBONES"))
     feature_dim: int = field(default=0, metadata=_range(0))  # 0: the backbone's own width
-    method: str = field(default="adv_dpnp", metadata=_choices(*METHODS))
+    method: str = field(default="adv_dpnp", metadata=_registry_choices("methods", "METHODS"))
     prototype_radius: float = field(default=3.0, metadata=_range(0.0, lo_open=True))
     prototype_constraint: str = field(default="normalize", metadata=_choices("normalize", "project"))
     logit_form: str = field(default="dot", metadata=_choices("dot", "cosine"))
@@ -85,7 +85,7 @@ class ExperimentConfig:
     trades_beta: float = field(default=6.0, metadata=_range(0.0))
     # --- training attack and its epsilon schedule
     eps: float | None = field(default=None, metadata=_range(0.0, 1.0))  # None: the dataset's threat model
-    eps_schedule: str = field(default="constant", metadata=_choices("constant", "linear", "cosine"))
+    eps_schedule: str = field(default="constant", metadata=_registry_choices("schedules", "EPS_SCHEDULES"))
     eps_warmup_epochs: float = field(default=0.0, metadata=_range(0.0))
     eps_start: float = field(default=0.0, metadata=_range(0.0, 1.0))
     train_attack_steps: int = field(default=10, metadata=_range(1))
@@ -94,12 +94,12 @@ class ExperimentConfig:
     train_attack_random_start: bool = True
     attack_bn_mode: str = field(default="eval", metadata=_choices("eval", "train"))
     # --- optimisation
-    optimizer: str = field(default="sgd", metadata=_choices("sgd", "adam"))
+    optimizer: str = field(default="sgd", metadata=_registry_choices("optimizers", "OPTIMIZERS"))
     lr: float = field(default=0.1, metadata=_range(0.0, lo_open=True))
     momentum: float = field(default=0.9, metadata=_range(0.0, 1.0))
     nesterov: bool = False
     weight_decay: float = field(default=5e-4, metadata=_range(0.0))
-    lr_schedule: str = field(default="step", metadata=_choices("step", "cosine", "constant"))
+    lr_schedule: str = field(default="step", metadata=_registry_choices("schedules", "LR_SCHEDULES"))
     lr_milestones: tuple[float, ...] = field(default=(0.5, 0.75), metadata=_range(0.0, 1.0))
     lr_gamma: float = field(default=0.1, metadata=_range(0.0, 1.0, lo_open=True))
     epochs: int = field(default=10, metadata=_range(1))
@@ -171,7 +171,7 @@ class ExperimentConfig:
 
     def _check_combinations(self) -> None:
         problems = []
-        if self.use_npr and self.npr_form == "sample" and self.method in PROTOTYPE_METHODS:
+        if self.use_npr and self.npr_form == "sample" and self.uses_prototypes:
             # -||z - c_r||^2 is unbounded below unless PPA's +||z - c_y||^2 dominates it.
             if not (self.use_ppa and self.ppa_form == "sqeuclidean" and self.lambda_ppa > self.lambda_npr):
                 problems.append(
@@ -211,11 +211,13 @@ class ExperimentConfig:
     # ------------------------------------------------------------------ derived values
     @property
     def uses_prototypes(self) -> bool:
-        return self.method in PROTOTYPE_METHODS
+        """The method trains a DPNP prototype head (methods.Method.prototype_head)."""
+        return METHODS.get(self.method).prototype_head
 
     @property
     def is_adversarial(self) -> bool:
-        return self.method != "dpnp"
+        """The method trains on adversarial examples (methods.Method.adversarial)."""
+        return METHODS.get(self.method).adversarial
 
     @property
     def train_step_size(self) -> float:
@@ -263,9 +265,7 @@ def _coerce(name: str, value: Any, annotation: Any, metadata: Mapping[str, Any])
     elif annotation is str:
         if not isinstance(value, str):
             raise ValueError(f"field {name!r} = {value!r}: expected a string")
-    choices = metadata.get("choices")
-    if "choices_from" in metadata:
-        choices = metadata["choices_from"]()
+    choices = _allowed_values(metadata)
     if choices is not None and value not in choices:
         raise ValueError(f"field {name!r} = {value!r}: allowed values are {', '.join(map(repr, choices))}")
     if "range" in metadata:
@@ -280,6 +280,12 @@ def _coerce(name: str, value: Any, annotation: Any, metadata: Mapping[str, Any])
 
 def config_fields() -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(ExperimentConfig))
+
+
+def field_choices() -> dict[str, tuple[str, ...]]:
+    """Each field with a fixed set of allowed values -> those values, registries included."""
+    allowed = {f.name: _allowed_values(f.metadata) for f in dataclasses.fields(ExperimentConfig)}
+    return {name: values for name, values in allowed.items() if values is not None}
 
 
 def parse_assignments(arguments: list[str]) -> dict:

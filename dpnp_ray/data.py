@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from .registry import Registry
+
 
 class DataError(ValueError):
     """A dataset cannot be loaded or an argument is invalid; the message says what to do."""
@@ -32,7 +34,7 @@ class DatasetInfo:
     mean: tuple[float, ...]  # per channel, for the in-model Normalize layer
     std: tuple[float, ...]
     default_eps: float  # L-inf radius on [0, 1] pixels
-    augmentation: str  # a key of AUGMENTATIONS
+    augmentation: str  # a name in AUGMENTATIONS
 
 
 # eq=False: the generated __eq__ would compare tensors, whose truth value is ambiguous.
@@ -65,36 +67,38 @@ class DatasetSplits:
 
 
 Loader = Callable[[Path, bool], tuple[Split, Split]]
-DATASETS: dict[str, tuple[DatasetInfo, Loader]] = {}
-"""name -> (info, loader); loader(root, download) returns (official train, official test)."""
+
+
+@dataclass(frozen=True)
+class RegisteredDataset:
+    info: DatasetInfo
+    loader: Loader  # loader(root, download) returns (official train, official test)
+
+
+DATASETS: Registry[RegisteredDataset] = Registry("dataset", error=DataError)
 
 
 def register_dataset(info: DatasetInfo) -> Callable[[Loader], Loader]:
     """Decorator: register `fn(root, download) -> (train, test)` under `info.name`."""
 
     def decorator(fn: Loader) -> Loader:
-        if info.name in DATASETS:
-            raise DataError(f"dataset {info.name!r} is registered twice; pick another name")
         if info.augmentation not in AUGMENTATIONS:
             raise DataError(
                 f"dataset {info.name!r}: augmentation {info.augmentation!r} is unknown; "
-                f"known: {', '.join(sorted(AUGMENTATIONS))}"
+                f"known: {', '.join(AUGMENTATIONS.names())}"
             )
-        DATASETS[info.name] = (info, fn)
+        DATASETS.register(info.name)(RegisteredDataset(info, fn))
         return fn
 
     return decorator
 
 
 def dataset_names() -> tuple[str, ...]:
-    return tuple(sorted(DATASETS))
+    return DATASETS.names()
 
 
 def dataset_info(name: str) -> DatasetInfo:
-    try:
-        return DATASETS[name][0]
-    except KeyError:
-        raise DataError(f"unknown dataset {name!r}; known: {', '.join(dataset_names())}") from None
+    return DATASETS.get(name).info
 
 
 def load_dataset(
@@ -106,11 +110,11 @@ def load_dataset(
     download: bool = False,
 ) -> DatasetSplits:
     """Official train minus a stratified val part (chosen by `split_seed`), and the official test set."""
-    info = dataset_info(name)
+    entry = DATASETS.get(name)
+    info = entry.info
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, numbers.Real) or not 0 < val_fraction < 1:
         raise DataError(f"val_fraction must be a number in (0, 1), got {val_fraction!r}")
-    _, loader = DATASETS[name]
-    train, test = loader(Path(root).expanduser(), download)
+    train, test = entry.loader(Path(root).expanduser(), download)
     for part, split in (("train", train), ("test", test)):
         if tuple(split.images.shape[1:]) != info.image_shape:
             raise DataError(
@@ -188,20 +192,31 @@ def _random_crop(x: torch.Tensor, generator: torch.Generator | None, flip: bool)
     ]
 
 
-AUGMENTATIONS: dict[str, Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]] = {
-    "none": lambda x, generator: x,
-    "crop": lambda x, generator: _random_crop(x, generator, flip=False),
-    "crop_flip": lambda x, generator: _random_crop(x, generator, flip=True),
-}
-"""kind -> f(x, generator): "crop" pads by CROP_PADDING zeros and crops back; "crop_flip" also mirrors w.p. 1/2."""
+Augmentation = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]
+AUGMENTATIONS: Registry[Augmentation] = Registry("augmentation", error=DataError)
+"""name -> f(x, generator): a batch (N, C, H, W) in, the augmented batch out."""
+
+
+@AUGMENTATIONS.register("none")
+def no_augmentation(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return x
+
+
+@AUGMENTATIONS.register("crop")
+def random_crop(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Pad by CROP_PADDING zeros and crop back at a random offset."""
+    return _random_crop(x, generator, flip=False)
+
+
+@AUGMENTATIONS.register("crop_flip")
+def random_crop_flip(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """`crop`, then mirror each image with probability 1/2."""
+    return _random_crop(x, generator, flip=True)
 
 
 def augment(x: torch.Tensor, kind: str, generator: torch.Generator | None = None) -> torch.Tensor:
     """Augment a batch (N, C, H, W) on its own device; with a generator the global RNG is untouched."""
-    try:
-        fn = AUGMENTATIONS[kind]
-    except KeyError:
-        raise DataError(f"unknown augmentation {kind!r}; known: {', '.join(sorted(AUGMENTATIONS))}") from None
+    fn = AUGMENTATIONS.get(kind)
     if x.dim() != 4:
         raise DataError(f"augment expects a batch (N, C, H, W), got shape {tuple(x.shape)}")
     return fn(x, generator)

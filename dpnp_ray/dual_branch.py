@@ -1,13 +1,14 @@
 """The dual-branch forward and one optimisation step for every method (Adv-DPNP among them).
 
-`method_loss` maps a config onto the pure loss terms of losses.py; `train_step` makes the
-training adversary, runs one forward of both branches, and does one backward.
+`method_loss` maps a config onto the pure loss terms of losses.py through the loss its
+method names (methods.METHODS -> LOSSES); `train_step` makes the training adversary, runs one
+forward of both branches, and does one backward.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -16,7 +17,10 @@ from . import losses
 from .attacks import eval_mode, pgd
 from .config import ExperimentConfig
 from .devices import Precision
+from .methods import METHODS
 from .models import Classifier
+from .registry import Registry
+
 
 @dataclass
 class BranchOutputs:
@@ -63,7 +67,12 @@ class DualBranchForward(nn.Module):
 #: prototype_update -> (stop-gradient on c in the clean branch, in the adversarial branch)
 PROTOTYPE_DETACH = {"clean": (False, True), "adversarial": (True, False), "both": (False, False)}
 
+MethodLoss = Callable[[BranchOutputs, torch.Tensor, ExperimentConfig], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+LOSSES: Registry[MethodLoss] = Registry("method loss")
+"""name (a `Method.loss` in methods.METHODS) -> loss(out, y, cfg) returning the total and its named terms."""
 
+
+@LOSSES.register("adv_dpnp")
 def adv_dpnp_loss(out: BranchOutputs, y: torch.Tensor, cfg: ExperimentConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L = L_clean + beta_adv * L_adv + lambda_cons * KL (docs/method.md#dual-branch-step); also `dpnp` (clean only).
 
@@ -109,19 +118,23 @@ def adv_dpnp_loss(out: BranchOutputs, y: torch.Tensor, cfg: ExperimentConfig) ->
     return total, terms
 
 
+@LOSSES.register("pgd_at")
+def pgd_at_loss(out: BranchOutputs, y: torch.Tensor, cfg: ExperimentConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PGD-AT (Madry et al.): CE on the adversarial examples only."""
+    total = losses.pgd_at_loss(out.logits_adv, y)
+    return total, {"ce_adv": total, "total": total}
+
+
+@LOSSES.register("trades")
+def trades_loss(out: BranchOutputs, y: torch.Tensor, cfg: ExperimentConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """TRADES (Zhang et al. 2019): CE(clean) + trades_beta * KL(p_clean || p_adv)."""
+    total, ce, kl = losses.trades_loss(out.logits, out.logits_adv, y, cfg.trades_beta)
+    return total, {"ce": ce, "trades_kl": kl, "total": total}
+
+
 def method_loss(out: BranchOutputs, y: torch.Tensor, cfg: ExperimentConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The training loss of cfg.method and its named terms."""
-    if cfg.method in ("adv_dpnp", "dpnp"):
-        return adv_dpnp_loss(out, y, cfg)
-    if cfg.method == "pgd_at":
-        total = losses.pgd_at_loss(out.logits_adv, y)
-        return total, {"ce_adv": total, "total": total}
-    if cfg.method == "trades":
-        ce = losses.cross_entropy(out.logits, y)
-        kl = losses.kl_divergence(out.logits, out.logits_adv)
-        total = ce + cfg.trades_beta * kl
-        return total, {"ce": ce, "trades_kl": kl, "total": total}
-    raise ValueError(f"method {cfg.method!r}: allowed adv_dpnp, pgd_at, trades, dpnp")
+    return LOSSES.get(METHODS.get(cfg.method).loss)(out, y, cfg)
 
 
 def training_adversary(net: Classifier, x: torch.Tensor, y: torch.Tensor, cfg: ExperimentConfig, eps: float,
@@ -129,13 +142,13 @@ def training_adversary(net: Classifier, x: torch.Tensor, y: torch.Tensor, cfg: E
     """The training attack (docs/method.md#training-attack): L-inf PGD on the prototype logits, prototypes fixed.
 
     Runs on the unwrapped network (no DDP hooks), BatchNorm in eval mode unless
-    attack_bn_mode='train'. TRADES maximizes KL to the clean prediction instead of CE.
+    attack_bn_mode='train'. A method's own attack objective (TRADES: KL to the clean
+    prediction) replaces cfg.train_attack_loss.
     """
     reference = None
-    loss = cfg.train_attack_loss
+    loss = METHODS.get(cfg.method).attack_loss or cfg.train_attack_loss
     with eval_mode(net, enabled=cfg.attack_bn_mode == "eval"), precision.autocast():
-        if cfg.method == "trades":
-            loss = "kl"
+        if loss == "kl":  # KL to the clean prediction needs that prediction
             with torch.no_grad():
                 reference = net(x)
         # The step size follows the scheduled eps: eps_t / 4 by default, 2/255 at 8/255.
@@ -152,8 +165,9 @@ def train_step(forward: nn.Module, net: Classifier, x: torch.Tensor, y: torch.Te
 
     Returns detached per-batch tensors (loss terms, correct counts); nothing is synced to the host.
     """
-    x_adv = training_adversary(net, x, y, cfg, eps, generator, precision) if cfg.is_adversarial else None
-    clean_input = None if cfg.method == "pgd_at" else x
+    method = METHODS.get(cfg.method)
+    x_adv = training_adversary(net, x, y, cfg, eps, generator, precision) if method.adversarial else None
+    clean_input = x if method.clean_branch else None
     detach_clean, detach_adv = PROTOTYPE_DETACH[cfg.prototype_update]
     with precision.autocast():
         out: BranchOutputs = forward(clean_input, x_adv, detach_clean=detach_clean, detach_adv=detach_adv)

@@ -95,6 +95,12 @@ def pgd_at_loss(logits_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return cross_entropy(logits_adv, y)
 
 
-def trades_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
-    """TRADES (Zhang et al. 2019): CE(clean) + beta * KL(p_clean || p_adv), gradient through both."""
-    return cross_entropy(logits_clean, y) + beta * kl_divergence(logits_clean, logits_adv)
+def trades_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor,
+                beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """TRADES (Zhang et al. 2019): CE(clean) + beta * KL(p_clean || p_adv), gradient through both.
+
+    Returns (total, ce, kl) so that callers can log the two terms.
+    """
+    ce = cross_entropy(logits_clean, y)
+    kl = kl_divergence(logits_clean, logits_adv)
+    return ce + beta * kl, ce, kl

@@ -1,4 +1,4 @@
-"""Epsilon schedules (pure functions (epoch, step) -> eps) and the learning-rate schedule."""
+"""Epsilon schedules (pure functions (epoch, step) -> eps) and learning-rate schedules, by name."""
 
 from __future__ import annotations
 
@@ -10,14 +10,12 @@ import torch
 from .registry import Registry
 
 EpsSchedule = Callable[[int, int], float]
-_RAMPS: Registry[Callable[[float], float]] = Registry("eps schedule")
-"""name -> ramp r(t) on t in [0, 1] with r(0) = 0 and r(1) = 1."""
+EPS_SCHEDULES: Registry[Callable[[float], float]] = Registry("eps schedule")
+"""name -> ramp r(t) on t in [0, 1] with r(0) = 0 and r(1) = 1; `constant` is always at eps."""
 
-_RAMPS.register("constant")(lambda t: 1.0)
-_RAMPS.register("linear")(lambda t: t)
-_RAMPS.register("cosine")(lambda t: (1 - math.cos(math.pi * t)) / 2)
-
-EPS_SCHEDULES = _RAMPS
+EPS_SCHEDULES.register("constant")(lambda t: 1.0)
+EPS_SCHEDULES.register("linear")(lambda t: t)
+EPS_SCHEDULES.register("cosine")(lambda t: (1 - math.cos(math.pi * t)) / 2)
 
 
 def make_eps_schedule(kind: str, eps: float, *, warmup_epochs: float = 0.0, steps_per_epoch: int = 1,
@@ -27,7 +25,7 @@ def make_eps_schedule(kind: str, eps: float, *, warmup_epochs: float = 0.0, step
     `constant` ignores the warm-up and always gives eps. Epochs count from 0, steps within an
     epoch from 0, so eps ramps smoothly across epoch boundaries.
     """
-    ramp = _RAMPS.get(kind)
+    ramp = EPS_SCHEDULES.get(kind)
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch={steps_per_epoch}: must be >= 1")
     if kind == "constant" or warmup_epochs <= 0:
@@ -40,14 +38,31 @@ def make_eps_schedule(kind: str, eps: float, *, warmup_epochs: float = 0.0, step
     return schedule
 
 
+LRScheduleFactory = Callable[[torch.optim.Optimizer, int, Sequence[float], float], torch.optim.lr_scheduler.LRScheduler]
+LR_SCHEDULES: Registry[LRScheduleFactory] = Registry("lr schedule")
+"""name -> factory(optimizer, epochs, milestones, gamma) of a scheduler stepped once per epoch."""
+
+
+@LR_SCHEDULES.register("step")
+def step_lr(optimizer: torch.optim.Optimizer, epochs: int, milestones: Sequence[float], gamma: float):
+    """Multiply the LR by gamma at each milestone, given as a fraction of the epochs."""
+    at = sorted({max(1, round(f * epochs)) for f in milestones})
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, at, gamma)
+
+
+@LR_SCHEDULES.register("cosine")
+def cosine_lr(optimizer: torch.optim.Optimizer, epochs: int, milestones: Sequence[float], gamma: float):
+    """Cosine annealing from the initial LR to 0 over the epochs."""
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+
+
+@LR_SCHEDULES.register("constant")
+def constant_lr(optimizer: torch.optim.Optimizer, epochs: int, milestones: Sequence[float], gamma: float):
+    """The initial LR throughout."""
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, [], gamma)
+
+
 def make_lr_scheduler(optimizer: torch.optim.Optimizer, kind: str, epochs: int,
                       milestones: Sequence[float] = (0.5, 0.75), gamma: float = 0.1):
-    """Per-epoch LR schedule: `step` decays by gamma at the given fractions of the epochs."""
-    if kind == "step":
-        at = sorted({max(1, round(f * epochs)) for f in milestones})
-        return torch.optim.lr_scheduler.MultiStepLR(optimizer, at, gamma)
-    if kind == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    if kind == "constant":
-        return torch.optim.lr_scheduler.MultiStepLR(optimizer, [], gamma)
-    raise ValueError(f"lr schedule {kind!r}: allowed 'step', 'cosine', 'constant'")
+    """The per-epoch LR schedule `kind` (a name in LR_SCHEDULES) for `optimizer`."""
+    return LR_SCHEDULES.get(kind)(optimizer, epochs, milestones, gamma)

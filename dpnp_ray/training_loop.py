@@ -22,6 +22,7 @@ from .distributed import LocalEnvironment
 from .dual_branch import DualBranchForward, train_step
 from .evaluate import correct_counts, pgd_attack
 from .models import Classifier, build_model
+from .optimizers import OPTIMIZERS
 from .schedules import make_eps_schedule, make_lr_scheduler
 
 CHECKPOINT_VERSION = 1
@@ -53,10 +54,9 @@ def model_from_config(cfg: ExperimentConfig, info: DatasetInfo) -> Classifier:
 
 
 def make_optimizer(cfg: ExperimentConfig, net: torch.nn.Module) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                               nesterov=cfg.nesterov and cfg.momentum > 0)
-    return torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    """The optimizer cfg.optimizer (a name in optimizers.OPTIMIZERS) over all of net's parameters."""
+    return OPTIMIZERS.get(cfg.optimizer)(net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                         nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
 
 
 def load_data(cfg: ExperimentConfig) -> DatasetSplits:

@@ -1,8 +1,20 @@
 """Config validation: each kind of bad input gets one clear error naming field, value and what is allowed."""
 
+import subprocess
+import sys
+
 import pytest
 
-from dpnp_ray.config import ConfigError, ExperimentConfig
+from dpnp_ray.config import ConfigError, ExperimentConfig, field_choices
+from dpnp_ray.data import DATASETS
+from dpnp_ray.methods import METHODS
+from dpnp_ray.models import BACKBONES
+from dpnp_ray.optimizers import OPTIMIZERS
+from dpnp_ray.schedules import EPS_SCHEDULES, LR_SCHEDULES
+
+#: config field -> the registry whose names it accepts
+REGISTRY_FIELDS = {"dataset": DATASETS, "model": BACKBONES, "method": METHODS, "optimizer": OPTIMIZERS,
+                   "lr_schedule": LR_SCHEDULES, "eps_schedule": EPS_SCHEDULES}
 
 
 def error_for(**values) -> str:
@@ -82,3 +94,42 @@ def test_frozen_and_direct_construction_validated():
         cfg.epochs = 3  # frozen
     with pytest.raises(ConfigError, match="'epochs' = 0"):
         ExperimentConfig(epochs=0)
+
+
+@pytest.mark.parametrize("name", REGISTRY_FIELDS)
+def test_registry_fields_accept_exactly_the_registered_names(name):
+    registry = REGISTRY_FIELDS[name]
+    assert field_choices()[name] == registry.names() and len(registry) > 0
+    extra = {"eps_warmup_epochs": 1.0} if name == "eps_schedule" else {}
+    for value in registry.names():
+        assert getattr(ExperimentConfig.from_dict({name: value, **extra}), name) == value
+    message = error_for(**{name: "no_such_name"})
+    assert f"field {name!r} = 'no_such_name'" in message
+    assert "allowed values are " + ", ".join(map(repr, registry.names())) in message
+
+
+def test_method_properties_come_from_the_method_registry():
+    for name in METHODS:
+        cfg = ExperimentConfig.from_dict({"method": name})
+        assert cfg.uses_prototypes == METHODS.get(name).prototype_head
+        assert cfg.is_adversarial == METHODS.get(name).adversarial
+    assert ExperimentConfig.from_dict({"method": "adv_dpnp"}).uses_prototypes
+    assert not ExperimentConfig.from_dict({"method": "pgd_at"}).uses_prototypes
+    assert not ExperimentConfig.from_dict({"method": "dpnp"}).is_adversarial
+
+
+def test_importing_the_config_imports_no_torch():
+    code = "import sys, dpnp_ray.config; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_main_help_lists_registered_names(capsys):
+    from dpnp_ray.__main__ import main
+
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name, registry in REGISTRY_FIELDS.items():
+        assert f"  {name}: {', '.join(registry.names())}\n" in out
+    assert main(["method=mart"]) == 2
+    err = capsys.readouterr().err
+    assert "'method' = 'mart'" in err and all(repr(m) in err for m in METHODS)

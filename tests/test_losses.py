@@ -73,7 +73,9 @@ def test_trades_loss_is_ce_plus_beta_kl():
     adv = torch.tensor([[0.0, 1.0]])
     y = torch.tensor([0])
     expected = losses.cross_entropy(clean, y) + 6.0 * losses.kl_divergence(clean, adv)
-    assert losses.trades_loss(clean, adv, y, 6.0).item() == pytest.approx(expected.item())
+    total, ce, kl = losses.trades_loss(clean, adv, y, 6.0)
+    assert total.item() == pytest.approx(expected.item())
+    assert (ce + 6.0 * kl).item() == pytest.approx(expected.item())
     assert losses.pgd_at_loss(adv, y).item() == pytest.approx(losses.cross_entropy(adv, y).item())
 
 

@@ -4,12 +4,17 @@ import torch
 from dpnp_ray.models import BACKBONES, Normalize, PrototypeHead, build_model, prototype_logits
 
 
-@pytest.mark.parametrize("name, dim", [("small_cnn", 128), ("resnet18", 512), ("preact_resnet18", 512),
-                                       ("wrn_34_10", 640)])
-def test_backbones_give_features_and_logits(name, dim):
+#: the feature widths of the shipped backbones (a backbone added later is held to its own out_dim)
+KNOWN_WIDTHS = {"small_cnn": 128, "resnet18": 512, "preact_resnet18": 512, "wrn_34_10": 640}
+
+
+@pytest.mark.parametrize("name", BACKBONES.names())
+def test_every_backbone_gives_features_and_logits(name):
     torch.manual_seed(0)
     net = build_model(backbone=name, num_classes=10, in_channels=3, mean=(0.5,) * 3, std=(0.25,) * 3,
                       prototype_head=True)
+    dim = net.backbone.out_dim
+    assert dim == KNOWN_WIDTHS.get(name, dim)
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         net.eval()
@@ -17,8 +22,12 @@ def test_backbones_give_features_and_logits(name, dim):
         assert net(x).shape == (2, 10)
 
 
+def test_known_widths_are_registered():
+    assert set(KNOWN_WIDTHS) <= set(BACKBONES.names())
+
+
 def test_unknown_backbone_lists_known():
-    with pytest.raises(KeyError, match="preact_resnet18, resnet18, small_cnn, wrn_34_10"):
+    with pytest.raises(KeyError, match="unknown backbone 'vgg16'; known: " + ", ".join(BACKBONES.names())):
         BACKBONES.get("vgg16")
 
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from dpnp_ray.schedules import make_eps_schedule, make_lr_scheduler
+from dpnp_ray.schedules import EPS_SCHEDULES, LR_SCHEDULES, make_eps_schedule, make_lr_scheduler
 
 
 def test_constant_linear_cosine_eps():
@@ -21,17 +21,48 @@ def test_constant_linear_cosine_eps():
     assert cosine(5, 0) == pytest.approx(0.04)
 
 
-def test_schedules_are_monotone_and_pure():
-    for kind in ("linear", "cosine"):
-        s = make_eps_schedule(kind, 8 / 255, warmup_epochs=3, steps_per_epoch=7)
-        values = [s(e, k) for e in range(5) for k in range(7)]
-        assert values == sorted(values)
-        assert values == [s(e, k) for e in range(5) for k in range(7)]  # same inputs, same outputs
+@pytest.mark.parametrize("kind", EPS_SCHEDULES.names())
+def test_every_eps_schedule_ramps_monotonically_from_start_to_eps_and_is_pure(kind):
+    s = make_eps_schedule(kind, 8 / 255, warmup_epochs=3, steps_per_epoch=7, start=1 / 255)
+    values = [s(e, k) for e in range(5) for k in range(7)]
+    assert values == sorted(values)
+    assert values == [s(e, k) for e in range(5) for k in range(7)]  # same inputs, same outputs
+    assert values[0] == pytest.approx(8 / 255 if kind == "constant" else 1 / 255)
+    assert s(3, 0) == s(4, 6) == pytest.approx(8 / 255)  # at eps from the end of the warm-up on
 
 
 def test_unknown_schedule_lists_known():
-    with pytest.raises(KeyError, match="constant, cosine, linear"):
+    with pytest.raises(KeyError, match="unknown eps schedule 'exponential'; known: " + ", ".join(EPS_SCHEDULES)):
         make_eps_schedule("exponential", 0.1, warmup_epochs=1)
+    with pytest.raises(ValueError, match="unknown lr schedule 'poly'; known: " + ", ".join(LR_SCHEDULES)):
+        make_lr_scheduler(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1), "poly", epochs=3)
+
+
+@pytest.mark.parametrize("kind", LR_SCHEDULES.names())
+def test_every_lr_schedule_starts_at_the_initial_lr_and_never_rises(kind):
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    sched = make_lr_scheduler(opt, kind, epochs=8)
+    lrs = []
+    for _ in range(8):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == 0.1 and all(0 <= b <= a for a, b in zip(lrs, lrs[1:]))
+
+
+def test_cosine_and_constant_lr():
+    lrs = {}
+    for kind in ("cosine", "constant"):
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+        sched = make_lr_scheduler(opt, kind, epochs=4)
+        lrs[kind] = []
+        for _ in range(4):
+            lrs[kind].append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+    # cosine annealing over 4 epochs: 0.1 * (1 + cos(pi * e / 4)) / 2
+    assert lrs["cosine"] == pytest.approx([0.1 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)])
+    assert lrs["constant"] == [0.1] * 4
 
 
 def test_step_lr_decays_at_fractions():

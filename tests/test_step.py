@@ -7,7 +7,8 @@ from dpnp_ray.config import ExperimentConfig
 from dpnp_ray.dual_branch import DualBranchForward
 from dpnp_ray.models import build_model
 from dpnp_ray.devices import Precision
-from dpnp_ray.dual_branch import PROTOTYPE_DETACH, method_loss, train_step
+from dpnp_ray.dual_branch import LOSSES, PROTOTYPE_DETACH, method_loss, train_step
+from dpnp_ray.methods import METHODS
 
 FP32 = Precision.choose("fp32", torch.device("cpu"))
 
@@ -133,7 +134,11 @@ def test_dpnp_method_is_clean_only_and_baselines_have_linear_heads():
         assert set(terms) == expected
 
 
-@pytest.mark.parametrize("method", ["adv_dpnp", "pgd_at", "trades", "dpnp"])
+def test_every_method_loss_is_registered_and_every_loss_is_used():
+    assert {METHODS.get(m).loss for m in METHODS} == set(LOSSES.names())
+
+
+@pytest.mark.parametrize("method", METHODS.names())
 def test_train_step_runs_one_backward_and_updates(method, monkeypatch):
     cfg = cfg_of(method=method, train_attack_steps=2)
     net = make_net(cfg.uses_prototypes)
@@ -151,6 +156,10 @@ def test_train_step_runs_one_backward_and_updates(method, monkeypatch):
     assert torch.isfinite(stats["loss_total"])
     changed = [not torch.equal(b, p) for b, p in zip(before, net.parameters())]
     assert all(changed), "every parameter is updated"
+    spec = METHODS.get(method)
+    assert net.has_prototypes == spec.prototype_head
+    assert ("correct_clean" in stats) == spec.clean_branch  # the branches the method runs
+    assert ("correct_adv" in stats) == spec.adversarial
 
 
 def test_projected_prototypes_stay_on_the_sphere():

@@ -1,12 +1,14 @@
 """A few epochs of Adv-DPNP on digits learn something real, and the loop records what it did."""
 
+import pytest
 import torch
 
 from dpnp_ray.config import ExperimentConfig
 from dpnp_ray.distributed import LocalEnvironment
 from dpnp_ray.evaluate import correct_counts, pgd_attack
 from dpnp_ray.devices import Precision
-from dpnp_ray.training_loop import model_from_config, train
+from dpnp_ray.optimizers import OPTIMIZERS
+from dpnp_ray.training_loop import make_optimizer, model_from_config, train
 
 CHANCE = 0.1
 
@@ -57,11 +59,37 @@ def test_same_seed_same_history_on_cpu(digits):
 
 
 def test_non_finite_loss_names_epoch_and_step(digits):
-    import pytest
-
     from dpnp_ray.training_loop import NonFiniteLossError
 
     cfg = ExperimentConfig.from_dict(dict(epochs=1, lr=1e30, optimizer="sgd", momentum=0.0, batch_size=256,
                                           train_attack_steps=1, val_attack_steps=1))
     with pytest.raises(NonFiniteLossError, match=r"epoch 0, step \d+"):
         train(cfg, data=digits, log=None)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS.names())
+def test_every_optimizer_builds_from_the_config_and_descends(name):
+    cfg = ExperimentConfig.from_dict(dict(optimizer=name, lr=0.05, momentum=0.5, nesterov=True, weight_decay=1e-3))
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 1)
+    optimizer = make_optimizer(cfg, net)
+    group = optimizer.param_groups[0]
+    assert group["lr"] == 0.05 and group["weight_decay"] == 1e-3
+    assert sum(p.numel() for p in group["params"]) == sum(p.numel() for p in net.parameters())
+    x = torch.linspace(-1, 1, 12).view(4, 3)
+    loss = lambda: net(x).pow(2).mean()  # noqa: E731
+    before = loss().item()
+    for _ in range(3):
+        optimizer.zero_grad()
+        loss().backward()
+        optimizer.step()
+    assert loss().item() < before
+
+
+def test_sgd_takes_momentum_and_nesterov_only_with_momentum():
+    net = torch.nn.Linear(2, 1)
+    base = dict(optimizer="sgd", momentum=0.9, nesterov=True)
+    group = make_optimizer(ExperimentConfig.from_dict(base), net).param_groups[0]
+    assert group["momentum"] == 0.9 and group["nesterov"]
+    group = make_optimizer(ExperimentConfig.from_dict({**base, "momentum": 0.0}), net).param_groups[0]
+    assert group["momentum"] == 0.0 and not group["nesterov"]  # torch refuses Nesterov without momentum

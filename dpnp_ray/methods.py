@@ -1,0 +1,30 @@
+"""The training methods by name: what each one trains and which loss it minimises.
+
+Imports no torch, so the config validates `method` and derives `uses_prototypes` cheaply;
+each method's loss is registered in `dual_branch.LOSSES` under `Method.loss`
+(see docs/method.md#losses).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .registry import Registry
+
+
+@dataclass(frozen=True)
+class Method:
+    loss: str  # a name in dual_branch.LOSSES
+    prototype_head: bool  # DPNP prototype head; otherwise a linear softmax head
+    adversarial: bool = True  # trains on the training adversary's PGD examples
+    clean_branch: bool = True  # the clean batch also goes through the network
+    attack_loss: str | None = None  # the training attack's objective; None: the config's train_attack_loss
+
+
+METHODS: Registry[Method] = Registry("method")
+
+METHODS.register("adv_dpnp")(Method(loss="adv_dpnp", prototype_head=True))
+METHODS.register("dpnp")(Method(loss="adv_dpnp", prototype_head=True, adversarial=False))  # clean terms only
+METHODS.register("pgd_at")(Method(loss="pgd_at", prototype_head=False, clean_branch=False))
+# TRADES' attack maximises KL to the clean prediction.
+METHODS.register("trades")(Method(loss="trades", prototype_head=False, attack_loss="kl"))
