@@ -10,8 +10,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from dpnp_ray import corruptions as C
-from dpnp_ray.corruptions import CorruptionError, corrupt
+from dpnp_ray.evaluate import corruptions as C
+from dpnp_ray.evaluate.corruptions import CorruptionError, corrupt
 
 RANDOM = {"gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "glass_blur", "motion_blur",
           "snow", "fog", "elastic_transform"}

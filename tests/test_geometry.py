@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from dpnp_ray import geometry as G
+from dpnp_ray.evaluate import geometry as G
 
 
 def t(rows) -> torch.Tensor:

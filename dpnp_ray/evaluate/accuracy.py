@@ -13,10 +13,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .attacks import eval_mode, fgsm, pgd
-from .data import Split, to_float
-from .distributed import LocalEnvironment
-from .devices import Precision
+from ..attacks import eval_mode, fgsm, pgd
+from ..data import Split, to_float
+from ..distributed import LocalEnvironment
+from ..devices import Precision
 
 Attack = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
 """attack(model, x, y, generator) -> x_adv, with the model already in eval mode."""

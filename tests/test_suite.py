@@ -18,13 +18,13 @@ from torch import nn
 from dpnp_ray import results
 from dpnp_ray.attacks import eval_mode, fgsm, pgd
 from dpnp_ray.config import ExperimentConfig
-from dpnp_ray.corruptions import GENERATED_BENCHMARK, SEVERITIES
+from dpnp_ray.evaluate.corruptions import GENERATED_BENCHMARK, SEVERITIES
 from dpnp_ray.data import DatasetSplits, Split, to_float
 from dpnp_ray.distributed import LocalEnvironment
 from dpnp_ray.evaluate import evaluate_attack, fgsm_attack, pgd_attack, subsample
 from dpnp_ray.models import Classifier, build_model
 from dpnp_ray.registry import UnknownNameError
-from dpnp_ray.robustness import (
+from dpnp_ray.evaluate.suite import (
     PGD_AA_GAP_THRESHOLD,
     SUITE_LEVELS,
     SuiteLevel,

@@ -72,15 +72,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import corruptions
-from .attacks import eval_mode
-from .config import ExperimentConfig
-from .data import DatasetInfo, DatasetSplits, Split, to_float
-from .distributed import LocalEnvironment
-from .evaluate import EvalResult, evaluate_attack, fgsm_attack, pgd_attack, shard, subsample
+from ..attacks import eval_mode
+from ..config import ExperimentConfig
+from ..data import DatasetInfo, DatasetSplits, Split, to_float
+from ..distributed import LocalEnvironment
+from .accuracy import EvalResult, evaluate_attack, fgsm_attack, pgd_attack, shard, subsample
 from .geometry import geometry_metrics
-from .models import Classifier
-from .registry import Registry
-from .devices import Precision
+from ..models import Classifier
+from ..registry import Registry
+from ..devices import Precision
 
 # ------------------------------------------------------------------------------------ levels
 
