@@ -1,4 +1,4 @@
-"""Tests of dpnp_ray.corruptions: the released-file loader and the offline ("generated-c") generator."""
+"""Tests of dpnp_ray.evaluate.corruptions: the released-file loader and the offline ("generated-c") generator."""
 
 from __future__ import annotations
 

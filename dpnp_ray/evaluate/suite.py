@@ -6,21 +6,21 @@ key columns, which the caller adds) and flat scalars for trials.parquet. What ru
 `SuiteLevel`, looked up by `cfg.eval_suite` in `SUITE_LEVELS`:
 
 basic   clean, FGSM, PGD-k (cfg.eval_attack_steps / eval_step / eval_restarts) and CW-inf (PGD on
-        the C&W margin) on cfg.eval_n test points: exactly the four rows of the old
-        `experiment.test_evaluation`.
+        the C&W margin) on cfg.eval_n test points (`threat_model_evals`).
 quick   basic, plus on the "attack subset" (cfg.eval_aa_n points drawn from those eval_n):
         AutoAttack `apgd` (APGD-CE then APGD-T, 9 targets, 100 iterations, 1 restart: standard's
-        settings for those two attacks) from the original code (PyPI `pyautoattack`), in fp32;
+        settings for those two attacks) from the original code (`external.autoattack`), in fp32;
         a PGD-k accuracy-vs-eps curve ("pgd_eps_curve") at eps = m * cfg.eval_eps for m in
         cfg.eval_eps_curve and m = 1, step scaled with eps; PGD-2k ("pgd_steps_check"); PGD at
         eps = 1 ("pgd_unbounded"); a cheap black-box Square attack ("square"); the gradient-masking
-        checks below; geometry (`geometry.geometry_metrics`) of the clean ("test") and PGD-k
+        checks (`checks`); geometry (`geometry.geometry_rows`) of the clean ("test") and PGD-k
         ("test_pgd") features of the attack subset, against the prototypes (a linear head's weight
         rows for the baselines, prototype_source = "linear_weight"); common corruptions on
-        cfg.eval_corruption_n points: the released files (source "cifar10-c" / "cifar100-c") when
-        cfg.corruption_root is set and the dataset is cifar10 / cifar100, else the offline generator's
-        14 benchmark corruptions x 5 severities (source "generated-c", fixed seed CORRUPTION_SEED),
-        which needs 3x32x32 images (digits gets no corruption rows; summary says why).
+        cfg.eval_corruption_n points (`corruptions.corruption_plan`): the released files (source
+        "cifar10-c" / "cifar100-c") when cfg.corruption_root is set and the dataset is cifar10 /
+        cifar100, else the offline generator's 14 benchmark corruptions x 5 severities (source
+        GENERATED_DATASET_NAME, fixed seed CORRUPTION_SEED), which needs 3x32x32 images (digits gets
+        no corruption rows; summary says why).
 full    quick with AutoAttack `standard` (APGD-CE, APGD-T, FAB-T, Square 5000 queries: AutoAttack's
         cascade, the per-point worst case) instead of `apgd`, PGD-50 with 10 restarts on the eval_n
         points, and Square with 5000 queries on the whole attack subset.
@@ -33,26 +33,7 @@ square_acc, corruption_acc (mean over corruptions x severities), corruption_clea
 corruption_source, masking_flags (count), any_masking_flag, masking_flagged_checks and seconds_<part>
 (wall seconds on this rank).
 
-Gradient-masking checks (masking.parquet: check, value, threshold, flagged = value > threshold, detail, n).
-"tol(n)" is `noise_tolerance(n)` = max(0.5 / sqrt(n), 1 / n): one binomial standard error at p = 1/2
-(1.6 points at n = 1000, as EVAL_NOTES gives for 1k subsets), at least one point. All comparisons are
-on the same points, so only the attacks' randomness can reorder them; tol is generous on purpose.
-
-fgsm_vs_pgd             acc(PGD-k) - acc(FGSM) on the eval_n points > tol(n)
-eps_monotone            largest rise of PGD-k accuracy between consecutive eps of the curve > tol(n)
-eps0_equals_clean       |acc(PGD, eps = 0) - clean acc| > 0 (PGD at eps 0 must not change any input)
-steps_monotone          acc(PGD-2k) - acc(PGD-k) > tol(n); full adds steps_monotone_50x10 (eval_n points)
-pgd_aa_gap              acc(PGD-k CE) - acc(AutoAttack) > max(4 points, tol(n)): sound evaluations show
-                        about 1.8 points, hypersphere training 4-7, broken defenses far more (EVAL_NOTES)
-black_box_vs_white_box  acc(white-box, per point: survived PGD-k and AutoAttack) - acc(Square) > tol(m),
-                        on the m points Square ran on (quick: 1000 queries on <= 500 points, Square's
-                        schedule rescaled to the budget; full: 5000 queries, AutoAttack's settings)
-unbounded_eps           acc(PGD at eps = 1, 50 steps (full: 100) of 2.5 / steps) > 2%: eps = 1 reaches
-                        every image, so only hidden gradients leave points correct
-zero_gradients          fraction of clean points whose fp32 CE input gradient is exactly 0 > 0
-                        (AutoAttack's own check; its warnings are also kept in summary["aa_warnings"])
-
-Sharding: every rank evaluates its slice of each point set (`evaluate.shard`) and per-point results
+Sharding: every rank evaluates its slice of each point set (`accuracy.shard`) and per-point results
 are gathered with `env.all_reduce_sum`, so every rank returns the same rows. AutoAttack and Square
 run per rank on their slice: their random starts depend on the batch they see, so results can
 differ in the last digits between world sizes (they are still the same attacks on the same points).
@@ -61,26 +42,29 @@ differ in the last digits between world sizes (they are still the same attacks o
 from __future__ import annotations
 
 import contextlib
-import logging
-import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import corruptions
 from ..attacks import eval_mode
 from ..config import ExperimentConfig
-from ..data import DatasetInfo, DatasetSplits, Split, to_float
+from ..data import DatasetInfo, DatasetSplits, Split
+from ..devices import Precision
 from ..distributed import LocalEnvironment
-from .accuracy import EvalResult, evaluate_attack, fgsm_attack, pgd_attack, shard, subsample
-from .geometry import geometry_metrics
 from ..models import Classifier
 from ..registry import Registry
-from ..devices import Precision
+from .accuracy import (Attack, EvalResult, correct_counts, correct_per_point, eval_row, evaluate_attack,
+                       fgsm_attack, fraction, gather, gather_flags, local_points, pgd_attack, subsample)
+from .checks import (check_black_box, check_eps0_equals_clean, check_eps_monotone, check_fgsm_vs_pgd,
+                     check_pgd_aa_gap, check_steps_monotone, check_unbounded, check_zero_gradients)
+from .corruptions import (GENERATED_DATASET_NAME, RELEASED_CORRUPTION_SOURCES, available_cifar_c,
+                          corrupted_sets, corruption_plan, corruption_rows)
+from .external import AUTOATTACK_ITERATIONS, AUTOATTACK_VERSIONS, autoattack, autoattack_code_version, square
+from .geometry import geometry_rows, prototypes_of
 
 # ------------------------------------------------------------------------------------ levels
 
@@ -112,40 +96,19 @@ SUITE_LEVELS.register("full")(SuiteLevel(
     "full", autoattack="standard", diagnostics=True, geometry=True, corruptions=True, strong_pgd=(50, 10),
     square_queries=5000, square_n=0, square_rescale_schedule=False, unbounded_steps=100))
 
-#: AutoAttack versions as this project names them -> the attacks of AutoAttack's cascade, in order
-AUTOATTACK_VERSIONS: dict[str, tuple[str, ...]] = {
-    "apgd": ("apgd-ce", "apgd-t"),
-    "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
-}
-AUTOATTACK_ITERATIONS = 100  # APGD and FAB iterations in both versions (AutoAttack's defaults)
 
-#: the datasets whose released corrupted test sets `load_cifar_c` reads, and their source names
-RELEASED_CORRUPTION_SOURCES = {"cifar10": "cifar10-c", "cifar100": "cifar100-c"}
-#: seed of the generated corruptions: fixed, so every trial sees the same corrupted images (as with
-#: the released files) and variants are compared on identical data
-CORRUPTION_SEED = 0
-
-# ------------------------------------------------------------------ masking-check thresholds
-#: flag a PGD-CE minus AutoAttack gap above 4 points: sound evaluations show about 1.8 points
-#: (APGD-CE vs APGD-DLR for plain TRADES), hypersphere / prototype training 4-7 and defenses that
-#: collapsed under AutoAttack far more (../shared/EVAL_NOTES.md, "Pitfalls").
-PGD_AA_GAP_THRESHOLD = 0.04
-#: flag when PGD at eps = 1 (any image in [0, 1]^d reachable) leaves more than 2% accuracy
-UNBOUNDED_THRESHOLD = 0.02
+def check_inputs(cfg: ExperimentConfig) -> None:
+    """Fail before training on suite inputs that cannot work (a corruption_root without the files)."""
+    level = SUITE_LEVELS.get(cfg.eval_suite)
+    if level.corruptions and cfg.corruption_root and cfg.dataset in RELEASED_CORRUPTION_SOURCES:
+        if not available_cifar_c(cfg.corruption_root):
+            raise ValueError(
+                f"corruption_root={cfg.corruption_root!r} holds no CIFAR-C <corruption>.npy files; put the "
+                f"released {RELEASED_CORRUPTION_SOURCES[cfg.dataset]} files there, or set corruption_root='' "
+                f"to use the offline generator (reported as {GENERATED_DATASET_NAME!r})")
 
 
-def noise_tolerance(n: int) -> float:
-    """Allowed violation of an ordering that should hold between two accuracies on the same n points.
-
-    One binomial standard error at p = 1/2, 0.5 / sqrt(n) (1.6 points at n = 1000: the noise
-    EVAL_NOTES gives for 1k-point subsets), and never less than one point (1 / n). Both accuracies
-    are measured on the same points, so this is generous: the attacks' own randomness, not sampling
-    noise, is all that can reorder them.
-    """
-    return max(0.5 / math.sqrt(max(n, 1)), 1.0 / max(n, 1))
-
-
-# ------------------------------------------------------------------------------- result type
+# ------------------------------------------------------------------------ result and context
 
 
 @dataclass
@@ -159,166 +122,104 @@ class SuiteResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-# ----------------------------------------------------------- the original AutoAttack and Square
+class _Timer:
+    """Wall seconds per part of the suite, as summary["seconds_<part>"]."""
 
-
-@contextlib.contextmanager
-def _own_rng(device: torch.device) -> Iterator[None]:
-    """AutoAttack and Square reseed torch's global RNGs (`torch.random.manual_seed(seed)`) and draw
-    from them; keep that from leaking into the caller's random state."""
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        yield
-
-
-class _WarningLog(logging.Handler):
     def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
+        self.seconds: dict[str, float] = {}
 
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-@contextlib.contextmanager
-def _capture_warnings(logger_name: str) -> Iterator[list[str]]:
-    """AutoAttack reports its own sanity checks (zero gradients, randomized model, ...) as warnings
-    on the 'auto-attack' logger: collect them for the trial's summary (`aa_warnings`)."""
-    handler = _WarningLog()
-    logger = logging.getLogger(logger_name)
-    logger.addHandler(handler)
-    try:
-        yield handler.messages
-    finally:
-        logger.removeHandler(handler)
+    @contextlib.contextmanager
+    def __call__(self, part: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[f"seconds_{part}"] = self.seconds.get(f"seconds_{part}", 0.0) + time.perf_counter() - started
 
 
-def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, version: str, seed: int,
-               batch_size: int, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """L-inf AutoAttack (Croce & Hein 2020) with the original code; returns (x_adv, robust, warnings).
+@dataclass(frozen=True)
+class SuiteContext:
+    """What every part of the suite needs: the model (in eval mode), the resolved config, where it runs,
+    the level that runs and the dataset's description; `timer` collects the parts' wall seconds."""
 
-    `robust[i]` is True when no attack of the cascade broke point i (False also for points the model
-    misclassifies clean). The caller puts the model in eval mode; it runs in fp32 on x's device.
-    versions: `apgd` = APGD-CE, APGD-T with standard's settings; `standard` = AutoAttack's own.
-    """
-    from pyautoattack import AutoAttack  # here, not at the top: only the quick and full levels need it
+    net: Classifier
+    cfg: ExperimentConfig
+    env: LocalEnvironment
+    precision: Precision
+    level: SuiteLevel
+    info: DatasetInfo
+    timer: _Timer = field(default_factory=_Timer)
 
-    if version not in AUTOATTACK_VERSIONS:
-        raise ValueError(f"AutoAttack version {version!r}; known: {', '.join(AUTOATTACK_VERSIONS)}")
-    if num_classes < 4:
-        raise ValueError(f"AutoAttack's targeted DLR loss needs at least 4 classes, got {num_classes}")
-    if version == "standard":
-        attack = AutoAttack(model, version="standard", norm="Linf", eps=eps, seed=seed, device=x.device)
-    else:
-        attack = AutoAttack(model, attacks=list(AUTOATTACK_VERSIONS[version]), version="custom", norm="Linf",
-                            eps=eps, seed=seed, device=x.device)
-        attack.apgd.n_restarts = 1  # what _set_version('standard') sets for APGD-CE / APGD-T
-        attack.apgd_targeted.n_restarts = 1
-    targets = min(9, num_classes - 1)  # standard uses 9 target classes; fewer classes have fewer rivals
-    attack.apgd_targeted.n_target_classes = targets
-    attack.fab.n_target_classes = targets
-    with _own_rng(x.device), _capture_warnings("auto-attack") as warnings:
-        x_adv, y_adv = attack.run_standard_evaluation(x, y, batch_size=batch_size)
-    return x_adv.detach(), (y_adv == y), list(warnings)
+    def correct(self, x: torch.Tensor, y: torch.Tensor, attack: Attack | None, *, features: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-point correctness (and features) on this rank's points, with the suite's batch size and seed."""
+        return correct_per_point(self.net, x, y, attack, env=self.env, batch_size=self.cfg.eval_batch_size,
+                                 precision=self.precision, seed=self.cfg.seed, features=features)
+
+    def pgd(self, eps: float, step_size: float, steps: int, restarts: int = 1) -> Attack:
+        return pgd_attack(eps, step_size, steps, self.precision, restarts=restarts)
+
+    def row(self, attack: str, **columns: Any) -> dict[str, Any]:
+        """An evals row labelled with the level that runs."""
+        return eval_row(attack, suite=self.level.name, **columns)
 
 
-def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, queries: int, seed: int,
-           batch_size: int, rescale_schedule: bool = True) -> torch.Tensor:
-    """L-inf Square attack (Andriushchenko et al. 2020; AutoAttack's code), score-based black-box:
-    it only queries the model's logits. Returns x_adv; the model must already be in eval mode."""
-    from pyautoattack.square import SquareAttack
+@dataclass(frozen=True)
+class _AttackSubset:
+    """The attack subset with its clean and PGD-k results: per point over all ranks (`*_ok`) and
+    this rank's shard on the device (x, y, and the features geometry needs)."""
 
-    attack = SquareAttack(model, p_init=0.8, n_queries=queries, eps=eps, norm="Linf", n_restarts=1, seed=seed,
-                          verbose=False, device=x.device, resc_schedule=rescale_schedule)
-    out = []
-    with _own_rng(x.device), torch.no_grad():
-        for lo in range(0, len(x), batch_size):
-            out.append(attack.perturb(x[lo:lo + batch_size], y[lo:lo + batch_size]))
-    return torch.cat(out) if out else x.clone()
+    points: Split
+    x: torch.Tensor
+    y: torch.Tensor
+    clean_ok: torch.Tensor
+    pgd_ok: torch.Tensor
+    z_clean: torch.Tensor | None
+    z_pgd: torch.Tensor | None
 
-
-# ------------------------------------------------------------------- per-point, sharded helpers
-
-
-def _gather(local: torch.Tensor, total: int, env: LocalEnvironment) -> torch.Tensor:
-    """Rows of this rank's `shard` slice -> the (total, ...) tensor of all ranks (a sum of zero-padded
-    copies, so every rank gets it with one all-reduce)."""
-    lo = total * env.rank // env.world_size
-    full = torch.zeros((total, *local.shape[1:]), dtype=local.dtype, device=env.device)
-    full[lo:lo + len(local)] = local.to(env.device)
-    return env.all_reduce_sum(full)
+    @property
+    def n(self) -> int:
+        return len(self.points)
 
 
-def _gather_flags(local: torch.Tensor, total: int, env: LocalEnvironment) -> torch.Tensor:
-    return _gather(local.to(torch.long), total, env).bool()
+# ----------------------------------------------------------------------------------- driver
 
 
-Attack = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
-
-
-def _correct(net: Classifier, x: torch.Tensor, y: torch.Tensor, attack: Attack | None, *, batch_size: int,
-             precision: Precision, seed: int, rank: int, features: bool = False
-             ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-point correctness (and features) on x, attacked batch by batch like `evaluate.correct_counts`
-    (same generator seed, same batches), so the same attack gives the same points."""
-    generator = torch.Generator(device=x.device).manual_seed(seed * 7919 + rank)
-    flags, feats = [], []
-    for lo in range(0, len(x), batch_size):
-        xb, yb = x[lo:lo + batch_size], y[lo:lo + batch_size]
-        if attack is not None:
-            xb = attack(net, xb, yb, generator)
-        with torch.no_grad(), precision.autocast():
-            if features:
-                z = net.features(xb)
-                logits = net.head(z)
-                feats.append(z.float())
-            else:
-                logits = net(xb)
-        flags.append(logits.argmax(1) == yb)
-    empty = torch.zeros(0, dtype=torch.bool, device=x.device)
-    return (torch.cat(flags) if flags else empty), (torch.cat(feats) if feats else None)
-
-
-def _zero_gradient(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Per point: is the fp32 input gradient of the CE loss exactly zero (AutoAttack's own check)?"""
-    out = []
-    for lo in range(0, len(x), batch_size):
-        xb = x[lo:lo + batch_size].detach().requires_grad_(True)
-        with torch.enable_grad():
-            loss = F.cross_entropy(net(xb).float(), y[lo:lo + batch_size], reduction="sum")
-            (grad,) = torch.autograd.grad(loss, xb)
-        out.append(grad.flatten(1).abs().sum(1) == 0)
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool, device=x.device)
-
-
-def _local(split: Split, env: LocalEnvironment) -> tuple[torch.Tensor, torch.Tensor]:
-    part = shard(split, env.rank, env.world_size)
-    return to_float(part.images.to(env.device)), part.labels.to(env.device)
-
-
-def _eval_row(suite: str, attack: str, *, eps: float, steps: int, restarts: int, n: int, accuracy: float,
-              loss: str = "ce", split: str = "test", **extra: Any) -> dict[str, Any]:
-    return {"suite": suite, "split": split, "attack": attack, "loss": loss, "eps": float(eps), "steps": int(steps),
-            "restarts": int(restarts), "n": int(n), "accuracy": float(accuracy), **extra}
-
-
-def _as_row(result: EvalResult, suite: str) -> dict[str, Any]:
-    """An EvalResult as an evals row labelled with the suite level that produced it."""
-    return {**result.as_row(), "suite": suite}
-
-
-def _mean(flags: torch.Tensor) -> float:
-    return int(flags.sum()) / len(flags) if len(flags) else float("nan")
-
-
-# ---------------------------------------------------------------------------- threat model
+def run_suite(net: Classifier, data: DatasetSplits, cfg: ExperimentConfig, env: LocalEnvironment,
+              precision: Precision, *, level: SuiteLevel | None = None) -> SuiteResult:
+    """Evaluate a trained model at `level` (default: cfg.eval_suite). The model runs in eval mode."""
+    cfg = cfg.resolved()
+    level = level or SUITE_LEVELS.get(cfg.eval_suite)
+    ctx = SuiteContext(net, cfg, env, precision, level, data.info)
+    result = SuiteResult(summary={"eval_suite": level.name})
+    test = subsample(data.test, cfg.eval_n)
+    with eval_mode(net):
+        with ctx.timer("threat_model"):
+            basic = threat_model_evals(net, test, cfg, env, precision)
+        result.evals = [e.as_row(level.name) for e in basic]
+        acc = {e.attack: e.accuracy for e in basic}
+        if level.diagnostics:
+            result.masking.append(check_fgsm_vs_pgd(acc["fgsm"], acc["pgd"], basic[0].n))
+        if level.strong_pgd is not None:
+            with ctx.timer("strong_pgd"):
+                _strong_pgd(ctx, test, acc["pgd"], result)
+        if level.autoattack is not None or level.diagnostics:
+            _attack_subset(ctx, test, result)
+        if level.corruptions:
+            with ctx.timer("corruptions"):
+                _corruptions(ctx, data, result)
+    if level.diagnostics:
+        flagged = [row["check"] for row in result.masking if row["flagged"]]
+        result.summary.update(masking_flags=len(flagged), any_masking_flag=bool(flagged),
+                              masking_flagged_checks=",".join(flagged))
+    result.summary.update(ctx.timer.seconds)
+    return result
 
 
 def threat_model_evals(net: Classifier, test: Split, cfg: ExperimentConfig, env: LocalEnvironment,
                        precision: Precision) -> list[EvalResult]:
-    """Clean, FGSM, PGD-k (CE) and CW-inf (PGD on the C&W margin) at the threat model's eps:
-    the four rows `experiment.test_evaluation` produced, computed the same way."""
+    """Clean, FGSM, PGD-k (CE) and CW-inf (PGD on the C&W margin) at the threat model's eps: the
+    basic level, and the first four rows of every level."""
     common = dict(env=env, batch_size=cfg.eval_batch_size, precision=precision, seed=cfg.seed)
     eps, step, k, restarts = cfg.eval_eps, cfg.eval_step, cfg.eval_attack_steps, cfg.eval_restarts
     return [
@@ -333,383 +234,178 @@ def threat_model_evals(net: Classifier, test: Split, cfg: ExperimentConfig, env:
     ]
 
 
-# ---------------------------------------------------------------------------- masking checks
+def _strong_pgd(ctx: SuiteContext, test: Split, pgd_k_accuracy: float, result: SuiteResult) -> None:
+    """The level's extra PGD (steps x restarts) on the eval_n points, checked against PGD-k."""
+    cfg = ctx.cfg
+    steps, restarts = ctx.level.strong_pgd
+    if (steps, restarts) == (cfg.eval_attack_steps, cfg.eval_restarts):
+        return
+    row = evaluate_attack(ctx.net, test, name="pgd", attack=ctx.pgd(cfg.eval_eps, cfg.eval_step, steps, restarts),
+                          eps=cfg.eval_eps, steps=steps, restarts=restarts, env=ctx.env,
+                          batch_size=cfg.eval_batch_size, precision=ctx.precision, seed=cfg.seed)
+    result.evals.append(row.as_row(ctx.level.name))
+    result.summary[f"pgd{steps}x{restarts}_acc"] = row.accuracy
+    result.masking.append(check_steps_monotone(
+        f"steps_monotone_{steps}x{restarts}", (f"PGD-{cfg.eval_attack_steps}", pgd_k_accuracy),
+        (f"PGD-{steps}x{restarts}", row.accuracy), row.n))
 
 
-def _check(name: str, value: float, threshold: float, flagged: bool, detail: str, n: int) -> dict[str, Any]:
-    return {"check": name, "value": float(value), "threshold": float(threshold), "flagged": bool(flagged),
-            "detail": detail, "n": int(n)}
+# ---------------------------------------------------------------------------- attack subset
 
 
-def check_eps_monotone(eps: Sequence[float], accuracy: Sequence[float], n: int) -> dict[str, Any]:
-    """PGD accuracy must not rise with eps: value = the largest rise between consecutive eps."""
-    pairs = sorted(zip(eps, accuracy))
-    rises = [(b[1] - a[1], a[0], b[0]) for a, b in zip(pairs, pairs[1:])]
-    rise, lo, hi = max(rises, default=(0.0, float("nan"), float("nan")))
-    tol = noise_tolerance(n)
-    return _check("eps_monotone", rise, tol, rise > tol,
-                  f"largest accuracy rise {rise:+.4f} from eps {lo:.4g} to {hi:.4g}; curve "
-                  + ", ".join(f"{e:.4g}:{a:.4f}" for e, a in pairs), n)
-
-
-def check_steps_monotone(name: str, few: tuple[str, float], many: tuple[str, float], n: int) -> dict[str, Any]:
-    """A stronger PGD (more steps / restarts) must not give higher accuracy than a weaker one."""
-    rise = many[1] - few[1]
-    tol = noise_tolerance(n)
-    return _check(name, rise, tol, rise > tol, f"{many[0]} {many[1]:.4f} vs {few[0]} {few[1]:.4f}", n)
-
-
-def check_eps0_equals_clean(eps0_accuracy: float, clean_accuracy: float, n: int) -> dict[str, Any]:
-    """PGD with eps = 0 must leave every input unchanged: any difference is a bug or a random model."""
-    diff = abs(eps0_accuracy - clean_accuracy)
-    return _check("eps0_equals_clean", diff, 0.0, diff > 0,
-                  f"PGD eps=0 {eps0_accuracy:.4f} vs clean {clean_accuracy:.4f}", n)
-
-
-def check_pgd_aa_gap(pgd_accuracy: float, aa_accuracy: float, n: int, version: str) -> dict[str, Any]:
-    """PGD-CE minus AutoAttack on the same points; flagged above PGD_AA_GAP_THRESHOLD (or the noise
-    tolerance where n is so small that it exceeds that)."""
-    gap = pgd_accuracy - aa_accuracy
-    threshold = max(PGD_AA_GAP_THRESHOLD, noise_tolerance(n))
-    return _check("pgd_aa_gap", gap, threshold, gap > threshold,
-                  f"PGD-CE {pgd_accuracy:.4f} vs AutoAttack {version} {aa_accuracy:.4f}", n)
-
-
-def check_black_box(square_accuracy: float, white_box_accuracy: float, n: int, queries: int) -> dict[str, Any]:
-    """A black-box attack must not beat the white-box ones on the same points: value = white-box
-    accuracy minus Square accuracy."""
-    diff = white_box_accuracy - square_accuracy
-    tol = noise_tolerance(n)
-    return _check("black_box_vs_white_box", diff, tol, diff > tol,
-                  f"Square ({queries} queries) {square_accuracy:.4f} vs white-box (PGD and AutoAttack, "
-                  f"per point) {white_box_accuracy:.4f}", n)
-
-
-def check_unbounded(accuracy: float, n: int, steps: int) -> dict[str, Any]:
-    """PGD at eps = 1 can reach any image, so accuracy must fall to about 0."""
-    return _check("unbounded_eps", accuracy, UNBOUNDED_THRESHOLD, accuracy > UNBOUNDED_THRESHOLD,
-                  f"PGD-{steps} at eps=1.0 (step {2.5 / steps:.4g}) leaves accuracy {accuracy:.4f}", n)
-
-
-def check_zero_gradients(fraction: float, n: int) -> dict[str, Any]:
-    """Points whose fp32 input gradient of the CE loss is exactly zero (AutoAttack flags any)."""
-    return _check("zero_gradients", fraction, 0.0, fraction > 0,
-                  f"{round(fraction * n)} of {n} clean points have an all-zero CE input gradient", n)
-
-
-def check_fgsm_vs_pgd(fgsm_accuracy: float, pgd_accuracy: float, n: int) -> dict[str, Any]:
-    """Iterative PGD must be at least as strong as single-step FGSM."""
-    return check_steps_monotone("fgsm_vs_pgd", ("FGSM", fgsm_accuracy), ("PGD", pgd_accuracy), n)
-
-
-# ------------------------------------------------------------------------------- corruptions
-
-
-def corruption_plan(cfg: ExperimentConfig, info: DatasetInfo) -> tuple[str | None, str]:
-    """(source, note): `cifar10-c` / `cifar100-c` from cfg.corruption_root, `generated-c` from the
-    offline generator, or None with the reason nothing can run."""
-    if cfg.corruption_root and cfg.dataset in RELEASED_CORRUPTION_SOURCES:
-        return RELEASED_CORRUPTION_SOURCES[cfg.dataset], f"released files in {cfg.corruption_root}"
-    note = ""
-    if cfg.corruption_root:
-        note = f"corruption_root ignored: no released corrupted test set for dataset {cfg.dataset!r}; "
-    if tuple(info.image_shape) != (3, 32, 32):
-        return None, note + (f"generated corruptions need (3, 32, 32) images (CIFAR-10-C constants); "
-                             f"{cfg.dataset!r} has {tuple(info.image_shape)}")
-    return "generated-c", note + "offline generator (dpnp_ray.corruptions), not the released CIFAR-C files"
-
-
-def check_inputs(cfg: ExperimentConfig) -> None:
-    """Fail before training on suite inputs that cannot work (a corruption_root without the files)."""
-    level = SUITE_LEVELS.get(cfg.eval_suite)
-    if level.corruptions and cfg.corruption_root and cfg.dataset in RELEASED_CORRUPTION_SOURCES:
-        if not corruptions.available_cifar_c(cfg.corruption_root):
-            raise ValueError(
-                f"corruption_root={cfg.corruption_root!r} holds no CIFAR-C <corruption>.npy files; put the "
-                f"released {RELEASED_CORRUPTION_SOURCES[cfg.dataset]} files there, or set corruption_root='' "
-                "to use the offline generator (reported as 'generated-c')")
-
-
-def corrupted_sets(cfg: ExperimentConfig, data: DatasetSplits, source: str
-                   ) -> tuple[Split, Iterator[tuple[str, int, Split]]]:
-    """(the clean points, lazily every (corruption, severity, corrupted points)) for a source."""
-    if source == "generated-c":
-        clean = subsample(data.test, cfg.eval_corruption_n)
-        images = to_float(clean.images)
-
-        def generated() -> Iterator[tuple[str, int, Split]]:
-            for name in corruptions.GENERATED_BENCHMARK:
-                for severity in corruptions.SEVERITIES:
-                    corrupted = corruptions.corrupt(images, name, severity, CORRUPTION_SEED)
-                    yield name, severity, Split(corrupted, clean.labels)
-
-        return clean, generated()
-    # released files: the first n test images in test-set order (the files follow it)
-    n = cfg.eval_corruption_n if 0 < cfg.eval_corruption_n < len(data.test) else len(data.test)
-    clean = Split(data.test.images[:n], data.test.labels[:n])
-    present = corruptions.available_cifar_c(cfg.corruption_root)
-    names = [c for c in corruptions.CIFAR_C_CORRUPTIONS if c in present]  # the 15 of the benchmark mean
-
-    def released() -> Iterator[tuple[str, int, Split]]:
-        for name in names:
-            for severity in corruptions.SEVERITIES:
-                images, labels = corruptions.load_cifar_c(cfg.corruption_root, name, severity, n)
-                yield name, severity, Split(images, labels)
-
-    return clean, released()
-
-
-def corruption_rows(net: Classifier, sets: Iterator[tuple[str, int, Split]], *, source: str,
-                    env: LocalEnvironment, batch_size: int, precision: Precision,
-                    clean_labels: torch.Tensor | None = None) -> list[dict[str, Any]]:
-    """Clean-forward accuracy on each corrupted set (sharded like every evaluation).
-
-    With `clean_labels`, each row also records the fraction of the set's labels equal to them
-    (`label_agreement`): 1.0 unless released files belong to another data set or order.
-    """
-    rows = []
-    for name, severity, split in sets:
-        correct, total = _count(net, split, env, batch_size, precision)
-        row = {"source": source, "corruption": name, "severity": int(severity), "n": total,
-               "accuracy": correct / max(total, 1)}
-        if clean_labels is not None:
-            row["label_agreement"] = float((split.labels.cpu() == clean_labels.cpu()).float().mean())
-        rows.append(row)
-    return rows
-
-
-def _count(net: Classifier, split: Split, env: LocalEnvironment, batch_size: int,
-           precision: Precision) -> tuple[int, int]:
-    x, y = _local(split, env)
-    flags, _ = _correct(net, x, y, None, batch_size=batch_size, precision=precision, seed=0, rank=env.rank)
-    counts = env.all_reduce_sum(torch.stack([flags.sum(), torch.tensor(len(flags), device=flags.device)]))
-    return int(counts[0]), int(counts[1])
-
-
-# ---------------------------------------------------------------------------------- geometry
-
-
-def prototypes_of(net: Classifier) -> tuple[torch.Tensor, str]:
-    """The class prototypes and where they come from: the DPNP head's c_j, or for a linear softmax
-    head its weight rows w_j (the closest analogue: logit_j = <z, w_j> + b_j)."""
-    if net.has_prototypes:
-        return net.head.prototypes().detach().float(), "prototype_head"
-    if isinstance(net.head, nn.Linear):
-        return net.head.weight.detach().float(), "linear_weight"
-    raise TypeError(f"geometry: head {type(net.head).__name__} has neither prototypes nor linear weights")
-
-
-def geometry_rows(features: dict[str, torch.Tensor], labels: torch.Tensor, net: Classifier,
-                  num_classes: int, attrs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per feature set (split name -> features of the same labelled points)."""
-    prototypes, source = prototypes_of(net)
-    rows = []
-    for split, z in features.items():
-        metrics = geometry_metrics(z.float().cpu(), labels.cpu(), prototypes.cpu(), num_classes)
-        rows.append({"split": split, "n": int(len(labels)), "prototype_source": source, **attrs.get(split, {}),
-                     **{k: _scalar(v) for k, v in metrics.items()}})
-    return rows
-
-
-def _scalar(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.item()
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        return value.item()
-    return value
-
-
-# ----------------------------------------------------------------------------------- driver
-
-
-class _Timer:
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def __call__(self, part: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[f"seconds_{part}"] = self.seconds.get(f"seconds_{part}", 0.0) + time.perf_counter() - started
-
-
-def run_suite(net: Classifier, data: DatasetSplits, cfg: ExperimentConfig, env: LocalEnvironment,
-              precision: Precision, *, level: SuiteLevel | None = None) -> SuiteResult:
-    """Evaluate a trained model at `level` (default: cfg.eval_suite). The model runs in eval mode."""
-    cfg = cfg.resolved()
-    level = level or SUITE_LEVELS.get(cfg.eval_suite)
-    timer = _Timer()
-    result = SuiteResult(summary={"eval_suite": level.name})
-    test = subsample(data.test, cfg.eval_n)
-    with eval_mode(net):
-        with timer("threat_model"):
-            basic = threat_model_evals(net, test, cfg, env, precision)
-        result.evals = [_as_row(e, level.name) for e in basic]
-        acc = {e.attack: e.accuracy for e in basic}
-        if level.diagnostics:
-            result.masking.append(check_fgsm_vs_pgd(acc["fgsm"], acc["pgd"], basic[0].n))
-        if level.strong_pgd is not None:
-            with timer("strong_pgd"):
-                _strong_pgd(net, test, cfg, level, env, precision, acc["pgd"], result)
-        if level.autoattack is not None or level.diagnostics:
-            _attack_subset(net, test, data.info, cfg, level, env, precision, timer, result)
-        if level.corruptions:
-            with timer("corruptions"):
-                _corruptions(net, data, cfg, env, precision, result)
-    if level.diagnostics:
-        flagged = [row["check"] for row in result.masking if row["flagged"]]
-        result.summary.update(masking_flags=len(flagged), any_masking_flag=bool(flagged),
-                              masking_flagged_checks=",".join(flagged))
-    result.summary.update(timer.seconds)
-    return result
-
-
-def _strong_pgd(net, test, cfg, level, env, precision, pgd_k_accuracy, result: SuiteResult) -> None:
-    steps, restarts = level.strong_pgd
-    if (steps, restarts) != (cfg.eval_attack_steps, cfg.eval_restarts):
-        row = evaluate_attack(net, test, name="pgd", attack=pgd_attack(cfg.eval_eps, cfg.eval_step, steps, precision,
-                                                                       restarts=restarts),
-                              eps=cfg.eval_eps, steps=steps, restarts=restarts, env=env, batch_size=cfg.eval_batch_size,
-                              precision=precision, seed=cfg.seed)
-        result.evals.append(_as_row(row, level.name))
-        result.summary[f"pgd{steps}x{restarts}_acc"] = row.accuracy
-        result.masking.append(check_steps_monotone(
-            f"steps_monotone_{steps}x{restarts}", (f"PGD-{cfg.eval_attack_steps}", pgd_k_accuracy),
-            (f"PGD-{steps}x{restarts}", row.accuracy), row.n))
-
-
-def _attack_subset(net, test: Split, info: DatasetInfo, cfg: ExperimentConfig, level: SuiteLevel,
-                   env: LocalEnvironment, precision: Precision, timer: _Timer, result: SuiteResult) -> None:
+def _attack_subset(ctx: SuiteContext, test: Split, result: SuiteResult) -> None:
     """Everything that runs on the cfg.eval_aa_n attack subset, with per-point results gathered."""
-    sub = subsample(test, cfg.eval_aa_n)
-    n = len(sub)
-    x, y = _local(sub, env)
-    suite, eps, step, k, restarts, bs = (level.name, cfg.eval_eps, cfg.eval_step, cfg.eval_attack_steps,
-                                         cfg.eval_restarts, cfg.eval_batch_size)
-    common = dict(batch_size=bs, precision=precision, seed=cfg.seed, rank=env.rank)
-    summary = result.summary
-    with timer("pgd_subset"):
-        clean_local, z_clean = _correct(net, x, y, None, features=level.geometry, **common)
-        pgd_local, z_adv = _correct(net, x, y, pgd_attack(eps, step, k, precision, restarts=restarts),
-                                    features=level.geometry, **common)
-        clean_ok, pgd_ok = _gather_flags(clean_local, n, env), _gather_flags(pgd_local, n, env)
-    summary.update(attack_subset_n=n, pgd_acc_subset=_mean(pgd_ok), clean_acc_subset=_mean(clean_ok))
-    white_box_ok = pgd_ok
-
-    if level.autoattack is not None:
-        with timer("autoattack"):
-            version = level.autoattack
-            aa_local = torch.zeros(0, dtype=torch.bool, device=env.device)
-            warnings: list[str] = []
-            if len(x):
-                x_adv, aa_local, warnings = autoattack(net, x, y, eps=eps, version=version, seed=cfg.seed,
-                                                       batch_size=bs, num_classes=info.num_classes)
-                excess = float((x_adv - x).abs().amax()) - eps
-                if excess > 1e-5 or float(x_adv.min()) < 0 or float(x_adv.max()) > 1:
-                    raise RuntimeError(f"AutoAttack returned points outside the threat model (L-inf excess "
-                                       f"{excess:.2e}, range [{float(x_adv.min())}, {float(x_adv.max())}])")
-            aa_ok = _gather_flags(aa_local, n, env)
-        aa_acc = _mean(aa_ok)
-        steps = AUTOATTACK_ITERATIONS
-        result.evals.append(_eval_row(suite, "autoattack", eps=eps, steps=steps, restarts=1, n=n, accuracy=aa_acc,
-                                      loss="+".join(AUTOATTACK_VERSIONS[version]), version=version))
-        white_box_ok = pgd_ok & aa_ok
-        import pyautoattack
-
-        summary.update(aa_acc=aa_acc, aa_version=version, aa_n=n, pgd_aa_gap=_mean(pgd_ok) - aa_acc,
-                       aa_code=f"pyautoattack {pyautoattack.__version__}",
-                       aa_warnings=" | ".join(dict.fromkeys(warnings)))
-        result.masking.append(check_pgd_aa_gap(_mean(pgd_ok), aa_acc, n, version))
-
-    if level.diagnostics:
-        _diagnostics(net, sub, x, y, cfg, level, env, precision, timer, result, clean_ok, pgd_ok, white_box_ok)
-
-    if level.geometry:
-        with timer("geometry"):
-            dim = prototypes_of(net)[0].shape[1]
-            empty = torch.zeros(0, dim, device=env.device)
-            features = {"test": _gather(z_clean if z_clean is not None else empty, n, env),
-                        "test_pgd": _gather(z_adv if z_adv is not None else empty, n, env)}
-            attrs = {"test": {"attack": "none", "eps": 0.0, "steps": 0, "accuracy": _mean(clean_ok)},
-                     "test_pgd": {"attack": "pgd", "eps": float(eps), "steps": k, "accuracy": _mean(pgd_ok)}}
-            result.geometry = geometry_rows(features, sub.labels.to(env.device), net, info.num_classes, attrs)
+    subset = _clean_and_pgd(ctx, subsample(test, ctx.cfg.eval_aa_n))
+    result.summary.update(attack_subset_n=subset.n, pgd_acc_subset=fraction(subset.pgd_ok),
+                          clean_acc_subset=fraction(subset.clean_ok))
+    white_box_ok = subset.pgd_ok
+    if ctx.level.autoattack is not None:
+        white_box_ok = white_box_ok & _autoattack(ctx, subset, result)
+    if ctx.level.diagnostics:
+        _diagnostics(ctx, subset, white_box_ok, result)
+    if ctx.level.geometry:
+        with ctx.timer("geometry"):
+            result.geometry = _geometry(ctx, subset)
 
 
-def _diagnostics(net, sub: Split, x, y, cfg: ExperimentConfig, level: SuiteLevel, env: LocalEnvironment,
-                 precision: Precision, timer: _Timer, result: SuiteResult, clean_ok, pgd_ok, white_box_ok) -> None:
+def _clean_and_pgd(ctx: SuiteContext, points: Split) -> _AttackSubset:
+    """Clean and PGD-k correctness of every point of the subset (and this rank's features for geometry)."""
+    cfg, env, n = ctx.cfg, ctx.env, len(points)
+    x, y = local_points(points, env)
+    with ctx.timer("pgd_subset"):
+        clean_local, z_clean = ctx.correct(x, y, None, features=ctx.level.geometry)
+        pgd_local, z_pgd = ctx.correct(x, y, ctx.pgd(cfg.eval_eps, cfg.eval_step, cfg.eval_attack_steps,
+                                                     cfg.eval_restarts), features=ctx.level.geometry)
+        clean_ok, pgd_ok = gather_flags(clean_local, n, env), gather_flags(pgd_local, n, env)
+    return _AttackSubset(points, x, y, clean_ok, pgd_ok, z_clean, z_pgd)
+
+
+def _autoattack(ctx: SuiteContext, subset: _AttackSubset, result: SuiteResult) -> torch.Tensor:
+    """AutoAttack at the level's version on the subset; returns per point: did the point survive it?"""
+    cfg, env, n, x, eps = ctx.cfg, ctx.env, subset.n, subset.x, ctx.cfg.eval_eps
+    version = ctx.level.autoattack
+    with ctx.timer("autoattack"):
+        aa_local = torch.zeros(0, dtype=torch.bool, device=env.device)
+        warnings: list[str] = []
+        if len(x):
+            x_adv, aa_local, warnings = autoattack(ctx.net, x, subset.y, eps=eps, version=version, seed=cfg.seed,
+                                                   batch_size=cfg.eval_batch_size, num_classes=ctx.info.num_classes)
+            excess = float((x_adv - x).abs().amax()) - eps
+            if excess > 1e-5 or float(x_adv.min()) < 0 or float(x_adv.max()) > 1:
+                raise RuntimeError(f"AutoAttack returned points outside the threat model (L-inf excess "
+                                   f"{excess:.2e}, range [{float(x_adv.min())}, {float(x_adv.max())}])")
+        aa_ok = gather_flags(aa_local, n, env)
+    aa_acc, pgd_acc = fraction(aa_ok), fraction(subset.pgd_ok)
+    result.evals.append(ctx.row("autoattack", eps=eps, steps=AUTOATTACK_ITERATIONS, restarts=1, n=n,
+                                accuracy=aa_acc, loss="+".join(AUTOATTACK_VERSIONS[version]), version=version))
+    result.summary.update(aa_acc=aa_acc, aa_version=version, aa_n=n, pgd_aa_gap=pgd_acc - aa_acc,
+                          aa_code=autoattack_code_version(), aa_warnings=" | ".join(dict.fromkeys(warnings)))
+    result.masking.append(check_pgd_aa_gap(pgd_acc, aa_acc, n, version))
+    return aa_ok
+
+
+def _diagnostics(ctx: SuiteContext, subset: _AttackSubset, white_box_ok: torch.Tensor, result: SuiteResult) -> None:
     """The eps curve, PGD-(factor k), PGD at eps = 1, zero gradients and Square, and their checks."""
-    n, suite, eps, step, k, restarts = len(sub), level.name, cfg.eval_eps, cfg.eval_step, cfg.eval_attack_steps, \
-        cfg.eval_restarts
-    common = dict(batch_size=cfg.eval_batch_size, precision=precision, seed=cfg.seed, rank=env.rank)
+    cfg, env, level, n = ctx.cfg, ctx.env, ctx.level, subset.n
+    eps, step, k, restarts = cfg.eval_eps, cfg.eval_step, cfg.eval_attack_steps, cfg.eval_restarts
+    pgd_acc, clean_acc = fraction(subset.pgd_ok), fraction(subset.clean_ok)
 
-    def accuracy(attack: Attack | None) -> float:
-        local, _ = _correct(net, x, y, attack, **common)
-        return _mean(_gather_flags(local, n, env))
+    def accuracy(attack: Attack) -> float:
+        local, _ = ctx.correct(subset.x, subset.y, attack)
+        return fraction(gather_flags(local, n, env))
 
-    with timer("eps_curve"):
+    with ctx.timer("eps_curve"):
         curve = {}
         for m in sorted(set(cfg.eval_eps_curve) | {1.0}):  # always through the threat model's eps
             # step scaled with eps (the eps / step ratio of the threat-model PGD); m = 1 is that PGD
-            curve[m] = _mean(pgd_ok) if m == 1.0 else accuracy(
-                pgd_attack(m * eps, m * step, k, precision, restarts=restarts))
-            result.evals.append(_eval_row(suite, "pgd_eps_curve", eps=m * eps, steps=k, restarts=restarts, n=n,
-                                          accuracy=curve[m], step_size=m * step))
-    clean_acc = _mean(clean_ok)
+            curve[m] = pgd_acc if m == 1.0 else accuracy(ctx.pgd(m * eps, m * step, k, restarts))
+            result.evals.append(ctx.row("pgd_eps_curve", eps=m * eps, steps=k, restarts=restarts, n=n,
+                                        accuracy=curve[m], step_size=m * step))
     result.masking.append(check_eps_monotone([m * eps for m in curve], list(curve.values()), n))
     if 0.0 in curve:
         result.masking.append(check_eps0_equals_clean(curve[0.0], clean_acc, n))
 
-    with timer("steps_check"):
+    with ctx.timer("steps_check"):
         many = level.steps_factor * k
-        acc_many = accuracy(pgd_attack(eps, step, many, precision, restarts=restarts))
-    result.evals.append(_eval_row(suite, "pgd_steps_check", eps=eps, steps=many, restarts=restarts, n=n,
-                                  accuracy=acc_many))
-    result.masking.append(check_steps_monotone("steps_monotone", (f"PGD-{k}", _mean(pgd_ok)),
-                                               (f"PGD-{many}", acc_many), n))
+        acc_many = accuracy(ctx.pgd(eps, step, many, restarts))
+    result.evals.append(ctx.row("pgd_steps_check", eps=eps, steps=many, restarts=restarts, n=n, accuracy=acc_many))
+    result.masking.append(check_steps_monotone("steps_monotone", (f"PGD-{k}", pgd_acc), (f"PGD-{many}", acc_many), n))
 
-    with timer("unbounded"):
+    with ctx.timer("unbounded"):
         u = level.unbounded_steps
-        acc_unbounded = accuracy(pgd_attack(1.0, 2.5 / u, u, precision))
-    result.evals.append(_eval_row(suite, "pgd_unbounded", eps=1.0, steps=u, restarts=1, n=n,
-                                  accuracy=acc_unbounded, step_size=2.5 / u))
+        acc_unbounded = accuracy(ctx.pgd(1.0, 2.5 / u, u))
+    result.evals.append(ctx.row("pgd_unbounded", eps=1.0, steps=u, restarts=1, n=n, accuracy=acc_unbounded,
+                                step_size=2.5 / u))
     result.masking.append(check_unbounded(acc_unbounded, n, u))
 
-    zero = _gather_flags(_zero_gradient(net, x, y, cfg.eval_batch_size), n, env)
-    result.masking.append(check_zero_gradients(_mean(zero) if n else 0.0, n))
+    zero = gather_flags(_zero_gradient(ctx.net, subset.x, subset.y, cfg.eval_batch_size), n, env)
+    result.masking.append(check_zero_gradients(fraction(zero) if n else 0.0, n))
 
     if level.square_queries > 0:
-        with timer("square"):
-            m = level.square_n if 0 < level.square_n < n else n
-            index = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))[:m].sort().values
-            chosen = Split(sub.images[index], sub.labels[index])
-            xs, ys = _local(chosen, env)
-            local = torch.zeros(0, dtype=torch.bool, device=env.device)
-            if len(xs):
-                x_sq = square(net, xs, ys, eps=eps, queries=level.square_queries, seed=cfg.seed,
-                              batch_size=cfg.eval_batch_size, rescale_schedule=level.square_rescale_schedule)
-                local, _ = _correct(net, x_sq, ys, None, **common)
-            square_ok = _gather_flags(local, m, env)
-        square_acc = _mean(square_ok)
-        white_box = _mean(white_box_ok[index.to(white_box_ok.device)])
-        result.evals.append(_eval_row(suite, "square", eps=eps, steps=level.square_queries, restarts=1, n=m,
-                                      accuracy=square_acc, loss="margin"))
-        result.summary.update(square_acc=square_acc, square_n=m, square_queries=level.square_queries,
-                              white_box_acc_square_subset=white_box)
-        result.masking.append(check_black_box(square_acc, white_box, m, level.square_queries))
+        _square(ctx, subset, white_box_ok, result)
 
 
-def _corruptions(net, data: DatasetSplits, cfg: ExperimentConfig, env: LocalEnvironment, precision: Precision,
-                 result: SuiteResult) -> None:
+def _zero_gradient(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Per point: is the fp32 input gradient of the CE loss exactly zero (AutoAttack's own check)?"""
+    out = []
+    for lo in range(0, len(x), batch_size):
+        xb = x[lo:lo + batch_size].detach().requires_grad_(True)
+        with torch.enable_grad():
+            loss = F.cross_entropy(net(xb).float(), y[lo:lo + batch_size], reduction="sum")
+            (grad,) = torch.autograd.grad(loss, xb)
+        out.append(grad.flatten(1).abs().sum(1) == 0)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool, device=x.device)
+
+
+def _square(ctx: SuiteContext, subset: _AttackSubset, white_box_ok: torch.Tensor, result: SuiteResult) -> None:
+    """Black-box Square on level.square_n points of the subset, against the white-box attacks on them."""
+    cfg, env, level, n = ctx.cfg, ctx.env, ctx.level, subset.n
+    with ctx.timer("square"):
+        m = level.square_n if 0 < level.square_n < n else n
+        index = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))[:m].sort().values
+        xs, ys = local_points(Split(subset.points.images[index], subset.points.labels[index]), env)
+        local = torch.zeros(0, dtype=torch.bool, device=env.device)
+        if len(xs):
+            x_sq = square(ctx.net, xs, ys, eps=cfg.eval_eps, queries=level.square_queries, seed=cfg.seed,
+                          batch_size=cfg.eval_batch_size, rescale_schedule=level.square_rescale_schedule)
+            local, _ = ctx.correct(x_sq, ys, None)
+        square_ok = gather_flags(local, m, env)
+    square_acc = fraction(square_ok)
+    white_box = fraction(white_box_ok[index.to(white_box_ok.device)])
+    result.evals.append(ctx.row("square", eps=cfg.eval_eps, steps=level.square_queries, restarts=1, n=m,
+                                accuracy=square_acc, loss="margin"))
+    result.summary.update(square_acc=square_acc, square_n=m, square_queries=level.square_queries,
+                          white_box_acc_square_subset=white_box)
+    result.masking.append(check_black_box(square_acc, white_box, m, level.square_queries))
+
+
+def _geometry(ctx: SuiteContext, subset: _AttackSubset) -> list[dict[str, Any]]:
+    """Geometry rows of the clean and PGD-k features of the subset (gathered from every rank)."""
+    env, n = ctx.env, subset.n
+    empty = torch.zeros(0, prototypes_of(ctx.net)[0].shape[1], device=env.device)
+    features = {"test": gather(subset.z_clean if subset.z_clean is not None else empty, n, env),
+                "test_pgd": gather(subset.z_pgd if subset.z_pgd is not None else empty, n, env)}
+    attrs = {"test": {"attack": "none", "eps": 0.0, "steps": 0, "accuracy": fraction(subset.clean_ok)},
+             "test_pgd": {"attack": "pgd", "eps": float(ctx.cfg.eval_eps), "steps": ctx.cfg.eval_attack_steps,
+                          "accuracy": fraction(subset.pgd_ok)}}
+    return geometry_rows(features, subset.points.labels.to(env.device), ctx.net, ctx.info.num_classes, attrs)
+
+
+# ------------------------------------------------------------------------------ corruptions
+
+
+def _corruptions(ctx: SuiteContext, data: DatasetSplits, result: SuiteResult) -> None:
+    """corruptions.parquet rows and the corruption summary (mean accuracy, clean accuracy, source)."""
+    cfg, env = ctx.cfg, ctx.env
     source, note = corruption_plan(cfg, data.info)
     result.summary.update(corruption_source=source or "none", corruption_note=note)
     if source is None:
         return
     clean, sets = corrupted_sets(cfg, data, source)
-    rows = corruption_rows(net, sets, source=source, env=env, batch_size=cfg.eval_batch_size, precision=precision,
-                           clean_labels=clean.labels)
-    correct, total = _count(net, clean, env, cfg.eval_batch_size, precision)
+    rows = corruption_rows(ctx.net, sets, source=source, env=env, batch_size=cfg.eval_batch_size,
+                           precision=ctx.precision, clean_labels=clean.labels)
+    correct, total = correct_counts(ctx.net, clean, None, env=env, batch_size=cfg.eval_batch_size,
+                                    precision=ctx.precision)
     result.corruptions = rows
     result.summary.update(
         corruption_acc=sum(r["accuracy"] for r in rows) / len(rows) if rows else float("nan"),
