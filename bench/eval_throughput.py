@@ -15,7 +15,7 @@ Rows:
 
 PGD-20: step eps/4, one random start, fp32 (or --precision); `early` is attacks.pgd(early_stop=True),
 what evaluation uses; accuracy columns are on the same points and seed. AutoAttack is
-dpnp_ray.robustness.autoattack(version="apgd"): APGD-CE + APGD-T (9 targets, 100 iterations), fp32.
+dpnp_ray.evaluate.external.autoattack(version="apgd"): APGD-CE + APGD-T (9 targets, 100 iterations), fp32.
 Plain and early-exit PGD run --repeats times alternately; throughput = points / median wall seconds
 (points broken early included); on the CPU the speedup is also given in process CPU time, the
 steadier measure on a shared machine. AutoAttack runs once.
@@ -61,7 +61,7 @@ def calibrate_eps(net, x, y, precision, batch, target: float) -> float:
 
 
 def bench_model(name, net, x, y, eps, args, device, precision, aa_n, num_classes) -> dict:
-    from dpnp_ray.robustness import autoattack
+    from dpnp_ray.evaluate.external import autoattack
 
     row = {"model": name, "n": len(x), "eps_255": eps * 255, "clean": accuracy(net, x, y, precision)}
     wall = {"plain": [], "early": []}

@@ -13,7 +13,7 @@ from typing import Any, Callable
 from .config import ExperimentConfig
 from .data import DatasetSplits
 from .distributed import LocalEnvironment
-from .robustness import check_inputs, run_suite
+from .evaluate import check_inputs, run_suite
 from .devices import Precision, resolve_device
 from .training_loop import EpochCallback, TrainResult, load_data, train
 

@@ -1,4 +1,4 @@
-"""Tests of dpnp_ray.corruptions: the released-file loader and the offline ("generated-c") generator."""
+"""Tests of dpnp_ray.evaluate.corruptions: the released-file loader and the offline ("generated-c") generator."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from dpnp_ray import corruptions as C
-from dpnp_ray.corruptions import CorruptionError, corrupt
+from dpnp_ray.evaluate import corruptions as C
+from dpnp_ray.evaluate.corruptions import CorruptionError, corrupt
 
 RANDOM = {"gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "glass_blur", "motion_blur",
           "snow", "fog", "elastic_transform"}

@@ -1,4 +1,4 @@
-"""Tests of dpnp_ray.geometry against values worked out by hand on tiny fixed examples."""
+"""Tests of dpnp_ray.evaluate.geometry against values worked out by hand on tiny fixed examples."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from dpnp_ray import geometry as G
+from dpnp_ray.evaluate import geometry as G
+from dpnp_ray.models import build_model
 
 
 def t(rows) -> torch.Tensor:
@@ -175,3 +176,15 @@ def test_input_errors():
         G.prototype_margins(M_FEATS, M_LABELS, torch.ones(3, 3))
     with pytest.raises(ValueError, match=r"expected \(4, d\)"):
         G.geometry_metrics(M_FEATS, M_LABELS, PROTOS, 4)
+
+
+def test_geometry_of_a_linear_head_uses_its_weight_rows():
+    torch.manual_seed(0)
+    net = build_model(backbone="small_cnn", num_classes=10, in_channels=1, mean=(0.3,), std=(0.4,),
+                      prototype_head=False).eval()
+    x, y = torch.rand(40, 1, 8, 8), torch.arange(40) % 10
+    with torch.no_grad():
+        z = net.features(x)
+    rows = G.geometry_rows({"test": z}, y, net, 10, {})
+    assert rows[0]["prototype_source"] == "linear_weight" and rows[0]["n"] == 40
+    assert 0 <= rows[0]["frac_positive_margin"] <= 1

@@ -89,6 +89,10 @@ The stream depends on the seed and the corruption, not on the severity, so the f
 one corruption share their random draws (common random numbers: severity curves compare like with
 like). Draws depend on the whole batch: corrupt a data set in one call, or give each batch its own
 seed (two batches corrupted with one seed get the same noise at the same positions).
+
+For the evaluation suite, ``corruption_plan`` picks the source a trial can use (released files or
+the generator), ``corrupted_sets`` yields its (corruption, severity, points) and ``corruption_rows``
+gives a model's accuracy on each: the rows of corruptions.parquet.
 """
 
 from __future__ import annotations
@@ -97,11 +101,17 @@ import os
 import warnings
 import zlib
 from types import MappingProxyType
-from typing import Callable, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
 from scipy import ndimage
+
+from ..config import ExperimentConfig
+from ..data import DatasetInfo, DatasetSplits, Split, to_float
+from ..devices import Precision
+from ..distributed import LocalEnvironment
+from .accuracy import correct_counts, subsample
 
 GENERATED_DATASET_NAME = "generated-c"
 
@@ -628,3 +638,77 @@ def generate_corrupted_set(images: torch.Tensor, labels: torch.Tensor,
                 yield name, int(s), corrupt(images, name, int(s), seed), labels
 
     return _iterate()
+
+
+# ------------------------------------------------------------------ the evaluation suite's sets
+
+#: the datasets whose released corrupted test sets `load_cifar_c` reads, and their source names
+RELEASED_CORRUPTION_SOURCES = {"cifar10": "cifar10-c", "cifar100": "cifar100-c"}
+#: seed of the generated corruptions: fixed, so every trial sees the same corrupted images (as with
+#: the released files) and variants are compared on identical data
+CORRUPTION_SEED = 0
+
+
+def corruption_plan(cfg: ExperimentConfig, info: DatasetInfo) -> tuple[str | None, str]:
+    """(source, note): `cifar10-c` / `cifar100-c` from cfg.corruption_root, GENERATED_DATASET_NAME
+    from the offline generator, or None with the reason nothing can run."""
+    if cfg.corruption_root and cfg.dataset in RELEASED_CORRUPTION_SOURCES:
+        return RELEASED_CORRUPTION_SOURCES[cfg.dataset], f"released files in {cfg.corruption_root}"
+    note = ""
+    if cfg.corruption_root:
+        note = f"corruption_root ignored: no released corrupted test set for dataset {cfg.dataset!r}; "
+    if tuple(info.image_shape) != (3, 32, 32):
+        return None, note + (f"generated corruptions need (3, 32, 32) images (CIFAR-10-C constants); "
+                             f"{cfg.dataset!r} has {tuple(info.image_shape)}")
+    return GENERATED_DATASET_NAME, note + ("offline generator (dpnp_ray.evaluate.corruptions), "
+                                           "not the released CIFAR-C files")
+
+
+def corrupted_sets(cfg: ExperimentConfig, data: DatasetSplits, source: str
+                   ) -> tuple[Split, Iterator[tuple[str, int, Split]]]:
+    """(the clean points, lazily every (corruption, severity, corrupted points)) for a source:
+    cfg.eval_corruption_n test points, all 14 generated corruptions (seed CORRUPTION_SEED) or every
+    released file in cfg.corruption_root, at every severity."""
+    if source == GENERATED_DATASET_NAME:
+        clean = subsample(data.test, cfg.eval_corruption_n)
+        images = to_float(clean.images)
+
+        def generated() -> Iterator[tuple[str, int, Split]]:
+            for name in GENERATED_BENCHMARK:
+                for severity in SEVERITIES:
+                    corrupted = corrupt(images, name, severity, CORRUPTION_SEED)
+                    yield name, severity, Split(corrupted, clean.labels)
+
+        return clean, generated()
+    # released files: the first n test images in test-set order (the files follow it)
+    n = cfg.eval_corruption_n if 0 < cfg.eval_corruption_n < len(data.test) else len(data.test)
+    clean = Split(data.test.images[:n], data.test.labels[:n])
+    present = available_cifar_c(cfg.corruption_root)
+    names = [c for c in CIFAR_C_CORRUPTIONS if c in present]  # the 15 of the benchmark mean
+
+    def released() -> Iterator[tuple[str, int, Split]]:
+        for name in names:
+            for severity in SEVERITIES:
+                images, labels = load_cifar_c(cfg.corruption_root, name, severity, n)
+                yield name, severity, Split(images, labels)
+
+    return clean, released()
+
+
+def corruption_rows(net: torch.nn.Module, sets: Iterator[tuple[str, int, Split]], *, source: str,
+                    env: LocalEnvironment, batch_size: int, precision: Precision,
+                    clean_labels: torch.Tensor | None = None) -> list[dict[str, Any]]:
+    """Clean-forward accuracy on each corrupted set (sharded like every evaluation).
+
+    With `clean_labels`, each row also records the fraction of the set's labels equal to them
+    (`label_agreement`): 1.0 unless released files belong to another data set or order.
+    """
+    rows = []
+    for name, severity, split in sets:
+        correct, total = correct_counts(net, split, None, env=env, batch_size=batch_size, precision=precision)
+        row = {"source": source, "corruption": name, "severity": int(severity), "n": total,
+               "accuracy": correct / max(total, 1)}
+        if clean_labels is not None:
+            row["label_agreement"] = float((split.labels.cpu() == clean_labels.cpu()).float().mean())
+        rows.append(row)
+    return rows

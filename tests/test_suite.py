@@ -1,7 +1,9 @@
-"""Tests for dpnp_ray.robustness: the evaluation suite, its attacks, masking checks, geometry, corruptions.
+"""Tests for dpnp_ray.evaluate.suite: the evaluation suite end to end, on a trained model: its rows and
+summaries, the attacks it runs (ours, AutoAttack, Square), masking checks, geometry and corruptions.
 
 Every test uses the session's one trained model (conftest's `trained_digits`: Adv-DPNP, small_cnn,
 digits, evaluated by run_experiment at the basic level). The file takes about a minute of CPU time.
+The checks' arithmetic alone is tested in test_checks.py, the geometry metrics in test_geometry.py.
 """
 
 from __future__ import annotations
@@ -18,30 +20,16 @@ from torch import nn
 from dpnp_ray import results
 from dpnp_ray.attacks import eval_mode, fgsm, pgd
 from dpnp_ray.config import ExperimentConfig
-from dpnp_ray.corruptions import GENERATED_BENCHMARK, SEVERITIES
 from dpnp_ray.data import DatasetSplits, Split, to_float
-from dpnp_ray.distributed import LocalEnvironment
-from dpnp_ray.evaluate import evaluate_attack, fgsm_attack, pgd_attack, subsample
-from dpnp_ray.models import Classifier, build_model
-from dpnp_ray.registry import UnknownNameError
-from dpnp_ray.robustness import (
-    PGD_AA_GAP_THRESHOLD,
-    SUITE_LEVELS,
-    SuiteLevel,
-    autoattack,
-    check_black_box,
-    check_eps0_equals_clean,
-    check_eps_monotone,
-    check_inputs,
-    check_pgd_aa_gap,
-    check_steps_monotone,
-    check_unbounded,
-    geometry_rows,
-    noise_tolerance,
-    run_suite,
-    square,
-)
 from dpnp_ray.devices import Precision
+from dpnp_ray.distributed import LocalEnvironment
+from dpnp_ray.evaluate.accuracy import evaluate_attack, fgsm_attack, pgd_attack, subsample
+from dpnp_ray.evaluate.checks import noise_tolerance
+from dpnp_ray.evaluate.corruptions import GENERATED_BENCHMARK, SEVERITIES
+from dpnp_ray.evaluate.external import autoattack, square
+from dpnp_ray.evaluate.suite import SUITE_LEVELS, SuiteLevel, check_inputs, run_suite
+from dpnp_ray.models import Classifier
+from dpnp_ray.registry import UnknownNameError
 
 CPU = torch.device("cpu")
 FP32 = Precision.choose("fp32", CPU)
@@ -132,8 +120,9 @@ def rgb32(net, data):
     return with_input_layer(net, DigitsFromRGB32()), DatasetSplits(info, data.train, data.val, test)
 
 
-def reference_test_evaluation(net, data, cfg, env, precision):
-    """experiment.test_evaluation as it was before the suite replaced it (commit 074938e)."""
+def reference_threat_model_rows(net, data, cfg, env, precision):
+    """The four threat-model rows computed directly with evaluate_attack, outside the suite's driver:
+    what the basic level (run_experiment -> run_suite) must reproduce row for row."""
     test = subsample(data.test, cfg.eval_n)
     common = dict(env=env, batch_size=cfg.eval_batch_size, precision=precision, seed=cfg.seed)
     eps, step, k, restarts = cfg.eval_eps, cfg.eval_step, cfg.eval_attack_steps, cfg.eval_restarts
@@ -163,12 +152,12 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 # ------------------------------------------------------------------------------- basic level
 
 
-def test_basic_level_reproduces_the_rows_of_test_evaluation(experiment, net, data):
+def test_basic_level_reproduces_the_threat_model_rows(experiment, net, data):
     fields = ("attack", "eps", "steps", "restarts", "n", "accuracy", "split", "loss")
     basic_cfg = experiment.config
     precision = Precision.choose(basic_cfg.precision, CPU)
     reference = [{f: getattr(e, f) for f in fields}
-                 for e in reference_test_evaluation(net, data, basic_cfg, ENV, precision)]
+                 for e in reference_threat_model_rows(net, data, basic_cfg, ENV, precision)]
     rows = experiment.evals
     assert [{f: r[f] for f in fields} for r in rows] == reference
     assert [r["attack"] for r in rows] == ["clean", "fgsm", "pgd", "cw_inf"]
@@ -289,25 +278,6 @@ def test_a_gradient_masked_model_is_flagged(net, data, cfg):
     assert suite.summary["square_acc"] < suite.summary["aa_acc"]
 
 
-def test_masking_checks_by_hand():
-    assert noise_tolerance(1000) == pytest.approx(0.0158, abs=1e-4)  # docs/evaluation.md#noise-tolerance: 1.6 points
-    assert noise_tolerance(4) == 0.25 and noise_tolerance(10_000) == 0.005
-    rising = check_eps_monotone([0.0, 0.1, 0.2], [0.9, 0.5, 0.6], n=1000)
-    assert rising["flagged"] and rising["value"] == pytest.approx(0.1)
-    assert not check_eps_monotone([0.2, 0.0, 0.1], [0.4, 0.9, 0.41], n=1000)["flagged"]  # 1 point: noise
-    assert not check_steps_monotone("s", ("PGD-10", 0.50), ("PGD-20", 0.51), n=1000)["flagged"]
-    assert check_steps_monotone("s", ("PGD-10", 0.50), ("PGD-20", 0.53), n=1000)["flagged"]
-    assert check_eps0_equals_clean(0.9, 0.899, n=1000)["flagged"]
-    assert not check_eps0_equals_clean(0.9, 0.9, n=1000)["flagged"]
-    assert check_pgd_aa_gap(0.55, 0.50, n=1000, version="apgd")["flagged"]
-    gap = check_pgd_aa_gap(0.53, 0.50, n=1000, version="apgd")
-    assert not gap["flagged"] and gap["threshold"] == PGD_AA_GAP_THRESHOLD
-    assert check_pgd_aa_gap(0.53, 0.50, n=100, version="apgd")["threshold"] == pytest.approx(0.05)
-    assert check_black_box(0.40, 0.50, n=1000, queries=1000)["flagged"]
-    assert not check_black_box(0.55, 0.50, n=1000, queries=1000)["flagged"]
-    assert check_unbounded(0.05, n=1000, steps=50)["flagged"] and not check_unbounded(0.0, n=1000, steps=50)["flagged"]
-
-
 # ---------------------------------------------------------------------------------- geometry
 
 
@@ -329,18 +299,6 @@ def test_geometry_rows(quick, cfg):
     assert rows["test_pgd"]["accuracy"] == quick.summary["pgd_acc_subset"]
     assert rows["test_pgd"]["mean_margin"] < rows["test"]["mean_margin"]  # attacks push features to rivals
     assert rows["test_pgd"]["min_angle_deg"] == rows["test"]["min_angle_deg"]  # same prototypes
-
-
-def test_geometry_of_a_linear_head_uses_its_weight_rows():
-    torch.manual_seed(0)
-    net = build_model(backbone="small_cnn", num_classes=10, in_channels=1, mean=(0.3,), std=(0.4,),
-                      prototype_head=False).eval()
-    x, y = torch.rand(40, 1, 8, 8), torch.arange(40) % 10
-    with torch.no_grad():
-        z = net.features(x)
-    rows = geometry_rows({"test": z}, y, net, 10, {})
-    assert rows[0]["prototype_source"] == "linear_weight" and rows[0]["n"] == 40
-    assert 0 <= rows[0]["frac_positive_margin"] <= 1
 
 
 # ------------------------------------------------------------------------------- corruptions

@@ -3,14 +3,19 @@
 Notation: f (N, d) features, y (N,) integer labels in 0..C-1, p (C, d) prototypes (the classifier's
 weights), mu_c the mean feature of class c, n_c its number of samples, P the classes with n_c > 0.
 All distances are Euclidean; everything is computed in float64 on the inputs' device and returned as
-Python floats (or float64 tensors), detached from any graph.
+Python floats (or float64 tensors), detached from any graph. `geometry_rows` applies them to a
+trained classifier's features and prototypes, as rows of geometry.parquet.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
+from torch import nn
+
+from ..models import Classifier
 
 
 def _as_f64(t: torch.Tensor) -> torch.Tensor:
@@ -176,3 +181,29 @@ def geometry_metrics(features: torch.Tensor, labels: torch.Tensor, prototypes: t
         **prototype_angle_stats(prototypes),
         **prototype_margins(features, labels, prototypes),
     }
+
+
+# ------------------------------------------------------------------ rows of geometry.parquet
+
+
+def prototypes_of(net: Classifier) -> tuple[torch.Tensor, str]:
+    """The class prototypes and where they come from: the DPNP head's c_j, or for a linear softmax
+    head its weight rows w_j (the closest analogue: logit_j = <z, w_j> + b_j)."""
+    if net.has_prototypes:
+        return net.head.prototypes().detach().float(), "prototype_head"
+    if isinstance(net.head, nn.Linear):
+        return net.head.weight.detach().float(), "linear_weight"
+    raise TypeError(f"geometry: head {type(net.head).__name__} has neither prototypes nor linear weights")
+
+
+def geometry_rows(features: dict[str, torch.Tensor], labels: torch.Tensor, net: Classifier,
+                  num_classes: int, attrs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per feature set (split name -> features of the same labelled points), with the
+    split's `attrs` (attack, eps, ...) and `geometry_metrics` against the model's prototypes."""
+    prototypes, source = prototypes_of(net)
+    rows = []
+    for split, z in features.items():
+        metrics = geometry_metrics(z.float().cpu(), labels.cpu(), prototypes.cpu(), num_classes)
+        rows.append({"split": split, "n": int(len(labels)), "prototype_source": source, **attrs.get(split, {}),
+                     **metrics})
+    return rows

@@ -1,0 +1,414 @@
+"""The robustness evaluation suite every finished trial goes through.
+
+`run_suite(net, data, cfg, env, precision)` returns a `SuiteResult`: rows for evals.parquet,
+corruptions.parquet, geometry.parquet and masking.parquet (without the study/trial/variant/seed
+key columns, which the caller adds) and flat scalars for trials.parquet. What runs is a
+`SuiteLevel`, looked up by `cfg.eval_suite` in `SUITE_LEVELS`:
+
+basic   clean, FGSM, PGD-k (cfg.eval_attack_steps / eval_step / eval_restarts) and CW-inf (PGD on
+        the C&W margin) on cfg.eval_n test points (`threat_model_evals`).
+quick   basic, plus on the "attack subset" (cfg.eval_aa_n points drawn from those eval_n):
+        AutoAttack `apgd` (APGD-CE then APGD-T, 9 targets, 100 iterations, 1 restart: standard's
+        settings for those two attacks) from the original code (`external.autoattack`), in fp32;
+        a PGD-k accuracy-vs-eps curve ("pgd_eps_curve") at eps = m * cfg.eval_eps for m in
+        cfg.eval_eps_curve and m = 1, step scaled with eps; PGD-2k ("pgd_steps_check"); PGD at
+        eps = 1 ("pgd_unbounded"); a cheap black-box Square attack ("square"); the gradient-masking
+        checks (`checks`); geometry (`geometry.geometry_rows`) of the clean ("test") and PGD-k
+        ("test_pgd") features of the attack subset, against the prototypes (a linear head's weight
+        rows for the baselines, prototype_source = "linear_weight"); common corruptions on
+        cfg.eval_corruption_n points (`corruptions.corruption_plan`): the released files (source
+        "cifar10-c" / "cifar100-c") when cfg.corruption_root is set and the dataset is cifar10 /
+        cifar100, else the offline generator's 14 benchmark corruptions x 5 severities (source
+        GENERATED_DATASET_NAME, fixed seed CORRUPTION_SEED), which needs 3x32x32 images (digits gets
+        no corruption rows; summary says why).
+full    quick with AutoAttack `standard` (APGD-CE, APGD-T, FAB-T, Square 5000 queries: AutoAttack's
+        cascade, the per-point worst case) instead of `apgd`, PGD-50 with 10 restarts on the eval_n
+        points, and Square with 5000 queries on the whole attack subset.
+
+Rows of evals.parquet carry suite = the level that ran; "autoattack" rows add `version` (apgd /
+standard) and name the cascade in `loss`; "square" rows put the query budget in `steps`; eps-curve
+and unbounded rows add `step_size`. The summary holds clean/fgsm/pgd/cw (via experiment.summarize),
+aa_acc, aa_version, aa_n, pgd_aa_gap (PGD-k CE minus AutoAttack on the attack subset), aa_warnings,
+square_acc, corruption_acc (mean over corruptions x severities), corruption_clean_acc (same points),
+corruption_source, masking_flags (count), any_masking_flag, masking_flagged_checks and seconds_<part>
+(wall seconds on this rank).
+
+Sharding: every rank evaluates its slice of each point set (`accuracy.shard`) and per-point results
+are gathered with `env.all_reduce_sum`, so every rank returns the same rows. AutoAttack and Square
+run per rank on their slice: their random starts depend on the batch they see, so results can
+differ in the last digits between world sizes (they are still the same attacks on the same points).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..attacks import eval_mode
+from ..config import ExperimentConfig
+from ..data import DatasetInfo, DatasetSplits, Split
+from ..devices import Precision
+from ..distributed import LocalEnvironment
+from ..models import Classifier
+from ..registry import Registry
+from .accuracy import (Attack, EvalResult, correct_counts, correct_per_point, eval_row, evaluate_attack,
+                       fgsm_attack, fraction, gather, gather_flags, local_points, pgd_attack, subsample)
+from .checks import (check_black_box, check_eps0_equals_clean, check_eps_monotone, check_fgsm_vs_pgd,
+                     check_pgd_aa_gap, check_steps_monotone, check_unbounded, check_zero_gradients)
+from .corruptions import (GENERATED_DATASET_NAME, RELEASED_CORRUPTION_SOURCES, available_cifar_c,
+                          corrupted_sets, corruption_plan, corruption_rows)
+from .external import AUTOATTACK_ITERATIONS, AUTOATTACK_VERSIONS, autoattack, autoattack_code_version, square
+from .geometry import geometry_rows, prototypes_of
+
+# ------------------------------------------------------------------------------------ levels
+
+
+@dataclass(frozen=True)
+class SuiteLevel:
+    """What one level of the suite runs. Tests and scripts may pass a modified copy to `run_suite`
+    (e.g. `dataclasses.replace(SUITE_LEVELS.get("quick"), square_queries=200)`)."""
+
+    name: str
+    autoattack: str | None = None  # a key of AUTOATTACK_VERSIONS, or None
+    diagnostics: bool = False  # eps curve, PGD-2k, unbounded PGD, Square and the masking checks
+    geometry: bool = False
+    corruptions: bool = False
+    strong_pgd: tuple[int, int] | None = None  # (steps, restarts) of an extra PGD on the eval_n points
+    square_queries: int = 0  # stand-alone Square (black-box) for the masking check; 0: skip it
+    square_n: int = 0  # points of the attack subset it runs on; 0: all of them
+    square_rescale_schedule: bool = True  # Square's own option: fit its p schedule to few queries
+    unbounded_steps: int = 50  # PGD at eps = 1 with step 2.5 / steps (Madry et al.'s rule)
+    steps_factor: int = 2  # the steps check compares PGD-k with PGD-(factor * k)
+
+
+SUITE_LEVELS: Registry[SuiteLevel] = Registry("eval suite level")
+SUITE_LEVELS.register("basic")(SuiteLevel("basic"))
+SUITE_LEVELS.register("quick")(SuiteLevel(
+    "quick", autoattack="apgd", diagnostics=True, geometry=True, corruptions=True,
+    square_queries=1000, square_n=500))
+SUITE_LEVELS.register("full")(SuiteLevel(
+    "full", autoattack="standard", diagnostics=True, geometry=True, corruptions=True, strong_pgd=(50, 10),
+    square_queries=5000, square_n=0, square_rescale_schedule=False, unbounded_steps=100))
+
+
+def check_inputs(cfg: ExperimentConfig) -> None:
+    """Fail before training on suite inputs that cannot work (a corruption_root without the files)."""
+    level = SUITE_LEVELS.get(cfg.eval_suite)
+    if level.corruptions and cfg.corruption_root and cfg.dataset in RELEASED_CORRUPTION_SOURCES:
+        if not available_cifar_c(cfg.corruption_root):
+            raise ValueError(
+                f"corruption_root={cfg.corruption_root!r} holds no CIFAR-C <corruption>.npy files; put the "
+                f"released {RELEASED_CORRUPTION_SOURCES[cfg.dataset]} files there, or set corruption_root='' "
+                f"to use the offline generator (reported as {GENERATED_DATASET_NAME!r})")
+
+
+# ------------------------------------------------------------------------ result and context
+
+
+@dataclass
+class SuiteResult:
+    """Rows for the Parquet tables (without the key columns) and flat scalars for trials.parquet."""
+
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    corruptions: list[dict[str, Any]] = field(default_factory=list)
+    geometry: list[dict[str, Any]] = field(default_factory=list)
+    masking: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+class _Timer:
+    """Wall seconds per part of the suite, as summary["seconds_<part>"]."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, part: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[f"seconds_{part}"] = self.seconds.get(f"seconds_{part}", 0.0) + time.perf_counter() - started
+
+
+@dataclass(frozen=True)
+class SuiteContext:
+    """What every part of the suite needs: the model (in eval mode), the resolved config, where it runs,
+    the level that runs and the dataset's description; `timer` collects the parts' wall seconds."""
+
+    net: Classifier
+    cfg: ExperimentConfig
+    env: LocalEnvironment
+    precision: Precision
+    level: SuiteLevel
+    info: DatasetInfo
+    timer: _Timer = field(default_factory=_Timer)
+
+    def correct(self, x: torch.Tensor, y: torch.Tensor, attack: Attack | None, *, features: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-point correctness (and features) on this rank's points, with the suite's batch size and seed."""
+        return correct_per_point(self.net, x, y, attack, env=self.env, batch_size=self.cfg.eval_batch_size,
+                                 precision=self.precision, seed=self.cfg.seed, features=features)
+
+    def pgd(self, eps: float, step_size: float, steps: int, restarts: int = 1) -> Attack:
+        return pgd_attack(eps, step_size, steps, self.precision, restarts=restarts)
+
+    def row(self, attack: str, **columns: Any) -> dict[str, Any]:
+        """An evals row labelled with the level that runs."""
+        return eval_row(attack, suite=self.level.name, **columns)
+
+
+@dataclass(frozen=True)
+class _AttackSubset:
+    """The attack subset with its clean and PGD-k results: per point over all ranks (`*_ok`) and
+    this rank's shard on the device (x, y, and the features geometry needs)."""
+
+    points: Split
+    x: torch.Tensor
+    y: torch.Tensor
+    clean_ok: torch.Tensor
+    pgd_ok: torch.Tensor
+    z_clean: torch.Tensor | None
+    z_pgd: torch.Tensor | None
+
+    @property
+    def n(self) -> int:
+        return len(self.points)
+
+
+# ----------------------------------------------------------------------------------- driver
+
+
+def run_suite(net: Classifier, data: DatasetSplits, cfg: ExperimentConfig, env: LocalEnvironment,
+              precision: Precision, *, level: SuiteLevel | None = None) -> SuiteResult:
+    """Evaluate a trained model at `level` (default: cfg.eval_suite). The model runs in eval mode."""
+    cfg = cfg.resolved()
+    level = level or SUITE_LEVELS.get(cfg.eval_suite)
+    ctx = SuiteContext(net, cfg, env, precision, level, data.info)
+    result = SuiteResult(summary={"eval_suite": level.name})
+    test = subsample(data.test, cfg.eval_n)
+    with eval_mode(net):
+        with ctx.timer("threat_model"):
+            basic = threat_model_evals(net, test, cfg, env, precision)
+        result.evals = [e.as_row(level.name) for e in basic]
+        acc = {e.attack: e.accuracy for e in basic}
+        if level.diagnostics:
+            result.masking.append(check_fgsm_vs_pgd(acc["fgsm"], acc["pgd"], basic[0].n))
+        if level.strong_pgd is not None:
+            with ctx.timer("strong_pgd"):
+                _strong_pgd(ctx, test, acc["pgd"], result)
+        if level.autoattack is not None or level.diagnostics:
+            _attack_subset(ctx, test, result)
+        if level.corruptions:
+            with ctx.timer("corruptions"):
+                _corruptions(ctx, data, result)
+    if level.diagnostics:
+        flagged = [row["check"] for row in result.masking if row["flagged"]]
+        result.summary.update(masking_flags=len(flagged), any_masking_flag=bool(flagged),
+                              masking_flagged_checks=",".join(flagged))
+    result.summary.update(ctx.timer.seconds)
+    return result
+
+
+def threat_model_evals(net: Classifier, test: Split, cfg: ExperimentConfig, env: LocalEnvironment,
+                       precision: Precision) -> list[EvalResult]:
+    """Clean, FGSM, PGD-k (CE) and CW-inf (PGD on the C&W margin) at the threat model's eps: the
+    basic level, and the first four rows of every level."""
+    common = dict(env=env, batch_size=cfg.eval_batch_size, precision=precision, seed=cfg.seed)
+    eps, step, k, restarts = cfg.eval_eps, cfg.eval_step, cfg.eval_attack_steps, cfg.eval_restarts
+    return [
+        evaluate_attack(net, test, name="clean", attack=None, eps=0.0, steps=0, restarts=0, **common),
+        evaluate_attack(net, test, name="fgsm", attack=fgsm_attack(eps, precision), eps=eps, steps=1,
+                        restarts=1, **common),
+        evaluate_attack(net, test, name="pgd", attack=pgd_attack(eps, step, k, precision, restarts=restarts),
+                        eps=eps, steps=k, restarts=restarts, **common),
+        evaluate_attack(net, test, name="cw_inf",
+                        attack=pgd_attack(eps, step, k, precision, restarts=restarts, loss="cw"),
+                        eps=eps, steps=k, restarts=restarts, loss="cw", **common),
+    ]
+
+
+def _strong_pgd(ctx: SuiteContext, test: Split, pgd_k_accuracy: float, result: SuiteResult) -> None:
+    """The level's extra PGD (steps x restarts) on the eval_n points, checked against PGD-k."""
+    cfg = ctx.cfg
+    steps, restarts = ctx.level.strong_pgd
+    if (steps, restarts) == (cfg.eval_attack_steps, cfg.eval_restarts):
+        return
+    row = evaluate_attack(ctx.net, test, name="pgd", attack=ctx.pgd(cfg.eval_eps, cfg.eval_step, steps, restarts),
+                          eps=cfg.eval_eps, steps=steps, restarts=restarts, env=ctx.env,
+                          batch_size=cfg.eval_batch_size, precision=ctx.precision, seed=cfg.seed)
+    result.evals.append(row.as_row(ctx.level.name))
+    result.summary[f"pgd{steps}x{restarts}_acc"] = row.accuracy
+    result.masking.append(check_steps_monotone(
+        f"steps_monotone_{steps}x{restarts}", (f"PGD-{cfg.eval_attack_steps}", pgd_k_accuracy),
+        (f"PGD-{steps}x{restarts}", row.accuracy), row.n))
+
+
+# ---------------------------------------------------------------------------- attack subset
+
+
+def _attack_subset(ctx: SuiteContext, test: Split, result: SuiteResult) -> None:
+    """Everything that runs on the cfg.eval_aa_n attack subset, with per-point results gathered."""
+    subset = _clean_and_pgd(ctx, subsample(test, ctx.cfg.eval_aa_n))
+    result.summary.update(attack_subset_n=subset.n, pgd_acc_subset=fraction(subset.pgd_ok),
+                          clean_acc_subset=fraction(subset.clean_ok))
+    white_box_ok = subset.pgd_ok
+    if ctx.level.autoattack is not None:
+        white_box_ok = white_box_ok & _autoattack(ctx, subset, result)
+    if ctx.level.diagnostics:
+        _diagnostics(ctx, subset, white_box_ok, result)
+    if ctx.level.geometry:
+        with ctx.timer("geometry"):
+            result.geometry = _geometry(ctx, subset)
+
+
+def _clean_and_pgd(ctx: SuiteContext, points: Split) -> _AttackSubset:
+    """Clean and PGD-k correctness of every point of the subset (and this rank's features for geometry)."""
+    cfg, env, n = ctx.cfg, ctx.env, len(points)
+    x, y = local_points(points, env)
+    with ctx.timer("pgd_subset"):
+        clean_local, z_clean = ctx.correct(x, y, None, features=ctx.level.geometry)
+        pgd_local, z_pgd = ctx.correct(x, y, ctx.pgd(cfg.eval_eps, cfg.eval_step, cfg.eval_attack_steps,
+                                                     cfg.eval_restarts), features=ctx.level.geometry)
+        clean_ok, pgd_ok = gather_flags(clean_local, n, env), gather_flags(pgd_local, n, env)
+    return _AttackSubset(points, x, y, clean_ok, pgd_ok, z_clean, z_pgd)
+
+
+def _autoattack(ctx: SuiteContext, subset: _AttackSubset, result: SuiteResult) -> torch.Tensor:
+    """AutoAttack at the level's version on the subset; returns per point: did the point survive it?"""
+    cfg, env, n, x, eps = ctx.cfg, ctx.env, subset.n, subset.x, ctx.cfg.eval_eps
+    version = ctx.level.autoattack
+    with ctx.timer("autoattack"):
+        aa_local = torch.zeros(0, dtype=torch.bool, device=env.device)
+        warnings: list[str] = []
+        if len(x):
+            x_adv, aa_local, warnings = autoattack(ctx.net, x, subset.y, eps=eps, version=version, seed=cfg.seed,
+                                                   batch_size=cfg.eval_batch_size, num_classes=ctx.info.num_classes)
+            excess = float((x_adv - x).abs().amax()) - eps
+            if excess > 1e-5 or float(x_adv.min()) < 0 or float(x_adv.max()) > 1:
+                raise RuntimeError(f"AutoAttack returned points outside the threat model (L-inf excess "
+                                   f"{excess:.2e}, range [{float(x_adv.min())}, {float(x_adv.max())}])")
+        aa_ok = gather_flags(aa_local, n, env)
+    aa_acc, pgd_acc = fraction(aa_ok), fraction(subset.pgd_ok)
+    result.evals.append(ctx.row("autoattack", eps=eps, steps=AUTOATTACK_ITERATIONS, restarts=1, n=n,
+                                accuracy=aa_acc, loss="+".join(AUTOATTACK_VERSIONS[version]), version=version))
+    result.summary.update(aa_acc=aa_acc, aa_version=version, aa_n=n, pgd_aa_gap=pgd_acc - aa_acc,
+                          aa_code=autoattack_code_version(), aa_warnings=" | ".join(dict.fromkeys(warnings)))
+    result.masking.append(check_pgd_aa_gap(pgd_acc, aa_acc, n, version))
+    return aa_ok
+
+
+def _diagnostics(ctx: SuiteContext, subset: _AttackSubset, white_box_ok: torch.Tensor, result: SuiteResult) -> None:
+    """The eps curve, PGD-(factor k), PGD at eps = 1, zero gradients and Square, and their checks."""
+    cfg, env, level, n = ctx.cfg, ctx.env, ctx.level, subset.n
+    eps, step, k, restarts = cfg.eval_eps, cfg.eval_step, cfg.eval_attack_steps, cfg.eval_restarts
+    pgd_acc, clean_acc = fraction(subset.pgd_ok), fraction(subset.clean_ok)
+
+    def accuracy(attack: Attack) -> float:
+        local, _ = ctx.correct(subset.x, subset.y, attack)
+        return fraction(gather_flags(local, n, env))
+
+    with ctx.timer("eps_curve"):
+        curve = {}
+        for m in sorted(set(cfg.eval_eps_curve) | {1.0}):  # always through the threat model's eps
+            # step scaled with eps (the eps / step ratio of the threat-model PGD); m = 1 is that PGD
+            curve[m] = pgd_acc if m == 1.0 else accuracy(ctx.pgd(m * eps, m * step, k, restarts))
+            result.evals.append(ctx.row("pgd_eps_curve", eps=m * eps, steps=k, restarts=restarts, n=n,
+                                        accuracy=curve[m], step_size=m * step))
+    result.masking.append(check_eps_monotone([m * eps for m in curve], list(curve.values()), n))
+    if 0.0 in curve:
+        result.masking.append(check_eps0_equals_clean(curve[0.0], clean_acc, n))
+
+    with ctx.timer("steps_check"):
+        many = level.steps_factor * k
+        acc_many = accuracy(ctx.pgd(eps, step, many, restarts))
+    result.evals.append(ctx.row("pgd_steps_check", eps=eps, steps=many, restarts=restarts, n=n, accuracy=acc_many))
+    result.masking.append(check_steps_monotone("steps_monotone", (f"PGD-{k}", pgd_acc), (f"PGD-{many}", acc_many), n))
+
+    with ctx.timer("unbounded"):
+        u = level.unbounded_steps
+        acc_unbounded = accuracy(ctx.pgd(1.0, 2.5 / u, u))
+    result.evals.append(ctx.row("pgd_unbounded", eps=1.0, steps=u, restarts=1, n=n, accuracy=acc_unbounded,
+                                step_size=2.5 / u))
+    result.masking.append(check_unbounded(acc_unbounded, n, u))
+
+    zero = gather_flags(_zero_gradient(ctx.net, subset.x, subset.y, cfg.eval_batch_size), n, env)
+    result.masking.append(check_zero_gradients(fraction(zero) if n else 0.0, n))
+
+    if level.square_queries > 0:
+        _square(ctx, subset, white_box_ok, result)
+
+
+def _zero_gradient(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Per point: is the fp32 input gradient of the CE loss exactly zero (AutoAttack's own check)?"""
+    out = []
+    for lo in range(0, len(x), batch_size):
+        xb = x[lo:lo + batch_size].detach().requires_grad_(True)
+        with torch.enable_grad():
+            loss = F.cross_entropy(net(xb).float(), y[lo:lo + batch_size], reduction="sum")
+            (grad,) = torch.autograd.grad(loss, xb)
+        out.append(grad.flatten(1).abs().sum(1) == 0)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool, device=x.device)
+
+
+def _square(ctx: SuiteContext, subset: _AttackSubset, white_box_ok: torch.Tensor, result: SuiteResult) -> None:
+    """Black-box Square on level.square_n points of the subset, against the white-box attacks on them."""
+    cfg, env, level, n = ctx.cfg, ctx.env, ctx.level, subset.n
+    with ctx.timer("square"):
+        m = level.square_n if 0 < level.square_n < n else n
+        index = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))[:m].sort().values
+        xs, ys = local_points(Split(subset.points.images[index], subset.points.labels[index]), env)
+        local = torch.zeros(0, dtype=torch.bool, device=env.device)
+        if len(xs):
+            x_sq = square(ctx.net, xs, ys, eps=cfg.eval_eps, queries=level.square_queries, seed=cfg.seed,
+                          batch_size=cfg.eval_batch_size, rescale_schedule=level.square_rescale_schedule)
+            local, _ = ctx.correct(x_sq, ys, None)
+        square_ok = gather_flags(local, m, env)
+    square_acc = fraction(square_ok)
+    white_box = fraction(white_box_ok[index.to(white_box_ok.device)])
+    result.evals.append(ctx.row("square", eps=cfg.eval_eps, steps=level.square_queries, restarts=1, n=m,
+                                accuracy=square_acc, loss="margin"))
+    result.summary.update(square_acc=square_acc, square_n=m, square_queries=level.square_queries,
+                          white_box_acc_square_subset=white_box)
+    result.masking.append(check_black_box(square_acc, white_box, m, level.square_queries))
+
+
+def _geometry(ctx: SuiteContext, subset: _AttackSubset) -> list[dict[str, Any]]:
+    """Geometry rows of the clean and PGD-k features of the subset (gathered from every rank)."""
+    env, n = ctx.env, subset.n
+    empty = torch.zeros(0, prototypes_of(ctx.net)[0].shape[1], device=env.device)
+    features = {"test": gather(subset.z_clean if subset.z_clean is not None else empty, n, env),
+                "test_pgd": gather(subset.z_pgd if subset.z_pgd is not None else empty, n, env)}
+    attrs = {"test": {"attack": "none", "eps": 0.0, "steps": 0, "accuracy": fraction(subset.clean_ok)},
+             "test_pgd": {"attack": "pgd", "eps": float(ctx.cfg.eval_eps), "steps": ctx.cfg.eval_attack_steps,
+                          "accuracy": fraction(subset.pgd_ok)}}
+    return geometry_rows(features, subset.points.labels.to(env.device), ctx.net, ctx.info.num_classes, attrs)
+
+
+# ------------------------------------------------------------------------------ corruptions
+
+
+def _corruptions(ctx: SuiteContext, data: DatasetSplits, result: SuiteResult) -> None:
+    """corruptions.parquet rows and the corruption summary (mean accuracy, clean accuracy, source)."""
+    cfg, env = ctx.cfg, ctx.env
+    source, note = corruption_plan(cfg, data.info)
+    result.summary.update(corruption_source=source or "none", corruption_note=note)
+    if source is None:
+        return
+    clean, sets = corrupted_sets(cfg, data, source)
+    rows = corruption_rows(ctx.net, sets, source=source, env=env, batch_size=cfg.eval_batch_size,
+                           precision=ctx.precision, clean_labels=clean.labels)
+    correct, total = correct_counts(ctx.net, clean, None, env=env, batch_size=cfg.eval_batch_size,
+                                    precision=ctx.precision)
+    result.corruptions = rows
+    result.summary.update(
+        corruption_acc=sum(r["accuracy"] for r in rows) / len(rows) if rows else float("nan"),
+        corruption_clean_acc=correct / max(total, 1), corruption_n=total,
+        corruption_count=len({r["corruption"] for r in rows}),
+        corruption_label_agreement=min((r["label_agreement"] for r in rows), default=float("nan")))
