@@ -24,11 +24,11 @@ def __getattr__(name: str):
 
         return train
     if name in ("run_ablation", "export"):
-        from . import study
+        from .study import tune
 
-        return getattr(study, name)
+        return getattr(tune, name)
     if name == "run_search":
-        from .search import run_search
+        from .study.optuna_search import run_search
 
         return run_search
     raise AttributeError(f"module 'dpnp_ray' has no attribute {name!r}")

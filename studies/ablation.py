@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from dpnp_ray import results
 from dpnp_ray.cli import add_common_flags, base_config, print_locations, run_cli, scaling, summary_table
-from dpnp_ray.study import ABLATION_VARIANTS, DEFAULT_VARIANTS, StudySettings, run_ablation
+from dpnp_ray.study.tune import ABLATION_VARIANTS, DEFAULT_VARIANTS, StudySettings, run_ablation
 
 # The ablation's defaults on digits: small enough for a laptop, large enough to separate variants.
 DEFAULTS = {"dataset": "digits", "model": "small_cnn", "epochs": 8, "lr": 0.05, "batch_size": 64}

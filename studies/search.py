@@ -16,8 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from dpnp_ray import results
 from dpnp_ray.cli import add_common_flags, base_config, print_locations, run_cli, scaling, summary_table
-from dpnp_ray.search import OBJECTIVES, SearchSpace, run_search
-from dpnp_ray.study import StudySettings
+from dpnp_ray.study.optuna_search import OBJECTIVES, SearchSpace, run_search
+from dpnp_ray.study.tune import StudySettings
 
 DEFAULTS = {"dataset": "digits", "model": "small_cnn", "epochs": 8, "lr": 0.05, "batch_size": 64,
             "eval_suite": "basic"}

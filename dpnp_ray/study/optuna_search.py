@@ -12,9 +12,9 @@ from typing import Any
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
-from . import results
-from .config import ExperimentConfig
-from .study import (StudyError, StudySettings, _tuner, _validate_base, pareto_front, plan_concurrency,
+from .. import results
+from ..config import ExperimentConfig
+from .tune import (StudyError, StudySettings, _tuner, _validate_base, pareto_front, plan_concurrency,
                     finish, prepare, run_trial)
 
 OBJECTIVES = {"multi": (["val_clean_acc", "val_robust_acc"], ["max", "max"]),

@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import results
-from .config import ConfigError, ExperimentConfig
-from .provenance import provenance, redact
-from .ray_train import Scaling, make_trainer, read_final_record
+from .. import results
+from ..config import ConfigError, ExperimentConfig
+from ..provenance import provenance, redact
+from ..ray_train import Scaling, make_trainer, read_final_record
 
 ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
     "full": {},
