@@ -23,10 +23,14 @@ def __getattr__(name: str):
         from .training_loop import train
 
         return train
-    if name in ("run_ablation", "export"):
-        from .study import tune
+    if name == "run_ablation":
+        from .study.ablation_grid import run_ablation
 
-        return getattr(tune, name)
+        return run_ablation
+    if name == "export":
+        from .study import export
+
+        return export
     if name == "run_search":
         from .study.optuna_search import run_search
 
