@@ -110,7 +110,7 @@ def ablation_bars(trials: pd.DataFrame, metrics: Sequence[str] = ABLATION_METRIC
     order = variant_order(frame["variant"])
     fig = go.Figure()
     for metric in metrics:
-        table = stats.summarize(frame, "variant", metric, confidence).set_index("variant").reindex(order)
+        table = stats.t_intervals_by(frame, "variant", metric, confidence).set_index("variant").reindex(order)
         fig.add_trace(go.Bar(
             name=label(metric), x=order, y=_none_if_nan(table["mean"]),
             error_y=dict(type="data", array=_none_if_nan(table["half_width"]), visible=True),
@@ -289,7 +289,7 @@ def eps_curves(evals: pd.DataFrame, confidence: float = 0.95) -> go.Figure:
     colors = variant_colors(frame["variant"])
     fig = go.Figure()
     for variant in variant_order(frame["variant"]):
-        table = stats.summarize(per_trial[per_trial["variant"] == variant], "eps", "accuracy", confidence)
+        table = stats.t_intervals_by(per_trial[per_trial["variant"] == variant], "eps", "accuracy", confidence)
         table = table.sort_values("eps")
         fig.add_trace(go.Scatter(
             name=variant, x=table["eps"], y=table["mean"], mode="lines+markers", line=dict(color=colors[variant]),
@@ -368,7 +368,7 @@ def geometry_bars(geometry: pd.DataFrame, confidence: float = 0.95, columns: int
     for i, metric in enumerate(metrics):
         row, col = divmod(i, columns)
         for j, split in enumerate(splits):
-            table = stats.summarize(frame[frame["split"] == split], "variant", metric, confidence)
+            table = stats.t_intervals_by(frame[frame["split"] == split], "variant", metric, confidence)
             table = table.set_index("variant").reindex(order)
             fig.add_trace(go.Bar(name=split, legendgroup=split, showlegend=i == 0, x=order,
                                  y=_none_if_nan(table["mean"]),

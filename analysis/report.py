@@ -201,7 +201,7 @@ def ci_text(values: pd.Series) -> str:
     return f"{_pct(ci.mean)} (n=1)" if ci.n == 1 else f"{_pct(ci.mean)} ± {_pct(ci.half_width)} (n={ci.n})"
 
 
-def summary_table(trials: pd.DataFrame, masking: pd.DataFrame | None = None) -> pd.DataFrame:
+def variant_summary_table(trials: pd.DataFrame, masking: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per variant: seeds completed, trials not completed, accuracies (% mean ± 95% CI), PGD−AA gap, flags, time."""
     frame = trials.copy()
     if "pgd_aa_gap" not in frame.columns and {"pgd_acc", "aa_acc"} <= set(frame.columns):
@@ -330,7 +330,7 @@ def render_html(study: Study, drawn: Figures) -> str:
         sections.append(f"<section id='left-out'><h2>Figures left out</h2><ul class='note'>{notes}</ul></section>")
     over = "seeds" if study.kind == "ablation" else "the variant's completed trials"
     summary = [f"<h3>Per variant (accuracies in %, mean ± 95% t-interval over {over})</h3>"
-               f"{_table_html(summary_table(study.trials, study.masking))}"]
+               f"{_table_html(variant_summary_table(study.trials, study.masking))}"]
     if study.kind == "ablation":
         summary.append(f"<h3>Difference from the full Adv-DPNP ({html.escape(stats.PAIRED_TEST_NAME)})</h3>"
                        + _table_html(differences_table(study.trials),

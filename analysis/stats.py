@@ -1,4 +1,6 @@
-"""Statistics over seeds: t confidence intervals, paired tests against the reference variant, Pareto fronts.
+"""Statistics over seeds: t confidence intervals and paired tests against the reference variant.
+
+`pareto_mask` (the non-dominated trials) lives with the results schema in dpnp_ray.results and is re-exported here.
 
 Pure functions of numbers and DataFrames; nothing here draws or reads files.
 """
@@ -12,6 +14,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
+
+from dpnp_ray.results import pareto_mask  # noqa: F401  (the one Pareto front; figures and tests use stats.pareto_mask)
 
 #: names under which ablation studies record the full Adv-DPNP, in order of preference
 REFERENCE_VARIANTS = ("full", "adv_dpnp")
@@ -53,7 +57,7 @@ def t_interval(values: Iterable[float], confidence: float = 0.95) -> Interval:
     return Interval(float(x.mean()), t * sd / math.sqrt(n), n, sd)
 
 
-def summarize(frame: pd.DataFrame, by: str | Sequence[str], value: str, confidence: float = 0.95) -> pd.DataFrame:
+def t_intervals_by(frame: pd.DataFrame, by: str | Sequence[str], value: str, confidence: float = 0.95) -> pd.DataFrame:
     """One row per group: mean, sd, n, half_width, low, high of `value` (a t-interval per group)."""
     by = [by] if isinstance(by, str) else list(by)
     rows = []
@@ -133,18 +137,3 @@ def differences_from_reference(frame: pd.DataFrame, metrics: Sequence[str], refe
             for variant in frame["variant"].drop_duplicates() if variant != reference
             for metric in metrics if metric in frame.columns]
     return pd.DataFrame(rows, columns=list(PairedComparison.__dataclass_fields__))
-
-
-def pareto_mask(values: np.ndarray) -> np.ndarray:
-    """Rows of an (n, k) array not dominated by any other row, all objectives maximized.
-
-    Row j dominates row i when it is >= on every objective and > on one. Rows with a NaN are never on the front.
-    """
-    values = np.asarray(values, dtype=float)
-    finite = np.isfinite(values).all(axis=1)
-    mask = finite.copy()
-    for i in np.flatnonzero(finite):
-        others = values[finite]
-        dominated = (others >= values[i]).all(axis=1) & (others > values[i]).any(axis=1)
-        mask[i] = not dominated.any()
-    return mask

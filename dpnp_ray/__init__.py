@@ -23,12 +23,16 @@ def __getattr__(name: str):
         from .training_loop import train
 
         return train
-    if name in ("run_ablation", "export"):
-        from . import study
+    if name == "run_ablation":
+        from .study.ablation_grid import run_ablation
 
-        return getattr(study, name)
+        return run_ablation
+    if name == "export":
+        from .study import export
+
+        return export
     if name == "run_search":
-        from .search import run_search
+        from .study.optuna_search import run_search
 
         return run_search
     raise AttributeError(f"module 'dpnp_ray' has no attribute {name!r}")

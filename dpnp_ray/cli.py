@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from .config import ConfigError, parse_assignments
 from .ray_train import Scaling
+from .study.settings import StudySettings
 
 
 def add_common_flags(parser: argparse.ArgumentParser, default_name: str) -> None:
@@ -63,10 +64,18 @@ def scaling(args: argparse.Namespace) -> Scaling:
     return Scaling(args.workers, args.cpus_per_worker, args.gpus_per_worker, args.max_failures)
 
 
+def study_settings(args: argparse.Namespace) -> StudySettings:
+    """The StudySettings of the flags add_common_flags defines."""
+    return StudySettings(name=args.name, storage=args.storage, scaling=scaling(args),
+                         max_concurrent=args.max_concurrent, cluster=args.cluster, address=args.address,
+                         resume=args.resume, local_cpus=args.local_cpus)
+
+
 def run_cli(main: Callable[[], int]) -> None:
     """Run a study's main; known user errors become one line on stderr and exit code 2."""
     from .results import ResultsError
-    from .study import StudyError, StudyInterrupted
+    from .study.settings import StudyError
+    from .study.tune import StudyInterrupted
 
     # Ctrl-C ends the driver at once (KeyboardInterrupt) instead of Tune's graceful stop, which reports
     # unfinished trials as ended; Tune's experiment state is saved as it goes, so --resume continues.
@@ -85,7 +94,7 @@ def run_cli(main: Callable[[], int]) -> None:
         sys.exit(130)
 
 
-def summary_table(trials, group: str = "variant") -> str:
+def console_summary(trials, group: str = "variant") -> str:
     """Mean (and std over seeds) of the headline metrics per group, as fixed-width text."""
     import pandas as pd
 

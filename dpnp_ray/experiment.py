@@ -12,9 +12,9 @@ from typing import Any, Callable
 
 from .config import ExperimentConfig
 from .data import DatasetSplits
+from .devices import Precision, resolve_device
 from .distributed import LocalEnvironment
 from .evaluate import check_inputs, run_suite
-from .devices import Precision, resolve_device
 from .training_loop import EpochCallback, TrainResult, load_data, train
 
 
@@ -31,7 +31,8 @@ class ExperimentResult:
     masking: list[dict[str, Any]] = field(default_factory=list)
 
 
-def summarize(evals: list[dict[str, Any]], result: TrainResult) -> dict[str, Any]:
+def summary_metrics(evals: list[dict[str, Any]], result: TrainResult) -> dict[str, Any]:
+    """The headline test accuracies and the selected epoch's validation accuracies, for trials.parquet."""
     by_name: dict[str, float] = {}
     for row in evals:  # the first row of each attack: the threat-model evaluation (later ones vary eps/steps)
         by_name.setdefault(row["attack"], row["accuracy"])
@@ -56,7 +57,7 @@ def run_experiment(cfg: ExperimentConfig, *, env: LocalEnvironment | None = None
     result = train(cfg, env=env, data=data, resume=resume, on_epoch=on_epoch, log=log)
     train_seconds = time.perf_counter() - started
     suite = run_suite(result.net, data, cfg, env, Precision.choose(cfg.precision, env.device))
-    summary = summarize(suite.evals, result)
+    summary = summary_metrics(suite.evals, result)
     summary.update(suite.summary)
     summary.update(train_seconds=train_seconds, eval_seconds=time.perf_counter() - started - train_seconds)
     if log is not None and env.is_main:

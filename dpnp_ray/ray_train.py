@@ -39,12 +39,6 @@ class Scaling:
     def use_gpu(self) -> bool:
         return self.gpus_per_worker > 0
 
-    def resources(self) -> dict[str, float]:
-        need = {"CPU": self.num_workers * self.cpus_per_worker}
-        if self.use_gpu:
-            need["GPU"] = self.num_workers * self.gpus_per_worker
-        return need
-
 
 def _load_checkpoint(checkpoint) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """(training state to resume from, final record if the run had already finished)."""

@@ -58,6 +58,10 @@ class Registry(Generic[T]):
         """The registered names, sorted."""
         return tuple(sorted(self._items))
 
+    def in_registration_order(self) -> tuple[str, ...]:
+        """The registered names in the order they were registered (e.g. a study's declared grid order)."""
+        return tuple(self._items)
+
     def copy(self) -> "Registry[T]":
         """An independent registry with the same entries (for tests that register throw-away names)."""
         clone: Registry[T] = Registry(self.kind, self.error)

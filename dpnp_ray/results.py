@@ -7,7 +7,7 @@ A study directory `<storage>/<name>/` holds:
   corruptions.parquet  one row per (trial_id, source, corruption, severity)
   geometry.parquet     one row per (trial_id, split)
   masking.parquet      one row per (trial_id, check): gradient-masking sanity checks
-  pareto.parquet       search studies: the non-dominated trials
+  pareto.parquet       search studies: the non-dominated trials (`pareto_mask`)
 Each file carries `schema_version` in its Parquet metadata and as a column.
 """
 
@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import pandas as pd
 
 SCHEMA_VERSION = 1
@@ -180,3 +181,18 @@ def read_table(directory: str | Path, table: str, *, required: bool = True) -> p
 def config_columns(config: dict) -> dict:
     """Config fields as trials.parquet columns: cfg_<field>; tuples become strings so Parquet types stay flat."""
     return {f"cfg_{k}": (",".join(map(str, v)) if isinstance(v, (tuple, list)) else v) for k, v in config.items()}
+
+
+def pareto_mask(values: np.ndarray) -> np.ndarray:
+    """Rows of an (n, k) array not dominated by any other row, all objectives maximized.
+
+    Row j dominates row i when it is >= on every objective and > on one. Rows with a NaN are never on the front.
+    """
+    values = np.asarray(values, dtype=float)
+    finite = np.isfinite(values).all(axis=1)
+    mask = finite.copy()
+    for i in np.flatnonzero(finite):
+        others = values[finite]
+        dominated = (others >= values[i]).all(axis=1) & (others > values[i]).any(axis=1)
+        mask[i] = not dominated.any()
+    return mask

@@ -14,8 +14,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from dpnp_ray import results
-from dpnp_ray.cli import add_common_flags, base_config, print_locations, run_cli, scaling, summary_table
-from dpnp_ray.study import ABLATION_VARIANTS, DEFAULT_VARIANTS, StudySettings, run_ablation
+from dpnp_ray.cli import add_common_flags, base_config, console_summary, print_locations, run_cli, study_settings
+from dpnp_ray.study.ablation_grid import ABLATION_VARIANTS, DEFAULT_VARIANTS, run_ablation
 
 # The ablation's defaults on digits: small enough for a laptop, large enough to separate variants.
 DEFAULTS = {"dataset": "digits", "model": "small_cnn", "epochs": 8, "lr": 0.05, "batch_size": 64}
@@ -26,7 +26,7 @@ SMOKE_VARIANTS = ["full", "pgd_at"]
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", nargs="+", default=None, choices=list(ABLATION_VARIANTS),
+    parser.add_argument("--variants", nargs="+", default=None, choices=ABLATION_VARIANTS.names(),
                         help=f"subset of variants (default: {' '.join(DEFAULT_VARIANTS)})")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds per variant (default: 0 1 2)")
     parser.add_argument("--smoke", action="store_true",
@@ -37,12 +37,10 @@ def main() -> int:
     base = base_config(args, {**DEFAULTS, **(SMOKE if args.smoke else {})})
     variants = args.variants or (SMOKE_VARIANTS if args.smoke else list(DEFAULT_VARIANTS))
     seeds = args.seeds or ([0] if args.smoke else [0, 1, 2])
-    settings = StudySettings(name=args.name, storage=args.storage, scaling=scaling(args),
-                             max_concurrent=args.max_concurrent, cluster=args.cluster, address=args.address,
-                             resume=args.resume, local_cpus=args.local_cpus)
+    settings = study_settings(args)
     written = run_ablation(base, variants, seeds, settings)
     trials = results.read_table(Path(written["trials"]).parent, "trials")
-    print("\n" + summary_table(trials))
+    print("\n" + console_summary(trials))
     print_locations(written)
     return 0
 

@@ -15,9 +15,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from dpnp_ray import results
-from dpnp_ray.cli import add_common_flags, base_config, print_locations, run_cli, scaling, summary_table
-from dpnp_ray.search import OBJECTIVES, SearchSpace, run_search
-from dpnp_ray.study import StudySettings
+from dpnp_ray.cli import add_common_flags, base_config, console_summary, print_locations, run_cli, study_settings
+from dpnp_ray.study.optuna_search import OBJECTIVES, SAMPLERS, SearchSpace, run_search
 
 DEFAULTS = {"dataset": "digits", "model": "small_cnn", "epochs": 8, "lr": 0.05, "batch_size": 64,
             "eval_suite": "basic"}
@@ -27,7 +26,7 @@ SMOKE = {"epochs": 2, "train_attack_steps": 3, "val_attack_steps": 3, "eval_atta
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=20)
-    parser.add_argument("--sampler", default="tpe", choices=["tpe", "nsga2", "gp", "random"])
+    parser.add_argument("--sampler", default="tpe", choices=SAMPLERS.names())
     parser.add_argument("--objective", default="multi", choices=list(OBJECTIVES),
                         help="multi: maximize val clean and val robust accuracy; robust / clean: one of them")
     parser.add_argument("--scheduler", default="asha", choices=["asha", "none"],
@@ -41,15 +40,13 @@ def main() -> int:
     args = parser.parse_args()
 
     base = base_config(args, {**DEFAULTS, **(SMOKE if args.smoke else {})})
-    settings = StudySettings(name=args.name, storage=args.storage, scaling=scaling(args),
-                             max_concurrent=args.max_concurrent, cluster=args.cluster, address=args.address,
-                             resume=args.resume, local_cpus=args.local_cpus)
+    settings = study_settings(args)
     written = run_search(base, settings, trials=args.trials, space=SearchSpace(search_switches=not args.no_switches),
                          sampler=args.sampler, objective=args.objective, scheduler=args.scheduler, seed=args.seed,
                          optuna_storage=args.optuna_storage)
     directory = Path(written["trials"]).parent
     trials = results.read_table(directory, "trials")
-    print("\n" + summary_table(trials, group="trial_id"))
+    print("\n" + console_summary(trials, group="trial_id"))
     pareto = results.read_table(directory, "pareto")
     print("\nPareto front (val clean vs val robust):")
     print(pareto.drop(columns=["schema_version"]).to_string(index=False, max_cols=8))

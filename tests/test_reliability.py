@@ -125,6 +125,50 @@ def test_bad_cli_input_fails_before_training(tmp_path, args, fragment):
     assert time.time() - start < 60
 
 
+def test_every_ablation_variant_is_a_valid_config_and_the_default_grid_is_registered():
+    from dpnp_ray.config import ExperimentConfig
+    from dpnp_ray.study.ablation_grid import ABLATION_VARIANTS, DEFAULT_VARIANTS
+
+    for name in ABLATION_VARIANTS:
+        ExperimentConfig.from_dict(ABLATION_VARIANTS.get(name).overrides)  # raises ConfigError naming the field
+    assert "full" in DEFAULT_VARIANTS and "dpnp_clean" not in DEFAULT_VARIANTS
+    assert set(DEFAULT_VARIANTS) < set(ABLATION_VARIANTS.names())
+
+
+def test_unknown_variant_or_sampler_fails_naming_the_known_ones(tmp_path):
+    import optuna
+
+    from dpnp_ray.study.ablation_grid import ABLATION_VARIANTS, run_ablation
+    from dpnp_ray.study.optuna_search import SAMPLERS, make_sampler
+    from dpnp_ray.study.settings import StudyError, StudySettings
+
+    known = ", ".join(ABLATION_VARIANTS.names())
+    with pytest.raises(StudyError, match=r"unknown variant\(s\) \['nope'\]; known: " + known):
+        run_ablation({}, ["full", "nope"], [0], StudySettings("x", storage=str(tmp_path)))
+    assert not list(tmp_path.iterdir())  # failed before touching the storage
+    with pytest.raises(StudyError, match="--sampler 'cmaes': allowed gp, nsga2, random, tpe"):
+        make_sampler("cmaes", 0)
+    for name in SAMPLERS:
+        assert isinstance(make_sampler(name, 0), optuna.samplers.BaseSampler)
+
+
+def test_plan_concurrency_packs_workers_per_node_and_refuses_what_cannot_fit():
+    from dpnp_ray.ray_train import Scaling
+    from dpnp_ray.study.cluster import plan_concurrency
+    from dpnp_ray.study.settings import StudyError
+
+    two_nodes = [{"CPU": 4.0}, {"CPU": 4.0}]
+    # 8 one-CPU worker slots and no fractional CPU left for drivers: the drivers (DRIVER_CPU = 0.01 each) take one slot,
+    # so k trials of 2 workers fit while 2k <= 8 - 1: k = 3.
+    assert plan_concurrency(Scaling(num_workers=2), 0, two_nodes) == 3
+    assert plan_concurrency(Scaling(num_workers=2), 2, two_nodes) == 2
+    # 1.25-CPU workers: 3 per node (3.75 of 4 CPUs); the 0.25 CPU left on each node holds the drivers,
+    # so no slot is lost: 6 slots, 3 trials of 2 workers (2 if a driver took a slot).
+    assert plan_concurrency(Scaling(num_workers=2, cpus_per_worker=1.25), 0, two_nodes) == 3
+    with pytest.raises(StudyError, match=r"2 workers x \(1 CPU, 1 GPU\).*cannot place.*0 GPUs"):
+        plan_concurrency(Scaling(num_workers=2, gpus_per_worker=1.0), 0, two_nodes)
+
+
 # ---------------------------------------------------------------------------------------------- with Ray
 ray_test = [pytest.mark.ray, pytest.mark.timeout(900)]
 

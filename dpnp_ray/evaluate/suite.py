@@ -27,7 +27,7 @@ full    quick with AutoAttack `standard` (APGD-CE, APGD-T, FAB-T, Square 5000 qu
 
 Rows of evals.parquet carry suite = the level that ran; "autoattack" rows add `version` (apgd /
 standard) and name the cascade in `loss`; "square" rows put the query budget in `steps`; eps-curve
-and unbounded rows add `step_size`. The summary holds clean/fgsm/pgd/cw (via experiment.summarize),
+and unbounded rows add `step_size`. The summary holds clean/fgsm/pgd/cw (via experiment.summary_metrics),
 aa_acc, aa_version, aa_n, pgd_aa_gap (PGD-k CE minus AutoAttack on the attack subset), aa_warnings,
 square_acc, corruption_acc (mean over corruptions x severities), corruption_clean_acc (same points),
 corruption_source, masking_flags (count), any_masking_flag, masking_flagged_checks and seconds_<part>

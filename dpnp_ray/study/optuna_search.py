@@ -7,15 +7,17 @@ warm-up length only when the eps schedule ramps. Parameter names are config fiel
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
-from . import results
-from .config import ExperimentConfig
-from .study import (StudyError, StudySettings, _tuner, _validate_base, pareto_front, plan_concurrency,
-                    finish, prepare, run_trial)
+from .. import results
+from ..config import ExperimentConfig
+from ..registry import Registry
+from .cluster import plan_concurrency, prepare
+from .settings import StudyError, StudySettings
+from .tune import build_tuner, finish, validate_configs
 
 OBJECTIVES = {"multi": (["val_clean_acc", "val_robust_acc"], ["max", "max"]),
               "robust": ("val_robust_acc", "max"), "clean": ("val_clean_acc", "max")}
@@ -73,16 +75,19 @@ class SearchSpace:
         return point
 
 
-def make_sampler(name: str, seed: int):
-    if name == "tpe":
-        return optuna.samplers.TPESampler(multivariate=True, group=True, seed=seed)
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise StudyError(f"--sampler {name!r}: allowed tpe, nsga2, gp, random")
+SAMPLERS: Registry[Callable[[int], optuna.samplers.BaseSampler]] = Registry("sampler")
+"""name -> factory(seed) of the Optuna sampler (--sampler)."""
+SAMPLERS.register("tpe")(lambda seed: optuna.samplers.TPESampler(multivariate=True, group=True, seed=seed))
+SAMPLERS.register("nsga2")(lambda seed: optuna.samplers.NSGAIISampler(seed=seed))
+SAMPLERS.register("gp")(lambda seed: optuna.samplers.GPSampler(seed=seed))
+SAMPLERS.register("random")(lambda seed: optuna.samplers.RandomSampler(seed=seed))
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    """The seeded sampler `--sampler name` asks for; a StudyError lists the known names."""
+    if name not in SAMPLERS:
+        raise StudyError(f"--sampler {name!r}: allowed {', '.join(SAMPLERS.names())}")
+    return SAMPLERS.get(name)(seed)
 
 
 def make_storage(location: str):
@@ -136,7 +141,7 @@ def run_search(base: dict[str, Any], settings: StudySettings, *, trials: int, sp
     if trials < 1:
         raise StudyError(f"--trials {trials}: must be >= 1")
     cfg = ExperimentConfig.from_dict(base)
-    _validate_base(base, [space.default_point(cfg)])
+    validate_configs(base, [space.default_point(cfg)])
     make_sampler(sampler, seed)  # fail on a bad name before Ray starts
     settings = prepare(settings)
     concurrent = plan_concurrency(settings.scaling, settings.max_concurrent)
@@ -161,11 +166,12 @@ def run_search(base: dict[str, Any], settings: StudySettings, *, trials: int, sp
     tune_config = tune.TuneConfig(search_alg=searcher, scheduler=asha, num_samples=trials,
                                   max_concurrent_trials=concurrent,
                                   metric=metric if single else None, mode=mode if single else None)
-    tuner = _tuner(run_trial, settings, base, "search", tune_config=tune_config)
+    tuner = build_tuner(settings, base, "search", tune_config=tune_config)
     written = finish(tuner.fit(), settings, base, "search")
     frame = results.read_table(settings.directory, "trials")
     objectives = tuple(metric) if isinstance(metric, list) else (metric,)
-    front = pareto_front(frame, objectives)
+    done = frame[frame["status"] == "completed"]
+    front = done[results.pareto_mask(done[list(objectives)].to_numpy(float))]
     keep = ["study", "trial_id", *objectives, "clean_acc", "pgd_acc"] + [c for c in front.columns
                                                                          if c.startswith("param_")]
     written["pareto"] = results.write_table(settings.directory, "pareto", front[[c for c in keep if c in front]])

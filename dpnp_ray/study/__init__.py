@@ -1,0 +1,15 @@
+"""Ray Tune studies of Adv-DPNP and their export to Parquet, one concern per module:
+
+    settings        StudySettings, StudyError
+    cluster         storage checks, the Ray connection, how many trials fit at once
+    records         trial records (trials/<trial_id>.json) and `export` to the Parquet tables
+    tune            the Tune glue: one trial, the Tuner, recording and exporting when a study ends
+    ablation_grid   the ablation variants and `run_ablation`
+    optuna_search   the Optuna search space, samplers and `run_search`
+
+`dpnp_ray.study.export(<study dir>)` rebuilds a study's Parquet tables from its trial records.
+"""
+
+from .records import export
+
+__all__ = ["export"]

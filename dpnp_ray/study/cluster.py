@@ -1,0 +1,124 @@
+"""Where trials run: storage checks, the Ray connection, and how many trials fit on the cluster at once."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from dataclasses import asdict
+from pathlib import Path
+
+from .. import results
+from ..provenance import redact
+from ..ray_train import Scaling
+from .settings import StudyError, StudySettings
+
+DRIVER_CPU = 0.01
+"""CPU that each trial's Tune driver function holds (0 is rejected by Tune)."""
+
+
+def absolute_storage(storage: str) -> str:
+    """Tune and Train need absolute local paths; URIs (s3://, gs://, file://) pass through."""
+    if "://" in storage:
+        return storage
+    return str(Path(storage).expanduser().resolve())
+
+
+def check_storage_writable(storage: str) -> None:
+    """Fail before any training if results could not be written there."""
+    probe = results.join(storage, f".dpnp_ray_write_probe_{os.getpid()}")
+    try:
+        results.write_bytes_atomic(probe, b"ok")
+        if not results.is_uri(probe):
+            results.local_path(probe).unlink()
+    except OSError as exc:
+        raise StudyError(f"--storage {redact(storage)!r} is not writable ({exc}); pick a directory you can "
+                         "write to, or a shared URI (s3://...) on multi-node clusters") from None
+
+
+def connect(settings: StudySettings) -> None:
+    """Start a local Ray instance, or attach to the running cluster (--cluster / --address)."""
+    import ray
+
+    import dpnp_ray
+
+    if ray.is_initialized():
+        return
+    if settings.cluster or settings.address:
+        address = settings.address or "auto"
+        if address != "auto":
+            _probe(address)
+        try:
+            # Ship this package to the cluster's workers; torch & co. must be installed there.
+            ray.init(address=address, runtime_env={"py_modules": [str(Path(dpnp_ray.__file__).parent)]},
+                     log_to_driver=True)
+        except ConnectionError as exc:
+            raise StudyError(f"no Ray cluster reachable at {address!r} ({type(exc).__name__}: {exc}); start one with "
+                             "`ray start --head` (and `ray start --address <head>:6379` on the other nodes), "
+                             "or drop --cluster to run on a local instance") from None
+        return
+    # The dashboard serves the state API that Ray Train's placement-group cleaner needs: without
+    # it, the workers of a trial stopped early by the scheduler keep their CPUs and later trials hang.
+    # It listens on loopback only.
+    ray.init(address="local", num_cpus=settings.local_cpus or os.cpu_count(), include_dashboard=True,
+             dashboard_host="127.0.0.1", object_store_memory=300 * 1024 * 1024, log_to_driver=True)
+
+
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on an unreachable head: ray.init retries a dead address for minutes."""
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as exc:
+        raise StudyError(f"no Ray cluster reachable at {address!r} ({exc}); start one with `ray start --head` "
+                         "(and `ray start --address <head>:6379` on the other nodes), check the address, "
+                         "or drop --cluster/--address to run on a local instance") from None
+
+
+def prepare(settings: StudySettings) -> StudySettings:
+    """Resolve storage, check it, connect to Ray: everything that can fail before training."""
+    settings = StudySettings(**{**asdict(settings), "storage": absolute_storage(settings.storage),
+                                "scaling": settings.scaling})
+    check_storage_writable(settings.storage)
+    connect(settings)
+    return settings
+
+
+def plan_concurrency(scaling: Scaling, max_concurrent: int, nodes: list[dict[str, float]] | None = None) -> int:
+    """How many trials fit at once on the cluster's nodes; a request that can never fit is an
+    error before training, not a trial that waits forever.
+
+    Workers are packed per node (a worker cannot span nodes). Each trial's driver holds
+    DRIVER_CPU; drivers go into the fractional CPU left over on nodes, and where none is
+    left they cost a whole worker slot.
+    """
+    if nodes is None:
+        import ray
+
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    cpw, gpw = scaling.cpus_per_worker, scaling.gpus_per_worker
+    cpu_slots = [int((n.get("CPU", 0.0) + 1e-9) // cpw) for n in nodes]
+    if gpw > 0:
+        cpu_slots = [min(c, int((n.get("GPU", 0.0) + 1e-9) // gpw)) for c, n in zip(cpu_slots, nodes)]
+    slots = sum(cpu_slots)
+    spare = sum(int((n.get("CPU", 0.0) - c * cpw + 1e-9) // DRIVER_CPU) for c, n in zip(cpu_slots, nodes))
+
+    def fits(k: int) -> bool:
+        lost = math.ceil(max(0, k - spare) * DRIVER_CPU / cpw) if k > spare else 0
+        return k * scaling.num_workers <= slots - lost
+
+    if not fits(1):
+        total_cpu = sum(n.get("CPU", 0.0) for n in nodes)
+        total_gpu = sum(n.get("GPU", 0.0) for n in nodes)
+        largest = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
+        raise StudyError(
+            f"a trial needs {scaling.num_workers} workers x ({cpw:g} CPU" + (f", {gpw:g} GPU" if gpw else "")
+            + f") plus {DRIVER_CPU} CPU for its driver, which this cluster cannot place "
+            f"({len(nodes)} nodes, {total_cpu:g} CPUs (largest node {largest:g}), {total_gpu:g} GPUs); "
+            "lower --workers, --cpus-per-worker or --gpus-per-worker, or add nodes")
+    k = 1
+    while fits(k + 1) and (not max_concurrent or k < max_concurrent):
+        k += 1
+    return k

@@ -1,0 +1,79 @@
+"""Trial records and their export to Parquet.
+
+Each trial's whole record is `<study dir>/trials/<trial_id>.json`, written atomically. `export`
+turns those records into the Parquet tables of results.py; it runs at the end of every study and
+can be re-run at any time (one row per trial and per trial-epoch, always).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .. import results
+from ..provenance import redact
+from .settings import StudyError
+
+#: tables with one row per entry of a record's list of that name (epochs: the record's "history")
+PER_RECORD_TABLES = ("epochs", "evals", "corruptions", "geometry", "masking")
+
+
+def record_path(study_dir: str, trial_id: str) -> str:
+    return results.join(study_dir, "trials", f"{trial_id}.json")
+
+
+def read_record(path: str) -> dict[str, Any] | None:
+    """The record at path, or None if there is none yet or it cannot be read."""
+    try:
+        return json.loads(results.read_bytes(path))
+    except (FileNotFoundError, OSError, json.JSONDecodeError):
+        return None
+
+
+def write_record(study_dir: str, record: dict[str, Any]) -> None:
+    """Write a trial's record atomically under its trial_id."""
+    results.write_bytes_atomic(record_path(study_dir, record["trial_id"]), json.dumps(record, default=str).encode())
+
+
+def _flatten_record(record: dict[str, Any]) -> dict[str, Any]:
+    """One trials.parquet row: identity, status, final metrics, provenance, cfg_* and param_* columns."""
+    row = {k: record.get(k) for k in ("study", "trial_id", "variant", "seed", "study_kind", "status", "error",
+                                      "num_workers", "use_gpu", "wall_seconds", "worker_seconds",
+                                      "started_at", "finished_at")}
+    row["error"] = row["error"] or ""
+    summary = record.get("summary") or {}
+    row.update({k: v for k, v in summary.items() if not isinstance(v, (dict, list))})
+    for key in ("clean_acc", "pgd_acc"):
+        row.setdefault(key, float("nan"))
+    history = record.get("history") or []
+    if history:
+        row["images_per_s"] = sum(r.get("images_per_s", 0.0) for r in history) / len(history)
+    for key, value in record.items():
+        if key.endswith("_version") or key in ("hardware", "platform"):
+            row[key] = value
+    # Paths in the config (data_root, corruption_root) must not reveal a home directory or credentials.
+    config = {k: redact(v) if isinstance(v, str) else v for k, v in (record.get("config") or {}).items()}
+    row.update(results.config_columns(config))
+    # What the searcher sampled (absent: not sampled for this trial, e.g. a weight whose term was off).
+    row.update({f"param_{k}": v for k, v in (record.get("params") or {}).items()})
+    return row
+
+
+def export(study_dir: str) -> dict[str, str]:
+    """Trial records -> Parquet tables (atomically). Returns table name -> location."""
+    paths = results.list_files(results.join(study_dir, "trials"), ".json")
+    records = [r for r in (read_record(p) for p in paths) if r is not None]
+    if not records:
+        raise StudyError(f"{redact(study_dir)} has no trial records (trials/*.json); nothing to export")
+    keys = lambda r: {"study": r["study"], "trial_id": r["trial_id"], "variant": r["variant"], "seed": r["seed"]}
+    tables: dict[str, list[dict]] = {"trials": [], **{name: [] for name in PER_RECORD_TABLES}}
+    for record in records:
+        tables["trials"].append(_flatten_record(record))
+        for name in PER_RECORD_TABLES:
+            source = record.get("history" if name == "epochs" else name) or []
+            tables[name].extend({**keys(record), **row} for row in source)
+    written = {}
+    for name, rows in tables.items():
+        if rows or name == "trials":
+            written[name] = results.write_table(study_dir, name, rows)
+    return written
