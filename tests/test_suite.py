@@ -155,7 +155,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 def test_basic_level_reproduces_the_threat_model_rows(experiment, net, data):
     fields = ("attack", "eps", "steps", "restarts", "n", "accuracy", "split", "loss")
     basic_cfg = experiment.config
-    precision = Precision.choose(basic_cfg.precision, CPU)
+    precision = Precision.choose(basic_cfg.eval_precision, CPU)
     reference = [{f: getattr(e, f) for f in fields}
                  for e in reference_threat_model_rows(net, data, basic_cfg, ENV, precision)]
     rows = experiment.evals
@@ -169,6 +169,41 @@ def test_basic_level_reproduces_the_threat_model_rows(experiment, net, data):
         r["accuracy"] for r in reference)
     assert "aa_acc" not in summary and "masking_flags" not in summary
     assert summary["clean_acc"] > 0.9, "the shared model did not train; every later test would be meaningless"
+
+
+@pytest.mark.parametrize("eval_precision, autocast_in_evaluation", [("fp32", False), ("bf16", True)])
+def test_evaluation_runs_at_eval_precision_whatever_training_uses(digits, monkeypatch, eval_precision,
+                                                                   autocast_in_evaluation):
+    """Training in bf16 (CPU autocast) must leave validation and the test suite at eval_precision: with the
+    default fp32 every evaluation forward runs with autocast off. Records the autocast state at the head."""
+    import dpnp_ray.training_loop as training_loop
+    from dpnp_ray.experiment import run_experiment
+
+    seen: dict[str, set[bool]] = {"train": set(), "eval": set()}
+    phase = ["eval"]
+    real_step, real_model = training_loop.train_step, training_loop.model_from_config
+
+    def marked_step(*args, **kwargs):
+        phase[0] = "train"
+        try:
+            return real_step(*args, **kwargs)
+        finally:
+            phase[0] = "eval"
+
+    def recording_model(*args, **kwargs):
+        net = real_model(*args, **kwargs)
+        net.head.register_forward_hook(lambda *_: seen[phase[0]].add(torch.is_autocast_enabled("cpu")))
+        return net
+
+    monkeypatch.setattr(training_loop, "train_step", marked_step)
+    monkeypatch.setattr(training_loop, "model_from_config", recording_model)
+    cfg = ExperimentConfig.from_dict(dict(dataset="digits", epochs=1, batch_size=128, device="cpu", precision="bf16",
+                                          eval_precision=eval_precision, eval_suite="basic", eval_n=50,
+                                          train_attack_steps=1, val_attack_steps=1, eval_attack_steps=2))
+    result = run_experiment(cfg, data=digits, log=None)
+    assert seen["train"] == {True}, "training did not run under bf16 autocast"
+    assert seen["eval"] == {autocast_in_evaluation}
+    assert result.summary["precision"] == "bf16"
 
 
 # -------------------------------------------------------------------------------- attacks
