@@ -51,17 +51,7 @@ def base_config(args: argparse.Namespace, defaults: dict[str, Any]) -> dict[str,
 
 
 def scaling(args: argparse.Namespace) -> Scaling:
-    problems = []
-    if args.workers < 1:
-        problems.append(f"--workers {args.workers}: must be >= 1")
-    if args.cpus_per_worker <= 0:
-        problems.append(f"--cpus-per-worker {args.cpus_per_worker}: must be > 0")
-    if args.gpus_per_worker < 0:
-        problems.append(f"--gpus-per-worker {args.gpus_per_worker}: must be >= 0")
-    if args.max_failures < -1:
-        problems.append(f"--max-failures {args.max_failures}: must be >= -1 (-1: retry forever)")
-    if problems:
-        raise ConfigError(problems)
+    """The Scaling of the flags (their ranges are checked with everything else: study/preflight.py)."""
     return Scaling(args.workers, args.cpus_per_worker, args.gpus_per_worker, args.max_failures)
 
 
@@ -113,10 +103,29 @@ def console_summary(trials, group: str = "variant") -> str:
                 cells[m] = f"{row[(m, 'mean')]:.3f}" + ("" if pd.isna(std) else f"±{std:.3f}")
             rows.append(pd.Series(cells, name=name))
         lines.append(pd.DataFrame(rows).to_string())
-    failed = trials[trials["status"] != "completed"]
-    for _, row in failed.iterrows():
-        lines.append(f"{row['trial_id']}: {row['status']} {row.get('error', '')}")
+    for status, what in (("stopped", "stopped early by the scheduler"), ("failed", "failed (errors below)")):
+        ids = trials.loc[trials["status"] == status, "trial_id"].tolist()
+        if ids:
+            lines.append(f"{what}: {len(ids)} ({', '.join(ids[:8])}{', ...' if len(ids) > 8 else ''})")
     return "\n".join(lines) if lines else "(no trials)"
+
+
+def exit_code(trials, stream=None) -> int:
+    """How the study went: 0 when every trial completed or was stopped by the scheduler; 1 when any failed,
+    after one line per distinct error (how many trials, which, where the full log is) on stderr."""
+    stream = stream or sys.stderr
+    failed = trials[trials["status"] == "failed"]
+    if failed.empty:
+        return 0
+    print(f"\n{len(failed)} of {len(trials)} trial(s) failed:", file=stream)
+    for error, group in failed.groupby(failed["error"].fillna(""), sort=False):
+        ids = group["trial_id"].tolist()
+        logs = [log for log in group.get("error_log", []) if isinstance(log, str) and log]
+        where = "no log" if not logs else f"full log: {logs[0]}" + (
+            f" (one per trial in {os.path.dirname(logs[0])}/)" if len(logs) > 1 else "")
+        print(f"  {len(ids)} x {error or '(no message)'}  [{', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''}]; "
+              f"{where}", file=stream)
+    return 1
 
 
 def print_locations(written: dict[str, str]) -> None:

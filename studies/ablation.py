@@ -14,7 +14,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from dpnp_ray import results
-from dpnp_ray.cli import add_common_flags, base_config, console_summary, print_locations, run_cli, study_settings
+from dpnp_ray.cli import (add_common_flags, base_config, console_summary, exit_code, print_locations, run_cli,
+                          study_settings)
 from dpnp_ray.study.ablation_grid import ABLATION_VARIANTS, DEFAULT_VARIANTS, run_ablation
 
 # The ablation's defaults on digits: small enough for a laptop, large enough to separate variants.
@@ -42,7 +43,7 @@ def main() -> int:
     trials = results.read_table(Path(written["trials"]).parent, "trials")
     print("\n" + console_summary(trials))
     print_locations(written)
-    return 0
+    return exit_code(trials)  # 1 when a trial failed
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from dpnp_ray import results
-from dpnp_ray.cli import add_common_flags, base_config, console_summary, print_locations, run_cli, study_settings
+from dpnp_ray.cli import (add_common_flags, base_config, console_summary, exit_code, print_locations, run_cli,
+                          study_settings)
 from dpnp_ray.study.optuna_search import OBJECTIVES, SAMPLERS, SearchSpace, run_search
 
 DEFAULTS = {"dataset": "digits", "model": "small_cnn", "epochs": 8, "lr": 0.05, "batch_size": 64,
@@ -51,7 +52,7 @@ def main() -> int:
     print("\nPareto front (val clean vs val robust):")
     print(pareto.drop(columns=["schema_version"]).to_string(index=False, max_cols=8))
     print_locations(written)
-    return 0
+    return exit_code(trials)  # 1 when a trial failed
 
 
 if __name__ == "__main__":

@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..registry import Registry
-from .cluster import plan_concurrency, prepare
-from .settings import StudyError, StudySettings
-from .tune import build_tuner, finish, validate_configs
+from . import preflight
+from .cluster import plan_concurrency, prepare, resolve
+from .settings import StudySettings
+from .tune import build_tuner, finish
 
 
 @dataclass(frozen=True)
@@ -45,11 +46,17 @@ def run_ablation(base: dict[str, Any], variants: list[str], seeds: list[int],
     from ray import tune
 
     unknown = [v for v in variants if v not in ABLATION_VARIANTS]
-    if unknown:
-        raise StudyError(f"unknown variant(s) {unknown}; known: {', '.join(ABLATION_VARIANTS.names())}")
+    problems = [f"unknown variant(s) {unknown}; known: {', '.join(ABLATION_VARIANTS.names())}"] if unknown else []
+    if not variants or not seeds:
+        problems.append(f"--variants {list(variants)} --seeds {list(seeds)}: need at least one of each")
     overrides = variant_overrides()  # all of them: a resumed study may hold variants not asked for this time
-    validate_configs(base, [{**overrides[v], "seed": s} for v in variants for s in seeds])
+    config_problems, configs = preflight.config_problems(
+        base, [{**overrides[v], "seed": s} for v in variants if v in overrides for s in seeds])
+    settings = resolve(settings)
+    preflight.check(settings, configs, problems + config_problems)
     settings = prepare(settings)
+    if settings.cluster or settings.address:
+        preflight.check_data_on_nodes(configs)
     concurrent = plan_concurrency(settings.scaling, settings.max_concurrent)
     grid = {"variant": tune.grid_search(list(variants)), "seed": tune.grid_search(list(seeds))}
     tuner = build_tuner(settings, base, "ablation", variant_overrides=overrides, param_space=grid,
