@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -71,9 +72,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from .experiment import run_experiment
     from .training_loop import NonFiniteLossError
 
+    from .training_loop import ConsoleLog
+
     cfg = ExperimentConfig.from_dict(loop_config["experiment"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
+    log = ConsoleLog(_line_writer(context.get_experiment_name()),
+                     progress_every_s=float(loop_config.get("progress_every_s", 0.0))) if rank == 0 else None
     torch.set_num_threads(max(1, int(loop_config.get("threads", 1))))
     device = ray.train.torch.get_device() if cfg.device != "cpu" else torch.device("cpu")
     if world > 1:
@@ -85,6 +90,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         _report_final(finished, finished.get("final_metrics", {"epoch": -1}), rank)
         return
     started = time.time()
+    if log is not None:
+        log(f"training on {world} worker(s) (world_size={world}), device {device}"
+            + (f", resuming after epoch {resume['epoch']}" if resume else ""))
 
     def on_epoch(metrics: dict[str, Any], make_state) -> None:
         state = make_state()  # a collective: every rank calls it
@@ -101,8 +109,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     record: dict[str, Any] = {"status": "completed", "error": "", "num_workers": world,
                               "use_gpu": device.type == "cuda", **provenance(str(device))}
     try:
-        result = run_experiment(cfg, env=env, resume=resume, on_epoch=on_epoch,
-                                log=print if rank == 0 else None)
+        result = run_experiment(cfg, env=env, resume=resume, on_epoch=on_epoch, log=log)
         record.update(summary=result.summary, history=result.train.history, evals=result.evals,
                       corruptions=result.corruptions, geometry=result.geometry, masking=result.masking)
         final_metrics = {"epoch": result.train.history[-1]["epoch"] if result.train.history else -1,
@@ -115,6 +122,19 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     final_metrics["trial_status"] = record["status"]
     record["final_metrics"] = final_metrics
     _report_final(record, final_metrics, rank)
+
+
+def _line_writer(label: str):
+    """Whole lines on the worker's stdout, prefixed with the Train run's name (<study>-<trial_id>).
+
+    Not `print`: Ray Train patches it in workers to also log every line, so each one reached the
+    driver twice (once from stdout, once from Train's console log handler).
+    """
+    def write(line: str) -> None:
+        sys.stdout.write(f"[{label}] {line}\n")
+        sys.stdout.flush()
+
+    return write
 
 
 def _report_final(record: dict[str, Any], final_metrics: dict[str, Any], rank: int) -> None:
@@ -138,8 +158,12 @@ def _json_default(value: Any) -> Any:
 
 
 def make_trainer(cfg: ExperimentConfig, scaling: Scaling, *, run_name: str, storage_path: str,
-                 in_tune: bool = True):
-    """A TorchTrainer for one trial. A fixed `run_name` lets a relaunched trial find its checkpoints."""
+                 in_tune: bool = True, log_level: str = "WARNING", progress_every_s: float = 0.0):
+    """A TorchTrainer for one trial. A fixed `run_name` lets a relaunched trial find its checkpoints.
+
+    `log_level` filters Ray Train's own messages (worker group start, every report and checkpoint);
+    `progress_every_s` > 0 adds a progress line inside epochs at most that often.
+    """
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -153,13 +177,15 @@ def make_trainer(cfg: ExperimentConfig, scaling: Scaling, *, run_name: str, stor
         resources["GPU"] = scaling.gpus_per_worker
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"experiment": cfg.to_dict(), "threads": max(1, int(scaling.cpus_per_worker))},
+        train_loop_config={"experiment": cfg.to_dict(), "threads": max(1, int(scaling.cpus_per_worker)),
+                           "progress_every_s": progress_every_s},
         scaling_config=ray.train.ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=run_name, storage_path=storage_path, callbacks=callbacks,
             failure_config=ray.train.FailureConfig(max_failures=scaling.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            logging_config=ray.train.LoggingConfig(log_level=log_level),
         ),
     )
 

@@ -7,8 +7,10 @@ driver wrote nothing and exports the Parquet tables.
 
 from __future__ import annotations
 
+import os
+import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from .. import results
@@ -56,7 +58,8 @@ def _report_to_tune(metrics: dict[str, Any]) -> None:
 
 
 def run_trial(params: dict[str, Any], *, study: str, study_dir: str, train_storage: str, base: dict[str, Any],
-              scaling: dict[str, Any], kind: str, variant_overrides: VariantOverrides) -> None:
+              scaling: dict[str, Any], kind: str, variant_overrides: VariantOverrides,
+              log_level: str = "WARNING", progress_every_s: float = 0.0) -> None:
     """Tune function trainable: one TorchTrainer run, then the trial record. Never calls ray.train.*."""
     from ray import tune
 
@@ -71,7 +74,8 @@ def run_trial(params: dict[str, Any], *, study: str, study_dir: str, train_stora
     record: dict[str, Any] = {"study": study, "trial_id": trial_id, "variant": variant, "seed": cfg.seed,
                               "study_kind": kind, "config": cfg.to_dict(), "params": params,
                               "started_at": started}
-    trainer = make_trainer(cfg, scale, run_name=f"{study}-{trial_id}", storage_path=train_storage)
+    trainer = make_trainer(cfg, scale, run_name=f"{study}-{trial_id}", storage_path=train_storage,
+                           log_level=log_level, progress_every_s=progress_every_s)
     try:
         result = trainer.fit()
         record.update(read_final_record(result))
@@ -84,14 +88,30 @@ def run_trial(params: dict[str, Any], *, study: str, study_dir: str, train_stora
         _report_to_tune({"trial_status": record["status"], "epoch": -1})
 
 
+PROGRESS_EVERY_S = 30.0
+"""Seconds between progress lines inside an epoch from each trial, when the study's output is a terminal."""
+
+
 def build_tuner(settings: StudySettings, base: dict[str, Any], kind: str, *,
                 variant_overrides: VariantOverrides | None = None, param_space=None, tune_config=None):
-    """A Tuner running `run_trial` for every trial, or the restored one with --resume."""
+    """A Tuner running `run_trial` for every trial, or the restored one with --resume.
+
+    The console: one line per finished trial (console.StudyConsole) instead of Tune's tables, and
+    Ray Train's INFO messages filtered, unless settings.verbose. A restored study keeps the
+    console and the trackers (--log-to) it was started with.
+    """
     from ray import tune
 
+    from .console import StudyConsole, tune_trial_name
+    from .trackers import tracker_callbacks
+
+    if not settings.verbose:
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's classic output engine prints nothing at verbose=0
     bound = tune.with_parameters(run_trial, study=settings.name, study_dir=settings.directory,
                                  train_storage=settings.train_storage, base=base, scaling=asdict(settings.scaling),
-                                 kind=kind, variant_overrides=variant_overrides or {})
+                                 kind=kind, variant_overrides=variant_overrides or {},
+                                 log_level="INFO" if settings.verbose else "WARNING",
+                                 progress_every_s=PROGRESS_EVERY_S if sys.stdout.isatty() else 0.0)
     bound = tune.with_resources(bound, {"CPU": DRIVER_CPU})
     experiment_path = results.join(settings.storage, settings.name)
     if settings.resume:
@@ -99,9 +119,15 @@ def build_tuner(settings: StudySettings, base: dict[str, Any], kind: str, *,
             raise StudyError(f"--resume: no Tune experiment to restore at {redact(experiment_path)}; "
                              "check --storage and --name, or drop --resume to start afresh")
         return tune.Tuner.restore(experiment_path, trainable=bound, resume_errored=True)
+    callbacks = tracker_callbacks(settings.log_to, study_dir=settings.directory, study=settings.name, kind=kind,
+                                  mlflow_tracking_uri=settings.mlflow_tracking_uri)
     run_config = tune.RunConfig(name=settings.name, storage_path=settings.storage,
                                 failure_config=tune.FailureConfig(max_failures=settings.trial_retries),
-                                verbose=1)
+                                callbacks=callbacks + ([] if settings.verbose else [StudyConsole()]),
+                                verbose=1 if settings.verbose else 0)
+    # Trials (and their directories: TensorBoard runs, MLflow and W&B runs) are named by trial_id.
+    tune_config = replace(tune_config or tune.TuneConfig(), trial_name_creator=tune_trial_name,
+                          trial_dirname_creator=tune_trial_name)
     return tune.Tuner(bound, param_space=param_space or {}, tune_config=tune_config, run_config=run_config)
 
 
