@@ -6,7 +6,11 @@ warm-up length only when the eps schedule ramps. Parameter names are config fiel
 
 from __future__ import annotations
 
+import hashlib
+import tempfile
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import optuna
@@ -103,7 +107,25 @@ def make_storage(location: str):
 
 class PruningAwareOptunaSearch(OptunaSearch):
     """Records scheduler-stopped trials as PRUNED and failed ones as FAIL in the Optuna study
-    (plain OptunaSearch records an early-stopped trial's last score as a finished result)."""
+    (plain OptunaSearch records an early-stopped trial's last score as a finished result).
+
+    The Optuna study carries the objectives' names (the trials.parquet columns) and every Optuna
+    trial the project's trial_id as user attribute "trial_id", so optuna-dashboard, the report
+    and trials.parquet can be joined.
+    """
+
+    def _setup_study(self, mode):
+        super()._setup_study(mode)
+        names = list(self._metric) if isinstance(self._metric, list) else [self._metric]
+        with warnings.catch_warnings():  # set_metric_names is marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._ot_study.set_metric_names(names)
+
+    def suggest(self, trial_id: str):
+        params = super().suggest(trial_id)
+        if trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_user_attr("trial_id", trial_id)  # run_trial's trial_id for a search
+        return params
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         status = (result or {}).get("trial_status")
@@ -146,8 +168,7 @@ def run_search(base: dict[str, Any], settings: StudySettings, *, trials: int, sp
     settings = prepare(settings)
     concurrent = plan_concurrency(settings.scaling, settings.max_concurrent)
     metric, mode = OBJECTIVES[objective]
-    storage_location = optuna_storage or (results.join(settings.directory, "optuna.journal")
-                                          if not results.is_uri(settings.directory) else None)
+    storage_location, journal_copy = journal_locations(settings, optuna_storage)
     searcher = PruningAwareOptunaSearch(
         space=_DefineByRun(space, cfg.eval_eps, cfg.epochs), metric=metric, mode=mode,
         points_to_evaluate=None if settings.resume else [space.default_point(cfg)],
@@ -167,7 +188,11 @@ def run_search(base: dict[str, Any], settings: StudySettings, *, trials: int, sp
                                   max_concurrent_trials=concurrent,
                                   metric=metric if single else None, mode=mode if single else None)
     tuner = build_tuner(settings, base, "search", tune_config=tune_config)
-    written = finish(tuner.fit(), settings, base, "search")
+    try:
+        written = finish(tuner.fit(), settings, base, "search")
+    finally:
+        if journal_copy and Path(storage_location).exists():  # also when interrupted: --resume starts from it
+            results.write_bytes_atomic(journal_copy, results.local_path(storage_location).read_bytes())
     frame = results.read_table(settings.directory, "trials")
     objectives = tuple(metric) if isinstance(metric, list) else (metric,)
     done = frame[frame["status"] == "completed"]
@@ -175,6 +200,30 @@ def run_search(base: dict[str, Any], settings: StudySettings, *, trials: int, sp
     keep = ["study", "trial_id", *objectives, "clean_acc", "pgd_acc"] + [c for c in front.columns
                                                                          if c.startswith("param_")]
     written["pareto"] = results.write_table(settings.directory, "pareto", front[[c for c in keep if c in front]])
-    if storage_location:
-        written["optuna_storage"] = storage_location
+    written["optuna_storage"] = journal_copy or storage_location
     return written
+
+
+def journal_locations(settings: StudySettings, optuna_storage: str | None) -> tuple[str, str | None]:
+    """(the Optuna storage the search uses, where a copy of its journal goes when the study ends).
+
+    By default the journal is <study dir>/optuna.journal. A study directory on object storage
+    (s3://...) cannot hold a file that is appended to, so the journal is kept on this machine at a
+    path fixed by the study directory (a restored searcher reopens that path) and copied to
+    <study dir>/optuna.journal when the study ends or stops; --resume first copies it back.
+    """
+    if optuna_storage:
+        return optuna_storage, None
+    journal = results.join(settings.directory, "optuna.journal")
+    if not results.is_uri(settings.directory):
+        return journal, None
+    digest = hashlib.sha256(settings.directory.encode()).hexdigest()[:16]
+    local = Path(tempfile.gettempdir()) / "dpnp_ray_optuna" / f"{settings.name}-{digest}.journal"
+    local.parent.mkdir(parents=True, exist_ok=True)
+    local.unlink(missing_ok=True)  # a fresh study starts empty; a resumed one from the copy in storage
+    if settings.resume:
+        try:
+            local.write_bytes(results.read_bytes(journal))
+        except OSError:  # no copy yet: the study stopped before its first end
+            pass
+    return str(local), journal
