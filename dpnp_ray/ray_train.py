@@ -9,6 +9,7 @@ and ends with one report whose checkpoint holds `final.json`: the trial's whole 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -70,10 +71,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
 
     from .experiment import run_experiment
-    from .training_loop import NonFiniteLossError
+    from .training_loop import ConsoleLog, NonFiniteLossError
 
-    from .training_loop import ConsoleLog
-
+    # Ray Train logs some of its INFO messages (every report) through loggers its LoggingConfig does not filter
+    logging.getLogger().setLevel(loop_config.get("log_level", "INFO"))
     cfg = ExperimentConfig.from_dict(loop_config["experiment"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -178,7 +179,7 @@ def make_trainer(cfg: ExperimentConfig, scaling: Scaling, *, run_name: str, stor
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"experiment": cfg.to_dict(), "threads": max(1, int(scaling.cpus_per_worker)),
-                           "progress_every_s": progress_every_s},
+                           "progress_every_s": progress_every_s, "log_level": log_level},
         scaling_config=ray.train.ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(

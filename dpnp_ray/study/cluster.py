@@ -59,9 +59,11 @@ def connect(settings: StudySettings) -> None:
                                  f"process ({type(exc).__name__}); {AUTH_HELP}") from None
             if not isinstance(exc, ConnectionError):
                 raise
+            maybe_auth = ("" if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" else
+                          f"; if the cluster uses token authentication (Ray's default), {AUTH_HELP}")
             raise StudyError(f"no Ray cluster reachable at {address!r} ({type(exc).__name__}: {exc}); start one with "
                              "`ray start --head` (and `ray start --address <head>:6379` on the other nodes), "
-                             "or drop --cluster to run on a local instance") from None
+                             f"or drop --cluster to run on a local instance{maybe_auth}") from None
         return
     # The dashboard serves the state API that Ray Train's placement-group cleaner needs: without
     # it, the workers of a trial stopped early by the scheduler keep their CPUs and later trials hang.
@@ -76,11 +78,16 @@ AUTH_HELP = ("export the cluster's token in this shell, as on every node that jo
              "`ray get-auth-token`; or RAY_AUTH_TOKEN_PATH=<file holding it>), then run the study again")
 
 
-def _is_auth_failure(exc: BaseException) -> bool:
-    """Ray's token authentication refused the connection (AuthenticationError, InvalidAuthToken)."""
-    text = f"{type(exc).__name__} {exc}".lower()
-    return any(word in text for word in ("authenticationerror", "invalidauthtoken", "unauthenticated", "auth token",
-                                         "authentication token"))
+def _is_auth_failure(exc: BaseException | None) -> bool:
+    """Ray's token authentication refused the connection (AuthenticationError, InvalidAuthToken,
+    Unauthenticated), here or in the exceptions it was raised from."""
+    while exc is not None:
+        text = f"{type(exc).__name__} {exc}".lower()
+        if any(word in text for word in ("authenticationerror", "invalidauthtoken", "unauthenticated", "auth token",
+                                         "authentication token")):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _ray_log_level(settings: StudySettings) -> int:
