@@ -15,7 +15,9 @@ scheduler can act on it.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import sys
 import tempfile
 import time
 import traceback
@@ -105,11 +107,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
 
     from .experiment import run_experiment
-    from .training_loop import NonFiniteLossError
+    from .training_loop import ConsoleLog, NonFiniteLossError
 
+    # Ray Train logs some of its INFO messages (every report) through loggers its LoggingConfig does not filter
+    logging.getLogger().setLevel(loop_config.get("log_level", "INFO"))
     cfg = ExperimentConfig.from_dict(loop_config["experiment"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
+    log = ConsoleLog(_line_writer(context.get_experiment_name()),
+                     progress_every_s=float(loop_config.get("progress_every_s", 0.0))) if rank == 0 else None
     torch.set_num_threads(max(1, int(loop_config.get("threads", 1))))
     device = ray.train.torch.get_device() if cfg.device != "cpu" else torch.device("cpu")
     if world > 1:
@@ -123,6 +129,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     started = time.time()
     stop_request = loop_config.get("stop_request")
     history: list[dict[str, Any]] = list(resume["history"]) if resume else []
+    if log is not None:
+        log(f"training on {world} worker(s) (world_size={world}), device {device}"
+            + (f", resuming after epoch {resume['epoch']}" if resume else ""))
 
     def on_epoch(metrics: dict[str, Any], make_state) -> None:
         state = make_state()  # a collective: every rank calls it
@@ -142,8 +151,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     record: dict[str, Any] = {"status": "completed", "error": "", "num_workers": world,
                               "use_gpu": device.type == "cuda", **provenance(str(device))}
     try:
-        result = run_experiment(cfg, env=env, resume=resume, on_epoch=on_epoch,
-                                log=print if rank == 0 else None)
+        result = run_experiment(cfg, env=env, resume=resume, on_epoch=on_epoch, log=log)
         record.update(summary=result.summary, history=result.train.history, evals=result.evals,
                       corruptions=result.corruptions, geometry=result.geometry, masking=result.masking)
     except StopRequested:
@@ -159,6 +167,19 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     record["worker_seconds"] = time.time() - started
     record["final_metrics"] = outcome_metrics(record)
     _report_final(record, rank)
+
+
+def _line_writer(label: str):
+    """Whole lines on the worker's stdout, prefixed with the Train run's name (<study>-<trial_id>).
+
+    Not `print`: Ray Train patches it in workers to also log every line, so each one reached the
+    driver twice (once from stdout, once from Train's console log handler).
+    """
+    def write(line: str) -> None:
+        sys.stdout.write(f"[{label}] {line}\n")
+        sys.stdout.flush()
+
+    return write
 
 
 def _report_final(record: dict[str, Any], rank: int) -> None:
@@ -183,9 +204,14 @@ def _json_default(value: Any) -> Any:
 
 
 def make_trainer(cfg: ExperimentConfig, scaling: Scaling, *, run_name: str, storage_path: str,
-                 in_tune: bool = True, stop_request: str | None = None):
+                 in_tune: bool = True, stop_request: str | None = None, log_level: str = "WARNING",
+                 progress_every_s: float = 0.0):
     """A TorchTrainer for one trial. A fixed `run_name` lets a relaunched trial find its checkpoints;
-    the trial stops after the epoch at which a file appears at `stop_request` (see StopRequested)."""
+    the trial stops after the epoch at which a file appears at `stop_request` (see StopRequested).
+
+    `log_level` filters Ray Train's own messages (worker group start, every report and checkpoint);
+    `progress_every_s` > 0 adds a progress line inside epochs at most that often.
+    """
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -200,13 +226,15 @@ def make_trainer(cfg: ExperimentConfig, scaling: Scaling, *, run_name: str, stor
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"experiment": cfg.to_dict(), "threads": max(1, int(scaling.cpus_per_worker)),
-                           "stop_request": stop_request},
+                           "stop_request": stop_request, "progress_every_s": progress_every_s,
+                           "log_level": log_level},
         scaling_config=ray.train.ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=run_name, storage_path=storage_path, callbacks=callbacks,
             failure_config=ray.train.FailureConfig(max_failures=scaling.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            logging_config=ray.train.LoggingConfig(log_level=log_level),
         ),
     )
 

@@ -1,4 +1,4 @@
-"""The Adv-DPNP ablation grid: every variant x seed, trained under Ray Train, run by Ray Tune.
+r"""The Adv-DPNP ablation grid: every variant x seed, trained under Ray Train, run by Ray Tune.
 
     python studies/ablation.py                       # all variants, 3 seeds, digits, local Ray
     python studies/ablation.py --smoke               # 2 variants, 1 seed, 2 epochs: a few minutes on 2 CPUs
@@ -14,8 +14,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from dpnp_ray import results
-from dpnp_ray.cli import (add_common_flags, base_config, console_summary, exit_code, print_locations, run_cli,
-                          study_settings)
+from dpnp_ray.cli import (HelpFormatter, add_common_flags, base_config, config_epilog, console_summary, exit_code,
+                          print_locations, run_cli, study_settings)
 from dpnp_ray.study.ablation_grid import ABLATION_VARIANTS, DEFAULT_VARIANTS, run_ablation
 
 # The ablation's defaults on digits: small enough for a laptop, large enough to separate variants.
@@ -26,13 +26,13 @@ SMOKE_VARIANTS = ["full", "pgd_at"]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter, epilog=config_epilog(DEFAULTS))
     parser.add_argument("--variants", nargs="+", default=None, choices=ABLATION_VARIANTS.names(),
                         help=f"subset of variants (default: {' '.join(DEFAULT_VARIANTS)})")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds per variant (default: 0 1 2)")
     parser.add_argument("--smoke", action="store_true",
                         help="digits, small CNN, 2 epochs, 2 variants, 1 seed: the quick demonstration and CI run")
-    add_common_flags(parser, default_name="ablation")
+    add_common_flags(parser, default_name="ablation", defaults=DEFAULTS)
     args = parser.parse_args()
 
     base = base_config(args, {**DEFAULTS, **(SMOKE if args.smoke else {})})
@@ -42,7 +42,7 @@ def main() -> int:
     written = run_ablation(base, variants, seeds, settings)
     trials = results.read_table(Path(written["trials"]).parent, "trials")
     print("\n" + console_summary(trials))
-    print_locations(written)
+    print_locations(written, settings)
     return exit_code(trials)  # 1 when a trial failed
 
 

@@ -1,4 +1,4 @@
-"""Optuna search over Adv-DPNP's loss weights, eps schedule and ablation switches (Ray Tune).
+r"""Optuna search over Adv-DPNP's loss weights, eps schedule and ablation switches (Ray Tune).
 
     python studies/search.py --trials 20                     # digits, TPE, both objectives, ASHA
     python studies/search.py --trials 4 --epochs 2 --smoke   # a tiny search, a few minutes on 2 CPUs
@@ -15,8 +15,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from dpnp_ray import results
-from dpnp_ray.cli import (add_common_flags, base_config, console_summary, exit_code, print_locations, run_cli,
-                          study_settings)
+from dpnp_ray.cli import (HelpFormatter, add_common_flags, base_config, config_epilog, console_summary, exit_code,
+                          print_locations, run_cli, study_settings)
 from dpnp_ray.study.optuna_search import OBJECTIVES, SAMPLERS, SearchSpace, run_search
 
 DEFAULTS = {"dataset": "digits", "model": "small_cnn", "epochs": 8, "lr": 0.05, "batch_size": 64,
@@ -25,9 +25,9 @@ SMOKE = {"epochs": 2, "train_attack_steps": 3, "val_attack_steps": 3, "eval_atta
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", type=int, default=20)
-    parser.add_argument("--sampler", default="tpe", choices=SAMPLERS.names())
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter, epilog=config_epilog(DEFAULTS))
+    parser.add_argument("--trials", type=int, default=20, help="Optuna trials in the study")
+    parser.add_argument("--sampler", default="tpe", choices=SAMPLERS.names(), help="Optuna sampler")
     parser.add_argument("--objective", default="multi", choices=list(OBJECTIVES),
                         help="multi: maximize val clean and val robust accuracy; robust / clean: one of them")
     parser.add_argument("--scheduler", default="asha", choices=["asha", "none"],
@@ -37,7 +37,7 @@ def main() -> int:
                         help="journal file path or RDB URL (default: <storage>/<name>/optuna.journal)")
     parser.add_argument("--no-switches", action="store_true", help="keep every term on; search weights only")
     parser.add_argument("--smoke", action="store_true", help="2 epochs, short attacks: a quick demonstration")
-    add_common_flags(parser, default_name="search")
+    add_common_flags(parser, default_name="search", defaults=DEFAULTS)
     args = parser.parse_args()
 
     base = base_config(args, {**DEFAULTS, **(SMOKE if args.smoke else {})})
@@ -51,7 +51,7 @@ def main() -> int:
     pareto = results.read_table(directory, "pareto")
     print("\nPareto front (val clean vs val robust):")
     print(pareto.drop(columns=["schema_version"]).to_string(index=False, max_cols=8))
-    print_locations(written)
+    print_locations(written, settings)
     return exit_code(trials)  # 1 when a trial failed
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
@@ -52,11 +53,18 @@ def connect(settings: StudySettings) -> None:
         try:
             # Ship this package to the cluster's workers; torch & co. must be installed there.
             ray.init(address=address, runtime_env={"py_modules": [str(Path(dpnp_ray.__file__).parent)]},
-                     log_to_driver=True)
-        except ConnectionError as exc:
+                     log_to_driver=True, logging_level=_ray_log_level(settings))
+        except Exception as exc:
+            if _is_auth_failure(exc):
+                raise StudyError(f"the Ray cluster at {address!r} uses token authentication and refused this "
+                                 f"process ({type(exc).__name__}); {AUTH_HELP}") from None
+            if not isinstance(exc, ConnectionError):
+                raise
+            maybe_auth = ("" if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" else
+                          f"; if the cluster uses token authentication (Ray's default), {AUTH_HELP}")
             raise StudyError(f"no Ray cluster reachable at {address!r} ({type(exc).__name__}: {exc}); start one with "
                              "`ray start --head` (and `ray start --address <head>:6379` on the other nodes), "
-                             "or drop --cluster to run on a local instance") from None
+                             f"or drop --cluster to run on a local instance{maybe_auth}") from None
         return
     # The dashboard serves the state API that Ray Train's placement-group cleaner needs: without it,
     # the workers of a trial whose driver died keep their CPUs and later trials hang. It listens on
@@ -69,7 +77,7 @@ def connect(settings: StudySettings) -> None:
             with environment(RAY_API_SERVER_ADDRESS=f"http://127.0.0.1:{port}"):
                 ray.init(address="local", num_cpus=settings.local_cpus or os.cpu_count(), include_dashboard=True,
                          dashboard_host="127.0.0.1", dashboard_port=port, object_store_memory=300 * 1024 * 1024,
-                         log_to_driver=True)
+                         log_to_driver=True, logging_level=_ray_log_level(settings))
             return
         except ValueError as exc:  # the port was taken between free_port() and Ray binding it
             if "already occupied" not in str(exc) or attempt == 2:
@@ -96,6 +104,28 @@ def environment(**variables: str):
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+AUTH_HELP = ("export the cluster's token in this shell, as on every node that joins it: "
+             "`export RAY_AUTH_MODE=token RAY_AUTH_TOKEN=<token>` (print the token on the head node with "
+             "`ray get-auth-token`; or RAY_AUTH_TOKEN_PATH=<file holding it>), then run the study again")
+
+
+def _is_auth_failure(exc: BaseException | None) -> bool:
+    """Ray's token authentication refused the connection (AuthenticationError, InvalidAuthToken,
+    Unauthenticated), here or in the exceptions it was raised from."""
+    while exc is not None:
+        text = f"{type(exc).__name__} {exc}".lower()
+        if any(word in text for word in ("authenticationerror", "invalidauthtoken", "unauthenticated", "auth token",
+                                         "authentication token")):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _ray_log_level(settings: StudySettings) -> int:
+    """Ray's driver-side INFO messages (instance started, files written) only with --verbose."""
+    return logging.INFO if settings.verbose else logging.WARNING
 
 
 def _probe(address: str, timeout: float = 5.0) -> None:

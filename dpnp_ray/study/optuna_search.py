@@ -8,7 +8,11 @@ trial's config also carries its Optuna trial number (`optuna_trial`), which name
 
 from __future__ import annotations
 
+import hashlib
+import tempfile
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import optuna
@@ -113,7 +117,8 @@ class PruningAwareOptunaSearch(OptunaSearch):
     trial's last epoch as a finished result.) The outcome is the trial_status of the trial's final report,
     which its final record carries too (ray_train.py); for a trial whose driver died, the final record in
     its Train run's storage if there is one, else FAIL. Only epoch reports are intermediate values.
-    Public OptunaSearch methods only: suggest, on_trial_result, on_trial_complete.
+    Public OptunaSearch methods only: suggest, on_trial_result, on_trial_complete. (The objectives' names and
+    each Optuna trial's project trial_id are set through the public Optuna trial in `_DefineByRun`.)
     """
 
     def __init__(self, *args, study: str, train_storage: str, **kwargs):
@@ -159,8 +164,14 @@ class _DefineByRun:
     space: SearchSpace
     threat_eps: float
     epochs: int
+    metric_names: tuple[str, ...] = ()
 
     def __call__(self, trial) -> dict[str, int]:
+        if self.metric_names and trial.study.metric_names is None:
+            with warnings.catch_warnings():  # set_metric_names is marked experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                trial.study.set_metric_names(list(self.metric_names))  # the trials.parquet column names
+        trial.set_user_attr("trial_id", trial_id({"optuna_trial": trial.number}, "search"))  # joins trials.parquet
         self.space.sample(trial, self.threat_eps, self.epochs)
         return {"optuna_trial": trial.number}  # a constant of the config, not a searched parameter
 
@@ -185,11 +196,10 @@ def run_search(base: dict[str, Any], settings: StudySettings, *, trials: int, sp
         more, _ = preflight.config_problems(base, [space.default_point(configs[0])])
         config_problems += [p for p in more if p not in config_problems]
     settings = resolve(settings)
-    storage_location = optuna_storage or (results.join(settings.directory, "optuna.journal")
-                                          if not results.is_uri(settings.directory) else None)
     storage_problems, storage = preflight.optuna_storage_problems(optuna_storage) if optuna_storage else ([], None)
     preflight.check(settings, configs, problems + config_problems + storage_problems)
-    if storage is None and storage_location:  # the default journal, in the study directory checked above
+    storage_location, journal_copy = journal_locations(settings, optuna_storage)
+    if storage is None:  # the default journal: in the study directory checked above, or kept locally
         storage = make_storage(storage_location)
     cfg = configs[0]
     settings = prepare(settings)
@@ -198,7 +208,8 @@ def run_search(base: dict[str, Any], settings: StudySettings, *, trials: int, sp
     concurrent = plan_concurrency(settings.scaling, settings.max_concurrent)
     metric, mode = OBJECTIVES[objective]
     searcher = PruningAwareOptunaSearch(
-        space=_DefineByRun(space, cfg.eval_eps, cfg.epochs), metric=metric, mode=mode,
+        space=_DefineByRun(space, cfg.eval_eps, cfg.epochs, tuple(metric) if isinstance(metric, list) else (metric,)),
+        metric=metric, mode=mode,
         points_to_evaluate=None if settings.resume else [space.default_point(cfg)],
         sampler=make_sampler(sampler, seed), study_name=settings.name, storage=storage, seed=seed,
         study=settings.name, train_storage=settings.train_storage,
@@ -217,7 +228,11 @@ def run_search(base: dict[str, Any], settings: StudySettings, *, trials: int, sp
                                   max_concurrent_trials=concurrent,
                                   metric=metric if single else None, mode=mode if single else None)
     tuner = build_tuner(settings, base, "search", tune_config=tune_config)
-    written = finish(tuner.fit(), settings, base, "search")
+    try:
+        written = finish(tuner.fit(), settings, base, "search")
+    finally:
+        if journal_copy and Path(storage_location).exists():  # also when interrupted: --resume starts from it
+            results.write_bytes_atomic(journal_copy, results.local_path(storage_location).read_bytes())
     frame = results.read_table(settings.directory, "trials")
     objectives = tuple(metric) if isinstance(metric, list) else (metric,)
     done = frame[frame["status"] == "completed"]
@@ -225,6 +240,30 @@ def run_search(base: dict[str, Any], settings: StudySettings, *, trials: int, sp
     keep = ["study", "trial_id", *objectives, "clean_acc", "pgd_acc"] + [c for c in front.columns
                                                                          if c.startswith("param_")]
     written["pareto"] = results.write_table(settings.directory, "pareto", front[[c for c in keep if c in front]])
-    if storage_location:
-        written["optuna_storage"] = storage_location
+    written["optuna_storage"] = journal_copy or storage_location
     return written
+
+
+def journal_locations(settings: StudySettings, optuna_storage: str | None) -> tuple[str, str | None]:
+    """(the Optuna storage the search uses, where a copy of its journal goes when the study ends).
+
+    By default the journal is <study dir>/optuna.journal. A study directory on object storage
+    (s3://...) cannot hold a file that is appended to, so the journal is kept on this machine at a
+    path fixed by the study directory (a restored searcher reopens that path) and copied to
+    <study dir>/optuna.journal when the study ends or stops; --resume first copies it back.
+    """
+    if optuna_storage:
+        return optuna_storage, None
+    journal = results.join(settings.directory, "optuna.journal")
+    if not results.is_uri(settings.directory):
+        return journal, None
+    digest = hashlib.sha256(settings.directory.encode()).hexdigest()[:16]
+    local = Path(tempfile.gettempdir()) / "dpnp_ray_optuna" / f"{settings.name}-{digest}.journal"
+    local.parent.mkdir(parents=True, exist_ok=True)
+    local.unlink(missing_ok=True)  # a fresh study starts empty; a resumed one from the copy in storage
+    if settings.resume:
+        try:
+            local.write_bytes(results.read_bytes(journal))
+        except OSError:  # no copy yet: the study stopped before its first end
+            pass
+    return str(local), journal

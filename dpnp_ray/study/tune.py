@@ -11,9 +11,11 @@ failed (`record_errored_trial`, called by a Tune callback when it happens and by
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from ray.tune import Callback
@@ -125,7 +127,8 @@ def _report_outcome(record: dict[str, Any]) -> None:
     tune.report({k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None})
 
 
-def run_trial(params: dict[str, Any], *, context: StudyContext) -> None:
+def run_trial(params: dict[str, Any], *, context: StudyContext, log_level: str = "WARNING",
+              progress_every_s: float = 0.0) -> None:
     """Tune function trainable: one TorchTrainer run, then the trial record. Never calls ray.train.*."""
     spec = context.spec(params)
     existing = read_record(record_path(context.study_dir, spec.trial_id))
@@ -137,7 +140,8 @@ def run_trial(params: dict[str, Any], *, context: StudyContext) -> None:
     run_name = train_run_name(context.study, spec.trial_id)
     stop_request = stop_request_path(context.study_dir, spec.trial_id) if context.kind == "search" else None
     trainer = make_trainer(spec.cfg, Scaling(**context.scaling), run_name=run_name,
-                           storage_path=context.train_storage, stop_request=stop_request)
+                           storage_path=context.train_storage, stop_request=stop_request, log_level=log_level,
+                           progress_every_s=progress_every_s)
     try:
         record.update(read_final_record(trainer.fit()))
     except Exception as exc:  # Train gave up (worker failures beyond max_failures): record, let the study go on
@@ -211,22 +215,45 @@ class StopAtEpochEnd(ASHAScheduler):
         return TrialScheduler.CONTINUE
 
 
+PROGRESS_EVERY_S = 30.0
+"""Seconds between progress lines inside an epoch from each trial, when the study's output is a terminal."""
+
+
 def build_tuner(settings: StudySettings, base: dict[str, Any], kind: str, *,
                 variant_overrides: VariantOverrides | None = None, param_space=None, tune_config=None):
-    """A Tuner running `run_trial` for every trial, or the restored one with --resume."""
+    """A Tuner running `run_trial` for every trial, or the restored one with --resume.
+
+    The console: one line per finished trial (console.StudyConsole) instead of Tune's tables, and
+    Ray Train's INFO messages filtered, unless settings.verbose. A restored study keeps the
+    console and the trackers (--log-to) it was started with.
+    """
     from ray import tune
 
+    from .console import StudyConsole, tune_trial_name
+    from .trackers import tracker_callbacks
+
+    if not settings.verbose:
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's classic output engine prints nothing at verbose=0
     context = StudyContext.of(settings, base, kind, variant_overrides)
-    bound = tune.with_resources(tune.with_parameters(run_trial, context=context), {"CPU": DRIVER_CPU})
+    bound = tune.with_parameters(run_trial, context=context, log_level="INFO" if settings.verbose else "WARNING",
+                                 progress_every_s=PROGRESS_EVERY_S if sys.stdout.isatty() else 0.0)
+    bound = tune.with_resources(bound, {"CPU": DRIVER_CPU})
     experiment_path = results.join(settings.storage, settings.name)
     if settings.resume:
         if not tune.Tuner.can_restore(experiment_path):
             raise StudyError(f"--resume: no Tune experiment to restore at {redact(experiment_path)}; "
                              "check --storage and --name, or drop --resume to start afresh")
         return tune.Tuner.restore(experiment_path, trainable=bound, resume_errored=True)
+    callbacks = tracker_callbacks(settings.log_to, study_dir=settings.directory, study=settings.name, kind=kind,
+                                  mlflow_tracking_uri=settings.mlflow_tracking_uri)
     run_config = tune.RunConfig(name=settings.name, storage_path=settings.storage,
                                 failure_config=tune.FailureConfig(max_failures=settings.trial_retries),
-                                callbacks=[RecordErroredTrials(context)], verbose=1)
+                                callbacks=[RecordErroredTrials(context), *callbacks]
+                                + ([] if settings.verbose else [StudyConsole()]),
+                                verbose=1 if settings.verbose else 0)
+    # Trials (and their directories: TensorBoard runs, MLflow and W&B runs) are named by trial_id.
+    tune_config = replace(tune_config or tune.TuneConfig(), trial_name_creator=tune_trial_name,
+                          trial_dirname_creator=tune_trial_name)
     return tune.Tuner(bound, param_space=param_space or {}, tune_config=tune_config, run_config=run_config)
 
 
