@@ -4,6 +4,8 @@ Each worker runs `experiment.run_experiment` with a DistributedEnvironment (DDP 
 `ray.train.torch.prepare_model`, its own shard of every split), reports every epoch's
 metrics with a checkpoint from rank 0, resumes from the latest checkpoint after a restart,
 and ends with one report whose checkpoint holds `final.json`: the trial's whole record.
+Before that report rank 0 exports the selected model (model_export.py) to the trial's
+`model_dir`, in the study's storage, so every completed trial has its model.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
 
     from .experiment import run_experiment
+    from .model_export import export_model
     from .training_loop import NonFiniteLossError
 
     cfg = ExperimentConfig.from_dict(loop_config["experiment"])
@@ -103,6 +106,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     try:
         result = run_experiment(cfg, env=env, resume=resume, on_epoch=on_epoch,
                                 log=print if rank == 0 else None)
+        if rank == 0 and loop_config.get("model_dir"):
+            export_model(loop_config["model_dir"], result.train.net, result.config, result.train.info,
+                         metrics=result.summary, trial=loop_config.get("trial"))
         record.update(summary=result.summary, history=result.train.history, evals=result.evals,
                       corruptions=result.corruptions, geometry=result.geometry, masking=result.masking)
         final_metrics = {"epoch": result.train.history[-1]["epoch"] if result.train.history else -1,
@@ -138,8 +144,9 @@ def _json_default(value: Any) -> Any:
 
 
 def make_trainer(cfg: ExperimentConfig, scaling: Scaling, *, run_name: str, storage_path: str,
-                 in_tune: bool = True):
-    """A TorchTrainer for one trial. A fixed `run_name` lets a relaunched trial find its checkpoints."""
+                 in_tune: bool = True, model_dir: str | None = None, trial: dict[str, Any] | None = None):
+    """A TorchTrainer for one trial. A fixed `run_name` lets a relaunched trial find its checkpoints.
+    With `model_dir`, rank 0 exports the selected model there, labelled with `trial` (study, trial_id, ...)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -153,7 +160,8 @@ def make_trainer(cfg: ExperimentConfig, scaling: Scaling, *, run_name: str, stor
         resources["GPU"] = scaling.gpus_per_worker
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"experiment": cfg.to_dict(), "threads": max(1, int(scaling.cpus_per_worker))},
+        train_loop_config={"experiment": cfg.to_dict(), "threads": max(1, int(scaling.cpus_per_worker)),
+                           "model_dir": model_dir, "trial": trial},
         scaling_config=ray.train.ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(

@@ -129,8 +129,11 @@ class _DefineByRun:
 
 def run_search(base: dict[str, Any], settings: StudySettings, *, trials: int, space: SearchSpace = SearchSpace(),
                sampler: str = "tpe", objective: str = "multi", scheduler: str = "asha", seed: int = 0,
-               optuna_storage: str | None = None) -> dict[str, str]:
-    """Search, then export every table and the Pareto front. Returns the Parquet locations."""
+               optuna_storage: str | None = None, extend: bool = False) -> dict[str, str]:
+    """Search, then export every table and the Pareto front. Returns the Parquet locations.
+
+    extend: a new Tune run of `trials` more trials that continues the study's existing Optuna study
+    (growing a finished search, recipe.py); the base config is not evaluated again."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -150,7 +153,7 @@ def run_search(base: dict[str, Any], settings: StudySettings, *, trials: int, sp
                                           if not results.is_uri(settings.directory) else None)
     searcher = PruningAwareOptunaSearch(
         space=_DefineByRun(space, cfg.eval_eps, cfg.epochs), metric=metric, mode=mode,
-        points_to_evaluate=None if settings.resume else [space.default_point(cfg)],
+        points_to_evaluate=None if settings.resume or extend else [space.default_point(cfg)],
         sampler=make_sampler(sampler, seed), study_name=settings.name,
         storage=make_storage(storage_location) if storage_location else None, seed=seed,
     )

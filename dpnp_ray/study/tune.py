@@ -16,7 +16,7 @@ from ..config import ConfigError, ExperimentConfig
 from ..provenance import provenance, redact
 from ..ray_train import Scaling, make_trainer, read_final_record
 from .cluster import DRIVER_CPU
-from .records import export, read_record, record_path, write_record
+from .records import export, model_path, read_record, record_path, write_record
 from .settings import StudyError, StudySettings
 
 #: variant name -> config overrides; ablation studies pass theirs, a search has none
@@ -71,7 +71,9 @@ def run_trial(params: dict[str, Any], *, study: str, study_dir: str, train_stora
     record: dict[str, Any] = {"study": study, "trial_id": trial_id, "variant": variant, "seed": cfg.seed,
                               "study_kind": kind, "config": cfg.to_dict(), "params": params,
                               "started_at": started}
-    trainer = make_trainer(cfg, scale, run_name=f"{study}-{trial_id}", storage_path=train_storage)
+    trainer = make_trainer(cfg, scale, run_name=f"{study}-{trial_id}", storage_path=train_storage,
+                           model_dir=model_path(study_dir, trial_id),
+                           trial={"study": study, "trial_id": trial_id, "variant": variant, "seed": cfg.seed})
     try:
         result = trainer.fit()
         record.update(read_final_record(result))
