@@ -214,3 +214,20 @@ def test_config_file_forms(tmp_path):
         config_from_file(str(tmp_path / "list.yaml"))
     with pytest.raises(ConfigError, match="cannot read"):
         config_from_file(str(tmp_path / "missing.yaml"))
+
+
+def test_report_shows_the_study_file_and_command(ablation, tmp_path):
+    import analysis.report
+    from analysis.report import build_report
+
+    from .test_analysis import ablation_tables, write_study
+
+    assert analysis.report.STUDY_FILE == STUDY_FILE
+    recipe = resolve(ablation, "ablation", "--storage", str(tmp_path), "--name", "abl", "--set", "lr=0.125")
+    write_study(tmp_path / "abl", ablation_tables(), only=("trials",))
+    html = build_report(tmp_path / "abl", log=None).read_text()
+    assert "no study.yaml in the study directory" in html
+    recipe.record()
+    html = build_report(tmp_path / "abl", log=None).read_text()
+    assert "Study definition (study.yaml)" in html and "lr: 0.125" in html
+    assert "--set lr=0.125" in html  # the command line, as given
