@@ -6,6 +6,7 @@
     tune            the Tune glue: one trial, the Tuner, recording and exporting when a study ends
     ablation_grid   the ablation variants and `run_ablation`
     optuna_search   the Optuna search space, samplers and `run_search`
+    recipe          study files: resolution (defaults, --config, flags), study.yaml, --resume growth, best configs
 
 `dpnp_ray.study.export(<study dir>)` rebuilds a study's Parquet tables from its trial records.
 """
