@@ -194,7 +194,9 @@ def resolve_study(parser: argparse.ArgumentParser, kind: str, *, defaults: dict[
         recorded = read_yaml(location, "recorded study", missing_ok=True)
         if recorded is not None:
             recorded = _check_recorded(recorded, kind, location)
-    study = _merge(flag_defaults, defaults, recorded, file, flags) if recorded is not None else fresh
+    study = fresh
+    if recorded is not None:  # the record is the base; where it lies is where the study is, moved or not
+        study = _merge(flag_defaults, defaults, recorded, file, flags, {k: fresh[k] for k in ("name", "storage")})
     study["config"] = _full_config(study.get("config") or {})
     study = _ordered(study, kind)
     _check(study, kind)
