@@ -37,6 +37,7 @@ OPTIONAL_TABLES = ("epochs", "evals", "corruptions", "geometry", "masking", "par
 PROVENANCE_COLUMNS = ("code_version", "torch_version", "ray_version", "optuna_version", "python_version",
                       "aa_version", "hardware", "platform", "num_workers", "use_gpu")
 NO_VARIANT = "(no variant)"
+STUDY_FILE = "study.yaml"  # dpnp_ray.study.recipe.STUDY_FILE; importing that module would import torch
 BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 
 
@@ -56,6 +57,7 @@ class Study:
     masking: pd.DataFrame | None = None
     pareto: pd.DataFrame | None = None
     optuna_storage: str | None = None  # the search's Optuna storage; None: <directory>/optuna.journal
+    recipe: str | None = None  # study.yaml: the resolved study and its command line, when the study wrote one
 
     @property
     def name(self) -> str:
@@ -106,7 +108,9 @@ def load_study(directory: str | Path, optuna_storage: str | None = None) -> Stud
     if trials.empty:
         raise ResultsError(f"{directory / 'trials.parquet'}: no trials recorded yet; nothing to report")
     tables = {t: _named_variants(read_table(directory, t, required=False)) for t in OPTIONAL_TABLES}
-    return Study(directory, _named_variants(trials), **tables, optuna_storage=optuna_storage)
+    recipe = directory / STUDY_FILE
+    return Study(directory, _named_variants(trials), **tables, optuna_storage=optuna_storage,
+                 recipe=recipe.read_text(encoding="utf-8") if recipe.is_file() else None)
 
 
 def _named_variants(frame: pd.DataFrame | None) -> pd.DataFrame | None:
@@ -377,10 +381,27 @@ def render_html(study: Study, drawn: Figures) -> str:
 {_table_html(provenance_table(study))}
 <h3>Config fields that vary between trials</h3>{_table_html(varied)}
 <details><summary>Config fields shared by every trial ({len(fixed)})</summary>{_table_html(fixed)}</details>
+{recipe_html(study.recipe)}
 </section>
 {''.join(sections)}
 </body></html>
 """
+
+
+def recipe_html(recipe: str | None) -> str:
+    """The study's command line and its study.yaml (what reruns it), or a note that it has none."""
+    if recipe is None:
+        return f"<p class='note'>no {STUDY_FILE} in the study directory (studies/*.py write one)</p>"
+    import yaml
+
+    try:
+        command = (yaml.safe_load(recipe) or {}).get("command")
+    except (yaml.YAMLError, AttributeError):
+        command = None
+    shown = f"<p>Command: <code>{html.escape(str(command))}</code></p>" if command else ""
+    return (f"<h3>Study definition ({STUDY_FILE})</h3>{shown}<details><summary>The resolved study: defaults, "
+            f"--config file and flags (rerun it with --config {STUDY_FILE})</summary>"
+            f"<pre class='recipe'>{html.escape(recipe)}</pre></details>")
 
 
 # ------------------------------------------------------------------ PNG export

@@ -10,7 +10,7 @@ import textwrap
 from dataclasses import fields
 from typing import Any, Callable
 
-from .config import ConfigError, ExperimentConfig, field_choices, parse_assignments
+from .config import ConfigError, ExperimentConfig, field_choices
 from .ray_train import Scaling
 from .study.settings import StudySettings
 
@@ -51,6 +51,9 @@ def add_common_flags(parser: argparse.ArgumentParser, default_name: str,
     """The flags both studies share; `defaults` are the study's config defaults, shown in --help."""
     defaults = {**{f.name: getattr(ExperimentConfig(), f.name) for f in fields(ExperimentConfig)}, **(defaults or {})}
     choices = field_choices()
+    parser.add_argument("--config", metavar="STUDY.yaml",
+                        help="a study file holding what these flags hold (dpnp_ray/study/recipe.py); flags override "
+                             "it. <storage>/<name>/study.yaml is one: the resolved study, written before training")
     g = parser.add_argument_group("where and how trials run")
     g.add_argument("--cluster", action="store_true",
                    help="attach to the running Ray cluster (ray.init(address='auto')) instead of a local instance")
@@ -85,17 +88,6 @@ def add_common_flags(parser: argparse.ArgumentParser, default_name: str,
     c.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                    help="any other config field, e.g. --set lambda_ppa=0.2 eps_schedule=linear eps_warmup_epochs=5; "
                         "every field and its default is listed below")
-
-
-def base_config(args: argparse.Namespace, defaults: dict[str, Any]) -> dict[str, Any]:
-    base = dict(defaults)
-    for flag, field in (("dataset", "dataset"), ("model", "model"), ("epochs", "epochs"),
-                        ("data_root", "data_root"), ("eval_suite", "eval_suite")):
-        value = getattr(args, flag)
-        if value is not None:
-            base[field] = value
-    base.update(parse_assignments(args.set))
-    return base
 
 
 def scaling(args: argparse.Namespace) -> Scaling:

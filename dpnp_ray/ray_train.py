@@ -9,7 +9,8 @@ A trial's status is decided here, once, and written into that record: `completed
 (training or evaluation failed) or `stopped` (the scheduler asked it to stop: a file at the
 loop's `stop_request` location, looked at after every epoch). Every report after an epoch
 carries `epochs_done`, the scheduler's time attribute; the final report does not, so no
-scheduler can act on it.
+scheduler can act on it. Before that report rank 0 exports the selected model (model_export.py) to the trial's
+`model_dir`, in the study's storage, so every completed trial has its model.
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
 
     from .experiment import run_experiment
+    from .model_export import export_model
     from .training_loop import ConsoleLog, NonFiniteLossError
 
     # Ray Train logs some of its INFO messages (every report) through loggers its LoggingConfig does not filter
@@ -152,6 +154,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                               "use_gpu": device.type == "cuda", **provenance(str(device))}
     try:
         result = run_experiment(cfg, env=env, resume=resume, on_epoch=on_epoch, log=log)
+        if rank == 0 and loop_config.get("model_dir"):
+            export_model(loop_config["model_dir"], result.train.net, result.config, result.train.info,
+                         metrics=result.summary, trial=loop_config.get("trial"))
         record.update(summary=result.summary, history=result.train.history, evals=result.evals,
                       corruptions=result.corruptions, geometry=result.geometry, masking=result.masking)
     except StopRequested:
@@ -205,12 +210,13 @@ def _json_default(value: Any) -> Any:
 
 def make_trainer(cfg: ExperimentConfig, scaling: Scaling, *, run_name: str, storage_path: str,
                  in_tune: bool = True, stop_request: str | None = None, log_level: str = "WARNING",
-                 progress_every_s: float = 0.0):
+                 progress_every_s: float = 0.0, model_dir: str | None = None, trial: dict[str, Any] | None = None):
     """A TorchTrainer for one trial. A fixed `run_name` lets a relaunched trial find its checkpoints;
     the trial stops after the epoch at which a file appears at `stop_request` (see StopRequested).
 
     `log_level` filters Ray Train's own messages (worker group start, every report and checkpoint);
-    `progress_every_s` > 0 adds a progress line inside epochs at most that often.
+    `progress_every_s` > 0 adds a progress line inside epochs at most that often. With `model_dir`,
+    rank 0 exports the selected model there, labelled with `trial` (study, trial_id, ...).
     """
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -227,7 +233,7 @@ def make_trainer(cfg: ExperimentConfig, scaling: Scaling, *, run_name: str, stor
         train_loop_per_worker,
         train_loop_config={"experiment": cfg.to_dict(), "threads": max(1, int(scaling.cpus_per_worker)),
                            "stop_request": stop_request, "progress_every_s": progress_every_s,
-                           "log_level": log_level},
+                           "log_level": log_level, "model_dir": model_dir, "trial": trial},
         scaling_config=ray.train.ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(

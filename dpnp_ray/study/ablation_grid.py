@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from ..registry import Registry
 from . import preflight
@@ -40,9 +40,11 @@ def variant_overrides() -> dict[str, dict[str, Any]]:
     return {name: ABLATION_VARIANTS.get(name).overrides for name in ABLATION_VARIANTS}
 
 
-def run_ablation(base: dict[str, Any], variants: list[str], seeds: list[int],
-                 settings: StudySettings) -> dict[str, str]:
-    """The ablation grid: every variant x seed, as a Ray Tune grid. Returns the Parquet locations."""
+def run_ablation(base: dict[str, Any], variants: list[str], seeds: list[int], settings: StudySettings, *,
+                 before_training: Callable[[], Any] | None = None) -> dict[str, str]:
+    """The ablation grid: every variant x seed, as a Ray Tune grid. Returns the Parquet locations.
+
+    `before_training` runs once the inputs passed the preflight, before any trial (e.g. writing study.yaml)."""
     from ray import tune
 
     unknown = [v for v in variants if v not in ABLATION_VARIANTS]
@@ -57,6 +59,8 @@ def run_ablation(base: dict[str, Any], variants: list[str], seeds: list[int],
     settings = prepare(settings)
     if settings.cluster or settings.address:
         preflight.check_data_on_nodes(configs)
+    if before_training is not None:
+        before_training()
     concurrent = plan_concurrency(settings.scaling, settings.max_concurrent)
     grid = {"variant": tune.grid_search(list(variants)), "seed": tune.grid_search(list(seeds))}
     tuner = build_tuner(settings, base, "ablation", variant_overrides=overrides, param_space=grid,

@@ -178,8 +178,13 @@ class _DefineByRun:
 
 def run_search(base: dict[str, Any], settings: StudySettings, *, trials: int, space: SearchSpace = SearchSpace(),
                sampler: str = "tpe", objective: str = "multi", scheduler: str = "asha", seed: int = 0,
-               optuna_storage: str | None = None) -> dict[str, str]:
-    """Search, then export every table and the Pareto front. Returns the Parquet locations."""
+               optuna_storage: str | None = None, extend: bool = False,
+               before_training: Callable[[], Any] | None = None) -> dict[str, str]:
+    """Search, then export every table and the Pareto front. Returns the Parquet locations.
+    `before_training` runs once the inputs passed the preflight, before any trial (e.g. writing study.yaml).
+
+    extend: a new Tune run of `trials` more trials that continues the study's existing Optuna study
+    (growing a finished search, recipe.py); the base config is not evaluated again."""
     from ray import tune
 
     problems = []
@@ -205,12 +210,14 @@ def run_search(base: dict[str, Any], settings: StudySettings, *, trials: int, sp
     settings = prepare(settings)
     if settings.cluster or settings.address:
         preflight.check_data_on_nodes(configs)
+    if before_training is not None:
+        before_training()
     concurrent = plan_concurrency(settings.scaling, settings.max_concurrent)
     metric, mode = OBJECTIVES[objective]
     searcher = PruningAwareOptunaSearch(
         space=_DefineByRun(space, cfg.eval_eps, cfg.epochs, tuple(metric) if isinstance(metric, list) else (metric,)),
         metric=metric, mode=mode,
-        points_to_evaluate=None if settings.resume else [space.default_point(cfg)],
+        points_to_evaluate=None if settings.resume or extend else [space.default_point(cfg)],
         sampler=make_sampler(sampler, seed), study_name=settings.name, storage=storage, seed=seed,
         study=settings.name, train_storage=settings.train_storage,
     )

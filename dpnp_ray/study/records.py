@@ -1,6 +1,7 @@
 """Trial records and their export to Parquet.
 
-Each trial's whole record is `<study dir>/trials/<trial_id>.json`, written atomically. `export`
+Each trial's whole record is `<study dir>/trials/<trial_id>.json`, written atomically; a completed
+trial's selected model is `<study dir>/models/<trial_id>/` (`model_path`, written by ray_train.py). `export`
 turns those records into the Parquet tables of results.py; it runs at the end of every study and
 can be re-run at any time (one row per trial and per trial-epoch, always).
 
@@ -69,6 +70,11 @@ def record_path(study_dir: str, trial_id: str) -> str:
     return results.join(study_dir, "trials", f"{trial_id}.json")
 
 
+def model_path(study_dir: str, trial_id: str) -> str:
+    """Where a completed trial's selected model is exported (model_export.py)."""
+    return results.join(study_dir, "models", trial_id)
+
+
 def read_record(path: str) -> dict[str, Any] | None:
     """The record at path, or None if there is none yet or it cannot be read."""
     try:
@@ -80,6 +86,12 @@ def read_record(path: str) -> dict[str, Any] | None:
 def write_record(study_dir: str, record: dict[str, Any]) -> None:
     """Write a trial's record atomically under its trial_id."""
     results.write_bytes_atomic(record_path(study_dir, record["trial_id"]), json.dumps(record, default=str).encode())
+
+
+def read_records(study_dir: str) -> list[dict[str, Any]]:
+    """Every readable trial record of a study, in trial_id order."""
+    paths = results.list_files(results.join(study_dir, "trials"), ".json")
+    return [r for r in (read_record(p) for p in paths) if r is not None]
 
 
 def _flatten_record(record: dict[str, Any]) -> dict[str, Any]:
@@ -111,8 +123,7 @@ def _flatten_record(record: dict[str, Any]) -> dict[str, Any]:
 
 def export(study_dir: str) -> dict[str, str]:
     """Trial records -> Parquet tables (atomically). Returns table name -> location."""
-    paths = results.list_files(results.join(study_dir, "trials"), ".json")
-    records = [r for r in (read_record(p) for p in paths) if r is not None]
+    records = read_records(study_dir)
     if not records:
         raise StudyError(f"{redact(study_dir)} has no trial records (trials/*.json); nothing to export")
     keys = lambda r: {"study": r["study"], "trial_id": r["trial_id"], "variant": r["variant"], "seed": r["seed"]}

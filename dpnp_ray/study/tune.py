@@ -26,8 +26,8 @@ from ..config import ConfigError, ExperimentConfig
 from ..provenance import provenance, redact
 from ..ray_train import Scaling, find_final_record, make_trainer, outcome_metrics, read_final_record
 from .cluster import DRIVER_CPU
-from .records import (ENDED, export, one_line_error, read_record, record_path, train_run_name, trial_id,
-                      write_error_log, write_record)
+from .records import (ENDED, export, model_path, one_line_error, read_record, record_path, train_run_name,
+                      trial_id, write_error_log, write_record)
 from .settings import StudyError, StudySettings
 
 #: variant name -> config overrides; ablation studies pass theirs, a search has none
@@ -141,7 +141,9 @@ def run_trial(params: dict[str, Any], *, context: StudyContext, log_level: str =
     stop_request = stop_request_path(context.study_dir, spec.trial_id) if context.kind == "search" else None
     trainer = make_trainer(spec.cfg, Scaling(**context.scaling), run_name=run_name,
                            storage_path=context.train_storage, stop_request=stop_request, log_level=log_level,
-                           progress_every_s=progress_every_s)
+                           progress_every_s=progress_every_s, model_dir=model_path(context.study_dir, spec.trial_id),
+                           trial={"study": context.study, "trial_id": spec.trial_id, "variant": spec.variant,
+                                  "seed": spec.cfg.seed})
     try:
         record.update(read_final_record(trainer.fit()))
     except Exception as exc:  # Train gave up (worker failures beyond max_failures): record, let the study go on
