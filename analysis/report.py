@@ -130,7 +130,8 @@ def _objective_specs() -> list[FigureSpec]:
 FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("ablation_bars", "Accuracy per variant",
                "Clean, PGD, CW-inf, AutoAttack, per-point worst case over every attack (worst_case_acc) and "
-               "corruption accuracy of each variant: mean over seeds with a 95% t-interval (mean ± t·s/√n).", lambda s: figures.ablation_bars(s.trials), ("ablation",)),
+               "corruption accuracy of each variant: mean over seeds with a 95% t-interval (mean ± t·s/√n).",
+               lambda s: figures.ablation_bars(s.trials), ("ablation",)),
     FigureSpec("ablation_differences", "Difference from the full Adv-DPNP",
                f"Each variant minus the reference over matching seeds, with the {stats.PAIRED_TEST_NAME}; "
                "the raw and the Holm-adjusted p-value (or why there is no test) are written above each point.",
