@@ -152,11 +152,12 @@ def _objective_specs() -> list[FigureSpec]:
 
 FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("ablation_bars", "Accuracy per variant",
-               "Clean, PGD, CW-inf, AutoAttack and corruption accuracy of each variant: mean over seeds with a "
-               "95% t-interval (mean ± t·s/√n).", lambda s: figures.ablation_bars(s.trials), ("ablation",)),
+               "Clean, PGD, CW-inf, AutoAttack, per-point worst case over every attack (worst_case_acc) and "
+               "corruption accuracy of each variant: mean over seeds with a 95% t-interval (mean ± t·s/√n).",
+               lambda s: figures.ablation_bars(s.trials), ("ablation",)),
     FigureSpec("ablation_differences", "Difference from the full Adv-DPNP",
                f"Each variant minus the reference over matching seeds, with the {stats.PAIRED_TEST_NAME}; "
-               "the p-value (or why there is no test) is written above each point.",
+               "the raw and the Holm-adjusted p-value (or why there is no test) are written above each point.",
                lambda s: figures.ablation_differences(s.trials), ("ablation",)),
     FigureSpec("clean_robust", "Clean vs robust accuracy (validation objectives)",
                "Every completed trial; the Pareto front is highlighted; hover a point for its config.",
@@ -260,7 +261,8 @@ def differences_table(trials: pd.DataFrame) -> pd.DataFrame | None:
         "difference (pp)": [_pct(d) for d in table["mean_difference"]],
         "95% CI (pp)": [f"± {_pct(h)}" if math.isfinite(h) else "—" for h in table["ci_half_width"]],
         "t": [f"{t:.3f}" if math.isfinite(t) else "—" for t in table["statistic"]],
-        "p": [f"{p:.3g}" if math.isfinite(p) else "—" for p in table["p_value"]],
+        "p (raw)": [f"{p:.3g}" if math.isfinite(p) else "—" for p in table["p_value"]],
+        "p (Holm)": [f"{p:.3g}" if math.isfinite(p) else "—" for p in table["p_adjusted"]],
         "note": table["note"],
     })
 
@@ -361,6 +363,8 @@ def render_html(study: Study, drawn: Figures) -> str:
                f"{_table_html(variant_summary_table(study.trials, study.masking))}"]
     if study.kind == "ablation":
         summary.append(f"<h3>Difference from the full Adv-DPNP ({html.escape(stats.PAIRED_TEST_NAME)})</h3>"
+                       f"<p class='note'>p (Holm): {html.escape(stats.CORRECTION_NAME)}; read a difference as "
+                       "significant at level a only where p (Holm) &lt;= a.</p>"
                        + _table_html(differences_table(study.trials),
                                      "no comparison: needs a variant named 'full' or 'adv_dpnp' and another variant"))
     if study.kind == "search":
