@@ -162,13 +162,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     except StopRequested:
         # Every epoch it trained is kept; the validation accuracies are those the scheduler judged.
         last = history[-1] if history else {}
+        summary = {key: last.get(key) for key in OBJECTIVE_METRICS}
         record.update(status="stopped", error="", history=history, evals=[],
-                      summary={"val_clean_acc": last.get("val_clean_acc"), "val_robust_acc": last.get("val_robust_acc"),
-                               "epochs_run": len(history), "best_epoch": last.get("best_epoch", -1)})
+                      summary={**summary, "epochs_run": len(history), "best_epoch": last.get("best_epoch", -1)})
     except NonFiniteLossError as exc:
         # Deterministic: retrying from the checkpoint would fail the same way, so fail the trial now.
-        record.update(status="failed", error=str(exc), traceback=traceback.format_exc(), summary={},
-                      history=history, evals=[])
+        record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(),
+                      summary={}, history=history, evals=[])
     record["worker_seconds"] = time.time() - started
     record["final_metrics"] = outcome_metrics(record)
     _report_final(record, rank)

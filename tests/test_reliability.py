@@ -8,7 +8,6 @@ import math
 import os
 import signal
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -184,7 +183,8 @@ def test_one_line_error_names_the_root_cause():
 
     workers = WorkerGroupError("rank 0 and 1 failed", {1: ValueError("b"), 0: FileNotFoundError("no file x\nmore")})
     assert one_line_error(workers) == "FileNotFoundError: no file x"
-    assert one_line_error(RuntimeError("key s3://AKIA:secret@bucket/x\nline 2")) == "RuntimeError: key s3://***@bucket/x"
+    leaky = RuntimeError("key s3://AKIA:secret@bucket/x\nline 2")
+    assert one_line_error(leaky) == "RuntimeError: key s3://***@bucket/x"
 
 
 def test_a_stop_request_ends_the_trial_after_that_epoch_and_keeps_its_epochs(tmp_path, monkeypatch):
@@ -420,12 +420,21 @@ def test_driver_killed_then_resumed_finishes_without_rerunning(tmp_path):
 def test_non_finite_trial_fails_alone_and_is_recorded(tmp_path):
     # An enormous PPA weight overflows the Adv-DPNP loss at step 0; the PGD-AT baseline has no PPA term.
     proc = run_script("ablation.py", "--smoke", "--variants", "full", "pgd_at", "--storage", str(tmp_path),
-                      "--name", "nan", "--set", "lambda_ppa=1e38", "eval_suite=basic")
+                      "--name", "nan", "--set", "lambda_ppa=1e38", "eval_suite=basic", check=False)
     trials = results.read_table(tmp_path / "nan", "trials").set_index("variant")
     assert trials.loc["full", "status"] == "failed"
     assert "epoch 0, step" in trials.loc["full", "error"] and "non-finite" in trials.loc["full", "error"]
+    assert "\n" not in trials.loc["full", "error"]
+    log = Path(trials.loc["full", "error_log"])
+    assert log.parent == tmp_path / "nan" / "logs" and "Traceback" in log.read_text()
     assert trials.loc["pgd_at", "status"] == "completed" and trials.loc["pgd_at", "clean_acc"] > 0.5
+    assert trials.loc["pgd_at", "error_log"] == ""
     assert "failed" in proc.stdout
+    # the tables are written, then the exit status says a trial failed, with its error once and its log
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "1 of 2 trial(s) failed:" in proc.stderr
+    assert sum(trials.loc["full", "error"] in line for line in proc.stderr.splitlines()) == 1
+    assert f"full log: {log}" in proc.stderr
 
 
 @pytest.mark.ray

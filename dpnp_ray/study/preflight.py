@@ -84,12 +84,13 @@ def data_problems(configs: list[ExperimentConfig], where: str = "") -> list[str]
 
     problems = []
     for cfg in {_data_key(c): c for c in configs}.values():
-        try:
-            load_data(cfg)
-            check_inputs(cfg)
-        except (OSError, ValueError, RuntimeError) as exc:  # DataError is a ValueError
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            problems.append(redact(f"--data-root {cfg.data_root!r} (dataset {cfg.dataset}){where}: {message}"))
+        for field, check in ((f"--data-root {cfg.data_root!r} (dataset {cfg.dataset}){where}: ", load_data),
+                             (f"evaluation inputs{where}: ", check_inputs)):  # its message names the field
+            try:
+                check(cfg)
+            except (OSError, ValueError, RuntimeError) as exc:  # DataError is a ValueError
+                message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                problems.append(redact(field + message))
     return problems
 
 

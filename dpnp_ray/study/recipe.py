@@ -289,8 +289,7 @@ def _check(study: dict[str, Any], kind: str) -> None:
     if unknown:
         problems.append(f"scaling: unknown key(s) {', '.join(unknown)}; allowed {', '.join(SCALING_KEYS)}")
     if kind == "ablation":
-        from .ablation_grid import ABLATION_VARIANTS, variant_overrides
-        from .tune import validate_configs
+        from .ablation_grid import ABLATION_VARIANTS
 
         variants, seeds = study["variants"], study["seeds"]
         if not isinstance(variants, list) or not variants or any(v not in ABLATION_VARIANTS for v in variants):
@@ -299,11 +298,8 @@ def _check(study: dict[str, Any], kind: str) -> None:
             problems.append(f"seeds {seeds!r}: a non-empty list of integers >= 0")
         if problems:
             raise StudyError("invalid study:\n  - " + "\n  - ".join(problems))
-        overrides = variant_overrides()
-        validate_configs(study["config"], [{**overrides[v], "seed": s} for v in variants for s in seeds])
-        return
+        return  # every trial's config is checked by run_ablation's preflight, with the other inputs
     from .optuna_search import SearchSpace
-    from .tune import validate_configs
 
     # trials, sampler, objective, scheduler and sampler_seed are checked with the other inputs by
     # run_search's preflight, which names the flag and reports every problem at once.
@@ -321,8 +317,7 @@ def _check(study: dict[str, Any], kind: str) -> None:
             problems.append(f"space.{key} {value!r}: [low, high] with 0 < low <= high")
     if problems:
         raise StudyError("invalid study:\n  - " + "\n  - ".join(problems))
-    space = _search_space(study["space"])
-    validate_configs(study["config"], [space.default_point(ExperimentConfig.from_dict(study["config"]))])
+    # the configs of the search (base and its default point) are checked by run_search's preflight
 
 
 def _search_space(space: dict[str, Any]):

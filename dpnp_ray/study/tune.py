@@ -38,18 +38,6 @@ class StudyInterrupted(StudyError):
     """The study stopped before every trial ended (Ctrl-C); its results so far are exported."""
 
 
-def validate_configs(base: dict[str, Any], overrides: list[dict[str, Any]]) -> None:
-    """Every trial's config (base plus one entry of overrides) must validate before anything starts."""
-    problems = []
-    for extra in overrides:
-        try:
-            ExperimentConfig.from_dict({**base, **extra})
-        except ConfigError as exc:
-            problems.extend(p for p in exc.problems if p not in problems)
-    if problems:
-        raise ConfigError(problems)
-
-
 @dataclass(frozen=True)
 class TrialSpec:
     """One trial as Tune chose it: its id (None if Tune's config does not name it), variant ("search" in a
