@@ -28,6 +28,9 @@ def add_common_flags(parser: argparse.ArgumentParser, default_name: str) -> None
     g.add_argument("--name", default=default_name, help="study name: results go to <storage>/<name>/")
     g.add_argument("--resume", action="store_true", help="continue the study <storage>/<name> after an interruption")
     g.add_argument("--local-cpus", type=int, default=None, help="size of the local Ray instance (default: all cores)")
+    g.add_argument("--dry-run", action="store_true",
+                   help="print the plan (trials, what each holds, how many at once, estimated wall time and "
+                        "device-hours) and exit without training")
     c = parser.add_argument_group("experiment config")
     c.add_argument("--dataset", default=None, help="digits (default, offline), cifar10, cifar100, svhn")
     c.add_argument("--model", default=None, help="small_cnn, resnet18, preact_resnet18, wrn_34_10")

@@ -2,6 +2,7 @@
 
     python studies/ablation.py                       # all variants, 3 seeds, digits, local Ray
     python studies/ablation.py --smoke               # 2 variants, 1 seed, 2 epochs: a few minutes on 2 CPUs
+    python studies/ablation.py --dry-run             # the plan and its estimated bill; trains nothing
     python studies/ablation.py --cluster --dataset cifar10 --model resnet18 --epochs 100 \
         --workers 2 --gpus-per-worker 1 --storage s3://bucket/studies --seeds 0 1 2
 Results: <storage>/<name>/{trials,epochs,evals,...}.parquet (schema in README.md).
@@ -16,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from dpnp_ray import results
 from dpnp_ray.cli import add_common_flags, base_config, console_summary, print_locations, run_cli, study_settings
 from dpnp_ray.study.ablation_grid import ABLATION_VARIANTS, DEFAULT_VARIANTS, run_ablation
+from dpnp_ray.study.plan import plan_ablation
 
 # The ablation's defaults on digits: small enough for a laptop, large enough to separate variants.
 DEFAULTS = {"dataset": "digits", "model": "small_cnn", "epochs": 8, "lr": 0.05, "batch_size": 64}
@@ -38,6 +40,9 @@ def main() -> int:
     variants = args.variants or (SMOKE_VARIANTS if args.smoke else list(DEFAULT_VARIANTS))
     seeds = args.seeds or ([0] if args.smoke else [0, 1, 2])
     settings = study_settings(args)
+    if args.dry_run:
+        print(plan_ablation(base, variants, seeds, settings).format())
+        return 0
     written = run_ablation(base, variants, seeds, settings)
     trials = results.read_table(Path(written["trials"]).parent, "trials")
     print("\n" + console_summary(trials))

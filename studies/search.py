@@ -2,6 +2,7 @@
 
     python studies/search.py --trials 20                     # digits, TPE, both objectives, ASHA
     python studies/search.py --trials 4 --epochs 2 --smoke   # a tiny search, a few minutes on 2 CPUs
+    python studies/search.py --trials 64 --dry-run           # the plan and its estimated bill; trains nothing
     python studies/search.py --cluster --dataset cifar10 --model resnet18 --epochs 30 --trials 64 \
         --gpus-per-worker 1 --optuna-storage postgresql://user@db/optuna --storage s3://bucket/studies
 Maximizes validation clean and validation robust accuracy (Pareto front in pareto.parquet);
@@ -17,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from dpnp_ray import results
 from dpnp_ray.cli import add_common_flags, base_config, console_summary, print_locations, run_cli, study_settings
 from dpnp_ray.study.optuna_search import OBJECTIVES, SAMPLERS, SearchSpace, run_search
+from dpnp_ray.study.plan import plan_search
 
 DEFAULTS = {"dataset": "digits", "model": "small_cnn", "epochs": 8, "lr": 0.05, "batch_size": 64,
             "eval_suite": "basic"}
@@ -41,6 +43,9 @@ def main() -> int:
 
     base = base_config(args, {**DEFAULTS, **(SMOKE if args.smoke else {})})
     settings = study_settings(args)
+    if args.dry_run:
+        print(plan_search(base, settings, trials=args.trials, scheduler=args.scheduler).format())
+        return 0
     written = run_search(base, settings, trials=args.trials, space=SearchSpace(search_switches=not args.no_switches),
                          sampler=args.sampler, objective=args.objective, scheduler=args.scheduler, seed=args.seed,
                          optuna_storage=args.optuna_storage)

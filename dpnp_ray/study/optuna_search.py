@@ -75,6 +75,22 @@ class SearchSpace:
         return point
 
 
+@dataclass(frozen=True)
+class AshaSettings:
+    """ASHA early stopping as run_search uses it (Tune's AsyncHyperBandScheduler, time_attr "epoch")."""
+
+    grace_period: int
+    reduction_factor: float
+    max_t: int
+    metric: str = "val_robust_acc"  # one scalar, even when the search has two objectives
+
+
+def asha_settings(epochs: int) -> AshaSettings:
+    """Epochs count from 0, so max_t = epochs is never reached: ASHA only stops trials at its rungs,
+    and every trial that survives them finishes its last epoch and its test evaluation."""
+    return AshaSettings(grace_period=max(1, epochs // 4), reduction_factor=2, max_t=epochs)
+
+
 SAMPLERS: Registry[Callable[[int], optuna.samplers.BaseSampler]] = Registry("sampler")
 """name -> factory(seed) of the Optuna sampler (--sampler)."""
 SAMPLERS.register("tpe")(lambda seed: optuna.samplers.TPESampler(multivariate=True, group=True, seed=seed))
@@ -156,12 +172,10 @@ def run_search(base: dict[str, Any], settings: StudySettings, *, trials: int, sp
     )
     asha = None
     if scheduler == "asha":
-        # Early stopping watches one scalar: the robust accuracy on the validation split.
-        # Epochs count from 0, so max_t = epochs is never reached: ASHA only stops trials at its rungs,
-        # and every trial that survives them finishes its last epoch and its test evaluation.
-        asha = ASHAScheduler(time_attr="epoch", max_t=cfg.epochs, grace_period=max(1, cfg.epochs // 4),
-                             reduction_factor=2, stop_last_trials=False,
-                             **({"metric": "val_robust_acc", "mode": "max"} if isinstance(metric, list) else {}))
+        rule = asha_settings(cfg.epochs)
+        asha = ASHAScheduler(time_attr="epoch", max_t=rule.max_t, grace_period=rule.grace_period,
+                             reduction_factor=rule.reduction_factor, stop_last_trials=False,
+                             **({"metric": rule.metric, "mode": "max"} if isinstance(metric, list) else {}))
     single = not isinstance(metric, list)
     tune_config = tune.TuneConfig(search_alg=searcher, scheduler=asha, num_samples=trials,
                                   max_concurrent_trials=concurrent,

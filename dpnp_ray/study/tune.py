@@ -15,7 +15,7 @@ from .. import results
 from ..config import ConfigError, ExperimentConfig
 from ..provenance import provenance, redact
 from ..ray_train import Scaling, make_trainer, read_final_record
-from .cluster import DRIVER_CPU
+from .cluster import alive_nodes, driver_request
 from .records import export, read_record, record_path, write_record
 from .settings import StudyError, StudySettings
 
@@ -92,7 +92,7 @@ def build_tuner(settings: StudySettings, base: dict[str, Any], kind: str, *,
     bound = tune.with_parameters(run_trial, study=settings.name, study_dir=settings.directory,
                                  train_storage=settings.train_storage, base=base, scaling=asdict(settings.scaling),
                                  kind=kind, variant_overrides=variant_overrides or {})
-    bound = tune.with_resources(bound, {"CPU": DRIVER_CPU})
+    bound = tune.with_resources(bound, driver_request(alive_nodes()))
     experiment_path = results.join(settings.storage, settings.name)
     if settings.resume:
         if not tune.Tuner.can_restore(experiment_path):
