@@ -85,14 +85,19 @@ def test_trial_cost_and_seconds_by_hand():
 
 
 def test_asha_rungs_and_expected_epochs_by_hand():
-    # Tune's rungs: grace x rf^j for j < int(log2(8 / 2) + 1) = 3: epochs 2, 4, 8; index 8 is never reported
-    assert plan.asha_rungs(8, 2, 2, 8) == [2, 4]
+    # Tune's rungs: grace x rf^j for j < int(log2(7 / 1) + 1) = 3: after 1, 2 and 4 epochs (max_t = 8 - 1)
+    assert plan.asha_rungs(1, 2, 7) == [1, 2, 4]
+    assert plan.asha_rungs(2, 2, 7) == [2, 4]  # int(log2(3.5) + 1) = 2
+    assert plan.asha_rungs(1, 3, 7) == [1, 3]  # int(log3(7) + 1) = 2
     expected, finished = plan.asha_expected_epochs(8, [2, 4], 2)
-    # half stop after 3 epochs (index 2), a quarter after 5, a quarter train all 8
+    # half stop at the rung after 2 epochs and train one more (the stop arrives during it), a quarter
+    # at the rung after 4 (5 epochs), a quarter train all 8
+    assert plan.STOP_LATENCY_EPOCHS == 1
     assert expected == pytest.approx(0.5 * 3 + 0.25 * 5 + 0.25 * 8)
     assert finished == pytest.approx(0.25)
     assert plan.asha_expected_epochs(8, [], 2) == (8, 1.0)
-    assert plan.asha_rungs(4, 1, 3, 4) == [1, 3]  # int(log3(4) + 1) = 2 rungs
+    expected, finished = plan.asha_expected_epochs(8, [1, 3], 3)
+    assert expected == pytest.approx(2 / 3 * 2 + 2 / 9 * 4 + 1 / 9 * 8) and finished == pytest.approx(1 / 9)
 
 
 def test_makespan_packs_trials_on_the_first_free_slot():
@@ -161,7 +166,7 @@ def test_ablation_plan_lists_the_grid_and_its_bill_without_ray(tmp_path):
     expected = (2 * 1280 * 12 + 2 * 143 * 5 + 100 * 26) * 1e-4 + plan.FIXED_TRIAL_SECONDS
     assert full.seconds == pytest.approx(expected)
     assert p.trials[2].cost.train == 2 * 1280 * 9  # PGD-AT: 2k + 3
-    assert p.wall_seconds == pytest.approx(plan.makespan([t.seconds for t in p.trials], 2))
+    assert p.wall_seconds == pytest.approx(plan.FIXED_STUDY_SECONDS + plan.makespan([t.seconds for t in p.trials], 2))
     assert p.device_hours == pytest.approx(sum(t.seconds for t in p.trials) / 3600)
     text = p.format()
     assert "trials: 6 (3 variant(s) x 2 seed(s))" in text
@@ -181,12 +186,12 @@ def test_search_plan_counts_the_asha_budget():
     from dpnp_ray.study.optuna_search import asha_settings
 
     rule = asha_settings(8)
-    epochs, finished = plan.asha_expected_epochs(8, plan.asha_rungs(8, rule.grace_period, rule.reduction_factor,
-                                                                     rule.max_t), rule.reduction_factor)
+    rungs = plan.asha_rungs(rule.grace_period, rule.reduction_factor, rule.max_t)
+    epochs, finished = plan.asha_expected_epochs(8, rungs, rule.reduction_factor)
     assert with_asha.trials[0].epochs == pytest.approx(epochs) and epochs < 8
     assert with_asha.trials[0].cost.suite == pytest.approx(finished * without.trials[0].cost.suite)
     assert with_asha.wall_seconds < without.wall_seconds
-    assert "search budget 10; ASHA decides at epoch(s)" in with_asha.format()
+    assert "search budget 10; ASHA decides after" in with_asha.format()
 
 
 def test_gpu_plan(monkeypatch):

@@ -77,18 +77,17 @@ class SearchSpace:
 
 @dataclass(frozen=True)
 class AshaSettings:
-    """ASHA early stopping as run_search uses it (Tune's AsyncHyperBandScheduler, time_attr "epoch")."""
+    """ASHA early stopping as run_search uses it (Tune's AsyncHyperBandScheduler), in epochs done."""
 
-    grace_period: int
-    reduction_factor: float
-    max_t: int
+    grace_period: int  # the first rung
+    reduction_factor: float  # each rung keeps 1 / reduction_factor of the trials that reach it
+    max_t: int  # epochs - 1: no rung at the last epoch, whose stop would only skip the test evaluation
     metric: str = "val_robust_acc"  # one scalar, even when the search has two objectives
 
 
 def asha_settings(epochs: int) -> AshaSettings:
-    """Epochs count from 0, so max_t = epochs is never reached: ASHA only stops trials at its rungs,
-    and every trial that survives them finishes its last epoch and its test evaluation."""
-    return AshaSettings(grace_period=max(1, epochs // 4), reduction_factor=2, max_t=epochs)
+    """The scheduler settings of a search of `epochs` epochs (bench/asha.py measures them)."""
+    return AshaSettings(grace_period=max(1, min(epochs // 4, epochs - 1)), reduction_factor=2, max_t=epochs - 1)
 
 
 SAMPLERS: Registry[Callable[[int], optuna.samplers.BaseSampler]] = Registry("sampler")
@@ -171,9 +170,10 @@ def run_search(base: dict[str, Any], settings: StudySettings, *, trials: int, sp
         storage=make_storage(storage_location) if storage_location else None, seed=seed,
     )
     asha = None
-    if scheduler == "asha":
+    if scheduler == "asha" and cfg.epochs >= 2:
+        # Tune counts one iteration per report, one report per epoch: iterations are epochs done.
         rule = asha_settings(cfg.epochs)
-        asha = ASHAScheduler(time_attr="epoch", max_t=rule.max_t, grace_period=rule.grace_period,
+        asha = ASHAScheduler(time_attr="training_iteration", max_t=rule.max_t, grace_period=rule.grace_period,
                              reduction_factor=rule.reduction_factor, stop_last_trials=False,
                              **({"metric": rule.metric, "mode": "max"} if isinstance(metric, list) else {}))
     single = not isinstance(metric, list)

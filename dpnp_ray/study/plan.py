@@ -13,7 +13,7 @@ Seconds per FE come from timing a few training steps and one evaluation PGD batc
 real model in this process (no Ray): `calibrate`. A trial's seconds = its training FE x the
 training rate + its validation and test-suite FE x the evaluation rate, divided by its workers,
 plus FIXED_TRIAL_SECONDS (start-up and tear-down through Ray Tune + Ray Train). The wall time packs
-the trials into the concurrent slots in order (`makespan`).
+the trials into the concurrent slots in order (`makespan`), plus FIXED_STUDY_SECONDS.
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ points under PGD; points already broken (misclassified clean points first) cost 
 FIXED_TRIAL_SECONDS = 12.0
 """Start-up plus tear-down of one trial (Tune trial, Train controller and workers, process group,
 imports), measured by bench/ray_overhead.py on a 2-core CPU machine (bench/README.md)."""
+
+FIXED_STUDY_SECONDS = 20.0
+"""Once per study: starting the local Ray instance and the Tuner, exporting the tables at the end."""
 
 OFFICIAL_SIZES = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000), "svhn": (73_257, 26_032)}
 """(official train, test) sizes, used when the data are not on this machine (only on the cluster's nodes)."""
@@ -178,22 +181,25 @@ def trial_cost(cfg: ExperimentConfig, sizes: SplitSizes, workers: int, epochs: f
 # ---------------------------------------------------------------------------------- early stopping
 
 
-def asha_rungs(epochs: int, grace_period: float, reduction_factor: float, max_t: float) -> list[float]:
-    """The epoch indices at which ASHA (time_attr "epoch", counted from 0; one bracket) decides, as
-    Ray Tune's AsyncHyperBandScheduler builds them: grace x rf^j for j < int(log_rf(max_t / grace) + 1),
-    and only those a trial reaches (<= epochs - 1)."""
+STOP_LATENCY_EPOCHS = 1
+"""A stop decided on an epoch's report reaches the trial while it trains the next epoch: a trial
+stopped at a rung of m epochs done pays for m + 1."""
+
+
+def asha_rungs(grace_period: float, reduction_factor: float, max_t: float) -> list[float]:
+    """The epochs done at which ASHA decides (one bracket), as Tune's AsyncHyperBandScheduler builds
+    them: grace x rf^j for j < int(log_rf(max_t / grace) + 1), those a trial reaches (<= max_t)."""
     count = int(math.log(max_t / grace_period) / math.log(reduction_factor) + 1)
-    return [grace_period * reduction_factor ** j for j in range(count)
-            if grace_period * reduction_factor ** j <= epochs - 1]
+    return [grace_period * reduction_factor ** j for j in range(count) if grace_period * reduction_factor ** j <= max_t]
 
 
 def asha_expected_epochs(epochs: int, rungs: list[float], reduction_factor: float) -> tuple[float, float]:
     """(expected epochs a trial trains, chance it finishes) when each rung keeps 1 / rf of the trials
-    that reach it; a trial stopped at the rung of epoch index e has trained e + 1 epochs."""
+    that reach it; a trial stopped at the rung of m epochs done trains m + STOP_LATENCY_EPOCHS."""
     expected, reach = 0.0, 1.0
     for rung in sorted(rungs):
         stopped = reach * (1 - 1 / reduction_factor)
-        expected += stopped * (math.floor(rung) + 1)
+        expected += stopped * min(epochs, math.floor(rung) + STOP_LATENCY_EPOCHS)
         reach -= stopped
     return expected + reach * epochs, reach
 
@@ -307,7 +313,7 @@ class Plan:
 
     @property
     def wall_seconds(self) -> float:
-        return makespan([t.seconds for t in self.trials], self.concurrent)
+        return FIXED_STUDY_SECONDS + makespan([t.seconds for t in self.trials], self.concurrent)
 
     @property
     def device_hours(self) -> float:
@@ -341,8 +347,8 @@ class Plan:
         lines += [
             "",
             f"estimate: wall {_duration(self.wall_seconds)}, {self.device_hours:.3g} {unit}-hours "
-            f"(incl. {FIXED_TRIAL_SECONDS:g} s start-up + tear-down per trial; attacks at {SURVIVAL:g} of "
-            "their length, docs/evaluation.md#cost-model)",
+            f"(incl. {FIXED_TRIAL_SECONDS:g} s start-up + tear-down per trial and {FIXED_STUDY_SECONDS:g} s per "
+            f"study; attacks at {SURVIVAL:g} of their length, docs/evaluation.md#cost-model)",
         ]
         lines += [f"note: {n}" for n in self.notes[1:]]
         return "\n".join(lines)
@@ -426,9 +432,9 @@ def plan_search(base: dict[str, Any], settings: StudySettings, *, trials: int, s
     notes = [f"search budget {trials}"]
     if scheduler == "asha":
         asha = asha_settings(cfg.epochs)
-        rungs = asha_rungs(cfg.epochs, asha.grace_period, asha.reduction_factor, asha.max_t)
+        rungs = asha_rungs(asha.grace_period, asha.reduction_factor, asha.max_t) if cfg.epochs >= 2 else []
         epochs, evaluated = asha_expected_epochs(cfg.epochs, rungs, asha.reduction_factor)
-        notes[0] += (f"; ASHA decides at epoch(s) {', '.join(f'{r:g}' for r in rungs) or 'none'} keeping 1/"
+        notes[0] += (f"; ASHA decides after {', '.join(f'{r:g}' for r in rungs) or 'no'} epoch(s) keeping 1/"
                      f"{asha.reduction_factor:g}: about {epochs:.3g} of {cfg.epochs} epochs per trial")
     named = [(f"trial {i}", cfg, epochs, evaluated) for i in range(trials)]
     return _make_plan("search", named, settings, calibration, notes)

@@ -7,6 +7,7 @@ driver wrote nothing and exports the Parquet tables.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict
 from typing import Any
@@ -21,6 +22,11 @@ from .settings import StudyError, StudySettings
 
 #: variant name -> config overrides; ablation studies pass theirs, a search has none
 VariantOverrides = dict[str, dict[str, Any]]
+
+REUSE_TRIAL_DRIVERS = True
+"""Tune keeps a finished trial's driver actor for the next trial (reuse_actors): one process start
+and the driver's imports (Ray Train, torch) less per trial. A trial the scheduler stopped while its
+TorchTrainer still runs cannot be reused; Tune then ends that actor and starts a fresh one."""
 
 
 class StudyInterrupted(StudyError):
@@ -84,6 +90,11 @@ def run_trial(params: dict[str, Any], *, study: str, study_dir: str, train_stora
         _report_to_tune({"trial_status": record["status"], "epoch": -1})
 
 
+def tune_settings(tune_config):
+    """A study's TuneConfig with the settings every study shares (REUSE_TRIAL_DRIVERS)."""
+    return dataclasses.replace(tune_config, reuse_actors=REUSE_TRIAL_DRIVERS)
+
+
 def build_tuner(settings: StudySettings, base: dict[str, Any], kind: str, *,
                 variant_overrides: VariantOverrides | None = None, param_space=None, tune_config=None):
     """A Tuner running `run_trial` for every trial, or the restored one with --resume."""
@@ -102,7 +113,8 @@ def build_tuner(settings: StudySettings, base: dict[str, Any], kind: str, *,
     run_config = tune.RunConfig(name=settings.name, storage_path=settings.storage,
                                 failure_config=tune.FailureConfig(max_failures=settings.trial_retries),
                                 verbose=1)
-    return tune.Tuner(bound, param_space=param_space or {}, tune_config=tune_config, run_config=run_config)
+    return tune.Tuner(bound, param_space=param_space or {}, tune_config=tune_settings(tune_config or tune.TuneConfig()),
+                      run_config=run_config)
 
 
 def record_unfinished(grid, settings: StudySettings, base: dict[str, Any], kind: str,
