@@ -14,9 +14,13 @@ run starts its own local instance (2 CPUs; not timed) and runs --trials trials o
 through a Tuner whose trial function mirrors dpnp_ray.study.tune.run_trial: the TorchTrainer of
 dpnp_ray.ray_train.make_trainer, fit, read the final record.
 
-  before   ray.init(num_cpus=2), each trial driver holds 0.01 CPU, Ray Train's default polling
+  before   ray.init(num_cpus=2), each trial driver holds 0.01 CPU, Ray Train's default polling, no
+           actor reuse; with --before-code DIR, the code in DIR too (a checkout of an older commit:
+           `git archive <commit> | tar -x -C DIR`), which the before runs import, workers included
   after    dpnp_ray.study.cluster.connect (the local instance of a study: driver resource, the env vars
            of cluster.LOCAL_TRIAL_ENV_VARS) and the driver request and Tune settings of build_tuner
+
+Every side runs in a child process of its own (a Ray run starts and stops its own local instance).
 
 epoch seconds   the loop's own epoch time (history "epoch_seconds"): the target is ray / bare <= 1.05
 start-up        the trial's slot comes free (the Tuner starts, or the previous trial's fit() returned)
@@ -92,8 +96,6 @@ def run_ray(config: str, cfg, threads: int, trials: int, cpus: int) -> dict:
     from ray import tune
 
     from dpnp_ray.ray_train import Scaling
-    from dpnp_ray.study.cluster import DRIVER_CPU, alive_nodes, driver_request
-    from dpnp_ray.study.tune import tune_settings
 
     start_ray(config, cpus)
     with tempfile.TemporaryDirectory() as storage:
@@ -103,8 +105,11 @@ def run_ray(config: str, cfg, threads: int, trials: int, cpus: int) -> dict:
         trainable = tune.with_parameters(stamped_trial, experiment=cfg.to_dict(), scaling=vars(scaling),
                                          storage=storage, stamps=str(stamps))
         if config == "before":
-            trainable, tune_config = tune.with_resources(trainable, {"CPU": DRIVER_CPU}), tune.TuneConfig()
+            trainable, tune_config = tune.with_resources(trainable, {"CPU": 0.01}), tune.TuneConfig()
         else:
+            from dpnp_ray.study.cluster import alive_nodes, driver_request
+            from dpnp_ray.study.tune import tune_settings
+
             trainable = tune.with_resources(trainable, driver_request(alive_nodes()))
             tune_config = tune_settings(tune.TuneConfig())
         tune_config.max_concurrent_trials = 1
@@ -138,13 +143,18 @@ def run_ray(config: str, cfg, threads: int, trials: int, cpus: int) -> dict:
                ("epoch_s", "train_s", "eval_s", "cpu_s", "startup_s", "teardown_s", "fixed_s")}}
 
 
-def run_bare(threads: int) -> dict:
-    """The bare loop in a fresh process of its own, as the Ray worker is (and with the same
-    OMP_NUM_THREADS Ray gives its workers): no Ray driver threads share its process."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--bare-child"], env=env, check=True,
-                         capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+def run_child(side: str, threads: int, code: str | None) -> dict:
+    """One side in a fresh process. The bare loop gets the OMP_NUM_THREADS Ray gives its workers; a
+    side with `code` imports dpnp_ray from there (PYTHONPATH and working directory: Ray's workers too)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if side == "bare" else dict(os.environ)
+    if code:
+        env["PYTHONPATH"] = os.pathsep.join([code, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--child", side]
+                          + (["--code", code] if code else []), env=env, cwd=code or None, capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{side} run failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def bare_child(cfg, threads: int) -> dict:
@@ -173,9 +183,14 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=2, help="trials one after another in each Ray run")
     parser.add_argument("--repeats", type=int, default=1,
                         help="1: bare, before, after; 2: then after, before, bare (cancels drift); ...")
+    parser.add_argument("--before-code", default=None,
+                        help="a directory holding the code before the change (the before runs import it)")
     parser.add_argument("--json", default=None)
-    parser.add_argument("--bare-child", action="store_true", help=argparse.SUPPRESS)  # internal
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: run one side, print JSON
+    parser.add_argument("--code", default=None, help=argparse.SUPPRESS)  # internal: import dpnp_ray from here
     args = parser.parse_args()
+    if args.code:
+        sys.path.insert(0, os.path.abspath(args.code))
 
     from dpnp_ray.config import ExperimentConfig
 
@@ -183,8 +198,10 @@ def main() -> None:
         dataset=args.dataset, model=args.model, epochs=args.epochs, batch_size=args.batch, device="cpu",
         precision="fp32", train_attack_steps=args.attack_steps, val_attack_steps=args.attack_steps,
         eval_suite="basic", eval_n=args.eval_n, eval_attack_steps=2))
-    if args.bare_child:
-        print(json.dumps(bare_child(cfg, args.threads)))
+    if args.child:
+        row = bare_child(cfg, args.threads) if args.child == "bare" else \
+            run_ray(args.child, cfg, args.threads, args.trials, args.cpus)
+        print(json.dumps(row, default=str))
         return
 
     order: list[str] = []
@@ -192,7 +209,7 @@ def main() -> None:
         order += ["bare", "before", "after"] if r % 2 == 0 else ["after", "before", "bare"]
     runs = []
     for run, side in enumerate(order):
-        row = run_bare(args.threads) if side == "bare" else run_ray(side, cfg, args.threads, args.trials, args.cpus)
+        row = run_child(side, args.threads, args.before_code if side == "before" else None)
         row["run"] = run
         runs.append(row)
         per_trial = " ".join(f"{t['fixed_s']:.1f}" for t in row.get("trials", []))
