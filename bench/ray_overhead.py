@@ -1,22 +1,34 @@
-"""What Ray Train costs: one trial through a 1-worker TorchTrainer against the bare loop.
+"""What Ray costs a trial: trials through Ray Tune + a 1-worker TorchTrainer, as a study runs them,
+against the bare loop; and the fixed cost of a trial (start-up + tear-down) with Ray's defaults
+("before") and with the study's settings ("after", dpnp_ray.study.cluster / tune).
 
-    python bench/ray_overhead.py                      # resnet18 on digits, PGD-3: 35-40 s epochs on 1 core
-    python bench/ray_overhead.py --repeats 2          # bare, ray, ray, bare (cancels drift)
+    python bench/ray_overhead.py                              # resnet18 on digits, PGD-3: 35-60 s epochs on 1 core
+    python bench/ray_overhead.py --model small_cnn --trials 3  # the fixed cost, quickly
+    python bench/ray_overhead.py --repeats 2                  # bare, before, after, after, before, bare
 
 Both sides run dpnp_ray.experiment.run_experiment (train() then the basic test suite on --eval-n
 points) on the same config with one torch thread, each in a fresh process: the bare side in a
-plain child process, the Ray side inside
-dpnp_ray.ray_train.train_loop_per_worker (reports and a checkpoint every epoch, as in a study),
-wrapped only to stamp the time it starts and ends; the TorchTrainer is built like
-dpnp_ray.ray_train.make_trainer(in_tune=False).
+plain child process, the Ray side inside dpnp_ray.ray_train.train_loop_per_worker (reports and a
+checkpoint every epoch, as in a study), wrapped only to stamp the time it starts and ends. Each Ray
+run starts its own local instance (2 CPUs; not timed) and runs --trials trials one after another
+through a Tuner whose trial function mirrors dpnp_ray.study.tune.run_trial: the TorchTrainer of
+dpnp_ray.ray_train.make_trainer, fit, read the final record.
+
+  before   ray.init(num_cpus=2), each trial driver holds 0.01 CPU, Ray Train's default polling, no
+           actor reuse; with --before-code DIR, the code in DIR too (a checkout of an older commit:
+           `git archive <commit> | tar -x -C DIR`), which the before runs import, workers included
+  after    dpnp_ray.study.cluster.connect (the local instance of a study: driver resource, the env vars
+           of cluster.LOCAL_TRIAL_ENV_VARS) and the driver request and Tune settings of build_tuner
+
+Every side runs in a child process of its own (a Ray run starts and stops its own local instance).
 
 epoch seconds   the loop's own epoch time (history "epoch_seconds"): the target is ray / bare <= 1.05
-train seconds   train() wall time, with Ray's per-epoch report + checkpoint on the Ray side
-start-up        TorchTrainer.fit() called -> the worker's loop starts (actor, process group, imports)
-tear-down       the worker's loop returns -> fit() returns
-cpu seconds     CPU time of the process that runs the trial (the Ray worker's own, with Ray's threads
-                in it), from the loop's start to its end: on a shared machine the steadier measure,
-                since time other processes take is not in it
+start-up        the trial's slot comes free (the Tuner starts, or the previous trial's fit() returned)
+                -> the worker's loop starts: Tune trial actor, driver imports, Train controller,
+                placement group, worker actor, process group, imports in every process
+tear-down       the worker's loop returns -> the trial driver's TorchTrainer.fit() returns
+fixed cost      start-up + tear-down, per trial (median over trials); the target is <= 5 s
+cpu seconds     CPU time of the process that runs the trial loop, from its start to its end
 """
 
 from __future__ import annotations
@@ -35,56 +47,114 @@ from measure import machine, median, table, write_json
 import torch
 
 
-def stamped_loop(loop_config: dict) -> None:
-    """The trial's worker function, with its start and end times written where the driver reads them."""
-    import time as _time
-    from pathlib import Path as _Path
+def _stamp(path: str, event: str) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps({"event": event, "t": time.time(), "cpu": time.process_time(), "pid": os.getpid()}) + "\n")
 
+
+def stamped_loop(loop_config: dict) -> None:
+    """The study's worker function, stamped on entry and exit."""
     from dpnp_ray.ray_train import train_loop_per_worker
 
-    stamp = _Path(loop_config["stamp"])
-    stamp.write_text(f"{_time.time()} {_time.process_time()}\n")
+    _stamp(loop_config["stamp"], "loop_entered")
     train_loop_per_worker(loop_config)
-    with stamp.open("a") as f:
-        f.write(f"{_time.time()} {_time.process_time()}\n")
+    _stamp(loop_config["stamp"], "loop_left")
 
 
-def run_ray(cfg, storage: str, threads: int, run: int) -> dict:
-    import ray.train
-    from ray.train.torch import TorchTrainer
+def stamped_trial(params: dict, *, experiment: dict, scaling: dict, storage: str, stamps: str) -> None:
+    """A Tune trial like dpnp_ray.study.tune.run_trial: one TorchTrainer run, its final record read."""
+    from dpnp_ray.config import ExperimentConfig
+    from dpnp_ray.ray_train import Scaling, make_trainer, read_final_record
 
-    from dpnp_ray.ray_train import read_final_record
-
-    stamp = Path(storage) / f"stamp_{run}.txt"
-    trainer = TorchTrainer(
-        stamped_loop,
-        train_loop_config={"experiment": cfg.to_dict(), "threads": threads, "stamp": str(stamp)},
-        scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=False, resources_per_worker={"CPU": threads}),
-        run_config=ray.train.RunConfig(name=f"ray_overhead_{run}", storage_path=storage,
-                                       failure_config=ray.train.FailureConfig(max_failures=0),
-                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
-    )
-    started = time.time()
-    result = trainer.fit()
-    ended = time.time()
-    record = read_final_record(result)
-    if record["status"] != "completed":
-        raise RuntimeError(f"the Ray trial did not complete: {record['error']}")
-    entered, cpu_entered, left, cpu_left = (float(v) for v in stamp.read_text().split())
-    return {"side": "ray", "epoch_s": sum(r["epoch_seconds"] for r in record["history"]),
-            "train_s": record["summary"]["train_seconds"], "eval_s": record["summary"]["eval_seconds"],
-            "cpu_s": cpu_left - cpu_entered,
-            "startup_s": entered - started, "teardown_s": ended - left, "total_s": ended - started,
-            "clean_acc": record["summary"].get("clean_acc")}
+    stamp = str(Path(stamps) / f"trial_{params['trial']}.jsonl")
+    _stamp(stamp, "driver_entered")
+    trainer = make_trainer(ExperimentConfig.from_dict(experiment), Scaling(**scaling),
+                           run_name=f"trial-{params['trial']}-{time.time_ns()}", storage_path=storage)
+    trainer.train_loop_per_worker = stamped_loop  # the same TorchTrainer, its loop stamped
+    trainer.train_loop_config["stamp"] = stamp
+    record = read_final_record(trainer.fit())
+    _stamp(stamp, "fit_returned")
+    Path(stamp).with_suffix(".record.json").write_text(json.dumps(
+        {k: record[k] for k in ("status", "error", "summary", "history")}, default=str))
 
 
-def run_bare(threads: int) -> dict:
-    """The bare loop in a fresh process of its own, as the Ray worker is (and with the same
-    OMP_NUM_THREADS Ray gives its workers): no Ray driver threads share its process."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--bare-child"], env=env, check=True,
-                         capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+def start_ray(config: str, cpus: int) -> None:
+    import ray
+
+    if config == "before":
+        ray.init(address="local", num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                 object_store_memory=300 * 1024 * 1024, log_to_driver=False)
+    else:
+        from dpnp_ray.study.cluster import connect
+        from dpnp_ray.study.settings import StudySettings
+
+        connect(StudySettings("ray_overhead", local_cpus=cpus))
+
+
+def run_ray(config: str, cfg, threads: int, trials: int, cpus: int) -> dict:
+    import ray
+    from ray import tune
+
+    from dpnp_ray.ray_train import Scaling
+
+    start_ray(config, cpus)
+    with tempfile.TemporaryDirectory() as storage:
+        stamps = Path(storage, "stamps")
+        stamps.mkdir()
+        scaling = Scaling(cpus_per_worker=float(threads))
+        trainable = tune.with_parameters(stamped_trial, experiment=cfg.to_dict(), scaling=vars(scaling),
+                                         storage=storage, stamps=str(stamps))
+        if config == "before":
+            trainable, tune_config = tune.with_resources(trainable, {"CPU": 0.01}), tune.TuneConfig()
+        else:
+            from dpnp_ray.study.cluster import alive_nodes, driver_request
+            from dpnp_ray.study.tune import tune_settings
+
+            trainable = tune.with_resources(trainable, driver_request(alive_nodes()))
+            tune_config = tune_settings(tune.TuneConfig())
+        tune_config.max_concurrent_trials = 1
+        tuner = tune.Tuner(trainable, param_space={"trial": tune.grid_search(list(range(trials)))},
+                           tune_config=tune_config,
+                           run_config=tune.RunConfig(name="ray_overhead", storage_path=storage, verbose=0))
+        started = time.time()
+        grid = tuner.fit()
+        ended = time.time()
+        if grid.errors:
+            raise RuntimeError(f"{config}: a trial failed: {grid.errors[0]}")
+        rows, free_since = [], started
+        for i in range(trials):
+            events = {e["event"]: e for e in map(json.loads, (stamps / f"trial_{i}.jsonl").read_text().splitlines())}
+            record = json.loads((stamps / f"trial_{i}.record.json").read_text())
+            if record["status"] != "completed":
+                raise RuntimeError(f"{config}: trial {i} did not complete: {record['error']}")
+            entered, left, returned = (events[k]["t"] for k in ("loop_entered", "loop_left", "fit_returned"))
+            rows.append({"startup_s": entered - free_since, "teardown_s": returned - left, "loop_s": left - entered,
+                         "cpu_s": events["loop_left"]["cpu"] - events["loop_entered"]["cpu"],
+                         "epoch_s": sum(r["epoch_seconds"] for r in record["history"]),
+                         "train_s": record["summary"]["train_seconds"], "eval_s": record["summary"]["eval_seconds"],
+                         "clean_acc": record["summary"].get("clean_acc"), "driver_pid": events["driver_entered"]["pid"]})
+            free_since = returned
+    ray.shutdown()
+    for row in rows:
+        row["fixed_s"] = row["startup_s"] + row["teardown_s"]
+    return {"side": config, "trials": rows, "tune_finish_s": ended - free_since, "total_s": ended - started,
+            "load_average_1m": os.getloadavg()[0],
+            **{key: median([r[key] for r in rows]) for key in
+               ("epoch_s", "train_s", "eval_s", "cpu_s", "startup_s", "teardown_s", "fixed_s")}}
+
+
+def run_child(side: str, threads: int, code: str | None) -> dict:
+    """One side in a fresh process. The bare loop gets the OMP_NUM_THREADS Ray gives its workers; a
+    side with `code` imports dpnp_ray from there (PYTHONPATH and working directory: Ray's workers too)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if side == "bare" else dict(os.environ)
+    if code:
+        env["PYTHONPATH"] = os.pathsep.join([code, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--child", side]
+                          + (["--code", code] if code else []), env=env, cwd=code or None, capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{side} run failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def bare_child(cfg, threads: int) -> dict:
@@ -96,9 +166,8 @@ def bare_child(cfg, threads: int) -> dict:
     result = run_experiment(cfg, env=LocalEnvironment(torch.device("cpu")), log=None)
     return {"side": "bare", "epoch_s": sum(r["epoch_seconds"] for r in result.train.history),
             "train_s": result.summary["train_seconds"], "eval_s": result.summary["eval_seconds"],
-            "cpu_s": time.process_time() - cpu_started,
-            "startup_s": None, "teardown_s": None, "total_s": time.time() - started,
-            "clean_acc": result.summary.get("clean_acc")}
+            "cpu_s": time.process_time() - cpu_started, "total_s": time.time() - started,
+            "load_average_1m": os.getloadavg()[0], "clean_acc": result.summary.get("clean_acc")}
 
 
 def main() -> None:
@@ -110,10 +179,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--eval-n", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="torch threads = CPUs of the Ray worker")
-    parser.add_argument("--repeats", type=int, default=1, help="1: bare, ray; 2: bare, ray, ray, bare; ...")
+    parser.add_argument("--cpus", type=int, default=2, help="CPUs of each local Ray instance")
+    parser.add_argument("--trials", type=int, default=2, help="trials one after another in each Ray run")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="1: bare, before, after; 2: then after, before, bare (cancels drift); ...")
+    parser.add_argument("--before-code", default=None,
+                        help="a directory holding the code before the change (the before runs import it)")
     parser.add_argument("--json", default=None)
-    parser.add_argument("--bare-child", action="store_true", help=argparse.SUPPRESS)  # internal
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: run one side, print JSON
+    parser.add_argument("--code", default=None, help=argparse.SUPPRESS)  # internal: import dpnp_ray from here
     args = parser.parse_args()
+    if args.code:
+        sys.path.insert(0, os.path.abspath(args.code))
 
     from dpnp_ray.config import ExperimentConfig
 
@@ -121,45 +198,52 @@ def main() -> None:
         dataset=args.dataset, model=args.model, epochs=args.epochs, batch_size=args.batch, device="cpu",
         precision="fp32", train_attack_steps=args.attack_steps, val_attack_steps=args.attack_steps,
         eval_suite="basic", eval_n=args.eval_n, eval_attack_steps=2))
-    if args.bare_child:
-        print(json.dumps(bare_child(cfg, args.threads)))
+    if args.child:
+        row = bare_child(cfg, args.threads) if args.child == "bare" else \
+            run_ray(args.child, cfg, args.threads, args.trials, args.cpus)
+        print(json.dumps(row, default=str))
         return
 
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    rows = []
-    with tempfile.TemporaryDirectory() as storage:
-        order = []
-        for r in range(args.repeats):
-            order += ["bare", "ray"] if r % 2 == 0 else ["ray", "bare"]
-        for run, side in enumerate(order):
-            row = run_bare(args.threads) if side == "bare" else run_ray(cfg, storage, args.threads, run)
-            row["run"] = run
-            rows.append(row)
-            print(f"  run {run}: {side:4s} epoch {row['epoch_s']:.2f} s  train {row['train_s']:.2f} s  "
-                  f"CPU {row['cpu_s']:.2f} s  total {row['total_s']:.2f} s", flush=True)
-    ray.shutdown()
+    order: list[str] = []
+    for r in range(args.repeats):
+        order += ["bare", "before", "after"] if r % 2 == 0 else ["after", "before", "bare"]
+    runs = []
+    for run, side in enumerate(order):
+        row = run_child(side, args.threads, args.before_code if side == "before" else None)
+        row["run"] = run
+        runs.append(row)
+        per_trial = " ".join(f"{t['fixed_s']:.1f}" for t in row.get("trials", []))
+        fixed = "" if side == "bare" else (
+            f"  start-up {row['startup_s']:.1f} s  tear-down {row['teardown_s']:.1f} s  fixed {row['fixed_s']:.1f} s"
+            f" (per trial: {per_trial})")
+        print(f"  run {run}: {side:6s} epoch {row['epoch_s']:.2f} s  CPU {row['cpu_s']:.2f} s{fixed}  "
+              f"load {row['load_average_1m']:.1f}", flush=True)
 
     def med(side, key):
-        values = [r[key] for r in rows if r["side"] == side and r[key] is not None]
+        values = [r[key] for r in runs if r["side"] == side and r.get(key) is not None]
         return median(values) if values else None
 
-    summary = {key: {"bare": med("bare", key), "ray": med("ray", key)} for key in
-               ("epoch_s", "train_s", "eval_s", "cpu_s", "total_s", "startup_s", "teardown_s")}
-    ratios = {key: summary[key]["ray"] / summary[key]["bare"] for key in ("epoch_s", "train_s", "eval_s", "cpu_s")}
+    keys = ("epoch_s", "train_s", "eval_s", "cpu_s", "startup_s", "teardown_s", "fixed_s")
+    summary = {key: {side: med(side, key) for side in ("bare", "before", "after")} for key in keys}
+    ratios = {key: {side: summary[key][side] / summary[key]["bare"] for side in ("before", "after")}
+              for key in ("epoch_s", "train_s", "eval_s", "cpu_s")}
     where = machine(torch.device("cpu"))
+    loads = [r["load_average_1m"] for r in runs]
     print(f"ray overhead: {args.model} on {args.dataset}, PGD-{args.attack_steps} Adv-DPNP, {args.epochs} epoch(s), "
-          f"batch {args.batch}, {args.threads} torch thread(s), {args.repeats} repeat(s), on {where['cpu_model']} "
-          f"({where['cpus_usable']} usable CPUs, load {where['load_average_1m']:.1f})")
-    print(table([{"what": k, "bare": v["bare"], "ray": v["ray"], "ratio": ratios.get(k)} for k, v in summary.items()],
-                [("what", "seconds (median)", ""), ("bare", "bare", ".2f"), ("ray", "ray", ".2f"),
-                 ("ratio", "ray / bare", ".3f")]))
-    print(f"epoch-seconds ratio {ratios['epoch_s']:.3f}, CPU-seconds ratio {ratios['cpu_s']:.3f} "
-          f"(target <= 1.05 at epochs of 30 s or more; "
-          f"this epoch: {summary['epoch_s']['bare'] / args.epochs:.1f} s bare); "
-          f"trial start-up {summary['startup_s']['ray']:.1f} s, tear-down {summary['teardown_s']['ray']:.1f} s")
-    out = write_json("ray_overhead", {"args": vars(args), "config": cfg.to_dict(), "machine": where, "runs": rows,
+          f"batch {args.batch}, {args.threads} torch thread(s), {args.trials} trials per Ray run, {args.repeats} "
+          f"repeat(s), on {where['cpu_model']} ({where['cpus_usable']} usable CPUs, load {min(loads):.1f}-"
+          f"{max(loads):.1f})")
+    print(table([{"what": k, **v, "rb": ratios.get(k, {}).get("before"), "ra": ratios.get(k, {}).get("after")}
+                 for k, v in summary.items()],
+                [("what", "seconds (median)", ""), ("bare", "bare", ".2f"), ("before", "ray before", ".2f"),
+                 ("after", "ray after", ".2f"), ("rb", "before / bare", ".3f"), ("ra", "after / bare", ".3f")]))
+    print(f"fixed cost per trial (start-up + tear-down): before {summary['fixed_s']['before']:.1f} s "
+          f"({summary['startup_s']['before']:.1f} + {summary['teardown_s']['before']:.1f}), "
+          f"after {summary['fixed_s']['after']:.1f} s ({summary['startup_s']['after']:.1f} + "
+          f"{summary['teardown_s']['after']:.1f}); target <= 5 s")
+    print(f"epoch-seconds ratio after / bare {ratios['epoch_s']['after']:.3f} (target <= 1.05 at epochs of 30 s or "
+          f"more; this epoch: {summary['epoch_s']['bare'] / args.epochs:.1f} s bare)")
+    out = write_json("ray_overhead", {"args": vars(args), "config": cfg.to_dict(), "machine": where, "runs": runs,
                                       "summary": summary, "ratios": ratios}, args.json)
     print(f"wrote {out}")
 

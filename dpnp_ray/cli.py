@@ -77,6 +77,9 @@ def add_common_flags(parser: argparse.ArgumentParser, default_name: str,
                    help="MLflow tracking URI (default: sqlite:///<storage>/<name>/mlflow.db)")
     o.add_argument("--verbose", action="store_true",
                    help="Tune's progress tables and Ray's INFO messages instead of one line per finished trial")
+    g.add_argument("--dry-run", action="store_true",
+                   help="print the plan (trials, what each holds, how many at once, estimated wall time and "
+                        "device-hours) and exit without training")
     c = parser.add_argument_group("experiment config")
     c.add_argument("--dataset", default=None,
                    help=f"{', '.join(choices['dataset'])} (default: {defaults['dataset']})")

@@ -463,10 +463,26 @@ DIGITS = DatasetInfo(
 @register_dataset(DIGITS)
 def load_digits(root: Path, download: bool) -> tuple[Split, Split]:
     """scikit-learn's 1797 8x8 digits (shipped with the package; `root` and `download` are unused)."""
-    from sklearn.datasets import load_digits as sk_load_digits
-
-    bunch = sk_load_digits()
-    images = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)  # values 0..16
-    labels = torch.from_numpy(bunch.target.astype(np.int64))
+    table = _digits_table()
+    images = torch.from_numpy(table[:, :-1].reshape(-1, 1, 8, 8).astype(np.float32) / 16.0)  # values 0..16
+    labels = torch.from_numpy(table[:, -1].astype(np.int64))
     train, test = stratified_split(labels, DIGITS_TEST_FRACTION, DIGITS_TEST_SEED)
     return Split(images[train], labels[train]), Split(images[test], labels[test])
+
+
+def _digits_table() -> np.ndarray:
+    """The rows of scikit-learn's digits.csv.gz (64 pixels, then the label), read as
+    sklearn.datasets.load_digits reads them but without importing scikit-learn, which pulls in
+    scipy.stats and joblib: seconds of start-up in every trial's worker."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("dataset 'digits' needs scikit-learn (pip install scikit-learn): its data file ships with it")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+    if not path.exists():  # a scikit-learn that keeps the file elsewhere: let it find it
+        from sklearn.datasets import load_digits as sk_load_digits
+
+        bunch = sk_load_digits()
+        return np.column_stack([bunch.data, bunch.target])
+    return np.loadtxt(path, delimiter=",")

@@ -2,6 +2,7 @@ r"""The Adv-DPNP ablation grid: every variant x seed, trained under Ray Train, r
 
     python studies/ablation.py                       # all variants, 3 seeds, digits, local Ray
     python studies/ablation.py --smoke               # 2 variants, 1 seed, 2 epochs: a few minutes on 2 CPUs
+    python studies/ablation.py --dry-run             # the plan and its estimated bill; trains nothing
     python studies/ablation.py --cluster --dataset cifar10 --model resnet18 --epochs 100 \
         --workers 2 --gpus-per-worker 1 --storage s3://bucket/studies --seeds 0 1 2
     python studies/ablation.py --config study.yaml --epochs 20   # a study file; flags override it
@@ -20,6 +21,7 @@ from dpnp_ray import results
 from dpnp_ray.cli import (HelpFormatter, add_common_flags, config_epilog, console_summary, exit_code, print_locations,
                           run_cli, study_settings)
 from dpnp_ray.study.ablation_grid import ABLATION_VARIANTS, DEFAULT_VARIANTS, run_ablation
+from dpnp_ray.study.plan import plan_ablation
 from dpnp_ray.study.recipe import resolve_study, write_best_configs
 
 # The ablation's defaults on digits: small enough for a laptop, large enough to separate variants.
@@ -45,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main() -> int:
     recipe = resolve_study(build_parser(), "ablation", defaults=DEFAULTS, smoke=SMOKE)
     settings = study_settings(recipe.args)
+    if recipe.args.dry_run:
+        print(plan_ablation(recipe.config, recipe.study["variants"], recipe.study["seeds"], settings).format())
+        return 0
     written = run_ablation(recipe.config, recipe.study["variants"], recipe.study["seeds"], settings,
                            before_training=recipe.record)
     written["best"] = write_best_configs(settings.directory, "ablation")

@@ -2,6 +2,7 @@ r"""Optuna search over Adv-DPNP's loss weights, eps schedule and ablation switch
 
     python studies/search.py --trials 20                     # digits, TPE, both objectives, ASHA
     python studies/search.py --trials 4 --epochs 2 --smoke   # a tiny search, a few minutes on 2 CPUs
+    python studies/search.py --trials 64 --dry-run           # the plan and its estimated bill; trains nothing
     python studies/search.py --cluster --dataset cifar10 --model resnet18 --epochs 30 --trials 64 \
         --gpus-per-worker 1 --optuna-storage postgresql://user@db/optuna --storage s3://bucket/studies
     python studies/search.py --config study.yaml --trials 40  # a study file; flags override it
@@ -21,6 +22,7 @@ from dpnp_ray import results
 from dpnp_ray.cli import (HelpFormatter, add_common_flags, config_epilog, console_summary, exit_code, print_locations,
                           run_cli, study_settings)
 from dpnp_ray.study.optuna_search import OBJECTIVES, SAMPLERS, SearchSpace, run_search
+from dpnp_ray.study.plan import plan_search
 from dpnp_ray.study.recipe import resolve_study, write_best_configs
 
 DEFAULTS = {"config": {"dataset": "digits", "model": "small_cnn", "epochs": 8, "lr": 0.05, "batch_size": 64,
@@ -52,6 +54,9 @@ def main() -> int:
     recipe = resolve_study(build_parser(), "search", defaults=DEFAULTS, smoke=SMOKE)
     settings = study_settings(recipe.args)
     study = recipe.study
+    if recipe.args.dry_run:
+        print(plan_search(recipe.config, settings, trials=recipe.trials_to_run, scheduler=study["scheduler"]).format())
+        return 0
     written = run_search(recipe.config, settings, trials=recipe.trials_to_run, space=recipe.search_space(),
                          sampler=study["sampler"], objective=study["objective"], scheduler=study["scheduler"],
                          seed=study["sampler_seed"], optuna_storage=study["optuna_storage"],

@@ -16,7 +16,54 @@ from ..ray_train import Scaling
 from .settings import StudyError, StudySettings
 
 DRIVER_CPU = 0.01
-"""CPU that each trial's Tune driver function holds (0 is rejected by Tune)."""
+"""CPU that each trial's Tune driver function holds on a cluster (a request of 0 is rejected by Tune)."""
+
+DRIVER_RESOURCE = "dpnp_trial_driver"
+"""A custom resource for trial drivers (one unit each). The local instance offers LOCAL_DRIVER_SLOTS of
+it, so its drivers hold no CPU and N single-CPU trials fill N cores; a cluster whose nodes offer it
+(`ray start --resources '{"dpnp_trial_driver": 64}'`) is used the same way."""
+
+LOCAL_DRIVER_SLOTS = 1024  # on a local instance the workers, never the drivers, limit the trials at once
+
+TRIAL_ENV_VARS = {
+    # Ray Train's controller polls its workers this often (default 2 s); a trial's end is noticed
+    # within one interval, so a short one shortens every trial's tear-down. A poll is one small RPC.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+}
+LOCAL_TRIAL_ENV_VARS = {
+    **TRIAL_ENV_VARS,
+    # One more actor (a process) per trial that watches for node preemption (spot instances): a
+    # local instance has none to watch, and on 2 cores its start competes with the trial's own.
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+}
+
+
+def trial_env_vars(local: bool) -> dict[str, str]:
+    """Env vars Ray Train reads in a trial's processes, for the job's runtime_env: every trial driver
+    gets them and Train passes them on to its controller and workers. A value already set in this
+    process wins."""
+    defaults = LOCAL_TRIAL_ENV_VARS if local else TRIAL_ENV_VARS
+    return {name: os.environ.get(name, value) for name, value in defaults.items()}
+
+
+def local_resources(settings: StudySettings) -> dict[str, float]:
+    """The resources of the local instance a study starts: every core (or --local-cpus) and the drivers' slots."""
+    return {"CPU": float(settings.local_cpus or os.cpu_count() or 1), DRIVER_RESOURCE: float(LOCAL_DRIVER_SLOTS)}
+
+
+def alive_nodes() -> list[dict[str, float]]:
+    """The resources of every live node of the connected Ray cluster."""
+    import ray
+
+    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+
+def driver_request(nodes: list[dict[str, float]]) -> dict[str, float]:
+    """What each trial's Tune driver holds: one unit of DRIVER_RESOURCE where the nodes offer it
+    (the local instance does), else DRIVER_CPU."""
+    if any(n.get(DRIVER_RESOURCE, 0.0) >= 1 for n in nodes):
+        return {DRIVER_RESOURCE: 1.0}
+    return {"CPU": DRIVER_CPU}
 
 
 def absolute_storage(storage: str) -> str:
@@ -52,7 +99,8 @@ def connect(settings: StudySettings) -> None:
             _probe(address)
         try:
             # Ship this package to the cluster's workers; torch & co. must be installed there.
-            ray.init(address=address, runtime_env={"py_modules": [str(Path(dpnp_ray.__file__).parent)]},
+            ray.init(address=address, runtime_env={"py_modules": [str(Path(dpnp_ray.__file__).parent)],
+                                                   "env_vars": trial_env_vars(local=False)},
                      log_to_driver=True, logging_level=_ray_log_level(settings))
         except Exception as exc:
             if _is_auth_failure(exc):
@@ -71,11 +119,14 @@ def connect(settings: StudySettings) -> None:
     # loopback only. The cleaner finds the state API by auto-detection (the newest Ray instance on the
     # machine, or RAY_ADDRESS); RAY_API_SERVER_ADDRESS, inherited by every process of this instance,
     # points it at this instance's own dashboard instead.
+    resources = local_resources(settings)
+    cpus = int(resources.pop("CPU"))
     for attempt in range(3):
         port = free_port()
         try:
             with environment(RAY_API_SERVER_ADDRESS=f"http://127.0.0.1:{port}"):
-                ray.init(address="local", num_cpus=settings.local_cpus or os.cpu_count(), include_dashboard=True,
+                ray.init(address="local", num_cpus=cpus, resources=resources,
+                         runtime_env={"env_vars": trial_env_vars(local=True)}, include_dashboard=True,
                          dashboard_host="127.0.0.1", dashboard_port=port, object_store_memory=300 * 1024 * 1024,
                          log_to_driver=True, logging_level=_ray_log_level(settings))
             return
@@ -154,36 +205,42 @@ def prepare(settings: StudySettings) -> StudySettings:
     return settings
 
 
-def plan_concurrency(scaling: Scaling, max_concurrent: int, nodes: list[dict[str, float]] | None = None) -> int:
+def plan_concurrency(scaling: Scaling, max_concurrent: int, nodes: list[dict[str, float]] | None = None,
+                     driver: dict[str, float] | None = None) -> int:
     """How many trials fit at once on the cluster's nodes; a request that can never fit is an
     error before training, not a trial that waits forever.
 
-    Workers are packed per node (a worker cannot span nodes). Each trial's driver holds
-    DRIVER_CPU; drivers go into the fractional CPU left over on nodes, and where none is
-    left they cost a whole worker slot.
+    Workers are packed per node (a worker cannot span nodes). Each trial's driver holds `driver`
+    (default: `driver_request(nodes)`). A driver of DRIVER_RESOURCE holds no CPU: the drivers only
+    bound the trials by the units the nodes offer. A driver of DRIVER_CPU goes into the fractional
+    CPU left over on nodes, and where none is left it costs a whole worker slot.
     """
     if nodes is None:
-        import ray
-
-        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        nodes = alive_nodes()
+    driver = driver if driver is not None else driver_request(nodes)
+    driver_cpu = driver.get("CPU", 0.0)
     cpw, gpw = scaling.cpus_per_worker, scaling.gpus_per_worker
     cpu_slots = [int((n.get("CPU", 0.0) + 1e-9) // cpw) for n in nodes]
     if gpw > 0:
         cpu_slots = [min(c, int((n.get("GPU", 0.0) + 1e-9) // gpw)) for c, n in zip(cpu_slots, nodes)]
     slots = sum(cpu_slots)
-    spare = sum(int((n.get("CPU", 0.0) - c * cpw + 1e-9) // DRIVER_CPU) for c, n in zip(cpu_slots, nodes))
+    driver_slots = min((int((sum(n.get(name, 0.0) for n in nodes) + 1e-9) // amount)
+                        for name, amount in driver.items() if name != "CPU" and amount > 0), default=math.inf)
+    spare = (sum(int((n.get("CPU", 0.0) - c * cpw + 1e-9) // driver_cpu) for c, n in zip(cpu_slots, nodes))
+             if driver_cpu > 0 else math.inf)
 
     def fits(k: int) -> bool:
-        lost = math.ceil(max(0, k - spare) * DRIVER_CPU / cpw) if k > spare else 0
-        return k * scaling.num_workers <= slots - lost
+        lost = math.ceil((k - spare) * driver_cpu / cpw) if k > spare else 0
+        return k <= driver_slots and k * scaling.num_workers <= slots - lost
 
     if not fits(1):
         total_cpu = sum(n.get("CPU", 0.0) for n in nodes)
         total_gpu = sum(n.get("GPU", 0.0) for n in nodes)
         largest = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
+        held = ", ".join(f"{amount:g} {name}" for name, amount in driver.items())
         raise StudyError(
             f"a trial needs {scaling.num_workers} workers x ({cpw:g} CPU" + (f", {gpw:g} GPU" if gpw else "")
-            + f") plus {DRIVER_CPU} CPU for its driver, which this cluster cannot place "
+            + f") plus {held} for its driver, which this cluster cannot place "
             f"({len(nodes)} nodes, {total_cpu:g} CPUs (largest node {largest:g}), {total_gpu:g} GPUs); "
             "lower --workers, --cpus-per-worker or --gpus-per-worker, or add nodes")
     k = 1

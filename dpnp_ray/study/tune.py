@@ -25,13 +25,18 @@ from .. import results
 from ..config import ConfigError, ExperimentConfig
 from ..provenance import provenance, redact
 from ..ray_train import Scaling, find_final_record, make_trainer, outcome_metrics, read_final_record
-from .cluster import DRIVER_CPU
+from .cluster import alive_nodes, driver_request
 from .records import (ENDED, export, model_path, one_line_error, read_record, record_path, train_run_name,
                       trial_id, write_error_log, write_record)
 from .settings import StudyError, StudySettings
 
 #: variant name -> config overrides; ablation studies pass theirs, a search has none
 VariantOverrides = dict[str, dict[str, Any]]
+
+REUSE_TRIAL_DRIVERS = True
+"""Tune keeps a finished trial's driver actor for the next trial (reuse_actors): one process start
+and the driver's imports (Ray Train, torch) less per trial. A trial the scheduler stopped while its
+TorchTrainer still runs cannot be reused; Tune then ends that actor and starts a fresh one."""
 
 
 class StudyInterrupted(StudyError):
@@ -209,6 +214,11 @@ PROGRESS_EVERY_S = 30.0
 """Seconds between progress lines inside an epoch from each trial, when the study's output is a terminal."""
 
 
+def tune_settings(tune_config):
+    """A study's TuneConfig with the settings every study shares (REUSE_TRIAL_DRIVERS)."""
+    return replace(tune_config, reuse_actors=REUSE_TRIAL_DRIVERS)
+
+
 def build_tuner(settings: StudySettings, base: dict[str, Any], kind: str, *,
                 variant_overrides: VariantOverrides | None = None, param_space=None, tune_config=None):
     """A Tuner running `run_trial` for every trial, or the restored one with --resume.
@@ -227,7 +237,7 @@ def build_tuner(settings: StudySettings, base: dict[str, Any], kind: str, *,
     context = StudyContext.of(settings, base, kind, variant_overrides)
     bound = tune.with_parameters(run_trial, context=context, log_level="INFO" if settings.verbose else "WARNING",
                                  progress_every_s=PROGRESS_EVERY_S if sys.stdout.isatty() else 0.0)
-    bound = tune.with_resources(bound, {"CPU": DRIVER_CPU})
+    bound = tune.with_resources(bound, driver_request(alive_nodes()))
     experiment_path = results.join(settings.storage, settings.name)
     if settings.resume:
         if not tune.Tuner.can_restore(experiment_path):
@@ -242,8 +252,8 @@ def build_tuner(settings: StudySettings, base: dict[str, Any], kind: str, *,
                                 + ([] if settings.verbose else [StudyConsole()]),
                                 verbose=1 if settings.verbose else 0)
     # Trials (and their directories: TensorBoard runs, MLflow and W&B runs) are named by trial_id.
-    tune_config = replace(tune_config or tune.TuneConfig(), trial_name_creator=tune_trial_name,
-                          trial_dirname_creator=tune_trial_name)
+    tune_config = tune_settings(replace(tune_config or tune.TuneConfig(), trial_name_creator=tune_trial_name,
+                                        trial_dirname_creator=tune_trial_name))
     return tune.Tuner(bound, param_space=param_space or {}, tune_config=tune_config, run_config=run_config)
 
 
