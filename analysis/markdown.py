@@ -3,9 +3,10 @@
     python -m analysis.markdown results/ablation --out docs/ablation_digits.md \
         --command "python studies/ablation.py --seeds 0 1 2 3 4 --name ablation" --figures docs/ablation_digits_png
 
-The tables are the HTML report's (analysis/report.py): per-variant accuracies with 95% t-intervals over
-seeds, paired differences from the reference variant, plus the prototype geometry of the clean test
-split and each loss term at the last epoch. If --out already exists and holds the markers
+For an ablation, the tables are the HTML report's (analysis/report.py): per-variant accuracies with 95%
+t-intervals over seeds, paired differences from the reference variant, plus the prototype geometry of
+the clean test split and each loss term at the last epoch. For a search: the Pareto front, fANOVA
+parameter importances from its Optuna journal, and the front trial that `choose_from_front` picks. If --out already exists and holds the markers
 `<!-- generated:begin -->` and `<!-- generated:end -->`, only the text between them is replaced, so the
 hand-written question, rule and decision around the tables survive a regeneration.
 """
@@ -100,6 +101,77 @@ def last_epoch_losses(study: report.Study) -> pd.DataFrame | None:
     return pd.DataFrame(table)
 
 
+# ------------------------------------------------------------------ search studies
+
+SEARCH_OBJECTIVES = ("val_clean_acc", "val_robust_acc")
+
+
+def choose_from_front(front: pd.DataFrame, clean_tolerance: float = 0.01) -> pd.Series:
+    """The rule of record: among the front's trials whose validation clean accuracy is within
+    `clean_tolerance` of the front's best, the one with the highest validation robust accuracy
+    (ties: higher clean accuracy, then the earlier trial_id)."""
+    if front.empty:
+        raise ValueError("an empty Pareto front: no completed trial to choose from")
+    clean, robust = SEARCH_OBJECTIVES
+    eligible = front[front[clean] >= front[clean].max() - clean_tolerance - 1e-12]
+    ranked = eligible.sort_values([robust, clean, "trial_id"], ascending=[False, False, True], kind="stable")
+    return ranked.iloc[0]
+
+
+def searched_parameters(trials: pd.DataFrame) -> list[str]:
+    """The searched config fields (param_* columns), in column order."""
+    return [c.removeprefix("param_") for c in trials.columns if c.startswith("param_")]
+
+
+def journal_importances(journal: Path, study_name: str | None = None) -> pd.DataFrame:
+    """fANOVA importance (seed 0) of each parameter for each objective, from the search's Optuna journal.
+
+    Only completed trials count; a conditional parameter is scored over the trials that sampled it.
+    """
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    study = optuna.load_study(study_name=study_name or names[0], storage=storage)
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    columns = {}
+    for index, objective in enumerate(SEARCH_OBJECTIVES[: len(study.directions)]):
+        columns[f"importance for {objective}"] = optuna.importance.get_param_importances(
+            study, evaluator=evaluator, target=lambda trial, i=index: trial.values[i])
+    frame = pd.DataFrame(columns).rename_axis("parameter").reset_index()
+    return frame.sort_values(frame.columns[-1], ascending=False, kind="stable")
+
+
+def search_sections(study: report.Study, clean_tolerance: float) -> list[str]:
+    """Pareto front, parameter importances, and the trial the rule of record chooses."""
+    trials = figures.completed(study.trials)
+    params = searched_parameters(study.trials)
+    shown = ["trial_id", *SEARCH_OBJECTIVES, "clean_acc", "pgd_acc", *[f"cfg_{p}" for p in params]]
+    front = trials[trials["trial_id"].isin(study.pareto["trial_id"])] if study.pareto is not None else trials.iloc[:0]
+    front = front.sort_values(SEARCH_OBJECTIVES[0], ascending=False, kind="stable")
+    parts = ["### Pareto front (validation clean vs validation robust accuracy)", "",
+             f"{len(front)} non-dominated of {len(trials)} completed trials; accuracies as fractions; "
+             "clean_acc and pgd_acc are the test split's, shown for information only (never used to choose).", "",
+             markdown_table(front[[c for c in shown if c in front.columns]].rename(
+                 columns=lambda c: c.removeprefix("cfg_"))), ""]
+    journal = study.directory / "optuna.journal"
+    if journal.exists():
+        importances = journal_importances(journal)
+        parts += ["### Parameter importances", "",
+                  "fANOVA (`optuna.importance.FanovaImportanceEvaluator(seed=0)`) on the study in "
+                  "`optuna.journal`, per objective; each column sums to 1.", "", markdown_table(importances), ""]
+    if len(front):
+        chosen = choose_from_front(front, clean_tolerance)
+        parts += ["### Chosen by the rule", "",
+                  f"Rule: among the front's trials with validation clean accuracy within {100 * clean_tolerance:g} "
+                  "point(s) of the front's best, the highest validation robust accuracy.", "",
+                  markdown_table(pd.DataFrame([{"trial_id": chosen["trial_id"],
+                                                **{o: chosen[o] for o in SEARCH_OBJECTIVES},
+                                                **{p: chosen[f"cfg_{p}"] for p in params}}])), ""]
+    return parts
+
+
 def _settings_line(trials: pd.DataFrame) -> str:
     """dataset, model, epochs, eval suite, seeds and variants as one sentence."""
     def values(column: str) -> str:
@@ -111,19 +183,10 @@ def _settings_line(trials: pd.DataFrame) -> str:
             f"variants {', '.join(figures.variant_order(trials['variant']))}.")
 
 
-def study_markdown(study: report.Study, *, commands: Sequence[str] = (), figure_dir: Path | None = None,
-                   relative_to: Path | None = None) -> str:
-    """The generated part of the page: command, study facts, tables, figures (PNG links)."""
+def variant_sections(study: report.Study) -> list[str]:
+    """Per-variant accuracies, paired differences, geometry and last-epoch losses of an ablation."""
     trials = study.trials
-    fixed, varied = report.settings_tables(trials)
-    statuses = ", ".join(f"{n} {s}" for s, n in trials["status"].value_counts().items())
-    parts = ["_Generated by `python -m analysis.markdown` from the study's Parquet files; do not edit by hand._", ""]
-    if commands:
-        parts += ["**Command**", "", "```bash", *commands, "```", ""]
-    code = ", ".join(dict.fromkeys(trials["code_version"].dropna().astype(str))) if "code_version" in trials else "—"
-    parts += [f"**Study** `{study.name}`: {len(trials)} trials ({statuses}); {_settings_line(trials)} "
-              f"Code version: {code}.", ""]
-    parts += ["### Per variant", "",
+    parts = ["### Per variant", "",
               "Accuracies in percent on the test split: mean ± 95% t-interval half-width over seeds (n seeds).", "",
               markdown_table(report.variant_summary_table(trials, study.masking)), ""]
     differences = report.differences_table(trials)
@@ -139,6 +202,25 @@ def study_markdown(study: report.Study, *, commands: Sequence[str] = (), figure_
     if losses is not None:
         parts += ["### Loss terms at the last epoch", "", "Mean ± sd over seeds; unweighted terms as logged.", "",
                   markdown_table(losses), ""]
+    return parts
+
+
+def study_markdown(study: report.Study, *, commands: Sequence[str] = (), figure_dir: Path | None = None,
+                   relative_to: Path | None = None, clean_tolerance: float = 0.01) -> str:
+    """The generated part of the page: command, study facts, tables, figures (PNG links)."""
+    trials = study.trials
+    fixed, varied = report.settings_tables(trials)
+    statuses = ", ".join(f"{n} {s}" for s, n in trials["status"].value_counts().items())
+    parts = ["_Generated by `python -m analysis.markdown` from the study's Parquet files; do not edit by hand._", ""]
+    if commands:
+        parts += ["**Command**", "", "```bash", *commands, "```", ""]
+    code = ", ".join(dict.fromkeys(trials["code_version"].dropna().astype(str))) if "code_version" in trials else "—"
+    parts += [f"**Study** `{study.name}`: {len(trials)} trials ({statuses}); {_settings_line(trials)} "
+              f"Code version: {code}.", ""]
+    if study.kind == "search":
+        parts += search_sections(study, clean_tolerance)
+    else:
+        parts += variant_sections(study)
     if figure_dir is not None and figure_dir.is_dir():
         pngs = sorted(figure_dir.glob("*.png"))
         if pngs:
@@ -174,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="the exact command that produced the study (repeat for several lines)")
     parser.add_argument("--figures", help="a folder of PNGs (analysis/report.py --png) to show, linked relative to --out")
     parser.add_argument("--title", default=None, help="page title for a new page (default: the study name)")
+    parser.add_argument("--clean-tolerance", type=float, default=0.01,
+                        help="search studies: the rule's allowed drop in val clean accuracy from the front's best")
     args = parser.parse_args(argv)
     try:
         study = report.load_study(args.directory)
@@ -182,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     generated = study_markdown(study, commands=args.command, figure_dir=Path(args.figures) if args.figures else None,
-                               relative_to=out.resolve().parent)
+                               relative_to=out.resolve().parent, clean_tolerance=args.clean_tolerance)
     write_page(generated, out, args.title or study.name)
     print(f"wrote {out}")
     return 0

@@ -81,3 +81,48 @@ def test_figures_are_linked_relative_to_the_page(study_dir, tmp_path):
 def test_cli_rejects_a_directory_that_is_not_a_study(tmp_path, capsys):
     assert markdown.main([str(tmp_path), "--out", str(tmp_path / "x.md")]) == 2
     assert "trials.parquet" in capsys.readouterr().err
+
+
+def test_rule_takes_the_most_robust_front_point_within_the_clean_tolerance():
+    front = pd.DataFrame({"trial_id": ["a", "b", "c", "d"], "val_clean_acc": [0.99, 0.985, 0.975, 0.96],
+                          "val_robust_acc": [0.80, 0.84, 0.88, 0.90]})
+    assert markdown.choose_from_front(front, 0.01)["trial_id"] == "b"  # c is 1.5 points below the best clean
+    assert markdown.choose_from_front(front, 0.02)["trial_id"] == "c"
+    assert markdown.choose_from_front(front, 0.0)["trial_id"] == "a"
+    with pytest.raises(ValueError, match="empty Pareto front"):
+        markdown.choose_from_front(front.iloc[:0])
+
+
+def test_search_page_shows_the_front_and_the_chosen_trial(tmp_path):
+    from tests.test_analysis import search_tables
+
+    tables = search_tables()
+    tables["trials"] = tables["trials"].assign(param_lr=tables["trials"]["cfg_lr"],
+                                               param_lambda_ppa=tables["trials"]["cfg_lambda_ppa"])
+    study = load_study(write_study(tmp_path / "search", tables))
+    page = markdown.study_markdown(study)
+    front = tables["pareto"]
+    chosen = markdown.choose_from_front(front)
+    assert f"{len(front)} non-dominated of 12 completed trials" in page
+    section = page[page.index("### Chosen by the rule"):]
+    assert f"| {chosen['trial_id']} | {chosen['val_clean_acc']:.4g} | {chosen['val_robust_acc']:.4g} |" in section
+    assert "### Per variant" not in page
+
+
+def test_importances_come_from_the_journal_and_sum_to_one_per_objective(tmp_path):
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    journal = tmp_path / "optuna.journal"
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
+    study = optuna.create_study(study_name="s", storage=storage, directions=["maximize", "maximize"],
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: (t.suggest_float("a", 0, 1), -t.suggest_float("b", 0, 1) + 0.01 * t.params["a"]),
+                   n_trials=12)
+    table = markdown.journal_importances(journal)
+    assert set(table["parameter"]) == {"a", "b"}
+    for column in ("importance for val_clean_acc", "importance for val_robust_acc"):
+        assert table[column].sum() == pytest.approx(1.0)
+    clean = table.set_index("parameter")["importance for val_clean_acc"]
+    assert clean["a"] > clean["b"]  # the first objective is a itself
