@@ -183,17 +183,40 @@ def _settings_line(trials: pd.DataFrame) -> str:
             f"variants {', '.join(figures.variant_order(trials['variant']))}.")
 
 
+#: accuracies the markdown page adds when a study has them and the report's tables do not show them yet
+EXTRA_METRICS = ("worst_case_acc",)
+
+
+def extra_metrics(trials: pd.DataFrame) -> list[str]:
+    return [m for m in EXTRA_METRICS if m in trials.columns and m not in figures.ACCURACY_LABELS
+            and trials[m].notna().any()]
+
+
 def variant_sections(study: report.Study) -> list[str]:
     """Per-variant accuracies, paired differences, geometry and last-epoch losses of an ablation."""
     trials = study.trials
     parts = ["### Per variant", "",
               "Accuracies in percent on the test split: mean ± 95% t-interval half-width over seeds (n seeds).", "",
               markdown_table(report.variant_summary_table(trials, study.masking)), ""]
+    extra = extra_metrics(trials)
+    if extra:
+        done = figures.completed(trials)
+        parts += ["Also recorded (not in the report's table yet): " + ", ".join(f"`{m}`" for m in extra) + ".", "",
+                  markdown_table(pd.DataFrame([{"variant": v, **{f"{m} (%)": report.ci_text(
+                      done[done["variant"] == v][m]) for m in extra}} for v in figures.variant_order(done["variant"])])),
+                  ""]
     differences = report.differences_table(trials)
     parts += ["### Paired differences from the reference", "",
               "Variant minus reference on matching seeds, in percentage points; "
               f"test: {report.stats.PAIRED_TEST_NAME}.", "",
               markdown_table(differences, "no reference variant or a single variant: no paired comparison"), ""]
+    if extra and report.stats.reference_variant(figures.completed(trials)["variant"]) is not None:
+        table = report.stats.differences_from_reference(figures.completed(trials), extra)
+        parts += [markdown_table(pd.DataFrame({
+            "variant": table["variant"], "metric": table["metric"], "matching seeds": table["n_pairs"],
+            "difference (pp)": [report._pct(d) for d in table["mean_difference"]],
+            "95% CI (pp)": [f"± {report._pct(h)}" if math.isfinite(h) else "—" for h in table["ci_half_width"]],
+            "p": [f"{p:.3g}" if math.isfinite(p) else "—" for p in table["p_value"]], "note": table["note"]})), ""]
     geometry = geometry_table(study)
     if geometry is not None:
         parts += ["### Prototype geometry (clean test features)", "",
