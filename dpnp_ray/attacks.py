@@ -1,4 +1,4 @@
-"""L-inf attacks on [0, 1] pixels: FGSM and PGD with restarts, CE / CW-margin / KL objectives.
+"""L-inf attacks on [0, 1] pixels: FGSM and PGD with restarts, CE / CW-margin / KL / targeted objectives.
 
 Attacks take a model and tensors and return tensors. They never call `.item()` or copy to
 the host inside the step loop, take gradients with respect to the input only (parameters
@@ -20,7 +20,14 @@ from .registry import Registry
 
 AttackLoss = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 ATTACK_LOSSES: Registry[AttackLoss] = Registry("attack loss")
-"""name -> f(logits, y, reference_logits) returning the per-example loss the attack maximizes."""
+"""name -> f(scores, y, reference) returning the per-example loss the attack maximizes. `scores` are the
+attacked model's outputs (logits, or `PrototypeScores`); `reference` is a per-example extra input: the
+clean logits for "kl", the target classes for "targeted"."""
+
+
+def _wide(scores: torch.Tensor) -> torch.Tensor:
+    """Scores in fp32, or wider when they already are (bf16 / fp16 logits are widened)."""
+    return scores if scores.dtype in (torch.float32, torch.float64) else scores.float()
 
 
 @ATTACK_LOSSES.register("ce")
@@ -31,7 +38,7 @@ def ce_loss(logits: torch.Tensor, y: torch.Tensor, reference: torch.Tensor | Non
 @ATTACK_LOSSES.register("cw")
 def cw_margin_loss(logits: torch.Tensor, y: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
     """C&W margin -(l_y - max_{j != y} l_j): positive exactly when the point is misclassified."""
-    logits = logits.float()
+    logits = _wide(logits)
     own = logits.gather(1, y.view(-1, 1)).squeeze(1)
     rival = logits.scatter(1, y.view(-1, 1), float("-inf")).max(dim=1).values
     return rival - own
@@ -43,6 +50,79 @@ def kl_loss(logits: torch.Tensor, y: torch.Tensor, reference: torch.Tensor | Non
     if reference is None:
         raise ValueError("attack loss 'kl' needs reference (clean) logits")
     return kl_per_example(reference, logits)
+
+
+@ATTACK_LOSSES.register("targeted")
+def targeted_margin_loss(scores: torch.Tensor, y: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+    """s_t - s_y for the target class t = reference[i] of each example: positive once t outscores y."""
+    if reference is None:
+        raise ValueError("attack loss 'targeted' needs reference = the target class of each example")
+    scores = _wide(scores)
+    return (scores.gather(1, reference.view(-1, 1)) - scores.gather(1, y.view(-1, 1))).squeeze(1)
+
+
+# ------------------------------------------------------------------------ prototype classifiers
+
+
+def prototype_scores(z: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """-||z_i - c_k||^2 for every example i and prototype k, in fp32 or wider: the nearest prototype scores highest."""
+    dtype = torch.promote_types(torch.promote_types(z.dtype, prototypes.dtype), torch.float32)
+    z, prototypes = z.to(dtype), prototypes.to(dtype)
+    with torch.autocast(z.device.type, enabled=False):  # the expansion cancels: never in bf16 / fp16
+        return -((z * z).sum(1, keepdim=True) - 2 * z @ prototypes.t() + (prototypes * prototypes).sum(1))
+
+
+def prototype_margin(z: torch.Tensor, prototypes: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """||z - c_y||^2 - min_{k != y} ||z - c_k||^2 per example: positive exactly when a rival prototype is
+    nearer than the own one. It is the C&W margin of `prototype_scores`, which is how the attack computes it."""
+    return cw_margin_loss(prototype_scores(z, prototypes), y)
+
+
+class PrototypeScores(nn.Module):
+    """A prototype classifier seen through its geometry: forward(x) = `prototype_scores`(features(x), c).
+
+    PGD on this module with loss "cw" maximizes `prototype_margin` (the feature-space attack), with loss
+    "targeted" the margin to one chosen rival prototype. With prototypes of equal norm (both of
+    PrototypeHead's constraints keep them on the sphere) the nearest prototype is the class of largest
+    logit, for dot and cosine logits alike, so argmax of these scores is the classifier's decision.
+    `classifier` needs `features(x)` and `head.prototypes()` (models.Classifier with a PrototypeHead).
+    """
+
+    def __init__(self, classifier: nn.Module):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return prototype_scores(self.classifier.features(x), self.classifier.head.prototypes())
+
+
+def rival_targets(scores: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
+    """(n, min(k, C - 1)) classes other than y, highest score first: for `PrototypeScores` the k nearest
+    rival prototypes, for logits the top-k rival logits."""
+    if k < 1:
+        raise ValueError(f"rival_targets: k={k} must be >= 1")
+    k = min(k, scores.shape[1] - 1)
+    return scores.float().scatter(1, y.view(-1, 1), float("-inf")).topk(k, dim=1).indices
+
+
+def targeted_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor, *, eps: float,
+                 step_size: float, steps: int, restarts: int = 1, generator: torch.Generator | None = None
+                 ) -> torch.Tensor:
+    """The per-point worst target: early-stopping PGD on the "targeted" loss towards targets[:, 0], then
+    towards targets[:, 1] for the points still classified correctly, and so on. A point keeps the first
+    perturbation that misclassifies it (by `model`'s argmax), else the last target's."""
+    best = x.detach().clone()
+    alive = torch.ones(len(x), dtype=torch.bool, device=x.device)
+    for j in range(targets.shape[1]):
+        index = alive.nonzero().squeeze(1)
+        if index.numel() == 0:
+            break
+        x_adv = pgd(model, x[index], y[index], eps=eps, step_size=step_size, steps=steps, loss="targeted",
+                    restarts=restarts, generator=generator, reference=targets[index, j], early_stop=True)
+        best[index] = x_adv
+        with torch.no_grad():
+            alive[index] = model(x_adv).argmax(1) == y[index]
+    return best
 
 
 @contextlib.contextmanager

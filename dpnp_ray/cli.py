@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any, Callable
 
-from .config import ConfigError, parse_assignments
+from .config import ConfigError, field_choices, parse_assignments
 from .ray_train import Scaling
 from .study.settings import StudySettings
 
@@ -29,8 +29,9 @@ def add_common_flags(parser: argparse.ArgumentParser, default_name: str) -> None
     g.add_argument("--resume", action="store_true", help="continue the study <storage>/<name> after an interruption")
     g.add_argument("--local-cpus", type=int, default=None, help="size of the local Ray instance (default: all cores)")
     c = parser.add_argument_group("experiment config")
-    c.add_argument("--dataset", default=None, help="digits (default, offline), cifar10, cifar100, svhn")
-    c.add_argument("--model", default=None, help="small_cnn, resnet18, preact_resnet18, wrn_34_10")
+    choices = field_choices()
+    c.add_argument("--dataset", default=None, help=f"{', '.join(choices['dataset'])} (default: digits, offline)")
+    c.add_argument("--model", default=None, help=f"{', '.join(choices['model'])} (default: small_cnn)")
     c.add_argument("--epochs", type=int, default=None)
     c.add_argument("--data-root", default=None)
     c.add_argument("--eval-suite", default=None, help="basic, quick (default), full")

@@ -118,6 +118,9 @@ class ExperimentConfig:
     eval_restarts: int = field(default=1, metadata=_range(1))
     eval_n: int = field(default=0, metadata=_range(0))  # 0: the whole test set
     eval_batch_size: int = field(default=500, metadata=_range(1))
+    # the targeted attack of quick / full attacks each point towards its k nearest rival prototypes (top-k
+    # rival logits for a linear head) and keeps the per-point worst target
+    eval_rival_targets: int = field(default=3, metadata=_range(1))
     # basic: clean, FGSM, PGD-k, CW-inf. quick (per search/ablation trial): + AutoAttack `apgd`
     # (APGD-CE + APGD-T) on eval_aa_n points, PGD accuracy-vs-eps, masking checks, geometry,
     # corruptions on eval_corruption_n points. full (final models): + AutoAttack `standard`, PGD-50x10.
@@ -129,6 +132,8 @@ class ExperimentConfig:
     # --- execution
     device: str = field(default="auto", metadata=_choices("auto", "cpu", "cuda"))
     precision: str = field(default="auto", metadata=_choices("auto", "fp32", "bf16", "fp16"))
+    # every evaluation attack and accuracy count (validation included); training keeps `precision`
+    eval_precision: str = field(default="fp32", metadata=_choices("fp32", "bf16", "fp16", "auto"))
     channels_last: bool = True
     compile: bool = False
 

@@ -56,7 +56,7 @@ def run_experiment(cfg: ExperimentConfig, *, env: LocalEnvironment | None = None
     started = time.perf_counter()
     result = train(cfg, env=env, data=data, resume=resume, on_epoch=on_epoch, log=log)
     train_seconds = time.perf_counter() - started
-    suite = run_suite(result.net, data, cfg, env, Precision.choose(cfg.precision, env.device))
+    suite = run_suite(result.net, data, cfg, env, Precision.choose(cfg.eval_precision, env.device))
     summary = summary_metrics(suite.evals, result)
     summary.update(suite.summary)
     summary.update(train_seconds=train_seconds, eval_seconds=time.perf_counter() - started - train_seconds)

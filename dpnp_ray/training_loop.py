@@ -118,7 +118,9 @@ def train(cfg: ExperimentConfig, *, env: LocalEnvironment | None = None, data: D
                                steps_per_epoch=len(loader), start=cfg.eps_start)
     attack_gen = _generator(device, 1_000_003 * cfg.seed + 2 * env.rank + 1)
     augment_gen = _generator(device, 1_000_003 * cfg.seed + 2 * env.rank + 2)
-    val_attack = pgd_attack(cfg.eval_eps, cfg.eval_step, cfg.val_attack_steps, precision)
+    # Validation is an evaluation: it runs at cfg.eval_precision (fp32 by default), not the training precision.
+    val_precision = Precision.choose(cfg.eval_precision, device)
+    val_attack = pgd_attack(cfg.eval_eps, cfg.eval_step, cfg.val_attack_steps, val_precision)
 
     history: list[dict[str, Any]] = []
     best = {"metric": float("-inf"), "epoch": -1, "state": None, "bad_epochs": 0}
@@ -179,9 +181,9 @@ def train(cfg: ExperimentConfig, *, env: LocalEnvironment | None = None, data: D
             name = key.replace("correct_", "train_") + "_acc" if key.startswith("correct") else key
             record[name] = value / total_seen
         clean_correct, n_val = correct_counts(net, data.val, None, env=env, batch_size=cfg.eval_batch_size,
-                                              precision=precision)
+                                              precision=val_precision)
         robust_correct, _ = correct_counts(net, data.val, val_attack, env=env, batch_size=cfg.eval_batch_size,
-                                           precision=precision, seed=cfg.seed)
+                                           precision=val_precision, seed=cfg.seed)
         record.update(
             val_clean_acc=clean_correct / n_val, val_robust_acc=robust_correct / n_val, eps=eps, lr=lr,
             images_per_s=total_seen / seconds, epoch_seconds=seconds,

@@ -27,10 +27,10 @@ def test_masking_checks_by_hand():
     assert check_steps_monotone("s", ("PGD-10", 0.50), ("PGD-20", 0.53), n=1000)["flagged"]
     assert check_eps0_equals_clean(0.9, 0.899, n=1000)["flagged"]
     assert not check_eps0_equals_clean(0.9, 0.9, n=1000)["flagged"]
-    assert check_pgd_aa_gap(0.55, 0.50, n=1000, version="apgd")["flagged"]
-    gap = check_pgd_aa_gap(0.53, 0.50, n=1000, version="apgd")
+    assert check_pgd_aa_gap(0.55, 0.50, n=1000, strongest="AutoAttack apgd")["flagged"]
+    gap = check_pgd_aa_gap(0.53, 0.50, n=1000, strongest="AutoAttack apgd")
     assert not gap["flagged"] and gap["threshold"] == PGD_AA_GAP_THRESHOLD
-    assert check_pgd_aa_gap(0.53, 0.50, n=100, version="apgd")["threshold"] == pytest.approx(0.05)
+    assert check_pgd_aa_gap(0.53, 0.50, n=100, strongest="AutoAttack apgd")["threshold"] == pytest.approx(0.05)
     assert check_black_box(0.40, 0.50, n=1000, queries=1000)["flagged"]
     assert not check_black_box(0.55, 0.50, n=1000, queries=1000)["flagged"]
     assert check_unbounded(0.05, n=1000, steps=50)["flagged"] and not check_unbounded(0.0, n=1000, steps=50)["flagged"]

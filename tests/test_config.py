@@ -28,6 +28,7 @@ def test_defaults_follow_paper_part_b_and_resolve_eps():
     assert (cfg.method, cfg.prototype_update, cfg.logit_form, cfg.npr_form, cfg.ppa_form) == (
         "adv_dpnp", "clean", "dot", "prototype", "sqeuclidean")
     assert cfg.consistency_direction == "clean_to_adv" and cfg.consistency_detach_clean
+    assert cfg.eval_precision == "fp32"  # evaluation in fp32 whatever the training precision
     assert cfg.eps == pytest.approx(0.1)  # digits' threat model
     assert cfg.train_step_size == pytest.approx(cfg.eps / 4)
     cifar = ExperimentConfig.from_dict({"dataset": "cifar10", "model": "resnet18"})
@@ -48,6 +49,8 @@ def test_defaults_follow_paper_part_b_and_resolve_eps():
     ({"use_npr": "yes"}, ["'use_npr' = 'yes'", "true or false"]),
     ({"lr": float("nan")}, ["'lr' = nan", "finite"]),
     ({"prototype_update": "sometimes"}, ["'prototype_update'", "'clean'", "'adversarial'", "'both'"]),
+    ({"eval_precision": "int8"}, ["'eval_precision' = 'int8'", "'fp32'", "'bf16'", "'fp16'", "'auto'"]),
+    ({"eval_rival_targets": 0}, ["'eval_rival_targets' = 0", ">= 1"]),
 ])
 def test_bad_values_name_field_value_and_allowed(values, fragments):
     message = error_for(**values)

@@ -23,7 +23,7 @@ from dpnp_ray.config import ExperimentConfig
 from dpnp_ray.data import DatasetSplits, Split, to_float
 from dpnp_ray.devices import Precision
 from dpnp_ray.distributed import LocalEnvironment
-from dpnp_ray.evaluate.accuracy import evaluate_attack, fgsm_attack, pgd_attack, subsample
+from dpnp_ray.evaluate.accuracy import evaluate_attack, fgsm_attack, fraction, pgd_attack, subsample, worst_case
 from dpnp_ray.evaluate.checks import noise_tolerance
 from dpnp_ray.evaluate.corruptions import GENERATED_BENCHMARK, SEVERITIES
 from dpnp_ray.evaluate.external import autoattack, square
@@ -155,7 +155,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 def test_basic_level_reproduces_the_threat_model_rows(experiment, net, data):
     fields = ("attack", "eps", "steps", "restarts", "n", "accuracy", "split", "loss")
     basic_cfg = experiment.config
-    precision = Precision.choose(basic_cfg.precision, CPU)
+    precision = Precision.choose(basic_cfg.eval_precision, CPU)
     reference = [{f: getattr(e, f) for f in fields}
                  for e in reference_threat_model_rows(net, data, basic_cfg, ENV, precision)]
     rows = experiment.evals
@@ -169,6 +169,41 @@ def test_basic_level_reproduces_the_threat_model_rows(experiment, net, data):
         r["accuracy"] for r in reference)
     assert "aa_acc" not in summary and "masking_flags" not in summary
     assert summary["clean_acc"] > 0.9, "the shared model did not train; every later test would be meaningless"
+
+
+@pytest.mark.parametrize("eval_precision, autocast_in_evaluation", [("fp32", False), ("bf16", True)])
+def test_evaluation_runs_at_eval_precision_whatever_training_uses(digits, monkeypatch, eval_precision,
+                                                                   autocast_in_evaluation):
+    """Training in bf16 (CPU autocast) must leave validation and the test suite at eval_precision: with the
+    default fp32 every evaluation forward runs with autocast off. Records the autocast state at the head."""
+    import dpnp_ray.training_loop as training_loop
+    from dpnp_ray.experiment import run_experiment
+
+    seen: dict[str, set[bool]] = {"train": set(), "eval": set()}
+    phase = ["eval"]
+    real_step, real_model = training_loop.train_step, training_loop.model_from_config
+
+    def marked_step(*args, **kwargs):
+        phase[0] = "train"
+        try:
+            return real_step(*args, **kwargs)
+        finally:
+            phase[0] = "eval"
+
+    def recording_model(*args, **kwargs):
+        net = real_model(*args, **kwargs)
+        net.head.register_forward_hook(lambda *_: seen[phase[0]].add(torch.is_autocast_enabled("cpu")))
+        return net
+
+    monkeypatch.setattr(training_loop, "train_step", marked_step)
+    monkeypatch.setattr(training_loop, "model_from_config", recording_model)
+    cfg = ExperimentConfig.from_dict(dict(dataset="digits", epochs=1, batch_size=128, device="cpu", precision="bf16",
+                                          eval_precision=eval_precision, eval_suite="basic", eval_n=50,
+                                          train_attack_steps=1, val_attack_steps=1, eval_attack_steps=2))
+    result = run_experiment(cfg, data=digits, log=None)
+    assert seen["train"] == {True}, "training did not run under bf16 autocast"
+    assert seen["eval"] == {autocast_in_evaluation}
+    assert result.summary["precision"] == "bf16"
 
 
 # -------------------------------------------------------------------------------- attacks
@@ -254,6 +289,69 @@ def test_quick_level_rows_and_summary(quick, cfg):
         for row in table:
             assert all(v is None or isinstance(v, json_safe) for v in row.values()), row
     assert all(isinstance(v, json_safe) for v in summary.values())
+
+
+#: what the quick level's worst case is over: clean and every attack at eval_eps on the attack subset's points
+QUICK_WORST_CASE_ATTACKS = {"clean", "fgsm", "pgd", "cw_inf", "pgd_subset", "autoattack", "feature_margin",
+                            "targeted_rivals", "pgd_steps_check", "square"}
+
+
+def test_worst_case_is_never_above_any_single_attack_on_the_same_points(quick, cfg):
+    flags, n = quick.subset_flags, cfg.eval_aa_n
+    assert set(flags) == QUICK_WORST_CASE_ATTACKS
+    worst = worst_case(flags, n)
+    for name, attack in flags.items():
+        assert len(attack.ok) == len(attack.index) and attack.index.max() < n
+        assert fraction(worst[attack.index]) <= attack.accuracy, name
+        assert not (worst[attack.index] & ~attack.ok).any(), name  # per point, not only on average
+    assert len(flags["square"].index) == CHEAP_QUICK.square_n  # Square covers part of the subset
+    summary = quick.summary
+    assert summary["worst_case_acc"] == fraction(worst) and summary["worst_case_n"] == n
+    assert set(summary["worst_case_attacks"].split(",")) == QUICK_WORST_CASE_ATTACKS
+    for key in ("aa_acc", "pgd_acc_subset", "clean_acc_subset"):
+        assert summary["worst_case_acc"] <= summary[key]
+    row = next(r for r in quick.evals if r["attack"] == "worst_case")
+    assert row["accuracy"] == summary["worst_case_acc"] and row["n"] == n and row["eps"] == cfg.eps
+    gap = next(r for r in quick.masking if r["check"] == "pgd_aa_gap")
+    assert gap["value"] == pytest.approx(summary["pgd_acc_subset"] - summary["worst_case_acc"])
+    print({name: round(f.accuracy - fraction(worst[f.index]), 4) for name, f in flags.items()})
+
+
+def test_attacks_that_know_the_model(quick, cfg):
+    """Rows of the prototype-margin and targeted attacks: at most clean accuracy, and the same points'
+    accuracy under them agrees with the rows."""
+    rows = {r["attack"]: r for r in quick.evals}
+    clean = quick.summary["clean_acc_subset"]
+    margin, targeted = rows["feature_margin"], rows["targeted_rivals"]
+    assert margin["loss"] == "prototype_margin" and margin["scores"] == "prototype_distance"
+    assert targeted["loss"] == "targeted" and targeted["targets"] == cfg.eval_rival_targets == 3
+    for row in (margin, targeted):
+        assert row["n"] == cfg.eval_aa_n and row["eps"] == cfg.eps and row["steps"] == cfg.eval_attack_steps
+        assert row["accuracy"] <= clean
+        assert row["accuracy"] == quick.subset_flags[row["attack"]].accuracy
+    # with dot logits the prototype margin is twice the C&W margin (test_attacks.py): the same attack as CW-inf
+    assert abs(margin["accuracy"] - quick.subset_flags["cw_inf"].accuracy) <= noise_tolerance(cfg.eval_aa_n)
+
+
+def test_a_linear_head_gets_the_targeted_attack_on_logits_and_no_feature_attack(net, data, cfg):
+    """A linear head whose weights are the prototypes (bias 0) makes the same decisions as the dot-logit
+    prototype head: no feature-space row, a targeted row on its logits that agrees with the prototype
+    model's within the attacks' noise (their losses differ by the factor 2 only)."""
+    linear = nn.Linear(net.head.raw.shape[1], net.head.raw.shape[0])
+    with torch.no_grad():
+        linear.weight.copy_(net.head.prototypes())
+        linear.bias.zero_()
+    as_linear = Classifier(net.normalize, net.backbone, linear, net.projection).eval()
+    assert not as_linear.has_prototypes
+    level = SuiteLevel("adaptive_only", adaptive=True)
+    ours = run_suite(as_linear, data, cfg, ENV, FP32, level=level)
+    reference = run_suite(net, data, cfg, ENV, FP32, level=level)
+    rows = {r["attack"]: r for r in ours.evals}
+    assert "feature_margin" not in rows and "feature_margin" not in ours.subset_flags
+    assert rows["targeted_rivals"]["scores"] == "logits"
+    reference_targeted = next(r for r in reference.evals if r["attack"] == "targeted_rivals")["accuracy"]
+    assert abs(rows["targeted_rivals"]["accuracy"] - reference_targeted) <= noise_tolerance(cfg.eval_aa_n)
+    assert ours.summary["worst_case_acc"] <= rows["targeted_rivals"]["accuracy"]
 
 
 def test_trained_model_passes_the_masking_checks(quick):

@@ -1,6 +1,6 @@
 """Evaluation of trained models, one concern per module:
 
-accuracy     accuracy on a split, clean or under PGD / FGSM, sharded across workers; evals rows
+accuracy     accuracy on a split, clean or under an attack, sharded across workers; the per-point worst case
 suite        the robustness suite every finished trial goes through (`run_suite`, its levels)
 checks       the gradient-masking checks, as arithmetic on measured accuracies
 external     the original AutoAttack and Square code, wrapped (RNG isolation, warning capture)
@@ -8,13 +8,15 @@ corruptions  common corruptions: the released CIFAR-C files, the offline generat
 geometry     latent-space geometry of prototype classifiers
 """
 
-from .accuracy import (EvalResult, correct_counts, correct_per_point, eval_row, evaluate_attack, fgsm_attack,
-                       pgd_attack, shard, subsample)
+from .accuracy import (EvalResult, PointFlags, correct_counts, correct_per_point, eval_row, evaluate_attack,
+                       fgsm_attack, pgd_attack, prototype_margin_attack, shard, subsample, targeted_rivals_attack,
+                       worst_case)
 from .external import autoattack, square
 from .suite import SUITE_LEVELS, SuiteLevel, SuiteResult, check_inputs, run_suite, threat_model_evals
 
 __all__ = [
-    "EvalResult", "correct_counts", "correct_per_point", "eval_row", "evaluate_attack", "fgsm_attack", "pgd_attack",
-    "shard", "subsample", "autoattack", "square", "SUITE_LEVELS", "SuiteLevel", "SuiteResult", "check_inputs",
-    "run_suite", "threat_model_evals",
+    "EvalResult", "PointFlags", "correct_counts", "correct_per_point", "eval_row", "evaluate_attack", "fgsm_attack",
+    "pgd_attack", "prototype_margin_attack", "shard", "subsample", "targeted_rivals_attack", "worst_case",
+    "autoattack", "square", "SUITE_LEVELS", "SuiteLevel", "SuiteResult", "check_inputs", "run_suite",
+    "threat_model_evals",
 ]

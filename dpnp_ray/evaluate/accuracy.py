@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
-from ..attacks import eval_mode, fgsm, pgd
+from ..attacks import PrototypeScores, eval_mode, fgsm, pgd, rival_targets, targeted_pgd
 from ..data import Split, to_float
 from ..devices import Precision
 from ..distributed import LocalEnvironment
@@ -27,11 +27,18 @@ Attack = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torc
 # ------------------------------------------------------------------------------- point sets
 
 
+def subsample_index(total: int, n: int, seed: int = 0) -> torch.Tensor:
+    """The sorted positions of `subsample`'s points among `total` points."""
+    if n <= 0 or n >= total:
+        return torch.arange(total)
+    return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+
+
 def subsample(split: Split, n: int, seed: int = 0) -> Split:
     """A fixed random subset of n points (n = 0 or n >= len: the whole split)."""
     if n <= 0 or n >= len(split):
         return split
-    index = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    index = subsample_index(len(split), n, seed)
     return Split(split.images[index], split.labels[index])
 
 
@@ -153,6 +160,69 @@ def fgsm_attack(eps: float, precision: Precision, *, loss: str = "ce") -> Attack
             return fgsm(net, x, y, eps=eps, loss=loss)
 
     return attack
+
+
+def decision_scores(net: nn.Module) -> nn.Module:
+    """What the attacks that know the model attack: a prototype classifier's distances to its prototypes
+    (`attacks.PrototypeScores`), any other model's logits."""
+    return PrototypeScores(net) if getattr(net, "has_prototypes", False) else net
+
+
+def prototype_margin_attack(eps: float, step_size: float, steps: int, precision: Precision, *,
+                            restarts: int = 1) -> Attack:
+    """The feature-space attack: early-stopping PGD on the input maximizing ||z - c_y||^2 - min_{k != y}
+    ||z - c_k||^2 (`attacks.prototype_margin`). Prototype classifiers only."""
+    def attack(net: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if not getattr(net, "has_prototypes", False):
+            raise TypeError(f"the prototype-margin attack needs a prototype head, not {type(net.head).__name__}")
+        with precision.autocast():
+            return pgd(PrototypeScores(net), x, y, eps=eps, step_size=step_size, steps=steps, loss="cw",
+                       restarts=restarts, generator=generator, early_stop=True)
+
+    return attack
+
+
+def targeted_rivals_attack(eps: float, step_size: float, steps: int, precision: Precision, *, rivals: int,
+                           restarts: int = 1) -> Attack:
+    """Targeted early-stopping PGD towards each of the `rivals` nearest rival prototypes (a linear head:
+    the top rival logits), ranked at the clean point; a point counts as broken if any target breaks it
+    (`attacks.targeted_pgd` on `decision_scores`)."""
+    def attack(net: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        model = decision_scores(net)
+        with precision.autocast():
+            with torch.no_grad():
+                targets = rival_targets(model(x), y, rivals)
+            return targeted_pgd(model, x, y, targets, eps=eps, step_size=step_size, steps=steps, restarts=restarts,
+                                generator=generator)
+
+    return attack
+
+
+# ------------------------------------------------------------------------- per-point worst case
+
+
+@dataclass(frozen=True)
+class PointFlags:
+    """One attack's per-point results on a point set it covered (part of it, for some attacks): the
+    positions of its points in the set and, for each, whether the model was still right."""
+
+    index: torch.Tensor
+    ok: torch.Tensor
+
+    @property
+    def accuracy(self) -> float:
+        return fraction(self.ok)
+
+
+def worst_case(flags: Mapping[str, PointFlags], n: int) -> torch.Tensor:
+    """Per point of a set of n: right under every attack that ran on it (the per-point worst case). On the
+    points an attack ran on, the worst case is therefore never more accurate than that attack."""
+    device = next((f.ok.device for f in flags.values()), torch.device("cpu"))
+    ok = torch.ones(n, dtype=torch.bool, device=device)
+    for f in flags.values():
+        index = f.index.to(device)
+        ok[index] = ok[index] & f.ok.to(device)
+    return ok
 
 
 # ------------------------------------------------------------------------------ evals rows

@@ -10,7 +10,9 @@ basic   clean, FGSM, PGD-k (cfg.eval_attack_steps / eval_step / eval_restarts) a
 quick   basic, plus on the "attack subset" (cfg.eval_aa_n points drawn from those eval_n):
         AutoAttack `apgd` (APGD-CE then APGD-T, 9 targets, 100 iterations, 1 restart: standard's
         settings for those two attacks) from the original code (`external.autoattack`), in fp32;
-        a PGD-k accuracy-vs-eps curve ("pgd_eps_curve") at eps = m * cfg.eval_eps for m in
+        the attacks that know the model (`_adaptive`): PGD-k on the prototype margin ("feature_margin",
+        prototype heads only) and targeted PGD-k over the cfg.eval_rival_targets nearest rivals
+        ("targeted_rivals"); a PGD-k accuracy-vs-eps curve ("pgd_eps_curve") at eps = m * cfg.eval_eps for m in
         cfg.eval_eps_curve and m = 1, step scaled with eps; PGD-2k ("pgd_steps_check"); PGD at
         eps = 1 ("pgd_unbounded"); a cheap black-box Square attack ("square"); the gradient-masking
         checks (`checks`); geometry (`geometry.geometry_rows`) of the clean ("test") and PGD-k
@@ -20,18 +22,24 @@ quick   basic, plus on the "attack subset" (cfg.eval_aa_n points drawn from thos
         "cifar10-c" / "cifar100-c") when cfg.corruption_root is set and the dataset is cifar10 /
         cifar100, else the offline generator's 14 benchmark corruptions x 5 severities (source
         GENERATED_DATASET_NAME, fixed seed CORRUPTION_SEED), which needs 3x32x32 images (digits gets
-        no corruption rows; summary says why).
+        no corruption rows; summary says why); the per-point worst case over clean and every attack
+        at eval_eps on the subset's points ("worst_case", `_worst_case`).
 full    quick with AutoAttack `standard` (APGD-CE, APGD-T, FAB-T, Square 5000 queries: AutoAttack's
         cascade, the per-point worst case) instead of `apgd`, PGD-50 with 10 restarts on the eval_n
         points, and Square with 5000 queries on the whole attack subset.
 
 Rows of evals.parquet carry suite = the level that ran; "autoattack" rows add `version` (apgd /
-standard) and name the cascade in `loss`; "square" rows put the query budget in `steps`; eps-curve
+standard) and name the cascade in `loss`; "feature_margin" and "targeted_rivals" rows add `scores`
+(prototype_distance / logits), targeted_rivals also `targets` (k); the "worst_case" row lists its
+attacks in `loss`; "square" rows put the query budget in `steps`; eps-curve
 and unbounded rows add `step_size`. The summary holds clean/fgsm/pgd/cw (via experiment.summary_metrics),
 aa_acc, aa_version, aa_n, pgd_aa_gap (PGD-k CE minus AutoAttack on the attack subset), aa_warnings,
-square_acc, corruption_acc (mean over corruptions x severities), corruption_clean_acc (same points),
+worst_case_acc, worst_case_n, worst_case_attacks (the attacks it is the worst case of), square_acc, corruption_acc (mean over corruptions x severities), corruption_clean_acc (same points),
 corruption_source, masking_flags (count), any_masking_flag, masking_flagged_checks and seconds_<part>
 (wall seconds on this rank).
+
+Every attack and accuracy count here runs at the `precision` passed in (run_experiment passes
+cfg.eval_precision, fp32 by default); AutoAttack and Square always run in fp32.
 
 Sharding: every rank evaluates its slice of each point set (`accuracy.shard`) and per-point results
 are gathered with `env.all_reduce_sum`, so every rank returns the same rows. AutoAttack and Square
@@ -57,8 +65,9 @@ from ..devices import Precision
 from ..distributed import LocalEnvironment
 from ..models import Classifier
 from ..registry import Registry
-from .accuracy import (Attack, EvalResult, correct_counts, correct_per_point, eval_row, evaluate_attack,
-                       fgsm_attack, fraction, gather, gather_flags, local_points, pgd_attack, subsample)
+from .accuracy import (Attack, EvalResult, PointFlags, correct_counts, correct_per_point, eval_row, fgsm_attack,
+                       fraction, gather, gather_flags, local_points, pgd_attack, prototype_margin_attack, subsample,
+                       subsample_index, targeted_rivals_attack, worst_case)
 from .checks import (check_black_box, check_eps0_equals_clean, check_eps_monotone, check_fgsm_vs_pgd,
                      check_pgd_aa_gap, check_steps_monotone, check_unbounded, check_zero_gradients)
 from .corruptions import (GENERATED_DATASET_NAME, RELEASED_CORRUPTION_SOURCES, available_cifar_c,
@@ -76,6 +85,7 @@ class SuiteLevel:
 
     name: str
     autoattack: str | None = None  # a key of AUTOATTACK_VERSIONS, or None
+    adaptive: bool = False  # the prototype-margin PGD and the targeted PGD over the nearest rivals
     diagnostics: bool = False  # eps curve, PGD-2k, unbounded PGD, Square and the masking checks
     geometry: bool = False
     corruptions: bool = False
@@ -90,10 +100,10 @@ class SuiteLevel:
 SUITE_LEVELS: Registry[SuiteLevel] = Registry("eval suite level")
 SUITE_LEVELS.register("basic")(SuiteLevel("basic"))
 SUITE_LEVELS.register("quick")(SuiteLevel(
-    "quick", autoattack="apgd", diagnostics=True, geometry=True, corruptions=True,
+    "quick", autoattack="apgd", adaptive=True, diagnostics=True, geometry=True, corruptions=True,
     square_queries=1000, square_n=500))
 SUITE_LEVELS.register("full")(SuiteLevel(
-    "full", autoattack="standard", diagnostics=True, geometry=True, corruptions=True, strong_pgd=(50, 10),
+    "full", autoattack="standard", adaptive=True, diagnostics=True, geometry=True, corruptions=True, strong_pgd=(50, 10),
     square_queries=5000, square_n=0, square_rescale_schedule=False, unbounded_steps=100))
 
 
@@ -113,13 +123,16 @@ def check_inputs(cfg: ExperimentConfig) -> None:
 
 @dataclass
 class SuiteResult:
-    """Rows for the Parquet tables (without the key columns) and flat scalars for trials.parquet."""
+    """Rows for the Parquet tables (without the key columns) and flat scalars for trials.parquet.
+    `subset_flags` (in memory only, not written): each attack at eval_eps -> its per-point results on the
+    attack subset, the inputs of the per-point worst case."""
 
     evals: list[dict[str, Any]] = field(default_factory=list)
     corruptions: list[dict[str, Any]] = field(default_factory=list)
     geometry: list[dict[str, Any]] = field(default_factory=list)
     masking: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    subset_flags: dict[str, PointFlags] = field(default_factory=dict)
 
 
 class _Timer:
@@ -155,6 +168,11 @@ class SuiteContext:
         """Per-point correctness (and features) on this rank's points, with the suite's batch size and seed."""
         return correct_per_point(self.net, x, y, attack, env=self.env, batch_size=self.cfg.eval_batch_size,
                                  precision=self.precision, seed=self.cfg.seed, features=features)
+
+    def correct_all(self, x: torch.Tensor, y: torch.Tensor, attack: Attack | None, n: int) -> torch.Tensor:
+        """`correct` without features, gathered: per point of all n points of every rank."""
+        local, _ = self.correct(x, y, attack)
+        return gather_flags(local, n, self.env)
 
     def pgd(self, eps: float, step_size: float, steps: int, restarts: int = 1) -> Attack:
         return pgd_attack(eps, step_size, steps, self.precision, restarts=restarts)
@@ -195,16 +213,16 @@ def run_suite(net: Classifier, data: DatasetSplits, cfg: ExperimentConfig, env: 
     test = subsample(data.test, cfg.eval_n)
     with eval_mode(net):
         with ctx.timer("threat_model"):
-            basic = threat_model_evals(net, test, cfg, env, precision)
+            basic, test_flags = _threat_model(net, test, cfg, env, precision)
         result.evals = [e.as_row(level.name) for e in basic]
         acc = {e.attack: e.accuracy for e in basic}
         if level.diagnostics:
             result.masking.append(check_fgsm_vs_pgd(acc["fgsm"], acc["pgd"], basic[0].n))
         if level.strong_pgd is not None:
             with ctx.timer("strong_pgd"):
-                _strong_pgd(ctx, test, acc["pgd"], result)
-        if level.autoattack is not None or level.diagnostics:
-            _attack_subset(ctx, test, result)
+                test_flags.update(_strong_pgd(ctx, test, acc["pgd"], result))
+        if level.autoattack is not None or level.diagnostics or level.adaptive:
+            _attack_subset(ctx, test, test_flags, result)
         if level.corruptions:
             with ctx.timer("corruptions"):
                 _corruptions(ctx, data, result)
@@ -220,49 +238,75 @@ def threat_model_evals(net: Classifier, test: Split, cfg: ExperimentConfig, env:
                        precision: Precision) -> list[EvalResult]:
     """Clean, FGSM, PGD-k (CE) and CW-inf (PGD on the C&W margin) at the threat model's eps: the
     basic level, and the first four rows of every level."""
-    common = dict(env=env, batch_size=cfg.eval_batch_size, precision=precision, seed=cfg.seed)
+    return _threat_model(net, test, cfg, env, precision)[0]
+
+
+def _threat_model(net: Classifier, test: Split, cfg: ExperimentConfig, env: LocalEnvironment, precision: Precision
+                  ) -> tuple[list[EvalResult], dict[str, torch.Tensor]]:
+    """`threat_model_evals` and each attack's per-point results on the test points (all ranks)."""
     eps, step, k, restarts = cfg.eval_eps, cfg.eval_step, cfg.eval_attack_steps, cfg.eval_restarts
-    return [
-        evaluate_attack(net, test, name="clean", attack=None, eps=0.0, steps=0, restarts=0, **common),
-        evaluate_attack(net, test, name="fgsm", attack=fgsm_attack(eps, precision), eps=eps, steps=1,
-                        restarts=1, **common),
-        evaluate_attack(net, test, name="pgd", attack=pgd_attack(eps, step, k, precision, restarts=restarts),
-                        eps=eps, steps=k, restarts=restarts, **common),
-        evaluate_attack(net, test, name="cw_inf",
-                        attack=pgd_attack(eps, step, k, precision, restarts=restarts, loss="cw"),
-                        eps=eps, steps=k, restarts=restarts, loss="cw", **common),
+    attacks = [  # name, attack, eps, steps, restarts, loss
+        ("clean", None, 0.0, 0, 0, "ce"),
+        ("fgsm", fgsm_attack(eps, precision), eps, 1, 1, "ce"),
+        ("pgd", pgd_attack(eps, step, k, precision, restarts=restarts), eps, k, restarts, "ce"),
+        ("cw_inf", pgd_attack(eps, step, k, precision, restarts=restarts, loss="cw"), eps, k, restarts, "cw"),
     ]
+    x, y = local_points(test, env)
+    rows, flags = [], {}
+    with eval_mode(net):
+        for name, attack, attack_eps, steps, attack_restarts, loss in attacks:
+            local, _ = correct_per_point(net, x, y, attack, env=env, batch_size=cfg.eval_batch_size,
+                                         precision=precision, seed=cfg.seed)
+            flags[name] = gather_flags(local, len(test), env)
+            accuracy = int(flags[name].sum()) / max(len(test), 1)
+            rows.append(EvalResult(name, attack_eps, steps, attack_restarts, len(test), accuracy, "test", loss))
+    return rows, flags
 
 
-def _strong_pgd(ctx: SuiteContext, test: Split, pgd_k_accuracy: float, result: SuiteResult) -> None:
-    """The level's extra PGD (steps x restarts) on the eval_n points, checked against PGD-k."""
+def _strong_pgd(ctx: SuiteContext, test: Split, pgd_k_accuracy: float, result: SuiteResult
+                ) -> dict[str, torch.Tensor]:
+    """The level's extra PGD (steps x restarts) on the eval_n points, checked against PGD-k; returns its
+    per-point results under the name pgd_<steps>x<restarts> (nothing when it is PGD-k itself)."""
     cfg = ctx.cfg
     steps, restarts = ctx.level.strong_pgd
     if (steps, restarts) == (cfg.eval_attack_steps, cfg.eval_restarts):
-        return
-    row = evaluate_attack(ctx.net, test, name="pgd", attack=ctx.pgd(cfg.eval_eps, cfg.eval_step, steps, restarts),
-                          eps=cfg.eval_eps, steps=steps, restarts=restarts, env=ctx.env,
-                          batch_size=cfg.eval_batch_size, precision=ctx.precision, seed=cfg.seed)
+        return {}
+    x, y = local_points(test, ctx.env)
+    ok = ctx.correct_all(x, y, ctx.pgd(cfg.eval_eps, cfg.eval_step, steps, restarts), len(test))
+    row = EvalResult("pgd", cfg.eval_eps, steps, restarts, len(test), int(ok.sum()) / max(len(test), 1))
     result.evals.append(row.as_row(ctx.level.name))
     result.summary[f"pgd{steps}x{restarts}_acc"] = row.accuracy
     result.masking.append(check_steps_monotone(
         f"steps_monotone_{steps}x{restarts}", (f"PGD-{cfg.eval_attack_steps}", pgd_k_accuracy),
         (f"PGD-{steps}x{restarts}", row.accuracy), row.n))
+    return {f"pgd_{steps}x{restarts}": ok}
 
 
 # ---------------------------------------------------------------------------- attack subset
 
 
-def _attack_subset(ctx: SuiteContext, test: Split, result: SuiteResult) -> None:
-    """Everything that runs on the cfg.eval_aa_n attack subset, with per-point results gathered."""
-    subset = _clean_and_pgd(ctx, subsample(test, ctx.cfg.eval_aa_n))
-    result.summary.update(attack_subset_n=subset.n, pgd_acc_subset=fraction(subset.pgd_ok),
+def _attack_subset(ctx: SuiteContext, test: Split, test_flags: dict[str, torch.Tensor], result: SuiteResult) -> None:
+    """Everything that runs on the cfg.eval_aa_n attack subset, with per-point results gathered, and the
+    per-point worst case over every attack at eval_eps that ran on its points (`_worst_case`).
+
+    `test_flags`: per-point results of the attacks that ran on all test points (the subset is drawn
+    from them); `result.subset_flags` collects every attack's results on the subset's points."""
+    index = subsample_index(len(test), ctx.cfg.eval_aa_n)
+    subset = _clean_and_pgd(ctx, Split(test.images[index], test.labels[index]))
+    n, everywhere = subset.n, torch.arange(subset.n, device=ctx.env.device)
+    result.summary.update(attack_subset_n=n, pgd_acc_subset=fraction(subset.pgd_ok),
                           clean_acc_subset=fraction(subset.clean_ok))
-    white_box_ok = subset.pgd_ok
+    flags = result.subset_flags
+    flags.update({name: PointFlags(everywhere, ok[index.to(ok.device)]) for name, ok in test_flags.items()})
+    flags["pgd_subset"] = PointFlags(everywhere, subset.pgd_ok)  # PGD-k again: other random starts on these points
     if ctx.level.autoattack is not None:
-        white_box_ok = white_box_ok & _autoattack(ctx, subset, result)
+        flags["autoattack"] = PointFlags(everywhere, _autoattack(ctx, subset, result))
+    if ctx.level.adaptive:
+        with ctx.timer("adaptive"):
+            flags.update({name: PointFlags(everywhere, ok) for name, ok in _adaptive(ctx, subset, result).items()})
     if ctx.level.diagnostics:
-        _diagnostics(ctx, subset, white_box_ok, result)
+        _diagnostics(ctx, subset, flags, result)
+    _worst_case(ctx, subset, flags, result)
     if ctx.level.geometry:
         with ctx.timer("geometry"):
             result.geometry = _geometry(ctx, subset)
@@ -300,19 +344,54 @@ def _autoattack(ctx: SuiteContext, subset: _AttackSubset, result: SuiteResult) -
                                 accuracy=aa_acc, loss="+".join(AUTOATTACK_VERSIONS[version]), version=version))
     result.summary.update(aa_acc=aa_acc, aa_version=version, aa_n=n, pgd_aa_gap=pgd_acc - aa_acc,
                           aa_code=autoattack_code_version(), aa_warnings=" | ".join(dict.fromkeys(warnings)))
-    result.masking.append(check_pgd_aa_gap(pgd_acc, aa_acc, n, version))
     return aa_ok
 
 
-def _diagnostics(ctx: SuiteContext, subset: _AttackSubset, white_box_ok: torch.Tensor, result: SuiteResult) -> None:
-    """The eps curve, PGD-(factor k), PGD at eps = 1, zero gradients and Square, and their checks."""
+def _adaptive(ctx: SuiteContext, subset: _AttackSubset, result: SuiteResult) -> dict[str, torch.Tensor]:
+    """The attacks that know the model, on the subset, with PGD-k's eps, step, steps and restarts: the
+    prototype-margin PGD (prototype heads only: a linear head's weights do not decide by distance) and
+    the targeted PGD over the cfg.eval_rival_targets nearest rivals. Returns their per-point results."""
+    cfg, n = ctx.cfg, subset.n
+    eps, step, k, restarts = cfg.eval_eps, cfg.eval_step, cfg.eval_attack_steps, cfg.eval_restarts
+    scores = "prototype_distance" if ctx.net.has_prototypes else "logits"
+    flags = {}
+    if ctx.net.has_prototypes:
+        flags["feature_margin"] = ctx.correct_all(
+            subset.x, subset.y, prototype_margin_attack(eps, step, k, ctx.precision, restarts=restarts), n)
+        result.evals.append(ctx.row("feature_margin", eps=eps, steps=k, restarts=restarts, n=n,
+                                    accuracy=fraction(flags["feature_margin"]), loss="prototype_margin",
+                                    scores=scores))
+    rivals = min(cfg.eval_rival_targets, ctx.info.num_classes - 1)
+    flags["targeted_rivals"] = ctx.correct_all(
+        subset.x, subset.y, targeted_rivals_attack(eps, step, k, ctx.precision, rivals=rivals, restarts=restarts), n)
+    result.evals.append(ctx.row("targeted_rivals", eps=eps, steps=k, restarts=restarts, n=n,
+                                accuracy=fraction(flags["targeted_rivals"]), loss="targeted", scores=scores,
+                                targets=rivals))
+    return flags
+
+
+def _worst_case(ctx: SuiteContext, subset: _AttackSubset, flags: dict[str, PointFlags], result: SuiteResult) -> None:
+    """The per-point worst case over `flags` (clean and every attack at eval_eps on the subset's points):
+    an evals row, worst_case_acc in the summary, and the PGD-vs-strongest-attack masking check."""
+    n, eps = subset.n, ctx.cfg.eval_eps
+    worst = fraction(worst_case(flags, n))
+    names = ",".join(flags)
+    result.evals.append(ctx.row("worst_case", eps=eps, steps=0, restarts=0, n=n, accuracy=worst, loss=names))
+    result.summary.update(worst_case_acc=worst, worst_case_n=n, worst_case_attacks=names)
+    if ctx.level.autoattack is not None:
+        result.masking.append(check_pgd_aa_gap(fraction(subset.pgd_ok), worst, n,
+                                               f"per-point worst case of {len(flags)} attacks"))
+
+
+def _diagnostics(ctx: SuiteContext, subset: _AttackSubset, flags: dict[str, PointFlags], result: SuiteResult) -> None:
+    """The eps curve, PGD-(factor k), PGD at eps = 1, zero gradients and Square, and their checks; adds the
+    attacks at eval_eps (PGD-(factor k), Square) to `flags`."""
     cfg, env, level, n = ctx.cfg, ctx.env, ctx.level, subset.n
     eps, step, k, restarts = cfg.eval_eps, cfg.eval_step, cfg.eval_attack_steps, cfg.eval_restarts
     pgd_acc, clean_acc = fraction(subset.pgd_ok), fraction(subset.clean_ok)
 
     def accuracy(attack: Attack) -> float:
-        local, _ = ctx.correct(subset.x, subset.y, attack)
-        return fraction(gather_flags(local, n, env))
+        return fraction(ctx.correct_all(subset.x, subset.y, attack, n))
 
     with ctx.timer("eps_curve"):
         curve = {}
@@ -327,7 +406,9 @@ def _diagnostics(ctx: SuiteContext, subset: _AttackSubset, white_box_ok: torch.T
 
     with ctx.timer("steps_check"):
         many = level.steps_factor * k
-        acc_many = accuracy(ctx.pgd(eps, step, many, restarts))
+        many_ok = ctx.correct_all(subset.x, subset.y, ctx.pgd(eps, step, many, restarts), n)
+        flags["pgd_steps_check"] = PointFlags(torch.arange(n, device=env.device), many_ok)
+        acc_many = fraction(many_ok)
     result.evals.append(ctx.row("pgd_steps_check", eps=eps, steps=many, restarts=restarts, n=n, accuracy=acc_many))
     result.masking.append(check_steps_monotone("steps_monotone", (f"PGD-{k}", pgd_acc), (f"PGD-{many}", acc_many), n))
 
@@ -342,7 +423,7 @@ def _diagnostics(ctx: SuiteContext, subset: _AttackSubset, white_box_ok: torch.T
     result.masking.append(check_zero_gradients(fraction(zero) if n else 0.0, n))
 
     if level.square_queries > 0:
-        _square(ctx, subset, white_box_ok, result)
+        _square(ctx, subset, flags, result)
 
 
 def _zero_gradient(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -357,9 +438,11 @@ def _zero_gradient(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size:
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool, device=x.device)
 
 
-def _square(ctx: SuiteContext, subset: _AttackSubset, white_box_ok: torch.Tensor, result: SuiteResult) -> None:
-    """Black-box Square on level.square_n points of the subset, against the white-box attacks on them."""
+def _square(ctx: SuiteContext, subset: _AttackSubset, flags: dict[str, PointFlags], result: SuiteResult) -> None:
+    """Black-box Square on level.square_n points of the subset, against the per-point worst case of the
+    white-box attacks in `flags` on them; adds Square's results to `flags`."""
     cfg, env, level, n = ctx.cfg, ctx.env, ctx.level, subset.n
+    white_box_ok = worst_case(flags, n)
     with ctx.timer("square"):
         m = level.square_n if 0 < level.square_n < n else n
         index = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))[:m].sort().values
@@ -370,6 +453,7 @@ def _square(ctx: SuiteContext, subset: _AttackSubset, white_box_ok: torch.Tensor
                           batch_size=cfg.eval_batch_size, rescale_schedule=level.square_rescale_schedule)
             local, _ = ctx.correct(x_sq, ys, None)
         square_ok = gather_flags(local, m, env)
+    flags["square"] = PointFlags(index.to(env.device), square_ok)
     square_acc = fraction(square_ok)
     white_box = fraction(white_box_ok[index.to(white_box_ok.device)])
     result.evals.append(ctx.row("square", eps=cfg.eval_eps, steps=level.square_queries, restarts=1, n=m,

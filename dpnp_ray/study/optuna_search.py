@@ -13,7 +13,7 @@ import optuna
 from ray.tune.search.optuna import OptunaSearch
 
 from .. import results
-from ..config import ExperimentConfig
+from ..config import ExperimentConfig, field_choices
 from ..registry import Registry
 from .cluster import plan_concurrency, prepare
 from .settings import StudyError, StudySettings
@@ -38,6 +38,7 @@ class SearchSpace:
 
     def sample(self, trial, threat_eps: float, epochs: int) -> None:
         """Suggest every parameter on an Optuna trial (define-by-run)."""
+        choices = field_choices()
         for term, weight in (("use_ppa", "lambda_ppa"), ("use_npr", "lambda_npr"),
                              ("use_consistency", "lambda_cons")):
             on = trial.suggest_categorical(term, [True, False]) if self.search_switches else True
@@ -46,8 +47,8 @@ class SearchSpace:
         trial.suggest_float("beta_adv", *self.beta_adv)
         trial.suggest_float("prototype_radius", *self.prototype_radius, log=True)
         if self.search_switches:
-            trial.suggest_categorical("prototype_update", ["clean", "adversarial", "both"])
-        schedule = trial.suggest_categorical("eps_schedule", ["constant", "linear", "cosine"])
+            trial.suggest_categorical("prototype_update", list(choices["prototype_update"]))
+        schedule = trial.suggest_categorical("eps_schedule", list(choices["eps_schedule"]))
         if schedule != "constant":
             lo, hi = self.warmup_fraction
             trial.suggest_float("eps_warmup_epochs", max(lo * epochs, 0.1), max(hi * epochs, 0.2))

@@ -1,0 +1,94 @@
+"""The package's structure: imports run one way, and the math knows nothing of configs, Ray or files."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "dpnp_ray"
+
+#: modules that hold math on tensors only: no config, no Ray, no study machinery
+PURE = ("dpnp_ray.losses", "dpnp_ray.attacks", "dpnp_ray.models", "dpnp_ray.registry", "dpnp_ray.schedules",
+        "dpnp_ray.evaluate.checks", "dpnp_ray.evaluate.geometry")
+#: (importer prefix, forbidden prefix): lower layers never import upper ones
+FORBIDDEN = [
+    ("dpnp_ray", "analysis"), ("dpnp_ray", "studies"), ("dpnp_ray", "bench"),
+    ("dpnp_ray.evaluate", "dpnp_ray.study"), ("dpnp_ray.evaluate", "dpnp_ray.ray_train"),
+    ("dpnp_ray.training_loop", "dpnp_ray.study"), ("dpnp_ray.training_loop", "dpnp_ray.ray_train"),
+    ("dpnp_ray.training_loop", "ray"), ("dpnp_ray.experiment", "ray"), ("dpnp_ray.evaluate", "ray"),
+]
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports(path: Path, *, top_level_only: bool) -> set[str]:
+    """Absolute names of the modules `path` imports (relative imports resolved)."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    found: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - node.level + 1]
+                stem = ".".join(base + ([node.module] if node.module else []))
+            else:
+                stem = node.module or ""
+            found.add(stem)
+            found.update(f"{stem}.{alias.name}" for alias in node.names)
+    return found
+
+
+MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _within(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def test_module_level_imports_have_no_cycle():
+    graph = {name: {m for m in imports(path, top_level_only=True) if m in MODULES and m != name}
+             for name, path in MODULES.items()}
+    # a package's __init__ re-exports its submodules; the edge submodule -> package is a parent import
+    for name in graph:
+        graph[name] = {m for m in graph[name] if not _within(name, m)}
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in graph[node]:
+            if state.get(nxt) == 1:
+                raise AssertionError(f"import cycle: {' -> '.join(trail + [node, nxt])}")
+            if nxt not in state:
+                visit(nxt, trail + [node])
+        state[node] = 2
+
+    for name in graph:
+        if name not in state:
+            visit(name, [])
+
+
+@pytest.mark.parametrize("importer,forbidden", FORBIDDEN)
+def test_lower_layers_never_import_upper_ones(importer, forbidden):
+    offenders = [(name, m) for name, path in MODULES.items() if _within(name, importer)
+                 for m in imports(path, top_level_only=False) if _within(m, forbidden)]
+    assert not offenders, f"{importer} must not import {forbidden}: {offenders}"
+
+
+@pytest.mark.parametrize("name", PURE)
+def test_the_math_knows_no_config_ray_or_study(name):
+    found = imports(MODULES[name], top_level_only=False)
+    bad = [m for m in found if any(_within(m, p) for p in ("dpnp_ray.config", "ray", "dpnp_ray.study",
+                                                          "dpnp_ray.ray_train", "dpnp_ray.results"))]
+    assert not bad, f"{name} imports {bad}"
