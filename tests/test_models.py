@@ -81,8 +81,8 @@ def test_every_backbone_and_feature_head_gives_features_and_logits(name, head):
         assert projected.features(x).shape == (2, 7)
 
 
-def test_default_feature_head_is_none():
-    assert ExperimentConfig().feature_head == "none"
+def test_config_default_feature_head_is_the_one_the_ablation_chose():
+    assert ExperimentConfig().feature_head == "linear"  # docs/feature_head.md
     assert set(FEATURE_HEADS.names()) == {"none", "linear", "no_final_relu"}
 
 
