@@ -192,6 +192,45 @@ def extra_metrics(trials: pd.DataFrame) -> list[str]:
             and trials[m].notna().any()]
 
 
+def paired_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """stats.differences_from_reference's rows for metrics the report's table does not show, in its format."""
+    return pd.DataFrame({
+        "variant": table["variant"], "reference": table["reference"], "metric": table["metric"],
+        "matching seeds": table["n_pairs"], "difference (pp)": [report._pct(d) for d in table["mean_difference"]],
+        "95% CI (pp)": [f"± {report._pct(h)}" if math.isfinite(h) else "—" for h in table["ci_half_width"]],
+        "p": [f"{p:.3g}" if math.isfinite(p) else "—" for p in table["p_value"]], "note": table["note"]})
+
+
+#: rows of `studies/autoattack_standard.py`, if the study directory holds them
+AA_STANDARD_FILE = "autoattack_standard.csv"
+
+
+def autoattack_standard_sections(study: report.Study) -> list[str]:
+    """AutoAttack `standard` on the whole test split for the re-evaluated trials, next to the study's
+    own numbers for the same trials, and paired against the reference variant."""
+    path = study.directory / AA_STANDARD_FILE
+    if not path.exists():
+        return []
+    standard = pd.read_csv(path)
+    recorded = [c for c in ("clean_acc", "aa_acc", "worst_case_acc") if c in study.trials.columns]
+    merged = standard.drop(columns=["clean_acc", "variant", "seed", "study"], errors="ignore").merge(
+        study.trials[["trial_id", "variant", "seed", *recorded]], on="trial_id", how="left")
+    metrics = ["aa_standard_acc", *[c for c in recorded if c != "clean_acc"]]
+    rows = [{"variant": v, "trials": len(g), "clean (%)": report.ci_text(g["clean_acc"]),
+             **{f"{m} (%)": report.ci_text(g[m]) for m in metrics}}
+            for v in figures.variant_order(merged["variant"]) for g in [merged[merged["variant"] == v]]]
+    parts = ["### AutoAttack standard on the whole test split", "",
+             f"`studies/autoattack_standard.py` on the selected models of this study ({len(standard)} trials, "
+             f"n = {', '.join(map(str, sorted(set(standard['n']))))} test points, "
+             f"{', '.join(sorted(set(standard['aa_version'].astype(str))))}); clean accuracy recomputed from the "
+             "checkpoint and checked against trials.parquet. Percent, mean ± 95% t-interval half-width.", "",
+             markdown_table(pd.DataFrame(rows)), ""]
+    if report.stats.reference_variant(merged["variant"]) is not None and merged["variant"].nunique() > 1:
+        table = report.stats.differences_from_reference(merged, ["aa_standard_acc"])
+        parts += [markdown_table(paired_rows(table)), ""]
+    return parts
+
+
 def variant_sections(study: report.Study) -> list[str]:
     """Per-variant accuracies, paired differences, geometry and last-epoch losses of an ablation."""
     trials = study.trials
@@ -212,11 +251,8 @@ def variant_sections(study: report.Study) -> list[str]:
               markdown_table(differences, "no reference variant or a single variant: no paired comparison"), ""]
     if extra and report.stats.reference_variant(figures.completed(trials)["variant"]) is not None:
         table = report.stats.differences_from_reference(figures.completed(trials), extra)
-        parts += [markdown_table(pd.DataFrame({
-            "variant": table["variant"], "metric": table["metric"], "matching seeds": table["n_pairs"],
-            "difference (pp)": [report._pct(d) for d in table["mean_difference"]],
-            "95% CI (pp)": [f"± {report._pct(h)}" if math.isfinite(h) else "—" for h in table["ci_half_width"]],
-            "p": [f"{p:.3g}" if math.isfinite(p) else "—" for p in table["p_value"]], "note": table["note"]})), ""]
+        parts += [markdown_table(paired_rows(table)), ""]
+    parts += autoattack_standard_sections(study)
     geometry = geometry_table(study)
     if geometry is not None:
         parts += ["### Prototype geometry (clean test features)", "",

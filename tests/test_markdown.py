@@ -136,4 +136,26 @@ def test_worst_case_accuracy_is_shown_while_the_report_lacks_it(tmp_path):
         pytest.skip("the report's own tables show worst_case_acc")
     full = tables["trials"].query("variant == 'full'")["worst_case_acc"]
     assert "`worst_case_acc`" in page and f"{100 * full.mean():.1f} ±" in page
-    assert "| no_ppa | worst_case_acc | 3 |" in page
+    assert "| no_ppa | full | worst_case_acc | 3 |" in page
+
+
+def test_autoattack_standard_rows_are_shown_with_the_study_numbers_and_paired(tmp_path):
+    tables = ablation_tables()
+    directory = write_study(tmp_path / "abl", tables)
+    done = tables["trials"].query("status == 'completed' and variant in ['full', 'no_ppa']")
+    pd.DataFrame({"study": done["study"], "trial_id": done["trial_id"], "variant": done["variant"],
+                  "seed": done["seed"], "n": 359, "eps": 0.1, "clean_acc": done["clean_acc"],
+                  "aa_standard_acc": done["aa_acc"] - 0.02, "aa_version": "pyautoattack 0.2.0", "seconds": 1.0,
+                  "warnings": ""}).to_csv(directory / markdown.AA_STANDARD_FILE, index=False)
+    page = markdown.study_markdown(load_study(directory))
+    section = page[page.index("### AutoAttack standard"):]
+    full = done.query("variant == 'full'")
+    assert "(6 trials, n = 359 test points, pyautoattack 0.2.0)" in section
+    assert f"| full | 3 | {report_ci(full['clean_acc'])} | {report_ci(full['aa_acc'] - 0.02)} |" in section
+    assert "| no_ppa | full | aa_standard_acc | 3 |" in section
+
+
+def report_ci(values: pd.Series) -> str:
+    from analysis.report import ci_text
+
+    return ci_text(values)
