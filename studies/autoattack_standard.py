@@ -1,12 +1,13 @@
 """AutoAttack `standard` on the whole test split for chosen trials of a finished ablation (no Ray, no retraining).
 
-    python studies/autoattack_standard.py results/ablation_digits --variants full pgd_at trades
+    python studies/autoattack_standard.py results/ablation_digits --variants full pgd_at trades --seeds 0 1 2 3 4
 
 Each trial's selected model (the best-validation weights its last epoch checkpoint holds) is rebuilt from
-<study>/train/<study>-<variant>-s<seed>/, its clean accuracy recomputed and checked against trials.parquet
-(so the model is the one the study evaluated), then attacked with the original AutoAttack, version
+<study>/train/<study>-<variant>-s<seed>/, its clean accuracy recomputed and checked against the trial's
+record (so the model is the one the study evaluated), then attacked with the original AutoAttack, version
 `standard`, at the trial's eval_eps in fp32. Rows go to <study>/autoattack_standard.csv (one per trial);
 `python -m analysis.markdown` shows them next to the study's own AutoAttack (`apgd` in the quick suite).
+With --wait it runs beside a study still in progress, taking each trial when its record appears.
 """
 
 import argparse
@@ -23,7 +24,7 @@ from dpnp_ray.config import ExperimentConfig
 from dpnp_ray.data import to_float
 from dpnp_ray.evaluate.external import autoattack, autoattack_code_version
 from dpnp_ray.ray_train import STATE_FILE
-from dpnp_ray.results import read_table
+from dpnp_ray.study.records import read_record, record_path
 from dpnp_ray.training_loop import load_data, model_from_config
 
 OUTPUT = "autoattack_standard.csv"
@@ -45,7 +46,8 @@ def _accuracy(net, x: torch.Tensor, y: torch.Tensor, batch: int) -> float:
     return sum(int((net(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum()) for i in range(0, len(y), batch)) / len(y)
 
 
-def evaluate_trial(study_dir: Path, row: pd.Series, threads: int) -> dict:
+def evaluate_trial(study_dir: Path, row: dict, threads: int) -> dict:
+    """row: the trial's record (study, trial_id, variant, seed, summary)."""
     torch.set_num_threads(threads)
     config, weights = selected_weights(study_dir, str(row["study"]), str(row["trial_id"]))
     cfg = ExperimentConfig.from_dict(config)
@@ -55,9 +57,10 @@ def evaluate_trial(study_dir: Path, row: pd.Series, threads: int) -> dict:
     net.eval()
     x, y = to_float(data.test.images), data.test.labels
     clean = _accuracy(net, x, y, cfg.eval_batch_size)
-    if abs(clean - float(row["clean_acc"])) > 0.5 / len(y):
+    recorded = float(row["summary"]["clean_acc"])
+    if abs(clean - recorded) > 0.5 / len(y):
         raise RuntimeError(f"{row['trial_id']}: recomputed clean accuracy {clean:.4f} differs from the study's "
-                           f"{float(row['clean_acc']):.4f}: not the model the study evaluated")
+                           f"{recorded:.4f}: not the model the study evaluated")
     started = time.perf_counter()
     _, robust, warnings = autoattack(net, x, y, eps=float(cfg.eval_eps), version="standard", seed=cfg.seed,
                                      batch_size=cfg.eval_batch_size, num_classes=data.info.num_classes)
@@ -71,27 +74,30 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study_dir", type=Path)
     parser.add_argument("--variants", nargs="+", required=True)
-    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default: every seed the study ran")
+    parser.add_argument("--seeds", nargs="+", type=int, required=True)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--wait", type=float, default=0, help="seconds to wait for a trial's record to appear")
     args = parser.parse_args()
-    trials = read_table(args.study_dir, "trials")
-    chosen = trials[(trials["status"] == "completed") & trials["variant"].isin(args.variants)]
-    if args.seeds is not None:
-        chosen = chosen[chosen["seed"].isin(args.seeds)]
-    if chosen.empty:
-        print(f"error: no completed trial of {args.variants} in {args.study_dir}", file=sys.stderr)
-        return 2
     out = args.study_dir / OUTPUT
-    done = pd.read_csv(out) if out.exists() else pd.DataFrame(columns=["trial_id"])
-    rows = done.to_dict("records")
-    for _, row in chosen.sort_values(["variant", "seed"]).iterrows():
-        if row["trial_id"] in set(done["trial_id"]):
-            continue
-        record = evaluate_trial(args.study_dir, row, args.threads)
-        print(f"{record['trial_id']}: clean {record['clean_acc']:.4f}  AutoAttack standard "
-              f"{record['aa_standard_acc']:.4f}  ({record['seconds']:.0f}s)", flush=True)
-        rows.append(record)
-        pd.DataFrame(rows).to_csv(out, index=False)  # after every trial: an interrupted run keeps what it has
+    rows = pd.read_csv(out).to_dict("records") if out.exists() else []
+    for variant in args.variants:
+        for seed in args.seeds:
+            trial_id = f"{variant}-s{seed}"
+            if trial_id in {r["trial_id"] for r in rows}:
+                continue
+            deadline = time.time() + args.wait
+            record = read_record(record_path(str(args.study_dir), trial_id))
+            while record is None and time.time() < deadline:
+                time.sleep(15)
+                record = read_record(record_path(str(args.study_dir), trial_id))
+            if record is None or record.get("status") != "completed":
+                print(f"{trial_id}: no completed record in {args.study_dir}; skipped", file=sys.stderr)
+                continue
+            result = evaluate_trial(args.study_dir, record, args.threads)
+            print(f"{trial_id}: clean {result['clean_acc']:.4f}  AutoAttack standard "
+                  f"{result['aa_standard_acc']:.4f}  ({result['seconds']:.0f}s)", flush=True)
+            rows.append(result)
+            pd.DataFrame(rows).to_csv(out, index=False)  # after every trial: an interrupted run keeps what it has
     print(f"wrote {out}")
     return 0
 
