@@ -143,18 +143,30 @@ def journal_importances(journal: Path, study_name: str | None = None) -> pd.Data
     return frame.sort_values(frame.columns[-1], ascending=False, kind="stable")
 
 
-def search_sections(study: report.Study, clean_tolerance: float) -> list[str]:
-    """Pareto front, parameter importances, and the trial the rule of record chooses."""
+def search_sections(study: report.Study, clean_tolerance: float, top: int = 10) -> list[str]:
+    """Pareto front, the best trials, parameter importances, and the trial the rule of record chooses.
+
+    Parameters are the values a trial sampled (param_*); '—' where the space did not sample one."""
     trials = figures.completed(study.trials)
     params = searched_parameters(study.trials)
-    shown = ["trial_id", *SEARCH_OBJECTIVES, "clean_acc", "pgd_acc", *[f"cfg_{p}" for p in params]]
+    shown = ["trial_id", *SEARCH_OBJECTIVES, "clean_acc", "pgd_acc", *[f"param_{p}" for p in params]]
+
+    def table(rows: pd.DataFrame) -> str:
+        return markdown_table(rows[[c for c in shown if c in rows.columns]].rename(
+            columns=lambda c: c.removeprefix("param_")))
+
     front = trials[trials["trial_id"].isin(study.pareto["trial_id"])] if study.pareto is not None else trials.iloc[:0]
     front = front.sort_values(SEARCH_OBJECTIVES[0], ascending=False, kind="stable")
+    best = trials.sort_values([SEARCH_OBJECTIVES[1], SEARCH_OBJECTIVES[0]], ascending=False, kind="stable").head(top)
     parts = ["### Pareto front (validation clean vs validation robust accuracy)", "",
              f"{len(front)} non-dominated of {len(trials)} completed trials; accuracies as fractions; "
              "clean_acc and pgd_acc are the test split's, shown for information only (never used to choose).", "",
-             markdown_table(front[[c for c in shown if c in front.columns]].rename(
-                 columns=lambda c: c.removeprefix("cfg_"))), ""]
+             table(front), ""]
+    if "started_at" in trials.columns and len(trials):
+        first = trials.sort_values("started_at", kind="stable").iloc[0]
+        parts += [f"The first trial (`{first['trial_id']}`) evaluates the base config, the provisional defaults: "
+                  f"val clean {first[SEARCH_OBJECTIVES[0]]:.4g}, val robust {first[SEARCH_OBJECTIVES[1]]:.4g}.", ""]
+    parts += [f"### The {len(best)} best trials by validation robust accuracy", "", table(best), ""]
     journal = study.directory / "optuna.journal"
     if journal.exists():
         importances = journal_importances(journal)
@@ -166,9 +178,7 @@ def search_sections(study: report.Study, clean_tolerance: float) -> list[str]:
         parts += ["### Chosen by the rule", "",
                   f"Rule: among the front's trials with validation clean accuracy within {100 * clean_tolerance:g} "
                   "point(s) of the front's best, the highest validation robust accuracy.", "",
-                  markdown_table(pd.DataFrame([{"trial_id": chosen["trial_id"],
-                                                **{o: chosen[o] for o in SEARCH_OBJECTIVES},
-                                                **{p: chosen[f"cfg_{p}"] for p in params}}])), ""]
+                  table(chosen.to_frame().T), ""]
     return parts
 
 
