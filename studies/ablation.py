@@ -18,7 +18,10 @@ from dpnp_ray.cli import add_common_flags, base_config, console_summary, print_l
 from dpnp_ray.study.ablation_grid import ABLATION_VARIANTS, DEFAULT_VARIANTS, run_ablation
 
 # The ablation's defaults on digits: small enough for a laptop, large enough to separate variants.
-DEFAULTS = {"dataset": "digits", "model": "small_cnn", "epochs": 8, "lr": 0.05, "batch_size": 64}
+DEFAULTS = {"dataset": "digits", "model": "small_cnn", "epochs": 8, "lr": 0.05, "batch_size": 64,
+            # the digits search of record chose these (docs/search_digits.md; 3 significant digits)
+            "lambda_ppa": 0.0286, "lambda_npr": 0.0554, "lambda_cons": 2.23, "beta_adv": 1.31, "prototype_radius": 1.1,
+            "eps_schedule": "constant", "eps": 0.0997}
 SMOKE = {"epochs": 2, "train_attack_steps": 3, "val_attack_steps": 3, "eval_attack_steps": 10, "eval_aa_n": 100,
          "eval_corruption_n": 100}
 SMOKE_VARIANTS = ["full", "pgd_at"]
