@@ -29,9 +29,9 @@ class NoData(ValueError):
 #: trials.parquet accuracy columns and how figures name them
 ACCURACY_LABELS = {
     "clean_acc": "clean", "fgsm_acc": "FGSM", "pgd_acc": "PGD", "cw_acc": "CW-inf", "aa_acc": "AutoAttack",
-    "corruption_acc": "corruptions",
+    "worst_case_acc": "worst case", "corruption_acc": "corruptions",
 }
-ABLATION_METRICS = ("clean_acc", "pgd_acc", "cw_acc", "aa_acc", "corruption_acc")
+ABLATION_METRICS = ("clean_acc", "pgd_acc", "cw_acc", "aa_acc", "worst_case_acc", "corruption_acc")
 SEARCH_OBJECTIVES = ("val_clean_acc", "val_robust_acc")
 
 LOSS_TERMS = ("loss_total", "loss_ce", "loss_ppa", "loss_npr", "loss_ce_adv", "loss_ppa_adv", "loss_cons",
@@ -125,11 +125,13 @@ def ablation_bars(trials: pd.DataFrame, metrics: Sequence[str] = ABLATION_METRIC
 
 
 def _p_text(row: pd.Series) -> str:
-    """'p=0.012', with † when fewer than MIN_PAIRS_FOR_POWER seeds pair up, or 'no test (n=1)' and why."""
+    """'p=0.012 (Holm 0.048)': the raw and the Holm-adjusted p, with † when fewer than MIN_PAIRS_FOR_POWER
+    seeds pair up; or 'no test (n=1)' and why."""
     if not math.isfinite(row["p_value"]):
         reason = "identical differences" if row["n_pairs"] >= stats.MIN_PAIRS_FOR_TEST else f"n={row['n_pairs']}"
         return f"no test ({reason})"
-    return f"p={row['p_value']:.2g}" + ("†" if row["n_pairs"] < stats.MIN_PAIRS_FOR_POWER else "")
+    return (f"p={row['p_value']:.2g}" + ("†" if row["n_pairs"] < stats.MIN_PAIRS_FOR_POWER else "")
+            + f" (Holm {row['p_adjusted']:.2g})")
 
 
 def _padded_range(centres: pd.Series, half_widths: pd.Series) -> list[float]:
@@ -144,7 +146,8 @@ def _padded_range(centres: pd.Series, half_widths: pd.Series) -> list[float]:
 def ablation_differences(trials: pd.DataFrame, metrics: Sequence[str] = ABLATION_METRICS,
                          reference: str | None = None, confidence: float = 0.95) -> go.Figure:
     """A forest plot, one panel per metric: each variant minus the full Adv-DPNP over matching seeds (the mean
-    paired difference and its t-interval), with the paired t-test's p-value (or why there is none) above it."""
+    paired difference and its t-interval), with the paired t-test's raw and Holm-adjusted p-value (adjusted
+    over every (variant, metric) test of the figure; or why there is no test) above it."""
     frame = completed(_require(trials, "trials", ["variant", "seed"]))
     if frame.empty:
         raise NoData("no completed trials")
@@ -166,10 +169,10 @@ def ablation_differences(trials: pd.DataFrame, metrics: Sequence[str] = ABLATION
             marker=dict(size=10, color=qualitative.Plotly[i % 10]), showlegend=False,
             error_x=dict(type="data", array=_none_if_nan(rows["ci_half_width"]), visible=True),
             text=[_p_text(r) for _, r in rows.iterrows()], textposition="top center", cliponaxis=False,
-            customdata=np.stack([rows["n_pairs"], rows["p_value"], rows["statistic"]], axis=1),
+            customdata=np.stack([rows["n_pairs"], rows["p_value"], rows["statistic"], rows["p_adjusted"]], axis=1),
             hovertemplate=(f"{label(metric)}: %{{y}} − {reference}<br>mean difference %{{x:.2%}}<br>"
-                           "t=%{customdata[2]:.3f}, p=%{customdata[1]:.3g}<br>n=%{customdata[0]} matching seeds"
-                           "<extra></extra>"),
+                           "t=%{customdata[2]:.3f}, p=%{customdata[1]:.3g}, Holm-adjusted p=%{customdata[3]:.3g}"
+                           "<br>n=%{customdata[0]} matching seeds<extra></extra>"),
         ), row=1, col=i + 1)
         fig.add_vline(x=0, line_color="black", line_width=1, row=1, col=i + 1)
         fig.update_xaxes(title_text=f"variant − {reference}", tickformat=".1%", row=1, col=i + 1,
@@ -177,7 +180,8 @@ def ablation_differences(trials: pd.DataFrame, metrics: Sequence[str] = ABLATION
     fig.update_yaxes(title_text="variant", autorange="reversed", row=1, col=1)
     fig.update_layout(
         title=_title(f"Difference from {reference!r} (variant − {reference}), {confidence:.0%} t-interval of "
-                     f"the paired differences<br><sup>{stats.PAIRED_TEST_NAME}; † fewer than "
+                     f"the paired differences<br><sup>{stats.PAIRED_TEST_NAME}; Holm-adjusted p over the "
+                     f"figure's {int(np.isfinite(table['p_value']).sum())} tests in brackets; † fewer than "
                      f"{stats.MIN_PAIRS_FOR_POWER} seed pairs (low power); no test with fewer than "
                      f"{stats.MIN_PAIRS_FOR_TEST}</sup>", missing),
         margin=dict(t=150 if missing else 120), height=max(350, 90 * len(order) + 200),

@@ -193,22 +193,14 @@ def _settings_line(trials: pd.DataFrame) -> str:
             f"variants {', '.join(figures.variant_order(trials['variant']))}.")
 
 
-#: accuracies the markdown page adds when a study has them and the report's tables do not show them yet
-EXTRA_METRICS = ("worst_case_acc",)
-
-
-def extra_metrics(trials: pd.DataFrame) -> list[str]:
-    return [m for m in EXTRA_METRICS if m in trials.columns and m not in figures.ACCURACY_LABELS
-            and trials[m].notna().any()]
-
-
 def paired_rows(table: pd.DataFrame) -> pd.DataFrame:
-    """stats.differences_from_reference's rows for metrics the report's table does not show, in its format."""
+    """stats.differences_from_reference's rows in the report's format (Holm over the rows of this table)."""
     return pd.DataFrame({
         "variant": table["variant"], "reference": table["reference"], "metric": table["metric"],
         "matching seeds": table["n_pairs"], "difference (pp)": [report._pct(d) for d in table["mean_difference"]],
         "95% CI (pp)": [f"± {report._pct(h)}" if math.isfinite(h) else "—" for h in table["ci_half_width"]],
-        "p": [f"{p:.3g}" if math.isfinite(p) else "—" for p in table["p_value"]], "note": table["note"]})
+        "p (raw)": [f"{p:.3g}" if math.isfinite(p) else "—" for p in table["p_value"]],
+        "p (Holm)": [f"{p:.3g}" if math.isfinite(p) else "—" for p in table["p_adjusted"]], "note": table["note"]})
 
 
 #: rows of `studies/autoattack_standard.py`, if the study directory holds them
@@ -247,21 +239,11 @@ def variant_sections(study: report.Study) -> list[str]:
     parts = ["### Per variant", "",
               "Accuracies in percent on the test split: mean ± 95% t-interval half-width over seeds (n seeds).", "",
               markdown_table(report.variant_summary_table(trials, study.masking)), ""]
-    extra = extra_metrics(trials)
-    if extra:
-        done = figures.completed(trials)
-        parts += ["Also recorded (not in the report's table yet): " + ", ".join(f"`{m}`" for m in extra) + ".", "",
-                  markdown_table(pd.DataFrame([{"variant": v, **{f"{m} (%)": report.ci_text(
-                      done[done["variant"] == v][m]) for m in extra}} for v in figures.variant_order(done["variant"])])),
-                  ""]
     differences = report.differences_table(trials)
     parts += ["### Paired differences from the reference", "",
               "Variant minus reference on matching seeds, in percentage points; "
-              f"test: {report.stats.PAIRED_TEST_NAME}.", "",
+              f"test: {report.stats.PAIRED_TEST_NAME}; p (Holm): {report.stats.CORRECTION_NAME}.", "",
               markdown_table(differences, "no reference variant or a single variant: no paired comparison"), ""]
-    if extra and report.stats.reference_variant(figures.completed(trials)["variant"]) is not None:
-        table = report.stats.differences_from_reference(figures.completed(trials), extra)
-        parts += [markdown_table(paired_rows(table)), ""]
     parts += autoattack_standard_sections(study)
     geometry = geometry_table(study)
     if geometry is not None:

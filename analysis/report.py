@@ -37,6 +37,7 @@ OPTIONAL_TABLES = ("epochs", "evals", "corruptions", "geometry", "masking", "par
 PROVENANCE_COLUMNS = ("code_version", "torch_version", "ray_version", "optuna_version", "python_version",
                       "aa_version", "hardware", "platform", "num_workers", "use_gpu")
 NO_VARIANT = "(no variant)"
+STUDY_FILE = "study.yaml"  # dpnp_ray.study.recipe.STUDY_FILE; importing that module would import torch
 BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 
 
@@ -55,6 +56,8 @@ class Study:
     geometry: pd.DataFrame | None = None
     masking: pd.DataFrame | None = None
     pareto: pd.DataFrame | None = None
+    optuna_storage: str | None = None  # the search's Optuna storage; None: <directory>/optuna.journal
+    recipe: str | None = None  # study.yaml: the resolved study and its command line, when the study wrote one
 
     @property
     def name(self) -> str:
@@ -68,14 +71,32 @@ class Study:
             return str(self.trials["study_kind"].dropna().iloc[0])
         return "search" if self.pareto is not None else "ablation"
 
+    @property
+    def journal(self) -> str | None:
+        """The search's Optuna storage if there is one to read (--optuna-storage, or <directory>/optuna.journal)."""
+        if self.optuna_storage:
+            return self.optuna_storage
+        path = optuna_study.journal_path(self.directory)
+        return str(path) if path.is_file() else None
+
     @functools.cached_property
     def search(self):
-        """The Optuna study rebuilt from the trials; NoData (not cached, cheap) when nothing was searched."""
+        """The search's Optuna study: from its journal when there is one, else rebuilt from trials.parquet;
+        NoData (not cached) when nothing was searched."""
+        if self.journal is not None:
+            return optuna_study.journal_study(self.journal, self.name)
         return optuna_study.rebuild_study(self.trials)
 
+    @property
+    def search_source(self) -> str:
+        if self.journal is not None:
+            return f"Optuna journal {self.journal}"
+        return "rebuilt from trials.parquet (no Optuna journal in the study directory)"
 
-def load_study(directory: str | Path) -> Study:
-    """Read a study directory; ResultsError when it is not one (no trials.parquet) or a file is not of the schema."""
+
+def load_study(directory: str | Path, optuna_storage: str | None = None) -> Study:
+    """Read a study directory; ResultsError when it is not one (no trials.parquet) or a file is not of the schema.
+    `optuna_storage`: the search's Optuna storage when it is not <directory>/optuna.journal."""
     directory = Path(directory)
     if not directory.is_dir():
         raise ResultsError(f"{directory}: not a directory; pass a study directory holding trials.parquet")
@@ -87,7 +108,9 @@ def load_study(directory: str | Path) -> Study:
     if trials.empty:
         raise ResultsError(f"{directory / 'trials.parquet'}: no trials recorded yet; nothing to report")
     tables = {t: _named_variants(read_table(directory, t, required=False)) for t in OPTIONAL_TABLES}
-    return Study(directory, _named_variants(trials), **tables)
+    recipe = directory / STUDY_FILE
+    return Study(directory, _named_variants(trials), **tables, optuna_storage=optuna_storage,
+                 recipe=recipe.read_text(encoding="utf-8") if recipe.is_file() else None)
 
 
 def _named_variants(frame: pd.DataFrame | None) -> pd.DataFrame | None:
@@ -111,29 +134,30 @@ class FigureSpec:
 
 def _objective_specs() -> list[FigureSpec]:
     specs = []
-    for i, objective in enumerate(figures.SEARCH_OBJECTIVES):
+    for objective in figures.SEARCH_OBJECTIVES:
         name = figures.label(objective)
         specs += [
             FigureSpec(f"optuna_history_{objective}", f"Optimization history: {name}",
-                       f"{name} of each trial in order, and the best so far (optuna.visualization).",
-                       lambda s, i=i: optuna_study.optimization_history(s.search, i), ("search",)),
+                       f"{name} of each completed trial in order, and the best so far (optuna.visualization).",
+                       lambda s, o=objective: optuna_study.optimization_history(s.search, o), ("search",)),
             FigureSpec(f"optuna_parallel_{objective}", f"Parallel coordinates: {name}",
                        "Each trial as a line through its parameter values, coloured by the objective.",
-                       lambda s, i=i: optuna_study.parallel_coordinates(s.search, i), ("search",)),
+                       lambda s, o=objective: optuna_study.parallel_coordinates(s.search, o), ("search",)),
             FigureSpec(f"optuna_slice_{objective}", f"Slice plots: {name}",
                        "The objective against each parameter on its own.",
-                       lambda s, i=i: optuna_study.slices(s.search, i), ("search",)),
+                       lambda s, o=objective: optuna_study.slices(s.search, o), ("search",)),
         ]
     return specs
 
 
 FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("ablation_bars", "Accuracy per variant",
-               "Clean, PGD, CW-inf, AutoAttack and corruption accuracy of each variant: mean over seeds with a "
-               "95% t-interval (mean ± t·s/√n).", lambda s: figures.ablation_bars(s.trials), ("ablation",)),
+               "Clean, PGD, CW-inf, AutoAttack, per-point worst case over every attack (worst_case_acc) and "
+               "corruption accuracy of each variant: mean over seeds with a 95% t-interval (mean ± t·s/√n).",
+               lambda s: figures.ablation_bars(s.trials), ("ablation",)),
     FigureSpec("ablation_differences", "Difference from the full Adv-DPNP",
                f"Each variant minus the reference over matching seeds, with the {stats.PAIRED_TEST_NAME}; "
-               "the p-value (or why there is no test) is written above each point.",
+               "the raw and the Holm-adjusted p-value (or why there is no test) are written above each point.",
                lambda s: figures.ablation_differences(s.trials), ("ablation",)),
     FigureSpec("clean_robust", "Clean vs robust accuracy (validation objectives)",
                "Every completed trial; the Pareto front is highlighted; hover a point for its config.",
@@ -145,6 +169,9 @@ FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("optuna_importances", "Parameter importances",
                "fANOVA importance of each searched parameter for each objective (optuna.visualization).",
                lambda s: optuna_study.parameter_importances(s.search), ("search",)),
+    FigureSpec("optuna_pareto_front", "Pareto front (Optuna)",
+               "The completed trials in objective space; the Pareto-optimal ones highlighted (optuna.visualization).",
+               lambda s: optuna_study.pareto_front(s.search), ("search",)),
     *_objective_specs(),
     FigureSpec("learning_curves", "Learning curves",
                "Loss terms, train/val clean and robust accuracy, training eps and learning rate per epoch: mean "
@@ -234,7 +261,8 @@ def differences_table(trials: pd.DataFrame) -> pd.DataFrame | None:
         "difference (pp)": [_pct(d) for d in table["mean_difference"]],
         "95% CI (pp)": [f"± {_pct(h)}" if math.isfinite(h) else "—" for h in table["ci_half_width"]],
         "t": [f"{t:.3f}" if math.isfinite(t) else "—" for t in table["statistic"]],
-        "p": [f"{p:.3g}" if math.isfinite(p) else "—" for p in table["p_value"]],
+        "p (raw)": [f"{p:.3g}" if math.isfinite(p) else "—" for p in table["p_value"]],
+        "p (Holm)": [f"{p:.3g}" if math.isfinite(p) else "—" for p in table["p_adjusted"]],
         "note": table["note"],
     })
 
@@ -266,6 +294,8 @@ def provenance_table(study: Study) -> pd.DataFrame:
     trials = study.trials
     rows = [("study", study.name), ("kind", study.kind), ("directory", str(study.directory.resolve())),
             ("trials", ", ".join(f"{n} {s}" for s, n in trials["status"].value_counts().items()))]
+    if study.kind == "search":
+        rows.append(("search views", study.search_source))
     rows += [(c, ", ".join(map(str, dict.fromkeys(trials[c].dropna().astype(str)))) or "—")
              for c in PROVENANCE_COLUMNS if c in trials.columns]
     rows += [("report generated", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
@@ -333,6 +363,8 @@ def render_html(study: Study, drawn: Figures) -> str:
                f"{_table_html(variant_summary_table(study.trials, study.masking))}"]
     if study.kind == "ablation":
         summary.append(f"<h3>Difference from the full Adv-DPNP ({html.escape(stats.PAIRED_TEST_NAME)})</h3>"
+                       f"<p class='note'>p (Holm): {html.escape(stats.CORRECTION_NAME)}; read a difference as "
+                       "significant at level a only where p (Holm) &lt;= a.</p>"
                        + _table_html(differences_table(study.trials),
                                      "no comparison: needs a variant named 'full' or 'adv_dpnp' and another variant"))
     if study.kind == "search":
@@ -353,10 +385,27 @@ def render_html(study: Study, drawn: Figures) -> str:
 {_table_html(provenance_table(study))}
 <h3>Config fields that vary between trials</h3>{_table_html(varied)}
 <details><summary>Config fields shared by every trial ({len(fixed)})</summary>{_table_html(fixed)}</details>
+{recipe_html(study.recipe)}
 </section>
 {''.join(sections)}
 </body></html>
 """
+
+
+def recipe_html(recipe: str | None) -> str:
+    """The study's command line and its study.yaml (what reruns it), or a note that it has none."""
+    if recipe is None:
+        return f"<p class='note'>no {STUDY_FILE} in the study directory (studies/*.py write one)</p>"
+    import yaml
+
+    try:
+        command = (yaml.safe_load(recipe) or {}).get("command")
+    except (yaml.YAMLError, AttributeError):
+        command = None
+    shown = f"<p>Command: <code>{html.escape(str(command))}</code></p>" if command else ""
+    return (f"<h3>Study definition ({STUDY_FILE})</h3>{shown}<details><summary>The resolved study: defaults, "
+            f"--config file and flags (rerun it with --config {STUDY_FILE})</summary>"
+            f"<pre class='recipe'>{html.escape(recipe)}</pre></details>")
 
 
 # ------------------------------------------------------------------ PNG export
@@ -394,14 +443,15 @@ def export_pngs(drawn: Figures, directory: Path, log: Callable[[str], None] = pr
 
 
 def build_report(directory: str | Path, out_path: str | Path | None = None, png: bool = False,
-                 log: Callable[[str], None] | None = print) -> Path:
+                 log: Callable[[str], None] | None = print, optuna_storage: str | None = None) -> Path:
     """Write the report of the study in `directory` to out_path (default <directory>/report.html) and return it.
 
     With png=True also writes <out stem>_png/<figure>.png when kaleido and a browser are available.
+    A search's Optuna views read its journal (<directory>/optuna.journal, or `optuna_storage`).
     Raises ResultsError when the directory is not a study or a file is not of the results schema.
     """
     log = log or (lambda message: None)
-    study = load_study(directory)
+    study = load_study(directory, optuna_storage)
     drawn = make_figures(study)
     out_path = Path(out_path) if out_path is not None else study.directory / "report.html"
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -422,10 +472,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("directory", help="a study directory (holding trials.parquet, ...)")
     parser.add_argument("--out", help="the HTML file to write (default: <directory>/report.html)")
     parser.add_argument("--png", action="store_true", help="also write a PNG per figure (kaleido + Chrome/Chromium)")
+    parser.add_argument("--optuna-storage", help="a search's Optuna storage (journal file or RDB URL) when it is not "
+                                                 "<directory>/optuna.journal")
     args = parser.parse_args(argv)
     optuna_study.optuna.logging.set_verbosity(optuna_study.optuna.logging.WARNING)  # no "study created" lines
     try:
-        build_report(args.directory, args.out, png=args.png)
+        build_report(args.directory, args.out, png=args.png, optuna_storage=args.optuna_storage)
     except ResultsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -5,12 +5,14 @@ Public API (everything else is importable from its own module):
     run_experiment        one trial in this process: train, select on validation, evaluate
     train                 the training loop alone
     run_ablation, run_search, export   Ray Tune studies and their Parquet export
+    load_model            an exported model (<study>/models/<trial_id>) as an eval-mode nn.Module
 """
 
 from .config import ConfigError, ExperimentConfig
 
 __version__ = "0.1.0"
-__all__ = ["ConfigError", "ExperimentConfig", "run_experiment", "train", "run_ablation", "run_search", "export"]
+__all__ = ["ConfigError", "ExperimentConfig", "run_experiment", "train", "run_ablation", "run_search", "export",
+           "load_model"]
 
 
 def __getattr__(name: str):
@@ -31,6 +33,10 @@ def __getattr__(name: str):
         from .study import export
 
         return export
+    if name == "load_model":
+        from .model_export import load_model
+
+        return load_model
     if name == "run_search":
         from .study.optuna_search import run_search
 

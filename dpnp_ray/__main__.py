@@ -1,13 +1,21 @@
 """Single-process training, no Ray: `python -m dpnp_ray epochs=3 method=pgd_at dataset=digits`.
 
 Every argument is a config field as key=value (values parsed as JSON where they parse:
-numbers, true/false, null, [lists]); prints each epoch and the test evaluation.
+numbers, true/false, null, [lists]); prints each epoch and the test evaluation, then exports
+the selected model (weights, config, metrics, provenance) to a model directory.
+
+    --config FILE   start from a config file (YAML: config fields, or a `config:` mapping of them,
+                    as in a study's best/<trial_id>.yaml); key=value arguments override it
+    --out DIR       the model directory (default: results/models/<method>-<dataset>-s<seed>-<time>)
+
 --help lists the fields and, for fields with a fixed set, the allowed values.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
+import time
 
 from .config import ConfigError, ExperimentConfig, config_fields, field_choices, parse_assignments
 
@@ -21,14 +29,28 @@ def main(argv: list[str] | None = None) -> int:
         for name, values in field_choices().items():
             print(f"  {name}: {', '.join(values)}")
         return 0
+    parser = argparse.ArgumentParser(prog="python -m dpnp_ray", add_help=False)
+    parser.add_argument("--config")
+    parser.add_argument("--out")
+    parser.add_argument("assignments", nargs="*")
+    options = parser.parse_intermixed_args(arguments)
+    from .study.recipe import config_from_file
+
     try:
-        cfg = ExperimentConfig.from_dict(parse_assignments(arguments))
+        values = config_from_file(options.config) if options.config else {}
+        cfg = ExperimentConfig.from_dict({**values, **parse_assignments(options.assignments)})
     except (ConfigError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from .experiment import run_experiment
+    from .model_export import export_model
 
-    run_experiment(cfg)
+    result = run_experiment(cfg)
+    cfg = result.config
+    out = options.out or f"results/models/{cfg.method}-{cfg.dataset}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    trial = {"study": "single", "trial_id": out.rstrip("/").rsplit("/", 1)[-1], "variant": cfg.method, "seed": cfg.seed}
+    export_model(out, result.train.net, cfg, result.train.info, metrics=result.summary, trial=trial)
+    print(f"model: {out}")
     return 0
 
 

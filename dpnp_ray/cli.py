@@ -3,22 +3,63 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import textwrap
+from dataclasses import fields
 from typing import Any, Callable
 
-from .config import ConfigError, field_choices, parse_assignments
+from .config import ConfigError, ExperimentConfig, field_choices
 from .ray_train import Scaling
 from .study.settings import StudySettings
 
 
-def add_common_flags(parser: argparse.ArgumentParser, default_name: str) -> None:
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Descriptions and epilogs as written (their usage examples keep their line breaks), and every
+    option's default; an option whose default is None states its effective default in its help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or "default" in text or (isinstance(action.default, bool) and not action.nargs):
+            return text
+        return super()._get_help_string(action)
+
+
+def config_epilog(defaults: dict[str, Any]) -> str:
+    """Every config field with the value this study gives it unless --set (or a flag) changes it."""
+    base = ExperimentConfig()
+    values = {f.name: defaults.get(f.name, getattr(base, f.name)) for f in fields(ExperimentConfig)}
+    items = [f"{name}={_as_assignment(value)}" for name, value in values.items()]
+    text = textwrap.fill("  ".join(items), width=100, initial_indent="  ", subsequent_indent="  ",
+                         break_on_hyphens=False)
+    return ("config fields for --set, with this study's defaults (auto: derived from other fields; the allowed "
+            f"values of each field: python -m dpnp_ray --help):\n{text}")
+
+
+def _as_assignment(value: Any) -> str:
+    """A default written the way --set FIELD=VALUE takes it (JSON for booleans and lists)."""
+    if value is None:
+        return "auto"
+    if isinstance(value, (bool, list, tuple)):
+        return json.dumps(list(value) if isinstance(value, tuple) else value, separators=(",", ":"))
+    return str(value)
+
+
+def add_common_flags(parser: argparse.ArgumentParser, default_name: str,
+                     defaults: dict[str, Any] | None = None) -> None:
+    """The flags both studies share; `defaults` are the study's config defaults, shown in --help."""
+    defaults = {**{f.name: getattr(ExperimentConfig(), f.name) for f in fields(ExperimentConfig)}, **(defaults or {})}
+    choices = field_choices()
+    parser.add_argument("--config", metavar="STUDY.yaml",
+                        help="a study file holding what these flags hold (dpnp_ray/study/recipe.py); flags override "
+                             "it. <storage>/<name>/study.yaml is one: the resolved study, written before training")
     g = parser.add_argument_group("where and how trials run")
     g.add_argument("--cluster", action="store_true",
                    help="attach to the running Ray cluster (ray.init(address='auto')) instead of a local instance")
     g.add_argument("--address", help="attach to the Ray cluster at this address (implies --cluster)")
     g.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP ranks) per trial")
-    g.add_argument("--cpus-per-worker", type=float, default=1.0)
+    g.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs each worker holds")
     g.add_argument("--gpus-per-worker", type=float, default=0.0, help="0: CPU workers (gloo); >0: GPU workers (NCCL)")
     g.add_argument("--max-concurrent", type=int, default=0, help="trials at once; 0: as many as the resources allow")
     g.add_argument("--max-failures", type=int, default=2,
@@ -28,48 +69,45 @@ def add_common_flags(parser: argparse.ArgumentParser, default_name: str) -> None
     g.add_argument("--name", default=default_name, help="study name: results go to <storage>/<name>/")
     g.add_argument("--resume", action="store_true", help="continue the study <storage>/<name> after an interruption")
     g.add_argument("--local-cpus", type=int, default=None, help="size of the local Ray instance (default: all cores)")
+    o = parser.add_argument_group("output")
+    o.add_argument("--log-to", default="", metavar="TRACKERS",
+                   help="also log every trial to these trackers, comma-separated: tensorboard, mlflow, wandb "
+                        "(mlflow and wandb: pip install -e '.[trackers]'; default: none)")
+    o.add_argument("--mlflow-tracking-uri", default=None,
+                   help="MLflow tracking URI (default: sqlite:///<storage>/<name>/mlflow.db)")
+    o.add_argument("--verbose", action="store_true",
+                   help="Tune's progress tables and Ray's INFO messages instead of one line per finished trial")
     c = parser.add_argument_group("experiment config")
-    choices = field_choices()
-    c.add_argument("--dataset", default=None, help=f"{', '.join(choices['dataset'])} (default: digits, offline)")
-    c.add_argument("--model", default=None, help=f"{', '.join(choices['model'])} (default: small_cnn)")
-    c.add_argument("--epochs", type=int, default=None)
-    c.add_argument("--data-root", default=None)
-    c.add_argument("--eval-suite", default=None, help="basic, quick (default), full")
+    c.add_argument("--dataset", default=None,
+                   help=f"{', '.join(choices['dataset'])} (default: {defaults['dataset']})")
+    c.add_argument("--model", default=None, help=f"{', '.join(choices['model'])} (default: {defaults['model']})")
+    c.add_argument("--epochs", type=int, default=None, help=f"(default: {defaults['epochs']})")
+    c.add_argument("--data-root", default=None, help=f"(default: {defaults['data_root']})")
+    c.add_argument("--eval-suite", default=None,
+                   help=f"{', '.join(choices['eval_suite'])} (default: {defaults['eval_suite']})")
     c.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
-                   help="any other config field, e.g. --set lambda_ppa=0.2 eps_schedule=linear eps_warmup_epochs=5")
-
-
-def base_config(args: argparse.Namespace, defaults: dict[str, Any]) -> dict[str, Any]:
-    base = dict(defaults)
-    for flag, field in (("dataset", "dataset"), ("model", "model"), ("epochs", "epochs"),
-                        ("data_root", "data_root"), ("eval_suite", "eval_suite")):
-        value = getattr(args, flag)
-        if value is not None:
-            base[field] = value
-    base.update(parse_assignments(args.set))
-    return base
+                   help="any other config field, e.g. --set lambda_ppa=0.2 eps_schedule=linear eps_warmup_epochs=5; "
+                        "every field and its default is listed below")
 
 
 def scaling(args: argparse.Namespace) -> Scaling:
-    problems = []
-    if args.workers < 1:
-        problems.append(f"--workers {args.workers}: must be >= 1")
-    if args.cpus_per_worker <= 0:
-        problems.append(f"--cpus-per-worker {args.cpus_per_worker}: must be > 0")
-    if args.gpus_per_worker < 0:
-        problems.append(f"--gpus-per-worker {args.gpus_per_worker}: must be >= 0")
-    if args.max_failures < -1:
-        problems.append(f"--max-failures {args.max_failures}: must be >= -1 (-1: retry forever)")
-    if problems:
-        raise ConfigError(problems)
+    """The Scaling of the flags (their ranges are checked with everything else: study/preflight.py)."""
     return Scaling(args.workers, args.cpus_per_worker, args.gpus_per_worker, args.max_failures)
 
 
 def study_settings(args: argparse.Namespace) -> StudySettings:
-    """The StudySettings of the flags add_common_flags defines."""
+    """The StudySettings of the flags add_common_flags defines; a tracker that is not installed is an error here."""
+    from . import results
+    from .study.trackers import check_installed, parse_log_to, resolve_mlflow_uri
+
+    log_to = parse_log_to(args.log_to)
+    check_installed(log_to)
+    if "mlflow" in log_to:
+        resolve_mlflow_uri(results.join(args.storage, args.name), args.mlflow_tracking_uri)  # a store it can use
     return StudySettings(name=args.name, storage=args.storage, scaling=scaling(args),
                          max_concurrent=args.max_concurrent, cluster=args.cluster, address=args.address,
-                         resume=args.resume, local_cpus=args.local_cpus)
+                         resume=args.resume, local_cpus=args.local_cpus, log_to=log_to,
+                         mlflow_tracking_uri=args.mlflow_tracking_uri, verbose=args.verbose)
 
 
 def run_cli(main: Callable[[], int]) -> None:
@@ -113,16 +151,42 @@ def console_summary(trials, group: str = "variant") -> str:
                 cells[m] = f"{row[(m, 'mean')]:.3f}" + ("" if pd.isna(std) else f"±{std:.3f}")
             rows.append(pd.Series(cells, name=name))
         lines.append(pd.DataFrame(rows).to_string())
-    failed = trials[trials["status"] != "completed"]
-    for _, row in failed.iterrows():
-        lines.append(f"{row['trial_id']}: {row['status']} {row.get('error', '')}")
+    for status, what in (("stopped", "stopped early by the scheduler"), ("failed", "failed (errors below)")):
+        ids = trials.loc[trials["status"] == status, "trial_id"].tolist()
+        if ids:
+            lines.append(f"{what}: {len(ids)} ({', '.join(ids[:8])}{', ...' if len(ids) > 8 else ''})")
     return "\n".join(lines) if lines else "(no trials)"
 
 
-def print_locations(written: dict[str, str]) -> None:
-    """The results directory and every file the study wrote."""
+def exit_code(trials, stream=None) -> int:
+    """How the study went: 0 when every trial completed or was stopped by the scheduler; 1 when any failed,
+    after one line per distinct error (how many trials, which, where the full log is) on stderr."""
+    stream = stream or sys.stderr
+    failed = trials[trials["status"] == "failed"]
+    if failed.empty:
+        return 0
+    print(f"\n{len(failed)} of {len(trials)} trial(s) failed:", file=stream)
+    for error, group in failed.groupby(failed["error"].fillna(""), sort=False):
+        ids = group["trial_id"].tolist()
+        logs = [log for log in group.get("error_log", []) if isinstance(log, str) and log]
+        where = "no log" if not logs else f"full log: {logs[0]}" + (
+            f" (one per trial in {os.path.dirname(logs[0])}/)" if len(logs) > 1 else "")
+        print(f"  {len(ids)} x {error or '(no message)'}  [{', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''}]; "
+              f"{where}", file=stream)
+    return 1
+
+
+def print_locations(written: dict[str, str], settings: StudySettings | None = None) -> None:
+    """The results directory, every file the study wrote, and where each tracker (--log-to) has the trials."""
     from pathlib import Path
 
-    print(f"\nresults: {Path(written['trials']).parent}")
+    from .study.trackers import tracker_locations
+
+    directory = Path(written["trials"]).parent
+    print(f"\nresults: {directory}")
     for table, location in written.items():
         print(f"  {table:14s} {location}")
+    if settings is not None and settings.log_to:
+        for tracker, where in tracker_locations(settings.log_to, study_dir=str(directory),
+                                                mlflow_tracking_uri=settings.mlflow_tracking_uri).items():
+            print(f"  {tracker:14s} {where}")

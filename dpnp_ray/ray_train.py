@@ -4,26 +4,47 @@ Each worker runs `experiment.run_experiment` with a DistributedEnvironment (DDP 
 `ray.train.torch.prepare_model`, its own shard of every split), reports every epoch's
 metrics with a checkpoint from rank 0, resumes from the latest checkpoint after a restart,
 and ends with one report whose checkpoint holds `final.json`: the trial's whole record.
+
+A trial's status is decided here, once, and written into that record: `completed`, `failed`
+(training or evaluation failed) or `stopped` (the scheduler asked it to stop: a file at the
+loop's `stop_request` location, looked at after every epoch). Every report after an epoch
+carries `epochs_done`, the scheduler's time attribute; the final report does not, so no
+scheduler can act on it. Before that report rank 0 exports the selected model (model_export.py) to the trial's
+`model_dir`, in the study's storage, so every completed trial has its model.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import sys
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from . import results
 from .config import ExperimentConfig
 from .distributed import DistributedEnvironment, LocalEnvironment
 from .provenance import provenance
 
 STATE_FILE = "state.pt"
 FINAL_FILE = "final.json"
+FINAL_PREFIX = "final_"
+"""the checkpoint directories of final reports: `<storage>/<run name>/final_<time ns>/final.json`"""
+TIME_ATTR = "epochs_done"
+"""in every epoch's report (epoch + 1) and in no other: the time attribute of a scheduler"""
+OBJECTIVE_METRICS = ("val_clean_acc", "val_robust_acc")
+"""in every report to Tune (NaN where a trial has none): Tune refuses a result without its metrics"""
+
+
+class StopRequested(Exception):
+    """The scheduler asked this trial to stop; raised on every rank at the end of an epoch."""
 
 
 @dataclass(frozen=True)
@@ -63,17 +84,40 @@ def _fault_injection(epoch: int, rank: int) -> None:
         os._exit(1)  # a hard crash, not an exception: the worker process dies
 
 
+def _stop_requested(location: str | None, env: LocalEnvironment) -> bool:
+    """Whether the stop request exists, as rank 0 sees it, on every rank (a collective)."""
+    if location is None:
+        return False
+    seen = torch.tensor([float(env.is_main and results.exists(location))], device=env.device)
+    return bool(env.all_reduce_sum(seen).item() > 0)
+
+
+def outcome_metrics(record: dict[str, Any]) -> dict[str, Any]:
+    """The final report: the record's status and scalar summary, without the time attribute."""
+    summary = record.get("summary") or {}
+    metrics = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool)) and k != TIME_ATTR}
+    for key in OBJECTIVE_METRICS:
+        if not isinstance(metrics.get(key), (int, float)):
+            metrics[key] = float("nan")
+    return {**metrics, "trial_status": record["status"]}
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point: one call per worker."""
     import ray.train
     import ray.train.torch
 
     from .experiment import run_experiment
-    from .training_loop import NonFiniteLossError
+    from .model_export import export_model
+    from .training_loop import ConsoleLog, NonFiniteLossError
 
+    # Ray Train logs some of its INFO messages (every report) through loggers its LoggingConfig does not filter
+    logging.getLogger().setLevel(loop_config.get("log_level", "INFO"))
     cfg = ExperimentConfig.from_dict(loop_config["experiment"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
+    log = ConsoleLog(_line_writer(context.get_experiment_name()),
+                     progress_every_s=float(loop_config.get("progress_every_s", 0.0))) if rank == 0 else None
     torch.set_num_threads(max(1, int(loop_config.get("threads", 1))))
     device = ray.train.torch.get_device() if cfg.device != "cpu" else torch.device("cpu")
     if world > 1:
@@ -82,51 +126,78 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         env = LocalEnvironment(device)
     resume, finished = _load_checkpoint(ray.train.get_checkpoint())
     if finished is not None:  # restarted after the end: report the same record again, train nothing
-        _report_final(finished, finished.get("final_metrics", {"epoch": -1}), rank)
+        _report_final(finished, rank)
         return
     started = time.time()
+    stop_request = loop_config.get("stop_request")
+    history: list[dict[str, Any]] = list(resume["history"]) if resume else []
+    if log is not None:
+        log(f"training on {world} worker(s) (world_size={world}), device {device}"
+            + (f", resuming after epoch {resume['epoch']}" if resume else ""))
 
     def on_epoch(metrics: dict[str, Any], make_state) -> None:
         state = make_state()  # a collective: every rank calls it
+        history[:] = state["history"]
         _fault_injection(metrics["epoch"], rank)
-        report = {**metrics, "trial_status": "running"}
+        report = {**metrics, "trial_status": "running", TIME_ATTR: metrics["epoch"] + 1}
         if rank != 0:
             ray.train.report(report, checkpoint=None)
-            return
-        with tempfile.TemporaryDirectory() as directory:
-            torch.save(state, Path(directory) / STATE_FILE)
-            ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(directory),
-                             checkpoint_dir_name=f"epoch_{metrics['epoch']:04d}")
+        else:
+            with tempfile.TemporaryDirectory() as directory:
+                torch.save(state, Path(directory) / STATE_FILE)
+                ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(directory),
+                                 checkpoint_dir_name=f"epoch_{metrics['epoch']:04d}")
+        if _stop_requested(stop_request, env):
+            raise StopRequested()
 
     record: dict[str, Any] = {"status": "completed", "error": "", "num_workers": world,
                               "use_gpu": device.type == "cuda", **provenance(str(device))}
     try:
-        result = run_experiment(cfg, env=env, resume=resume, on_epoch=on_epoch,
-                                log=print if rank == 0 else None)
+        result = run_experiment(cfg, env=env, resume=resume, on_epoch=on_epoch, log=log)
+        if rank == 0 and loop_config.get("model_dir"):
+            export_model(loop_config["model_dir"], result.train.net, result.config, result.train.info,
+                         metrics=result.summary, trial=loop_config.get("trial"))
         record.update(summary=result.summary, history=result.train.history, evals=result.evals,
                       corruptions=result.corruptions, geometry=result.geometry, masking=result.masking)
-        final_metrics = {"epoch": result.train.history[-1]["epoch"] if result.train.history else -1,
-                         **{k: v for k, v in result.summary.items() if isinstance(v, (int, float, str, bool))}}
+    except StopRequested:
+        # Every epoch it trained is kept; the validation accuracies are those the scheduler judged.
+        last = history[-1] if history else {}
+        summary = {key: last.get(key) for key in OBJECTIVE_METRICS}
+        record.update(status="stopped", error="", history=history, evals=[],
+                      summary={**summary, "epochs_run": len(history), "best_epoch": last.get("best_epoch", -1)})
     except NonFiniteLossError as exc:
         # Deterministic: retrying from the checkpoint would fail the same way, so fail the trial now.
-        record.update(status="failed", error=str(exc), summary={}, history=[], evals=[])
-        final_metrics = {"epoch": -1}
+        record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(),
+                      summary={}, history=history, evals=[])
     record["worker_seconds"] = time.time() - started
-    final_metrics["trial_status"] = record["status"]
-    record["final_metrics"] = final_metrics
-    _report_final(record, final_metrics, rank)
+    record["final_metrics"] = outcome_metrics(record)
+    _report_final(record, rank)
 
 
-def _report_final(record: dict[str, Any], final_metrics: dict[str, Any], rank: int) -> None:
+def _line_writer(label: str):
+    """Whole lines on the worker's stdout, prefixed with the Train run's name (<study>-<trial_id>).
+
+    Not `print`: Ray Train patches it in workers to also log every line, so each one reached the
+    driver twice (once from stdout, once from Train's console log handler).
+    """
+    def write(line: str) -> None:
+        sys.stdout.write(f"[{label}] {line}\n")
+        sys.stdout.flush()
+
+    return write
+
+
+def _report_final(record: dict[str, Any], rank: int) -> None:
     import ray.train
 
+    final_metrics = record.get("final_metrics") or outcome_metrics(record)
     if rank != 0:
         ray.train.report(final_metrics, checkpoint=None)
         return
     with tempfile.TemporaryDirectory() as directory:
         Path(directory, FINAL_FILE).write_text(json.dumps(record, default=_json_default))
         ray.train.report(final_metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
-                         checkpoint_dir_name=f"final_{time.time_ns()}")
+                         checkpoint_dir_name=f"{FINAL_PREFIX}{time.time_ns()}")
 
 
 def _json_default(value: Any) -> Any:
@@ -138,8 +209,15 @@ def _json_default(value: Any) -> Any:
 
 
 def make_trainer(cfg: ExperimentConfig, scaling: Scaling, *, run_name: str, storage_path: str,
-                 in_tune: bool = True):
-    """A TorchTrainer for one trial. A fixed `run_name` lets a relaunched trial find its checkpoints."""
+                 in_tune: bool = True, stop_request: str | None = None, log_level: str = "WARNING",
+                 progress_every_s: float = 0.0, model_dir: str | None = None, trial: dict[str, Any] | None = None):
+    """A TorchTrainer for one trial. A fixed `run_name` lets a relaunched trial find its checkpoints;
+    the trial stops after the epoch at which a file appears at `stop_request` (see StopRequested).
+
+    `log_level` filters Ray Train's own messages (worker group start, every report and checkpoint);
+    `progress_every_s` > 0 adds a progress line inside epochs at most that often. With `model_dir`,
+    rank 0 exports the selected model there, labelled with `trial` (study, trial_id, ...).
+    """
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -153,15 +231,30 @@ def make_trainer(cfg: ExperimentConfig, scaling: Scaling, *, run_name: str, stor
         resources["GPU"] = scaling.gpus_per_worker
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"experiment": cfg.to_dict(), "threads": max(1, int(scaling.cpus_per_worker))},
+        train_loop_config={"experiment": cfg.to_dict(), "threads": max(1, int(scaling.cpus_per_worker)),
+                           "stop_request": stop_request, "progress_every_s": progress_every_s,
+                           "log_level": log_level, "model_dir": model_dir, "trial": trial},
         scaling_config=ray.train.ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=run_name, storage_path=storage_path, callbacks=callbacks,
             failure_config=ray.train.FailureConfig(max_failures=scaling.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            logging_config=ray.train.LoggingConfig(log_level=log_level),
         ),
     )
+
+
+def find_final_record(storage_path: str, run_name: str) -> dict[str, Any] | None:
+    """The record of the Train run `run_name` if it wrote one, read from storage (whatever became of
+    the process that launched it); None if it never got that far."""
+    run = results.join(storage_path, run_name)
+    for name in reversed(results.list_names(run, FINAL_PREFIX)):
+        try:
+            return json.loads(results.read_bytes(results.join(run, name, FINAL_FILE)))
+        except (OSError, json.JSONDecodeError):  # a checkpoint directory still being written
+            continue
+    return None
 
 
 def read_final_record(result) -> dict[str, Any]:

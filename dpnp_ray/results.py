@@ -1,7 +1,8 @@
 """The results schema (Parquet, versioned) and atomic reading and writing.
 
 A study directory `<storage>/<name>/` holds:
-  trials.parquet       one row per trial: identity, status, config (cfg_* columns), final metrics, provenance
+  trials.parquet       one row per trial: identity, status (error, error_log), config (cfg_* columns),
+                       final metrics, provenance
   epochs.parquet       one row per (trial_id, epoch)
   evals.parquet        one row per (trial_id, suite, attack, eps, steps, loss)
   corruptions.parquet  one row per (trial_id, source, corruption, severity)
@@ -128,6 +129,29 @@ def list_files(location: str | Path, suffix: str) -> list[str]:
         return sorted(f"{scheme}://{i.path}" for i in infos if i.path.endswith(suffix))
     folder = local_path(location)
     return sorted(str(p) for p in folder.glob(f"*{suffix}")) if folder.is_dir() else []
+
+
+def list_names(location: str | Path, prefix: str) -> list[str]:
+    """Names (not paths) of the files and directories directly under a directory (local or URI) that start
+    with prefix, sorted; [] if the directory does not exist."""
+    if is_uri(location):
+        import pyarrow.fs
+
+        fs, path = pyarrow.fs.FileSystem.from_uri(str(location))
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+        return sorted(i.base_name for i in infos if i.base_name.startswith(prefix))
+    folder = local_path(location)
+    return sorted(p.name for p in folder.glob(f"{prefix}*")) if folder.is_dir() else []
+
+
+def exists(location: str) -> bool:
+    """Whether a file (local or URI) exists."""
+    if is_uri(location):
+        import pyarrow.fs
+
+        fs, path = pyarrow.fs.FileSystem.from_uri(location)
+        return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+    return local_path(location).exists()
 
 
 def read_bytes(location: str) -> bytes:

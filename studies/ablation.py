@@ -1,10 +1,13 @@
-"""The Adv-DPNP ablation grid: every variant x seed, trained under Ray Train, run by Ray Tune.
+r"""The Adv-DPNP ablation grid: every variant x seed, trained under Ray Train, run by Ray Tune.
 
     python studies/ablation.py                       # all variants, 3 seeds, digits, local Ray
     python studies/ablation.py --smoke               # 2 variants, 1 seed, 2 epochs: a few minutes on 2 CPUs
     python studies/ablation.py --cluster --dataset cifar10 --model resnet18 --epochs 100 \
         --workers 2 --gpus-per-worker 1 --storage s3://bucket/studies --seeds 0 1 2
-Results: <storage>/<name>/{trials,epochs,evals,...}.parquet (schema in README.md).
+    python studies/ablation.py --config study.yaml --epochs 20   # a study file; flags override it
+    python studies/ablation.py --resume --seeds 0 1 2 3 4        # grow a recorded study by two seeds
+Results: <storage>/<name>/{trials,epochs,evals,...}.parquet (schema in README.md), study.yaml (the
+resolved study), models/<trial_id>/ (each trial's model), best/<variant's best trial>.yaml.
 """
 
 import argparse
@@ -14,38 +17,44 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from dpnp_ray import results
-from dpnp_ray.cli import add_common_flags, base_config, console_summary, print_locations, run_cli, study_settings
+from dpnp_ray.cli import (HelpFormatter, add_common_flags, config_epilog, console_summary, exit_code, print_locations,
+                          run_cli, study_settings)
 from dpnp_ray.study.ablation_grid import ABLATION_VARIANTS, DEFAULT_VARIANTS, run_ablation
+from dpnp_ray.study.recipe import resolve_study, write_best_configs
 
 # The ablation's defaults on digits: small enough for a laptop, large enough to separate variants.
-DEFAULTS = {"dataset": "digits", "model": "small_cnn", "epochs": 8, "lr": 0.05, "batch_size": 64,
-            # the digits search of record chose these (docs/search_digits.md; 3 significant digits)
-            "lambda_ppa": 0.0286, "lambda_npr": 0.0554, "lambda_cons": 2.23, "beta_adv": 1.31, "prototype_radius": 1.1,
-            "eps_schedule": "constant", "eps": 0.0997}
-SMOKE = {"epochs": 2, "train_attack_steps": 3, "val_attack_steps": 3, "eval_attack_steps": 10, "eval_aa_n": 100,
-         "eval_corruption_n": 100}
-SMOKE_VARIANTS = ["full", "pgd_at"]
+DEFAULTS = {"config": {"dataset": "digits", "model": "small_cnn", "epochs": 8, "lr": 0.05, "batch_size": 64,
+                       # the digits search of record chose these (docs/search_digits.md; 3 significant digits)
+                       "lambda_ppa": 0.0286, "lambda_npr": 0.0554, "lambda_cons": 2.23, "beta_adv": 1.31,
+                       "prototype_radius": 1.1, "eps_schedule": "constant", "eps": 0.0997},
+            "variants": list(DEFAULT_VARIANTS), "seeds": [0, 1, 2]}
+SMOKE = {"config": {"epochs": 2, "train_attack_steps": 3, "val_attack_steps": 3, "eval_attack_steps": 10,
+                    "eval_aa_n": 100, "eval_corruption_n": 100},
+         "variants": ["full", "pgd_at"], "seeds": [0]}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
+                                     epilog=config_epilog(DEFAULTS["config"]))
     parser.add_argument("--variants", nargs="+", default=None, choices=ABLATION_VARIANTS.names(),
                         help=f"subset of variants (default: {' '.join(DEFAULT_VARIANTS)})")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds per variant (default: 0 1 2)")
     parser.add_argument("--smoke", action="store_true",
                         help="digits, small CNN, 2 epochs, 2 variants, 1 seed: the quick demonstration and CI run")
-    add_common_flags(parser, default_name="ablation")
-    args = parser.parse_args()
+    add_common_flags(parser, default_name="ablation", defaults=DEFAULTS["config"])
+    return parser
 
-    base = base_config(args, {**DEFAULTS, **(SMOKE if args.smoke else {})})
-    variants = args.variants or (SMOKE_VARIANTS if args.smoke else list(DEFAULT_VARIANTS))
-    seeds = args.seeds or ([0] if args.smoke else [0, 1, 2])
-    settings = study_settings(args)
-    written = run_ablation(base, variants, seeds, settings)
+
+def main() -> int:
+    recipe = resolve_study(build_parser(), "ablation", defaults=DEFAULTS, smoke=SMOKE)
+    settings = study_settings(recipe.args)
+    written = run_ablation(recipe.config, recipe.study["variants"], recipe.study["seeds"], settings,
+                           before_training=recipe.record)
+    written["best"] = write_best_configs(settings.directory, "ablation")
     trials = results.read_table(Path(written["trials"]).parent, "trials")
     print("\n" + console_summary(trials))
-    print_locations(written)
-    return 0
+    print_locations(written, settings)
+    return exit_code(trials)  # 1 when a trial failed
 
 
 if __name__ == "__main__":

@@ -47,7 +47,8 @@ def trial_row(study: str, trial_id: str, variant: str, seed: int, acc: float, ki
     return {
         "study": study, "trial_id": trial_id, "variant": variant, "seed": seed, "status": status,
         "clean_acc": 0.80 + acc, "fgsm_acc": 0.55 + acc, "pgd_acc": 0.50 + acc, "cw_acc": 0.48 + acc,
-        "aa_acc": 0.46 + acc, "pgd_aa_gap": 0.04, "corruption_acc": 0.70 + acc, "best_epoch": 2, "epochs_run": 3,
+        "aa_acc": 0.46 + acc, "worst_case_acc": 0.45 + acc, "pgd_aa_gap": 0.04, "corruption_acc": 0.70 + acc,
+        "best_epoch": 2, "epochs_run": 3,
         "val_clean_acc": 0.78 + acc, "val_robust_acc": 0.49 + acc, "train_seconds": 10.0, "eval_seconds": 2.0,
         "wall_seconds": 12.0 + seed, "images_per_s": 900.0 + 10 * seed, "study_kind": kind, "masking_flags": 0,
         **PROVENANCE, **cfg, **extra,
@@ -174,6 +175,32 @@ def test_paired_difference_p_value_equals_scipy_and_notes_low_power():
     assert lone.n_pairs == 1 and math.isnan(lone.p_value) and lone.note.startswith("no test: 1 matching seed")
 
 
+def test_holm_adjustment_by_hand():
+    p = [0.01, float("nan"), 0.04, 0.03, 0.005]
+    # the m = 4 finite p sorted: 0.005, 0.01, 0.03, 0.04 -> 4 * 0.005 = 0.02, 3 * 0.01 = 0.03, 2 * 0.03 = 0.06,
+    # max(0.06, 1 * 0.04) = 0.06 (adjusted p never decrease along the sorted order); NaN: no test, not counted
+    assert stats.holm_adjust(p) == pytest.approx([0.03, math.nan, 0.06, 0.06, 0.02], nan_ok=True)
+    assert stats.holm_adjust([0.5, 0.6]).tolist() == [1.0, 1.0]  # 2 * 0.5 = 1, capped at 1, then monotone
+    assert stats.holm_adjust([0.2]).tolist() == [0.2] and stats.holm_adjust([]).size == 0
+
+
+def test_differences_table_adjusts_over_every_test_of_the_table():
+    frame = pd.DataFrame({"variant": ["full"] * 3 + ["a"] * 3 + ["b"] * 3, "seed": [0, 1, 2] * 3,
+                          "pgd_acc": [0.50, 0.52, 0.49, 0.45, 0.48, 0.46, 0.50, 0.51, 0.50],
+                          "clean_acc": [0.90, 0.91, 0.92, 0.88, 0.91, 0.90, 0.90, 0.91, 0.92]})
+    table = stats.differences_from_reference(frame, ["pgd_acc", "clean_acc"])
+    raw = {(r.variant, r.metric): r.p_value for r in table.itertuples()}
+    assert math.isnan(raw[("b", "clean_acc")])  # identical on every seed: no test, outside the family
+    finite = sorted(p for p in raw.values() if math.isfinite(p))
+    assert len(finite) == 3
+    by_hand = {finite[0]: 3 * finite[0]}
+    by_hand[finite[1]] = max(by_hand[finite[0]], 2 * finite[1])
+    by_hand[finite[2]] = max(by_hand[finite[1]], finite[2])
+    for r in table.itertuples():
+        expected = min(1.0, by_hand[r.p_value]) if math.isfinite(r.p_value) else math.nan
+        assert r.p_adjusted == pytest.approx(expected, rel=1e-12, nan_ok=True)
+
+
 def test_pareto_mask_keeps_exactly_the_non_dominated_rows():
     values = np.array([[0.9, 0.1], [0.5, 0.5], [0.4, 0.4], [0.1, 0.9], [0.5, 0.5], [np.nan, 1.0]])
     assert stats.pareto_mask(values).tolist() == [True, True, False, True, True, False]
@@ -185,7 +212,7 @@ def test_pareto_mask_keeps_exactly_the_non_dominated_rows():
 def test_ablation_bars_traces_axes_and_intervals():
     trials = ablation_tables()["trials"]
     fig = figures.ablation_bars(trials)
-    assert [t.name for t in fig.data] == ["clean", "PGD", "CW-inf", "AutoAttack", "corruptions"]
+    assert [t.name for t in fig.data] == ["clean", "PGD", "CW-inf", "AutoAttack", "worst case", "corruptions"]
     pgd = fig.data[1]
     assert list(pgd.x) == ["full", "no_ppa", "no_npr", "pgd_at"]  # the reference first
     assert fig.layout.xaxis.title.text == "variant" and fig.layout.yaxis.title.text == "accuracy"
@@ -202,7 +229,7 @@ def test_ablation_bars_traces_axes_and_intervals():
 def test_ablation_bars_say_which_metrics_are_missing():
     trials = ablation_tables()["trials"].drop(columns=["aa_acc"]).assign(corruption_acc=np.nan)
     fig = figures.ablation_bars(trials)
-    assert [t.name for t in fig.data] == ["clean", "PGD", "CW-inf"]
+    assert [t.name for t in fig.data] == ["clean", "PGD", "CW-inf", "worst case"]
     assert "not recorded in this study: AutoAttack, corruptions" in fig.layout.title.text
 
 
@@ -220,7 +247,9 @@ def test_ablation_differences_show_paired_test_and_too_few_seeds():
     assert pgd.x[0] == pytest.approx(d.mean())
     assert pgd.error_x.array[0] == pytest.approx(T_975[2] * d.std(ddof=1) / math.sqrt(3))
     assert pgd.customdata[0][1] == pytest.approx(expected, rel=1e-12)
-    assert pgd.text[0] == f"p={expected:.2g}†"  # three seed pairs: low power
+    adjusted = pgd.customdata[0][3]  # Holm over the figure's tests: never below the raw p
+    assert expected <= adjusted <= 1
+    assert pgd.text[0] == f"p={expected:.2g}† (Holm {adjusted:.2g})"  # three seed pairs: low power
     assert pgd.text[2] == "no test (n=1)" and pgd.x[2] is not None  # pgd_at ran one seed
     assert "† fewer than 5 seed pairs (low power)" in fig.layout.title.text
 
@@ -313,6 +342,7 @@ def test_ablation_report_holds_every_figure_and_plotly_once(reports):
     assert html.count("plotly.js v") == 1 and not re.search(r"<script[^>]*\ssrc=", html)  # offline: no CDN
     assert "abc1234" in html and "2 CPU (test)" in html  # provenance
     assert "scipy.stats.ttest_rel" in html and "no test: 1 matching seed" in html
+    assert "p (raw)" in html and "p (Holm)" in html and "Holm step-down" in html
     assert "CUDA out of memory &lt;oom&gt;" in html  # failed trials listed, escaped
     assert "Figures left out" not in html
 

@@ -128,17 +128,6 @@ def test_importances_come_from_the_journal_and_sum_to_one_per_objective(tmp_path
     assert clean["a"] > clean["b"]  # the first objective is a itself
 
 
-def test_worst_case_accuracy_is_shown_while_the_report_lacks_it(tmp_path):
-    tables = ablation_tables()
-    tables["trials"] = tables["trials"].assign(worst_case_acc=tables["trials"]["aa_acc"] - 0.01)
-    page = markdown.study_markdown(load_study(write_study(tmp_path / "abl", tables)))
-    if "worst_case_acc" in markdown.figures.ACCURACY_LABELS:
-        pytest.skip("the report's own tables show worst_case_acc")
-    full = tables["trials"].query("variant == 'full'")["worst_case_acc"]
-    assert "`worst_case_acc`" in page and f"{100 * full.mean():.1f} ±" in page
-    assert "| no_ppa | full | worst_case_acc | 3 |" in page
-
-
 def test_autoattack_standard_rows_are_shown_with_the_study_numbers_and_paired(tmp_path):
     tables = ablation_tables()
     directory = write_study(tmp_path / "abl", tables)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import os
 import signal
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -111,6 +112,9 @@ def test_exported_rows_hold_no_home_paths_or_credentials(tmp_path):
     (["--set", "colour=blue"], "unknown field 'colour'"),
     (["--workers", "0"], "--workers 0"),
     (["--storage", "/proc/no/such/place"], "is not writable"),
+    # found by every trial after Ray had started, each with a multi-screen traceback, and the study exited 0
+    (["--dataset", "cifar10", "--data-root", "/nonexistent"], "--data-root '/nonexistent' (dataset cifar10): "),
+    (["--max-concurrent", "-2"], "--max-concurrent -2: must be an integer >= 0"),  # ran
 ])
 def test_bad_cli_input_fails_before_training(tmp_path, args, fragment):
     if "--storage" not in args:
@@ -121,8 +125,142 @@ def test_bad_cli_input_fails_before_training(tmp_path, args, fragment):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert fragment in proc.stderr
     assert "Traceback" not in proc.stderr
+    assert "Ray instance" not in proc.stderr + proc.stdout  # found before Ray started
     assert not list(tmp_path.glob("**/trials/*.json"))  # nothing trained
     assert time.time() - start < 60
+
+
+def test_every_bad_search_input_is_one_line_before_ray_starts(tmp_path):
+    """A bad --optuna-storage printed a SQLAlchemy traceback after Ray had started; all problems at once now."""
+    proc = subprocess.run([PYTHON, str(REPO / "studies" / "search.py"), "--smoke", "--storage", str(tmp_path),
+                           "--optuna-storage", "nosuch://x", "--trials", "0", "--seed", "-1", "--local-cpus", "0"],
+                          cwd=REPO, env=study_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "Ray instance" not in proc.stderr + proc.stdout
+    lines = proc.stderr.splitlines()
+    for fragment in ("--optuna-storage 'nosuch://x': cannot be opened", "--trials 0: must be an integer >= 1",
+                     "--seed -1: must be an integer in [0, 4294967295]", "--local-cpus 0: must be an integer >= 1"):
+        assert sum(fragment in line for line in lines) == 1, (fragment, proc.stderr)
+    assert not list(tmp_path.iterdir())  # nothing written: no journal, no study directory
+
+
+def test_optuna_storage_problems_name_the_flag_the_value_and_what_is_allowed(tmp_path):
+    from dpnp_ray.study.preflight import optuna_storage_problems
+
+    journal = tmp_path / "j" / "study.journal"
+    assert optuna_storage_problems(str(journal))[0] == [] and journal.exists()
+    for location, reason in [("nosuch://x", "cannot be opened (NoSuchModuleError"),
+                             ("postgresql://localhost:1/db", "its database driver is not installed"),
+                             ("/proc/no/such/dir/study.journal", "the journal file cannot be written")]:
+        (problem,), storage = optuna_storage_problems(location)
+        assert storage is None and problem.startswith(f"--optuna-storage {location!r}: {reason}"), problem
+        assert "allowed: a journal file path, or an RDB URL" in problem and "\n" not in problem
+
+
+def test_exit_code_reports_each_distinct_error_once_with_its_logs():
+    from dpnp_ray.cli import exit_code
+
+    def trials(*rows):
+        return pd.DataFrame([dict(zip(("trial_id", "status", "error", "error_log"), r)) for r in rows])
+
+    out = io.StringIO()
+    assert exit_code(trials(("a", "completed", "", ""), ("b", "stopped", "", "")), out) == 0 and not out.getvalue()
+    same = "DataError: dataset 'cifar10': missing /d/cifar-10-batches-py/data_batch_1"
+    frame = trials(*[(f"t{i}", "failed", same, f"/s/logs/t{i}.log") for i in range(5)],
+                   ("u", "failed", "NonFiniteLossError: training loss became non-finite", "/s/logs/u.log"),
+                   ("v", "completed", "", ""), ("w", "stopped", "", ""))
+    assert exit_code(frame, out) == 1
+    lines = out.getvalue().strip().splitlines()
+    assert lines[0] == "6 of 8 trial(s) failed:" and len(lines) == 3
+    assert lines[1].startswith(f"  5 x {same}  [t0, t1, t2, ...]; full log: /s/logs/t0.log (one per trial in /s/logs/)")
+    assert lines[2] == "  1 x NonFiniteLossError: training loss became non-finite  [u]; full log: /s/logs/u.log"
+
+
+def test_one_line_error_names_the_root_cause():
+    from ray.train import WorkerGroupError
+
+    from dpnp_ray.study.records import one_line_error
+
+    workers = WorkerGroupError("rank 0 and 1 failed", {1: ValueError("b"), 0: FileNotFoundError("no file x\nmore")})
+    assert one_line_error(workers) == "FileNotFoundError: no file x"
+    leaky = RuntimeError("key s3://AKIA:secret@bucket/x\nline 2")
+    assert one_line_error(leaky) == "RuntimeError: key s3://***@bucket/x"
+
+
+def test_a_stop_request_ends_the_trial_after_that_epoch_and_keeps_its_epochs(tmp_path, monkeypatch):
+    """The worker loop in Ray Train's local mode (no Ray instance): the scheduler's stop request, written after
+    epoch 0's report, ends training after that epoch with status stopped and epoch 0 recorded; without one the
+    trial completes. Every report carries the objective metrics; only epoch reports carry the time attribute."""
+    import ray.train
+
+    from dpnp_ray.config import ExperimentConfig
+    from dpnp_ray.ray_train import FINAL_FILE, OBJECTIVE_METRICS, TIME_ATTR, Scaling, make_trainer
+
+    stop = tmp_path / "stop_requests" / "t"
+    reports: list[tuple[dict, dict | None]] = []
+    real_report = ray.train.report
+
+    def scheduler(metrics, checkpoint=None, **kwargs):
+        final = Path(checkpoint.path) / FINAL_FILE if checkpoint is not None else None
+        reports.append((dict(metrics), json.loads(final.read_text()) if final and final.exists() else None))
+        if metrics.get(TIME_ATTR) == 1 and asked_to_stop:
+            stop.parent.mkdir(exist_ok=True)
+            stop.write_text("stop")
+        return real_report(metrics, checkpoint=checkpoint, **kwargs)
+
+    monkeypatch.setattr(ray.train, "report", scheduler)
+    cfg = ExperimentConfig.from_dict(dict(dataset="digits", epochs=2, train_attack_steps=1, val_attack_steps=1,
+                                          eval_attack_steps=1, eval_suite="basic", batch_size=128))
+    outcomes = {}
+    for asked_to_stop in (True, False):
+        reports.clear()
+        stop.unlink(missing_ok=True)
+        make_trainer(cfg, Scaling(num_workers=0), run_name=f"r{asked_to_stop}", storage_path=str(tmp_path / "train"),
+                     in_tune=False, stop_request=str(stop)).fit()
+        assert all(set(OBJECTIVE_METRICS) <= set(m) for m, _ in reports)
+        epochs = [m for m, _ in reports if TIME_ATTR in m]
+        assert [m[TIME_ATTR] for m in epochs] == [m["epoch"] + 1 for m in epochs]
+        final_metrics, record = reports[-1]
+        assert TIME_ATTR not in final_metrics and final_metrics["trial_status"] == record["status"]
+        outcomes[asked_to_stop] = (len(epochs), record)
+    epochs, record = outcomes[True]
+    assert epochs == 1 and record["status"] == "stopped" and [h["epoch"] for h in record["history"]] == [0]
+    assert record["evals"] == [] and record["summary"]["val_robust_acc"] == record["history"][0]["val_robust_acc"]
+    epochs, record = outcomes[False]
+    assert epochs == 2 and record["status"] == "completed" and len(record["history"]) == 2 and record["evals"]
+
+
+def test_the_searcher_tells_optuna_what_the_record_says(tmp_path):
+    """COMPLETE with its values, PRUNED for a stopped trial, FAIL for a failed one; a trial whose driver died
+    is what its Train run's final record says (else FAIL); one Tune ended without an end stays RUNNING."""
+    import optuna
+
+    from dpnp_ray.ray_train import FINAL_FILE
+    from dpnp_ray.study.optuna_search import PruningAwareOptunaSearch, SearchSpace, _DefineByRun
+
+    train, storage = tmp_path / "train", optuna.storages.InMemoryStorage()
+    searcher = PruningAwareOptunaSearch(
+        space=_DefineByRun(SearchSpace(), 0.1, 4), metric=["val_clean_acc", "val_robust_acc"], mode=["max", "max"],
+        sampler=optuna.samplers.RandomSampler(seed=0), study_name="s", storage=storage, seed=0, study="s",
+        train_storage=str(train))
+    numbers = [searcher.suggest(f"tune{i}")["optuna_trial"] for i in range(6)]
+    assert numbers == list(range(6))
+    values = {"val_clean_acc": 0.9, "val_robust_acc": 0.5}
+    final = train / "s-optuna-0003" / "final_1" / FINAL_FILE
+    final.parent.mkdir(parents=True)
+    final.write_text(json.dumps({"status": "completed", "final_metrics": {**values, "trial_status": "completed"}}))
+    searcher.on_trial_complete("tune0", {**values, "trial_status": "completed"})
+    searcher.on_trial_complete("tune1", {**values, "trial_status": "stopped"})  # its last epoch's values: not a result
+    searcher.on_trial_complete("tune2", {"val_clean_acc": math.nan, "val_robust_acc": math.nan,
+                                         "trial_status": "failed"})
+    searcher.on_trial_complete("tune3", None, error=True)  # driver died after its run wrote the final record
+    searcher.on_trial_complete("tune4", None, error=True)  # driver died, no final record
+    searcher.on_trial_complete("tune5", {**values, "trial_status": "running"})  # ended by Tune, not by itself
+    trials = optuna.load_study(study_name="s", storage=storage).trials
+    State = optuna.trial.TrialState
+    assert [t.state for t in trials] == [State.COMPLETE, State.PRUNED, State.FAIL, State.COMPLETE, State.FAIL,
+                                         State.RUNNING]
+    assert trials[0].values == trials[3].values == [0.9, 0.5]
 
 
 def test_every_ablation_variant_is_a_valid_config_and_the_default_grid_is_registered():
@@ -150,6 +288,31 @@ def test_unknown_variant_or_sampler_fails_naming_the_known_ones(tmp_path):
         make_sampler("cmaes", 0)
     for name in SAMPLERS:
         assert isinstance(make_sampler(name, 0), optuna.samplers.BaseSampler)
+
+
+def test_asha_stops_by_request_and_never_kills_a_trial(tmp_path):
+    """StopAtEpochEnd: ASHA's STOP becomes a stop request the trial reads (ray_train.py); Tune is told to go
+    on, and later reports of that trial, or a final report (no time attribute), change nothing."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from dpnp_ray.study.tune import StopAtEpochEnd, stop_request_path
+
+    asha = StopAtEpochEnd(str(tmp_path), time_attr="epochs_done", metric="val_robust_acc", mode="max", max_t=3,
+                          grace_period=1, reduction_factor=2, stop_last_trials=False)
+    good, bad = (SimpleNamespace(trial_id=f"tune{n}", config={"optuna_trial": n}) for n in (0, 1))
+    for trial in (good, bad):
+        asha.on_trial_add(None, trial)
+    report = lambda trial, done, acc: asha.on_trial_result(None, trial, {"epochs_done": done, "val_robust_acc": acc})
+    assert report(good, 1, 0.9) == TrialScheduler.CONTINUE
+    assert report(bad, 1, 0.1) == TrialScheduler.CONTINUE  # ASHA said STOP
+    assert Path(stop_request_path(str(tmp_path), "optuna-0001")).exists()
+    assert not Path(stop_request_path(str(tmp_path), "optuna-0000")).exists()
+    assert report(bad, 2, 0.0) == TrialScheduler.CONTINUE
+    assert asha.on_trial_result(None, good, {"val_robust_acc": 0.0, "trial_status": "completed"}) == \
+        TrialScheduler.CONTINUE
+    assert not Path(stop_request_path(str(tmp_path), "optuna-0000")).exists()
 
 
 def test_plan_concurrency_packs_workers_per_node_and_refuses_what_cannot_fit():
@@ -257,12 +420,21 @@ def test_driver_killed_then_resumed_finishes_without_rerunning(tmp_path):
 def test_non_finite_trial_fails_alone_and_is_recorded(tmp_path):
     # An enormous PPA weight overflows the Adv-DPNP loss at step 0; the PGD-AT baseline has no PPA term.
     proc = run_script("ablation.py", "--smoke", "--variants", "full", "pgd_at", "--storage", str(tmp_path),
-                      "--name", "nan", "--set", "lambda_ppa=1e38", "eval_suite=basic")
+                      "--name", "nan", "--set", "lambda_ppa=1e38", "eval_suite=basic", check=False)
     trials = results.read_table(tmp_path / "nan", "trials").set_index("variant")
     assert trials.loc["full", "status"] == "failed"
     assert "epoch 0, step" in trials.loc["full", "error"] and "non-finite" in trials.loc["full", "error"]
+    assert "\n" not in trials.loc["full", "error"]
+    log = Path(trials.loc["full", "error_log"])
+    assert log.parent == tmp_path / "nan" / "logs" and "Traceback" in log.read_text()
     assert trials.loc["pgd_at", "status"] == "completed" and trials.loc["pgd_at", "clean_acc"] > 0.5
+    assert trials.loc["pgd_at", "error_log"] == ""
     assert "failed" in proc.stdout
+    # the tables are written, then the exit status says a trial failed, with its error once and its log
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "1 of 2 trial(s) failed:" in proc.stderr
+    assert sum(trials.loc["full", "error"] in line for line in proc.stderr.splitlines()) == 1
+    assert f"full log: {log}" in proc.stderr
 
 
 @pytest.mark.ray

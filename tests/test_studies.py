@@ -5,8 +5,8 @@ Few and small on purpose: each starts Ray (seconds) and trains (tens of seconds)
 
 from __future__ import annotations
 
+import json
 import math
-import subprocess
 
 import optuna
 import pandas as pd
@@ -15,7 +15,7 @@ import pytest
 from dpnp_ray import results
 from dpnp_ray.study.optuna_search import SearchSpace
 
-from .raytools import TwoNodeCluster, run_script, study_env
+from .raytools import TwoNodeCluster, run_script
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 
@@ -103,14 +103,61 @@ def test_two_node_cluster_runs_ddp_trial(tmp_path):
         proc = run_script("ablation.py", "--smoke", "--address", cluster.address, "--workers", "2",
                           "--gpus-per-worker", "1", "--storage", str(tmp_path / "r2"), env=cluster.env, check=False)
         assert proc.returncode == 2 and "GPU" in proc.stderr and "cannot place" in proc.stderr
+        # the data root is checked where trials would read it, on every node, before any trial trains
+        proc = run_script("ablation.py", "--smoke", "--address", cluster.address, "--dataset", "cifar10",
+                          "--data-root", "/nonexistent", "--storage", str(tmp_path / "r3"), env=cluster.env,
+                          check=False)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        problems = [line for line in proc.stderr.splitlines() if "--data-root '/nonexistent' (dataset cifar10) on node"
+                    in line]
+        assert len(problems) == 1 and "missing" in problems[0]  # both nodes share one IP: one line
+        assert not (tmp_path / "r3" / "ablation" / "trials").exists()
 
 
-def test_tiny_search_respects_space_and_writes_pareto(tmp_path):
-    run_script("search.py", "--smoke", "--trials", "3", "--storage", str(tmp_path), "--name", "tiny",
-               "--max-concurrent", "1")
-    directory = tmp_path / "tiny"
+def _row_of(trials: pd.DataFrame, params: dict) -> pd.Series:
+    """The one row whose param_* columns are an Optuna trial's params (independent of how trials are named)."""
+    def same(row) -> bool:
+        return all(f"param_{k}" in row and (row[f"param_{k}"] == v if isinstance(v, (str, bool))
+                                            else row[f"param_{k}"] == pytest.approx(v)) for k, v in params.items())
+    rows = [row for _, row in trials.iterrows() if same(row)]
+    assert len(rows) == 1, params
+    return rows[0]
+
+
+def test_search_with_asha_records_each_trial_as_optuna_does_and_loses_no_work(tmp_path):
+    """ASHA stops several of 8 trials. Observed on the code this replaced (`search.py --smoke --trials 8`): Optuna
+    had 4 PRUNED and 4 COMPLETE, trials.parquet 4 completed, 1 stopped and 3 failed with "ActorDiedError ...
+    placement group was removed", without epochs, one of them after it had written its final record."""
+    run_script("search.py", "--smoke", "--trials", "8", "--epochs", "3", "--storage", str(tmp_path), "--name", "asha",
+               "--max-concurrent", "1", "--set", "train_attack_steps=1", "val_attack_steps=2", "eval_attack_steps=2")
+    directory = tmp_path / "asha"
     trials = results.read_table(directory, "trials")
-    assert len(trials) == 3 and trials["trial_id"].is_unique
+    epochs = results.read_table(directory, "epochs")
+    study = optuna.load_study(study_name="asha", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(directory / "optuna.journal"))))
+    State = optuna.trial.TrialState
+    assert len(study.trials) == len(trials) == 8 and trials["trial_id"].is_unique
+    status_of = {State.COMPLETE: "completed", State.PRUNED: "stopped", State.FAIL: "failed"}
+    for trial in study.trials:  # one to one with the searcher
+        assert _row_of(trials, trial.params)["status"] == status_of[trial.state], trial.number
+    assert (trials["status"] == "stopped").sum() >= 2 and (trials["status"] == "completed").sum() >= 2
+    assert not (trials["status"] == "failed").any()
+    for _, row in trials.iterrows():
+        trained = sorted(epochs.loc[epochs["trial_id"] == row["trial_id"], "epoch"])
+        assert trained == list(range(row["epochs_run"])), row["trial_id"]  # every epoch it reported
+        if row["status"] == "completed":
+            assert trained == [0, 1, 2] and 0 < row["clean_acc"] <= 1 and 0 <= row["pgd_acc"] <= 1
+        else:  # stopped at or after ASHA's first rung, before its test evaluation
+            assert len(trained) >= 1 and math.isnan(row["clean_acc"])
+    # no completed work is lost: every final record in the Train runs' storage is in the table as it says
+    finals = list((directory / "train").glob("asha-*/final_*/final.json"))
+    assert len({f.parent.parent for f in finals}) == len(trials)
+    by_id = trials.set_index("trial_id")
+    for final in finals:
+        record = json.loads(final.read_text())
+        assert by_id.loc[final.parent.parent.name[len("asha-"):], "status"] == record["status"]
+
+    # the space is respected, conditional parameters are sampled only when they apply
     space = SearchSpace()
     eps = 0.1  # digits' threat model
     for _, row in trials.iterrows():
@@ -128,9 +175,43 @@ def test_tiny_search_respects_space_and_writes_pareto(tmp_path):
         assert (row["param_eps_schedule"] == "constant") == (warmup is None or math.isnan(warmup))
         assert row["cfg_eval_eps"] == pytest.approx(eps)  # evaluation keeps the threat model
     pareto = results.read_table(directory, "pareto")
-    assert len(pareto) >= 1 and set(pareto["trial_id"]) <= set(trials["trial_id"])
-    study = optuna.load_study(study_name="tiny", storage=optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(directory / "optuna.journal"))))
-    assert len(study.trials) == 3
+    completed = set(trials.loc[trials["status"] == "completed", "trial_id"])
+    assert len(pareto) >= 1 and set(pareto["trial_id"]) <= completed
     # the first trial evaluates the base config (points_to_evaluate)
     assert study.trials[0].params["lambda_ppa"] == pytest.approx(0.1)
+
+
+def test_a_local_study_points_the_placement_group_cleaner_at_its_own_instance(monkeypatch):
+    """Ray Train's placement-group cleaner asks the state API whether a run's controller lives, finding the API by
+    auto-detection (RAY_ADDRESS, else the newest instance). With RAY_ADDRESS naming another cluster, a process of
+    the study's local instance still reaches its own dashboard: connect() set RAY_API_SERVER_ADDRESS for them."""
+    import os
+
+    import ray
+
+    from dpnp_ray.study.cluster import connect
+    from dpnp_ray.study.settings import StudySettings
+
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")  # another cluster's address, as a user's shell may hold
+    monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
+    connect(StudySettings("cleaner", local_cpus=1))
+    try:
+        assert "RAY_API_SERVER_ADDRESS" not in os.environ  # this process is left as it was
+
+        @ray.remote(num_cpus=0)
+        class Alive:
+            def ping(self) -> str:
+                return ray.get_runtime_context().get_actor_id()
+
+        @ray.remote(num_cpus=0)
+        def state_of(actor_id: str) -> tuple[str | None, str]:
+            from ray.util.state import get_actor
+
+            return os.environ.get("RAY_API_SERVER_ADDRESS"), get_actor(actor_id, timeout=30).state
+
+        actor = Alive.remote()
+        address, state = ray.get(state_of.remote(ray.get(actor.ping.remote())), timeout=120)
+        assert address is not None and address.startswith("http://127.0.0.1:")
+        assert state == "ALIVE"  # found through this instance's own dashboard, not the cluster RAY_ADDRESS names
+    finally:
+        ray.shutdown()

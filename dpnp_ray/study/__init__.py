@@ -6,6 +6,9 @@
     tune            the Tune glue: one trial, the Tuner, recording and exporting when a study ends
     ablation_grid   the ablation variants and `run_ablation`
     optuna_search   the Optuna search space, samplers and `run_search`
+    console         what a study prints: one line per finished trial, the running trials now and then
+    trackers        --log-to tensorboard,mlflow,wandb: Tune's logger callbacks
+    recipe          study files: resolution (defaults, --config, flags), study.yaml, --resume growth, best configs
 
 `dpnp_ray.study.export(<study dir>)` rebuilds a study's Parquet tables from its trial records.
 """

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from ..registry import Registry
-from .cluster import plan_concurrency, prepare
-from .settings import StudyError, StudySettings
-from .tune import build_tuner, finish, validate_configs
+from . import preflight
+from .cluster import plan_concurrency, prepare, resolve
+from .settings import StudySettings
+from .tune import build_tuner, finish
 
 
 @dataclass(frozen=True)
@@ -44,17 +45,27 @@ def variant_overrides() -> dict[str, dict[str, Any]]:
     return {name: ABLATION_VARIANTS.get(name).overrides for name in ABLATION_VARIANTS}
 
 
-def run_ablation(base: dict[str, Any], variants: list[str], seeds: list[int],
-                 settings: StudySettings) -> dict[str, str]:
-    """The ablation grid: every variant x seed, as a Ray Tune grid. Returns the Parquet locations."""
+def run_ablation(base: dict[str, Any], variants: list[str], seeds: list[int], settings: StudySettings, *,
+                 before_training: Callable[[], Any] | None = None) -> dict[str, str]:
+    """The ablation grid: every variant x seed, as a Ray Tune grid. Returns the Parquet locations.
+
+    `before_training` runs once the inputs passed the preflight, before any trial (e.g. writing study.yaml)."""
     from ray import tune
 
     unknown = [v for v in variants if v not in ABLATION_VARIANTS]
-    if unknown:
-        raise StudyError(f"unknown variant(s) {unknown}; known: {', '.join(ABLATION_VARIANTS.names())}")
+    problems = [f"unknown variant(s) {unknown}; known: {', '.join(ABLATION_VARIANTS.names())}"] if unknown else []
+    if not variants or not seeds:
+        problems.append(f"--variants {list(variants)} --seeds {list(seeds)}: need at least one of each")
     overrides = variant_overrides()  # all of them: a resumed study may hold variants not asked for this time
-    validate_configs(base, [{**overrides[v], "seed": s} for v in variants for s in seeds])
+    config_problems, configs = preflight.config_problems(
+        base, [{**overrides[v], "seed": s} for v in variants if v in overrides for s in seeds])
+    settings = resolve(settings)
+    preflight.check(settings, configs, problems + config_problems)
     settings = prepare(settings)
+    if settings.cluster or settings.address:
+        preflight.check_data_on_nodes(configs)
+    if before_training is not None:
+        before_training()
     concurrent = plan_concurrency(settings.scaling, settings.max_concurrent)
     grid = {"variant": tune.grid_search(list(variants)), "seed": tune.grid_search(list(seeds))}
     tuner = build_tuner(settings, base, "ablation", variant_overrides=overrides, param_space=grid,

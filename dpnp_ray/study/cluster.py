@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -51,17 +53,79 @@ def connect(settings: StudySettings) -> None:
         try:
             # Ship this package to the cluster's workers; torch & co. must be installed there.
             ray.init(address=address, runtime_env={"py_modules": [str(Path(dpnp_ray.__file__).parent)]},
-                     log_to_driver=True)
-        except ConnectionError as exc:
+                     log_to_driver=True, logging_level=_ray_log_level(settings))
+        except Exception as exc:
+            if _is_auth_failure(exc):
+                raise StudyError(f"the Ray cluster at {address!r} uses token authentication and refused this "
+                                 f"process ({type(exc).__name__}); {AUTH_HELP}") from None
+            if not isinstance(exc, ConnectionError):
+                raise
+            maybe_auth = ("" if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" else
+                          f"; if the cluster uses token authentication (Ray's default), {AUTH_HELP}")
             raise StudyError(f"no Ray cluster reachable at {address!r} ({type(exc).__name__}: {exc}); start one with "
                              "`ray start --head` (and `ray start --address <head>:6379` on the other nodes), "
-                             "or drop --cluster to run on a local instance") from None
+                             f"or drop --cluster to run on a local instance{maybe_auth}") from None
         return
-    # The dashboard serves the state API that Ray Train's placement-group cleaner needs: without
-    # it, the workers of a trial stopped early by the scheduler keep their CPUs and later trials hang.
-    # It listens on loopback only.
-    ray.init(address="local", num_cpus=settings.local_cpus or os.cpu_count(), include_dashboard=True,
-             dashboard_host="127.0.0.1", object_store_memory=300 * 1024 * 1024, log_to_driver=True)
+    # The dashboard serves the state API that Ray Train's placement-group cleaner needs: without it,
+    # the workers of a trial whose driver died keep their CPUs and later trials hang. It listens on
+    # loopback only. The cleaner finds the state API by auto-detection (the newest Ray instance on the
+    # machine, or RAY_ADDRESS); RAY_API_SERVER_ADDRESS, inherited by every process of this instance,
+    # points it at this instance's own dashboard instead.
+    for attempt in range(3):
+        port = free_port()
+        try:
+            with environment(RAY_API_SERVER_ADDRESS=f"http://127.0.0.1:{port}"):
+                ray.init(address="local", num_cpus=settings.local_cpus or os.cpu_count(), include_dashboard=True,
+                         dashboard_host="127.0.0.1", dashboard_port=port, object_store_memory=300 * 1024 * 1024,
+                         log_to_driver=True, logging_level=_ray_log_level(settings))
+            return
+        except ValueError as exc:  # the port was taken between free_port() and Ray binding it
+            if "already occupied" not in str(exc) or attempt == 2:
+                raise
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def environment(**variables: str):
+    """Set environment variables for the processes started inside the block, then restore them."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+AUTH_HELP = ("export the cluster's token in this shell, as on every node that joins it: "
+             "`export RAY_AUTH_MODE=token RAY_AUTH_TOKEN=<token>` (print the token on the head node with "
+             "`ray get-auth-token`; or RAY_AUTH_TOKEN_PATH=<file holding it>), then run the study again")
+
+
+def _is_auth_failure(exc: BaseException | None) -> bool:
+    """Ray's token authentication refused the connection (AuthenticationError, InvalidAuthToken,
+    Unauthenticated), here or in the exceptions it was raised from."""
+    while exc is not None:
+        text = f"{type(exc).__name__} {exc}".lower()
+        if any(word in text for word in ("authenticationerror", "invalidauthtoken", "unauthenticated", "auth token",
+                                         "authentication token")):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _ray_log_level(settings: StudySettings) -> int:
+    """Ray's driver-side INFO messages (instance started, files written) only with --verbose."""
+    return logging.INFO if settings.verbose else logging.WARNING
 
 
 def _probe(address: str, timeout: float = 5.0) -> None:
@@ -77,11 +141,15 @@ def _probe(address: str, timeout: float = 5.0) -> None:
                          "or drop --cluster/--address to run on a local instance") from None
 
 
+def resolve(settings: StudySettings) -> StudySettings:
+    """The settings with an absolute storage location (Tune and Train need one)."""
+    return StudySettings(**{**asdict(settings), "storage": absolute_storage(settings.storage),
+                            "scaling": settings.scaling})
+
+
 def prepare(settings: StudySettings) -> StudySettings:
-    """Resolve storage, check it, connect to Ray: everything that can fail before training."""
-    settings = StudySettings(**{**asdict(settings), "storage": absolute_storage(settings.storage),
-                                "scaling": settings.scaling})
-    check_storage_writable(settings.storage)
+    """Resolve storage and connect to Ray (after preflight.check)."""
+    settings = resolve(settings)
     connect(settings)
     return settings
 

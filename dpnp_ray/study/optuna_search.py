@@ -1,12 +1,18 @@
 """The Optuna search over loss weights, eps schedules and ablation switches (Ray Tune + OptunaSearch).
 
 The space is define-by-run, so a weight is only sampled when its term is switched on and a
-warm-up length only when the eps schedule ramps. Parameter names are config field names.
+warm-up length only when the eps schedule ramps. Parameter names are config field names. Each
+trial's config also carries its Optuna trial number (`optuna_trial`), which names the trial
+(`optuna-<number>`), and Optuna hears each trial's outcome as trials.parquet records it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import tempfile
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import optuna
@@ -14,10 +20,13 @@ from ray.tune.search.optuna import OptunaSearch
 
 from .. import results
 from ..config import ExperimentConfig, field_choices
+from ..ray_train import TIME_ATTR, find_final_record
 from ..registry import Registry
-from .cluster import plan_concurrency, prepare
+from . import preflight
+from .cluster import plan_concurrency, prepare, resolve
+from .records import ENDED, train_run_name, trial_id
 from .settings import StudyError, StudySettings
-from .tune import build_tuner, finish, validate_configs
+from .tune import StopAtEpochEnd, build_tuner, finish
 
 OBJECTIVES = {"multi": (["val_clean_acc", "val_robust_acc"], ["max", "max"]),
               "robust": ("val_robust_acc", "max"), "clean": ("val_clean_acc", "max")}
@@ -103,17 +112,49 @@ def make_storage(location: str):
 
 
 class PruningAwareOptunaSearch(OptunaSearch):
-    """Records scheduler-stopped trials as PRUNED and failed ones as FAIL in the Optuna study
-    (plain OptunaSearch records an early-stopped trial's last score as a finished result)."""
+    """Tells Optuna each trial's outcome as its record has it: completed -> COMPLETE (with its objective
+    values), stopped by the scheduler -> PRUNED, failed -> FAIL. (Plain OptunaSearch records a stopped
+    trial's last epoch as a finished result.) The outcome is the trial_status of the trial's final report,
+    which its final record carries too (ray_train.py); for a trial whose driver died, the final record in
+    its Train run's storage if there is one, else FAIL. Only epoch reports are intermediate values.
+    Public OptunaSearch methods only: suggest, on_trial_result, on_trial_complete. (The objectives' names and
+    each Optuna trial's project trial_id are set through the public Optuna trial in `_DefineByRun`.)
+    """
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+    def __init__(self, *args, study: str, train_storage: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.study = study
+        self.train_storage = train_storage
+        self.optuna_numbers: dict[str, int] = {}  # Tune trial id -> Optuna trial number
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        if config and "optuna_trial" in config:
+            self.optuna_numbers[trial_id] = config["optuna_trial"]
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if TIME_ATTR in result:
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         status = (result or {}).get("trial_status")
-        if status in ("running", "failed") and trial_id in self._ot_trials and trial_id not in self._completed_trials:
-            state = optuna.trial.TrialState.PRUNED if status == "running" else optuna.trial.TrialState.FAIL
-            self._ot_study.tell(self._ot_trials[trial_id], state=state)
-            self._completed_trials.add(trial_id)
-            return
-        super().on_trial_complete(trial_id, result, error)
+        if error or status not in ENDED:
+            record = self._final_record(trial_id)
+            if record is None and not error:
+                return  # ended by Tune before its end (an interrupted study): it runs again on --resume
+            status, result = (record["status"], record.get("final_metrics")) if record else ("failed", None)
+        if status == "completed":
+            super().on_trial_complete(trial_id, result)
+        else:
+            super().on_trial_complete(trial_id, None, error=status == "failed")  # PRUNED or FAIL
+
+    def _final_record(self, tune_trial_id: str) -> dict | None:
+        number = self.optuna_numbers.get(tune_trial_id)
+        if number is None:
+            return None
+        name = train_run_name(self.study, trial_id({"optuna_trial": number}, "search"))
+        return find_final_record(self.train_storage, name)
 
 
 @dataclass(frozen=True)
@@ -123,52 +164,82 @@ class _DefineByRun:
     space: SearchSpace
     threat_eps: float
     epochs: int
+    metric_names: tuple[str, ...] = ()
 
-    def __call__(self, trial) -> None:
+    def __call__(self, trial) -> dict[str, int]:
+        if self.metric_names and trial.study.metric_names is None:
+            with warnings.catch_warnings():  # set_metric_names is marked experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                trial.study.set_metric_names(list(self.metric_names))  # the trials.parquet column names
+        trial.set_user_attr("trial_id", trial_id({"optuna_trial": trial.number}, "search"))  # joins trials.parquet
         self.space.sample(trial, self.threat_eps, self.epochs)
+        return {"optuna_trial": trial.number}  # a constant of the config, not a searched parameter
 
 
 def run_search(base: dict[str, Any], settings: StudySettings, *, trials: int, space: SearchSpace = SearchSpace(),
                sampler: str = "tpe", objective: str = "multi", scheduler: str = "asha", seed: int = 0,
-               optuna_storage: str | None = None) -> dict[str, str]:
-    """Search, then export every table and the Pareto front. Returns the Parquet locations."""
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
+               optuna_storage: str | None = None, extend: bool = False,
+               before_training: Callable[[], Any] | None = None) -> dict[str, str]:
+    """Search, then export every table and the Pareto front. Returns the Parquet locations.
+    `before_training` runs once the inputs passed the preflight, before any trial (e.g. writing study.yaml).
 
+    extend: a new Tune run of `trials` more trials that continues the study's existing Optuna study
+    (growing a finished search, recipe.py); the base config is not evaluated again."""
+    from ray import tune
+
+    problems = []
     if objective not in OBJECTIVES:
-        raise StudyError(f"--objective {objective!r}: allowed {', '.join(OBJECTIVES)}")
+        problems.append(f"--objective {objective!r}: allowed {', '.join(OBJECTIVES)}")
     if scheduler not in ("asha", "none"):
-        raise StudyError(f"--scheduler {scheduler!r}: allowed asha, none")
-    if trials < 1:
-        raise StudyError(f"--trials {trials}: must be >= 1")
-    cfg = ExperimentConfig.from_dict(base)
-    validate_configs(base, [space.default_point(cfg)])
-    make_sampler(sampler, seed)  # fail on a bad name before Ray starts
+        problems.append(f"--scheduler {scheduler!r}: allowed asha, none")
+    if sampler not in SAMPLERS:
+        problems.append(f"--sampler {sampler!r}: allowed {', '.join(SAMPLERS.names())}")
+    problems += preflight.count_problem("--trials", trials, 1)
+    problems += preflight.count_problem("--seed", seed, 0, preflight.SEED_LIMIT - 1)
+    config_problems, configs = preflight.config_problems(base, [{}])
+    if configs:
+        more, _ = preflight.config_problems(base, [space.default_point(configs[0])])
+        config_problems += [p for p in more if p not in config_problems]
+    settings = resolve(settings)
+    storage_problems, storage = preflight.optuna_storage_problems(optuna_storage) if optuna_storage else ([], None)
+    preflight.check(settings, configs, problems + config_problems + storage_problems)
+    storage_location, journal_copy = journal_locations(settings, optuna_storage)
+    if storage is None:  # the default journal: in the study directory checked above, or kept locally
+        storage = make_storage(storage_location)
+    cfg = configs[0]
     settings = prepare(settings)
+    if settings.cluster or settings.address:
+        preflight.check_data_on_nodes(configs)
+    if before_training is not None:
+        before_training()
     concurrent = plan_concurrency(settings.scaling, settings.max_concurrent)
     metric, mode = OBJECTIVES[objective]
-    storage_location = optuna_storage or (results.join(settings.directory, "optuna.journal")
-                                          if not results.is_uri(settings.directory) else None)
     searcher = PruningAwareOptunaSearch(
-        space=_DefineByRun(space, cfg.eval_eps, cfg.epochs), metric=metric, mode=mode,
-        points_to_evaluate=None if settings.resume else [space.default_point(cfg)],
-        sampler=make_sampler(sampler, seed), study_name=settings.name,
-        storage=make_storage(storage_location) if storage_location else None, seed=seed,
+        space=_DefineByRun(space, cfg.eval_eps, cfg.epochs, tuple(metric) if isinstance(metric, list) else (metric,)),
+        metric=metric, mode=mode,
+        points_to_evaluate=None if settings.resume or extend else [space.default_point(cfg)],
+        sampler=make_sampler(sampler, seed), study_name=settings.name, storage=storage, seed=seed,
+        study=settings.name, train_storage=settings.train_storage,
     )
     asha = None
-    if scheduler == "asha":
-        # Early stopping watches one scalar: the robust accuracy on the validation split.
-        # Epochs count from 0, so max_t = epochs is never reached: ASHA only stops trials at its rungs,
-        # and every trial that survives them finishes its last epoch and its test evaluation.
-        asha = ASHAScheduler(time_attr="epoch", max_t=cfg.epochs, grace_period=max(1, cfg.epochs // 4),
-                             reduction_factor=2, stop_last_trials=False,
-                             **({"metric": "val_robust_acc", "mode": "max"} if isinstance(metric, list) else {}))
+    if scheduler == "asha" and cfg.epochs >= 2:
+        # Early stopping watches one scalar: the robust accuracy on the validation split. Its rungs lie
+        # before the last epoch (max_t = epochs - 1 epochs done): stopping after the last epoch would only
+        # skip the test evaluation. With one epoch there is nothing to stop early.
+        asha = StopAtEpochEnd(settings.directory, time_attr=TIME_ATTR, max_t=cfg.epochs - 1,
+                              grace_period=max(1, min(cfg.epochs // 4, cfg.epochs - 1)), reduction_factor=2,
+                              stop_last_trials=False,
+                              **({"metric": "val_robust_acc", "mode": "max"} if isinstance(metric, list) else {}))
     single = not isinstance(metric, list)
     tune_config = tune.TuneConfig(search_alg=searcher, scheduler=asha, num_samples=trials,
                                   max_concurrent_trials=concurrent,
                                   metric=metric if single else None, mode=mode if single else None)
     tuner = build_tuner(settings, base, "search", tune_config=tune_config)
-    written = finish(tuner.fit(), settings, base, "search")
+    try:
+        written = finish(tuner.fit(), settings, base, "search")
+    finally:
+        if journal_copy and Path(storage_location).exists():  # also when interrupted: --resume starts from it
+            results.write_bytes_atomic(journal_copy, results.local_path(storage_location).read_bytes())
     frame = results.read_table(settings.directory, "trials")
     objectives = tuple(metric) if isinstance(metric, list) else (metric,)
     done = frame[frame["status"] == "completed"]
@@ -176,6 +247,30 @@ def run_search(base: dict[str, Any], settings: StudySettings, *, trials: int, sp
     keep = ["study", "trial_id", *objectives, "clean_acc", "pgd_acc"] + [c for c in front.columns
                                                                          if c.startswith("param_")]
     written["pareto"] = results.write_table(settings.directory, "pareto", front[[c for c in keep if c in front]])
-    if storage_location:
-        written["optuna_storage"] = storage_location
+    written["optuna_storage"] = journal_copy or storage_location
     return written
+
+
+def journal_locations(settings: StudySettings, optuna_storage: str | None) -> tuple[str, str | None]:
+    """(the Optuna storage the search uses, where a copy of its journal goes when the study ends).
+
+    By default the journal is <study dir>/optuna.journal. A study directory on object storage
+    (s3://...) cannot hold a file that is appended to, so the journal is kept on this machine at a
+    path fixed by the study directory (a restored searcher reopens that path) and copied to
+    <study dir>/optuna.journal when the study ends or stops; --resume first copies it back.
+    """
+    if optuna_storage:
+        return optuna_storage, None
+    journal = results.join(settings.directory, "optuna.journal")
+    if not results.is_uri(settings.directory):
+        return journal, None
+    digest = hashlib.sha256(settings.directory.encode()).hexdigest()[:16]
+    local = Path(tempfile.gettempdir()) / "dpnp_ray_optuna" / f"{settings.name}-{digest}.journal"
+    local.parent.mkdir(parents=True, exist_ok=True)
+    local.unlink(missing_ok=True)  # a fresh study starts empty; a resumed one from the copy in storage
+    if settings.resume:
+        try:
+            local.write_bytes(results.read_bytes(journal))
+        except OSError:  # no copy yet: the study stopped before its first end
+            pass
+    return str(local), journal

@@ -1,8 +1,14 @@
 """Trial records and their export to Parquet.
 
-Each trial's whole record is `<study dir>/trials/<trial_id>.json`, written atomically. `export`
+Each trial's whole record is `<study dir>/trials/<trial_id>.json`, written atomically; a completed
+trial's selected model is `<study dir>/models/<trial_id>/` (`model_path`, written by ray_train.py). `export`
 turns those records into the Parquet tables of results.py; it runs at the end of every study and
 can be re-run at any time (one row per trial and per trial-epoch, always).
+
+A trial's id names it everywhere: `<variant>-s<seed>` in an ablation, `optuna-<number>` (its Optuna
+trial number) in a search; its Train run is `<study>-<trial_id>` under `<study dir>/train/`. A failed
+trial's record holds its error in one line; the full traceback is in `<study dir>/logs/<trial_id>.log`
+(the record's `error_log`).
 """
 
 from __future__ import annotations
@@ -16,10 +22,57 @@ from .settings import StudyError
 
 #: tables with one row per entry of a record's list of that name (epochs: the record's "history")
 PER_RECORD_TABLES = ("epochs", "evals", "corruptions", "geometry", "masking")
+ENDED = ("completed", "stopped", "failed")
+"""the statuses of a trial that has ended; any other record (none, or no status) has not"""
+ERROR_CHARS = 300
+
+
+def trial_id(params: dict[str, Any], kind: str) -> str | None:
+    """A trial's id from what Tune chose for it; None if Tune's config does not say (see the module doc)."""
+    if kind == "ablation":
+        return f"{params['variant']}-s{params['seed']}" if "variant" in params and "seed" in params else None
+    number = params.get("optuna_trial")
+    return f"optuna-{int(number):04d}" if number is not None else None
+
+
+def train_run_name(study: str, trial: str) -> str:
+    """The Train run of a trial: fixed, so a relaunched trial finds its checkpoints."""
+    return f"{study}-{trial}"
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The exception that started a failure: a Train worker's (the lowest rank's) rather than Train's
+    WorkerGroupError, the controller's for a ControllerError, the remote one inside Ray's RayTaskError."""
+    failures = getattr(exc, "worker_failures", None)
+    if isinstance(failures, dict) and failures:
+        exc = failures[min(failures)]
+    elif isinstance(getattr(exc, "controller_failure", None), BaseException):
+        exc = exc.controller_failure
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
+def one_line_error(exc: BaseException) -> str:
+    """`Type: first line of the message` of the root cause, credentials redacted, at most ERROR_CHARS."""
+    cause = root_cause(exc)
+    lines = str(cause).strip().splitlines()
+    return redact(f"{type(cause).__name__}: {lines[0] if lines else ''}".strip())[:ERROR_CHARS]
+
+
+def write_error_log(study_dir: str, trial: str, text: str) -> str:
+    """Keep a failed trial's full traceback; returns where (the record's error_log)."""
+    location = results.join(study_dir, "logs", f"{trial}.log")
+    results.write_bytes_atomic(location, redact(text).encode())
+    return location
 
 
 def record_path(study_dir: str, trial_id: str) -> str:
     return results.join(study_dir, "trials", f"{trial_id}.json")
+
+
+def model_path(study_dir: str, trial_id: str) -> str:
+    """Where a completed trial's selected model is exported (model_export.py)."""
+    return results.join(study_dir, "models", trial_id)
 
 
 def read_record(path: str) -> dict[str, Any] | None:
@@ -35,12 +88,21 @@ def write_record(study_dir: str, record: dict[str, Any]) -> None:
     results.write_bytes_atomic(record_path(study_dir, record["trial_id"]), json.dumps(record, default=str).encode())
 
 
+def read_records(study_dir: str) -> list[dict[str, Any]]:
+    """Every readable trial record of a study, in trial_id order."""
+    paths = results.list_files(results.join(study_dir, "trials"), ".json")
+    return [r for r in (read_record(p) for p in paths) if r is not None]
+
+
 def _flatten_record(record: dict[str, Any]) -> dict[str, Any]:
     """One trials.parquet row: identity, status, final metrics, provenance, cfg_* and param_* columns."""
     row = {k: record.get(k) for k in ("study", "trial_id", "variant", "seed", "study_kind", "status", "error",
                                       "num_workers", "use_gpu", "wall_seconds", "worker_seconds",
                                       "started_at", "finished_at")}
     row["error"] = row["error"] or ""
+    row["error_log"] = record.get("error_log") or ""
+    if record.get("optuna_trial") is not None:
+        row["optuna_trial"] = record["optuna_trial"]
     summary = record.get("summary") or {}
     row.update({k: v for k, v in summary.items() if not isinstance(v, (dict, list))})
     for key in ("clean_acc", "pgd_acc"):
@@ -61,8 +123,7 @@ def _flatten_record(record: dict[str, Any]) -> dict[str, Any]:
 
 def export(study_dir: str) -> dict[str, str]:
     """Trial records -> Parquet tables (atomically). Returns table name -> location."""
-    paths = results.list_files(results.join(study_dir, "trials"), ".json")
-    records = [r for r in (read_record(p) for p in paths) if r is not None]
+    records = read_records(study_dir)
     if not records:
         raise StudyError(f"{redact(study_dir)} has no trial records (trials/*.json); nothing to export")
     keys = lambda r: {"study": r["study"], "trial_id": r["trial_id"], "variant": r["variant"], "seed": r["seed"]}

@@ -23,6 +23,9 @@ class StudySettings:
     resume: bool = False
     trial_retries: int = 0  # Tune retries of a trial whose driver failed
     local_cpus: int | None = None  # local Ray instance size; None: all cores
+    log_to: tuple[str, ...] = ()  # trackers (study/trackers.py): tensorboard, mlflow, wandb
+    mlflow_tracking_uri: str | None = None  # None: a SQLite store in the study directory
+    verbose: bool = False  # Tune's progress tables and Ray's INFO logs on the console
 
     @property
     def directory(self) -> str:

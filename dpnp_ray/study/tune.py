@@ -1,22 +1,33 @@
-"""The Ray Tune glue of both studies: one trial as a Tune function, the Tuner, and the end of a study.
+"""The Ray Tune glue of both studies: one trial as a Tune function, the Tuner, the scheduler, and the end of a study.
 
-Each Tune trial is a small driver function (`run_trial`) that launches one TorchTrainer and
-writes the trial's record (records.py). When Tune returns, `finish` records the trials whose
-driver wrote nothing and exports the Parquet tables.
+A trial's status is decided once, where it ran: its Train run writes `completed`, `stopped` or `failed`
+into its final record (ray_train.py), and the trial's driver function (`run_trial`) copies that record
+into the study's (records.py). The scheduler never kills a trial: `StopAtEpochEnd` turns ASHA's STOP into
+a stop request that the trial honours at the end of its current epoch, so a stopped trial keeps every
+epoch it trained and a trial that finished is never killed after the fact. A trial whose driver died
+is recorded from its Train run's storage: a final record there makes it what that record says, else it
+failed (`record_errored_trial`, called by a Tune callback when it happens and by `finish` for any left).
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import time
-from dataclasses import asdict
+import traceback
+from dataclasses import asdict, dataclass, replace
 from typing import Any
+
+from ray.tune import Callback
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from .. import results
 from ..config import ConfigError, ExperimentConfig
 from ..provenance import provenance, redact
-from ..ray_train import Scaling, make_trainer, read_final_record
+from ..ray_train import Scaling, find_final_record, make_trainer, outcome_metrics, read_final_record
 from .cluster import DRIVER_CPU
-from .records import export, read_record, record_path, write_record
+from .records import (ENDED, export, model_path, one_line_error, read_record, record_path, train_run_name,
+                      trial_id, write_error_log, write_record)
 from .settings import StudyError, StudySettings
 
 #: variant name -> config overrides; ablation studies pass theirs, a search has none
@@ -27,71 +38,195 @@ class StudyInterrupted(StudyError):
     """The study stopped before every trial ended (Ctrl-C); its results so far are exported."""
 
 
-def validate_configs(base: dict[str, Any], overrides: list[dict[str, Any]]) -> None:
-    """Every trial's config (base plus one entry of overrides) must validate before anything starts."""
-    problems = []
-    for extra in overrides:
-        try:
-            ExperimentConfig.from_dict({**base, **extra})
-        except ConfigError as exc:
-            problems.extend(p for p in exc.problems if p not in problems)
-    if problems:
-        raise ConfigError(problems)
+@dataclass(frozen=True)
+class TrialSpec:
+    """One trial as Tune chose it: its id (None if Tune's config does not name it), variant ("search" in a
+    search), what Tune chose without the variant and the Optuna trial number, and the config."""
+
+    trial_id: str | None
+    variant: str
+    params: dict[str, Any]
+    cfg: ExperimentConfig
+    optuna_trial: int | None = None
 
 
-def trial_config(params: dict[str, Any], base: dict[str, Any],
-                 variant_overrides: VariantOverrides) -> tuple[str, dict[str, Any], ExperimentConfig]:
-    """(variant, what Tune chose without the variant, config): the base config, then the variant's
-    overrides, then Tune's choices. A search trial's variant is "search"."""
+def trial_config(params: dict[str, Any], base: dict[str, Any], variant_overrides: VariantOverrides,
+                 kind: str) -> TrialSpec:
+    """The base config, then the variant's overrides, then Tune's choices."""
     params = dict(params)
+    name = trial_id(params, kind)
     variant = params.pop("variant", "search")
+    number = params.pop("optuna_trial", None)
     cfg = ExperimentConfig.from_dict({**base, **variant_overrides.get(variant, {}), **params})
-    return variant, params, cfg
+    return TrialSpec(name, variant, params, cfg, number)
 
 
-def _report_to_tune(metrics: dict[str, Any]) -> None:
+@dataclass(frozen=True)
+class StudyContext:
+    """What a trial's driver (and whoever records a trial) needs to know of its study; picklable."""
+
+    study: str
+    study_dir: str
+    train_storage: str
+    base: dict[str, Any]
+    scaling: dict[str, Any]
+    kind: str
+    variant_overrides: VariantOverrides
+
+    @classmethod
+    def of(cls, settings: StudySettings, base: dict[str, Any], kind: str,
+           variant_overrides: VariantOverrides | None = None) -> "StudyContext":
+        return cls(settings.name, settings.directory, settings.train_storage, base, asdict(settings.scaling), kind,
+                   variant_overrides or {})
+
+    def spec(self, params: dict[str, Any]) -> TrialSpec:
+        return trial_config(params, self.base, self.variant_overrides, self.kind)
+
+    def new_record(self, spec: TrialSpec) -> dict[str, Any]:
+        record = {"study": self.study, "trial_id": spec.trial_id, "variant": spec.variant, "seed": spec.cfg.seed,
+                  "study_kind": self.kind, "config": spec.cfg.to_dict(), "params": spec.params}
+        if spec.optuna_trial is not None:
+            record["optuna_trial"] = spec.optuna_trial
+        return record
+
+    def failure(self, spec: TrialSpec, error: str, trace: str) -> dict[str, Any]:
+        """The fields of a failed trial's record; the traceback goes to its log file."""
+        scaling = Scaling(**self.scaling)
+        return {"status": "failed", "error": error, "error_log": write_error_log(self.study_dir, spec.trial_id, trace),
+                "num_workers": scaling.num_workers, "use_gpu": scaling.use_gpu, **provenance()}
+
+    def keep_traceback(self, record: dict[str, Any]) -> dict[str, Any]:
+        """A Train run's record of a failure carries its traceback: into the log file with it."""
+        trace = record.pop("traceback", None)
+        if trace:
+            record["error_log"] = write_error_log(self.study_dir, record["trial_id"], trace)
+        return record
+
+
+def stop_request_path(study_dir: str, trial: str) -> str:
+    """Where the scheduler asks a trial to stop (ray_train.py looks after every epoch)."""
+    return results.join(study_dir, "stop_requests", trial)
+
+
+def _report_outcome(record: dict[str, Any]) -> None:
     from ray import tune
 
+    metrics = record.get("final_metrics") or outcome_metrics(record)
     tune.report({k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None})
 
 
-def run_trial(params: dict[str, Any], *, study: str, study_dir: str, train_storage: str, base: dict[str, Any],
-              scaling: dict[str, Any], kind: str, variant_overrides: VariantOverrides) -> None:
+def run_trial(params: dict[str, Any], *, context: StudyContext, log_level: str = "WARNING",
+              progress_every_s: float = 0.0) -> None:
     """Tune function trainable: one TorchTrainer run, then the trial record. Never calls ray.train.*."""
-    from ray import tune
-
-    variant, params, cfg = trial_config(params, base, variant_overrides)
-    trial_id = f"{variant}-s{cfg.seed}" if kind == "ablation" else tune.get_context().get_trial_id()
-    existing = read_record(record_path(study_dir, trial_id))
-    if existing is not None and existing.get("status") in ("completed", "failed"):
-        _report_to_tune(existing.get("final_metrics", {}))  # done before a restart: nothing to re-run
+    spec = context.spec(params)
+    existing = read_record(record_path(context.study_dir, spec.trial_id))
+    if existing is not None and existing.get("status") in ENDED:
+        _report_outcome(existing)  # done before a restart: nothing to re-run
         return
-    scale = Scaling(**scaling)
     started = time.time()
-    record: dict[str, Any] = {"study": study, "trial_id": trial_id, "variant": variant, "seed": cfg.seed,
-                              "study_kind": kind, "config": cfg.to_dict(), "params": params,
-                              "started_at": started}
-    trainer = make_trainer(cfg, scale, run_name=f"{study}-{trial_id}", storage_path=train_storage)
+    record = {**context.new_record(spec), "started_at": started}
+    run_name = train_run_name(context.study, spec.trial_id)
+    stop_request = stop_request_path(context.study_dir, spec.trial_id) if context.kind == "search" else None
+    trainer = make_trainer(spec.cfg, Scaling(**context.scaling), run_name=run_name,
+                           storage_path=context.train_storage, stop_request=stop_request, log_level=log_level,
+                           progress_every_s=progress_every_s, model_dir=model_path(context.study_dir, spec.trial_id),
+                           trial={"study": context.study, "trial_id": spec.trial_id, "variant": spec.variant,
+                                  "seed": spec.cfg.seed})
     try:
-        result = trainer.fit()
-        record.update(read_final_record(result))
+        record.update(read_final_record(trainer.fit()))
     except Exception as exc:  # Train gave up (worker failures beyond max_failures): record, let the study go on
-        record.update(status="failed", error=redact(f"{type(exc).__name__}: {exc}")[:2000],
-                      num_workers=scale.num_workers, use_gpu=scale.use_gpu, **provenance())
+        final = find_final_record(context.train_storage, run_name)  # finished before the failure reached us
+        record.update(final if final is not None else context.failure(spec, one_line_error(exc),
+                                                                      traceback.format_exc()))
     record.update(finished_at=time.time(), wall_seconds=time.time() - started)
-    write_record(study_dir, record)
-    if record["status"] != "completed":
-        _report_to_tune({"trial_status": record["status"], "epoch": -1})
+    write_record(context.study_dir, context.keep_traceback(record))
+    _report_outcome(record)
+
+
+def record_errored_trial(context: StudyContext, params: dict[str, Any], error: BaseException | None) -> None:
+    """The record of a trial whose driver died: what its Train run's final record says if it wrote one,
+    else failed with the driver's error. Nothing if the trial already has a record of its end."""
+    try:
+        spec = context.spec(params)
+    except ConfigError:
+        return
+    if spec.trial_id is None:
+        return
+    existing = read_record(record_path(context.study_dir, spec.trial_id))
+    if existing is not None and existing.get("status") in ENDED:
+        return
+    record = context.new_record(spec)
+    final = find_final_record(context.train_storage, train_run_name(context.study, spec.trial_id))
+    if final is not None:
+        record.update(final)
+    elif error is not None:
+        trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        record.update(context.failure(spec, one_line_error(error), trace))
+    else:
+        record.update(context.failure(spec, "the trial's driver ended without a result", "(no traceback)"))
+    record.setdefault("finished_at", time.time())
+    write_record(context.study_dir, context.keep_traceback(record))
+
+
+class RecordErroredTrials(Callback):
+    """A Tune callback: records a trial the moment Tune marks it ERROR (its driver died), the same moment
+    the searcher is told, so a later --resume finds it ended instead of running it again."""
+
+    def __init__(self, context: StudyContext):
+        self.context = context
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        error = trial.get_pickled_error() or trial.get_error()
+        record_errored_trial(self.context, dict(trial.config or {}), error)
+
+
+class StopAtEpochEnd(ASHAScheduler):
+    """ASHA (time attribute `epochs_done`) whose STOP is a request the trial honours at the end of its
+    current epoch (ray_train.StopRequested) instead of Tune killing the trial's driver."""
+
+    def __init__(self, study_dir: str, kind: str = "search", **asha):
+        super().__init__(**asha)
+        self.study_dir = study_dir
+        self.kind = kind
+        self.stop_requested: set[str] = set()  # Tune trial ids
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if trial.trial_id in self.stop_requested:
+            return TrialScheduler.CONTINUE  # asked already; its later epochs must not count at higher rungs
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if decision != TrialScheduler.STOP:
+            return decision
+        name = trial_id(dict(trial.config or {}), self.kind)
+        if name is None:
+            return decision
+        request = f"stopped by ASHA at epochs_done={result.get('epochs_done')}"
+        results.write_bytes_atomic(stop_request_path(self.study_dir, name), request.encode())
+        self.stop_requested.add(trial.trial_id)
+        return TrialScheduler.CONTINUE
+
+
+PROGRESS_EVERY_S = 30.0
+"""Seconds between progress lines inside an epoch from each trial, when the study's output is a terminal."""
 
 
 def build_tuner(settings: StudySettings, base: dict[str, Any], kind: str, *,
                 variant_overrides: VariantOverrides | None = None, param_space=None, tune_config=None):
-    """A Tuner running `run_trial` for every trial, or the restored one with --resume."""
+    """A Tuner running `run_trial` for every trial, or the restored one with --resume.
+
+    The console: one line per finished trial (console.StudyConsole) instead of Tune's tables, and
+    Ray Train's INFO messages filtered, unless settings.verbose. A restored study keeps the
+    console and the trackers (--log-to) it was started with.
+    """
     from ray import tune
 
-    bound = tune.with_parameters(run_trial, study=settings.name, study_dir=settings.directory,
-                                 train_storage=settings.train_storage, base=base, scaling=asdict(settings.scaling),
-                                 kind=kind, variant_overrides=variant_overrides or {})
+    from .console import StudyConsole, tune_trial_name
+    from .trackers import tracker_callbacks
+
+    if not settings.verbose:
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's classic output engine prints nothing at verbose=0
+    context = StudyContext.of(settings, base, kind, variant_overrides)
+    bound = tune.with_parameters(run_trial, context=context, log_level="INFO" if settings.verbose else "WARNING",
+                                 progress_every_s=PROGRESS_EVERY_S if sys.stdout.isatty() else 0.0)
     bound = tune.with_resources(bound, {"CPU": DRIVER_CPU})
     experiment_path = results.join(settings.storage, settings.name)
     if settings.resume:
@@ -99,58 +234,39 @@ def build_tuner(settings: StudySettings, base: dict[str, Any], kind: str, *,
             raise StudyError(f"--resume: no Tune experiment to restore at {redact(experiment_path)}; "
                              "check --storage and --name, or drop --resume to start afresh")
         return tune.Tuner.restore(experiment_path, trainable=bound, resume_errored=True)
+    callbacks = tracker_callbacks(settings.log_to, study_dir=settings.directory, study=settings.name, kind=kind,
+                                  mlflow_tracking_uri=settings.mlflow_tracking_uri)
     run_config = tune.RunConfig(name=settings.name, storage_path=settings.storage,
                                 failure_config=tune.FailureConfig(max_failures=settings.trial_retries),
-                                verbose=1)
+                                callbacks=[RecordErroredTrials(context), *callbacks]
+                                + ([] if settings.verbose else [StudyConsole()]),
+                                verbose=1 if settings.verbose else 0)
+    # Trials (and their directories: TensorBoard runs, MLflow and W&B runs) are named by trial_id.
+    tune_config = replace(tune_config or tune.TuneConfig(), trial_name_creator=tune_trial_name,
+                          trial_dirname_creator=tune_trial_name)
     return tune.Tuner(bound, param_space=param_space or {}, tune_config=tune_config, run_config=run_config)
-
-
-def record_unfinished(grid, settings: StudySettings, base: dict[str, Any], kind: str,
-                      variant_overrides: VariantOverrides | None = None) -> int:
-    """Trials whose driver never wrote a record (stopped by the scheduler, or errored in Tune):
-    write one from Tune's results so every trial is in the tables. Returns how many trials had
-    not ended at all (the experiment was interrupted): those get no record and run on --resume."""
-    # ResultGrid lists its results in the order of the experiment's trials, which carry the status.
-    trials = grid._experiment_analysis.trials
-    interrupted = 0
-    for result, trial in zip(grid, trials):
-        if trial.status not in ("TERMINATED", "ERROR"):
-            interrupted += 1
-            continue
-        params = dict(trial.config or result.config or {})
-        last = dict(result.metrics or {})
-        if kind == "ablation" and "variant" not in params:
-            continue  # Tune knows nothing of this trial's grid point: nothing to attribute a record to
-        try:
-            variant, params, cfg = trial_config(params, base, variant_overrides or {})
-        except ConfigError:
-            continue
-        trial_id = f"{variant}-s{cfg.seed}" if kind == "ablation" else last.get("trial_id")
-        if not trial_id or read_record(record_path(settings.directory, trial_id)) is not None:
-            continue
-        history = []
-        frame = result.metrics_dataframe
-        if frame is not None and "epoch" in frame and "trial_status" in frame:
-            epochs = frame[frame["trial_status"] == "running"].drop_duplicates("epoch", keep="last")
-            keep = [c for c in epochs.columns if c.startswith(("loss_", "train_", "val_")) or c in (
-                "epoch", "eps", "lr", "images_per_s", "epoch_seconds", "eval_seconds", "best_epoch")]
-            history = epochs[keep].to_dict("records")
-        status = "failed" if result.error is not None else "stopped"
-        write_record(settings.directory, {
-            "study": settings.name, "trial_id": trial_id, "variant": variant, "seed": cfg.seed,
-            "study_kind": kind, "config": cfg.to_dict(), "params": params, "status": status,
-            "error": redact(str(result.error or "stopped early by the scheduler"))[:2000],
-            "summary": {"val_clean_acc": last.get("val_clean_acc"), "val_robust_acc": last.get("val_robust_acc"),
-                        "epochs_run": len(history)},
-            "history": history, "num_workers": settings.scaling.num_workers,
-            "use_gpu": settings.scaling.use_gpu, **provenance()})
-    return interrupted
 
 
 def finish(grid, settings: StudySettings, base: dict[str, Any], kind: str,
            variant_overrides: VariantOverrides | None = None) -> dict[str, str]:
-    """Record what Tune knows, export the tables, and say so when the study did not finish."""
-    interrupted = record_unfinished(grid, settings, base, kind, variant_overrides)
+    """Record the trials whose driver died, export the tables, and say so when the study did not finish."""
+    context = StudyContext.of(settings, base, kind, variant_overrides)
+    interrupted = 0
+    for result in grid:
+        params = dict(result.config or {})
+        try:
+            spec = context.spec(params)
+        except ConfigError:
+            continue
+        if spec.trial_id is None:
+            continue  # Tune knows nothing of this trial's identity: nothing to attribute a record to
+        record = read_record(record_path(settings.directory, spec.trial_id))
+        if record is not None and record.get("status") in ENDED:
+            continue
+        if result.error is not None:
+            record_errored_trial(context, params, result.error)
+        else:
+            interrupted += 1  # not ended: it runs on --resume
     written = export(settings.directory)
     if interrupted:
         raise StudyInterrupted(f"{interrupted} trial(s) had not finished when the study stopped; the results "

@@ -1,0 +1,108 @@
+"""Re-evaluate an exported model: `python -m dpnp_ray.evaluate <model dir> --suite full`.
+
+Runs the robustness suite on the whole test set (eval_n = eval_aa_n = 0) in fp32, whatever precision the
+model was trained in: with `--suite full` that is AutoAttack `standard` on every test point, as
+RobustBench reports (docs/evaluation.md#suite-levels). The rows go next to the model, in the results
+schema: <model dir>/evals.parquet (and corruptions, geometry, masking .parquet), keyed by the trial's
+study, trial_id, variant and seed, plus evaluation-<suite>.json with the summary. Rows of other suite
+levels already there are kept. `--set FIELD=VALUE` changes evaluation fields (e.g. eval_n=1000 for a
+quicker look, data_root=/data when the data moved).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from .. import results
+from ..config import ExperimentConfig, parse_assignments
+from ..model_export import json_safe, load_model, read_model_metadata
+from ..provenance import provenance, redact
+
+#: what a re-evaluation changes in the trial's config unless --set says otherwise: the whole test set
+WHOLE_TEST_SET = {"eval_n": 0, "eval_aa_n": 0}
+TABLES = ("evals", "corruptions", "geometry", "masking")
+
+
+def evaluation_config(trained: dict[str, Any], suite: str, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """The config a re-evaluation runs: the trained config at `suite`, on the whole test set, then overrides."""
+    return ExperimentConfig.from_dict({**trained, **WHOLE_TEST_SET, "eval_suite": suite, **(overrides or {})})
+
+
+def evaluate_model(directory: str, suite: str = "full", *, device: str = "auto",
+                   overrides: dict[str, Any] | None = None, log=print) -> dict[str, str]:
+    """Evaluate the model in `directory` and write its rows there; returns table name -> location."""
+    from ..devices import Precision, resolve_device
+    from ..distributed import LocalEnvironment
+    from ..training_loop import load_data
+    from .suite import check_inputs, run_suite
+
+    metadata = read_model_metadata(directory)
+    cfg = evaluation_config(metadata["config"], suite, overrides)
+    check_inputs(cfg)
+    env = LocalEnvironment(resolve_device(device))
+    net = load_model(directory, device=env.device)
+    data = load_data(cfg)
+    # fp32 whatever the training precision: bf16/fp16 logits round attack gradients and margins.
+    precision = Precision.choose("fp32", env.device)
+    started = time.perf_counter()
+    result = run_suite(net, data, cfg, env, precision)
+    seconds = time.perf_counter() - started
+    trial = metadata.get("trial") or {}
+    keys = {k: trial.get(k) for k in results.KEY_COLUMNS}
+    written = {}
+    for table in TABLES:
+        rows = [{**keys, **row} for row in getattr(result, table)]
+        if not rows:
+            continue
+        earlier = results.read_table(directory, table, required=False)
+        if earlier is not None:  # other suite levels' rows stay; this level's rows are replaced (last wins)
+            rows = earlier.to_dict("records") + rows
+        written[table] = results.write_table(directory, table, rows)
+    summary = {**keys, "suite": suite, "eval_precision": precision.name, "device": str(env.device),
+               "eval_n": cfg.eval_n, "eval_aa_n": cfg.eval_aa_n, "seconds": seconds, **result.summary,
+               "config": {k: redact(v) if isinstance(v, str) else v for k, v in cfg.to_dict().items()},
+               **provenance(str(env.device))}
+    location = results.join(directory, f"evaluation-{suite}.json")
+    results.write_bytes_atomic(location, json.dumps(json_safe(summary), indent=1).encode())
+    written["summary"] = location
+    if log is not None:
+        first = result.evals[:4]
+        log("  ".join(f"{e['attack']} {e['accuracy']:.4f}" for e in first) + f"  (n={first[0]['n']})")
+        if "aa_acc" in result.summary:
+            log(f"autoattack {result.summary['aa_version']} {result.summary['aa_acc']:.4f} (n={result.summary['aa_n']})")
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dpnp_ray.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="an exported model directory (<study>/models/<trial_id>)")
+    parser.add_argument("--suite", default="full", choices=["basic", "quick", "full"],
+                        help="suite level (default: %(default)s: AutoAttack standard)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: %(default)s")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                        help="evaluation config fields, e.g. eval_n=1000 data_root=/data")
+    args = parser.parse_args(argv)
+    from ..devices import resolve_device
+
+    try:
+        resolve_device(args.device)
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        written = evaluate_model(args.model, args.suite, device=args.device, overrides=parse_assignments(args.set))
+    except ValueError as exc:  # ModelFileError, ConfigError, DataError: a message, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for table, location in written.items():
+        print(f"  {table:12s} {location}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

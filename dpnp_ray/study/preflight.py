@@ -1,0 +1,150 @@
+"""What a study checks before Ray starts (on a cluster: before the first trial trains).
+
+Every numeric setting in range, every trial's config valid, the results storage writable, the Optuna
+storage parseable and open, and the dataset (and released corruption) files of every config there and
+readable: on this machine for a local study, on every worker node (one small Ray task each) for a
+cluster. Each problem is one line naming the flag or field, its value and what is allowed; all of them
+are raised together as one PreflightError (the study scripts exit with code 2).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import ConfigError, ExperimentConfig
+from ..provenance import redact
+from .cluster import check_storage_writable
+from .settings import StudyError, StudySettings
+
+SEED_LIMIT = 2 ** 32  # numpy's, which Optuna's samplers use
+DATA_CHECK_TIMEOUT_S = 300
+
+
+class PreflightError(ConfigError, StudyError):
+    """A study cannot start: every problem found, one line each (a ConfigError and a StudyError)."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        ValueError.__init__(self, "cannot start the study:\n  - " + "\n  - ".join(problems))
+
+
+def settings_problems(settings: StudySettings) -> list[str]:
+    """Where and how trials run: every number in range."""
+    s, problems = settings.scaling, []
+    if not isinstance(s.num_workers, int) or s.num_workers < 1:
+        problems.append(f"--workers {s.num_workers}: must be an integer >= 1")
+    if not s.cpus_per_worker > 0:
+        problems.append(f"--cpus-per-worker {s.cpus_per_worker}: must be > 0")
+    if not s.gpus_per_worker >= 0:
+        problems.append(f"--gpus-per-worker {s.gpus_per_worker}: must be >= 0 (0: CPU workers)")
+    if not isinstance(s.max_failures, int) or s.max_failures < -1:
+        problems.append(f"--max-failures {s.max_failures}: must be an integer >= -1 (-1: retry forever)")
+    if not isinstance(settings.max_concurrent, int) or settings.max_concurrent < 0:
+        problems.append(f"--max-concurrent {settings.max_concurrent}: must be an integer >= 0 "
+                        "(0: as many trials as the resources allow)")
+    if settings.local_cpus is not None and (not isinstance(settings.local_cpus, int) or settings.local_cpus < 1):
+        problems.append(f"--local-cpus {settings.local_cpus}: must be an integer >= 1 (default: all cores)")
+    if not isinstance(settings.trial_retries, int) or settings.trial_retries < 0:
+        problems.append(f"trial_retries {settings.trial_retries}: must be an integer >= 0")
+    if not settings.name or "/" in settings.name:
+        problems.append(f"--name {settings.name!r}: must be a non-empty name without '/'")
+    return problems
+
+
+def count_problem(flag: str, value: Any, lowest: int, highest: int | None = None) -> list[str]:
+    """[] if value is an integer in [lowest, highest], else the one line saying so."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= lowest and (highest is None
+                                                                                        or value <= highest):
+        return []
+    allowed = f"an integer >= {lowest}" if highest is None else f"an integer in [{lowest}, {highest}]"
+    return [f"{flag} {value!r}: must be {allowed}"]
+
+
+def config_problems(base: dict[str, Any], overrides: list[dict[str, Any]]) -> tuple[list[str], list[ExperimentConfig]]:
+    """(problems, configs): every trial's config (base plus one entry of overrides), validated."""
+    problems: list[str] = []
+    configs: list[ExperimentConfig] = []
+    for extra in overrides:
+        try:
+            configs.append(ExperimentConfig.from_dict({**base, **extra}))
+        except ConfigError as exc:
+            problems.extend(p for p in exc.problems if p not in problems)
+    return problems, configs
+
+
+def _data_key(cfg: ExperimentConfig) -> tuple:
+    return (cfg.dataset, cfg.data_root, cfg.download, cfg.val_fraction, cfg.split_seed, cfg.eval_suite,
+            cfg.corruption_root)
+
+
+def data_problems(configs: list[ExperimentConfig], where: str = "") -> list[str]:
+    """Load each distinct dataset the configs name, as a trial would; a line per one that does not load."""
+    from ..evaluate import check_inputs
+    from ..training_loop import load_data
+
+    problems = []
+    for cfg in {_data_key(c): c for c in configs}.values():
+        for field, check in ((f"--data-root {cfg.data_root!r} (dataset {cfg.dataset}){where}: ", load_data),
+                             (f"evaluation inputs{where}: ", check_inputs)):  # its message names the field
+            try:
+                check(cfg)
+            except (OSError, ValueError, RuntimeError) as exc:  # DataError is a ValueError
+                message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                problems.append(redact(field + message))
+    return problems
+
+
+def optuna_storage_problems(location: str) -> tuple[list[str], Any]:
+    """([], the opened storage) or ([the line saying why it cannot be used], None)."""
+    from .optuna_search import make_storage
+
+    try:
+        return [], make_storage(location)
+    except ImportError as exc:  # the URL's DB driver (psycopg2, pymysql, ...) is not installed
+        reason = f"its database driver is not installed ({exc})"
+    except OSError as exc:
+        reason = f"the journal file cannot be written ({exc})"
+    except Exception as exc:  # SQLAlchemy: an unknown dialect, an unparseable URL, a database it cannot open
+        reason = f"cannot be opened ({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''})"
+    return [f"--optuna-storage {redact(location)!r}: {redact(reason)}; allowed: a journal file path, or an RDB URL "
+            "whose driver is installed (sqlite:///study.db, postgresql+psycopg2://host/db, ...)"], None
+
+
+def check(settings: StudySettings, configs: list[ExperimentConfig], problems: list[str]) -> None:
+    """The checks before Ray starts; raises PreflightError with `problems` and every one found here."""
+    problems = [*problems, *settings_problems(settings)]
+    try:
+        check_storage_writable(settings.storage)
+    except StudyError as exc:
+        problems.append(str(exc))
+    if configs and not (settings.cluster or settings.address):
+        problems.extend(data_problems(configs))  # on a cluster: on its nodes, see check_data_on_nodes
+    if problems:
+        raise PreflightError(problems)
+
+
+def check_data_on_nodes(configs: list[ExperimentConfig], timeout_s: float = DATA_CHECK_TIMEOUT_S) -> None:
+    """On a cluster, before any trial: one small task per alive node loads the configs' datasets there."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    if not configs:
+        return
+    task = ray.remote(num_cpus=0)(_node_data_problems)
+    nodes = [n for n in ray.nodes() if n.get("Alive") and (n["Resources"].get("CPU") or n["Resources"].get("GPU"))]
+    pending = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+               .remote(configs, n.get("NodeManagerAddress", n["NodeID"])) for n in nodes]
+    problems: list[str] = []
+    try:
+        for found in ray.get(pending, timeout=timeout_s):
+            problems.extend(p for p in found if p not in problems)
+    except ray.exceptions.GetTimeoutError:
+        problems.append(f"the data check on the cluster's nodes did not finish within {timeout_s:g} s; "
+                        "are the nodes busy, or the data root on a slow file system?")
+    if problems:
+        raise PreflightError(problems)
+
+
+def _node_data_problems(configs: list[ExperimentConfig], node: str) -> list[str]:
+    return data_problems(configs, where=f" on node {node}")
+

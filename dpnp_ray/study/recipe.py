@@ -1,0 +1,515 @@
+"""Study files: a study's whole definition as YAML, its record, its growth on --resume, and its best configs.
+
+A study file (`studies/ablation.py --config study.yaml`) holds what the scripts' flags hold; every key
+is optional:
+
+    kind: ablation                    # or search; must match the script
+    name: ablation                    # results go to <storage>/<name>/ (--name, --storage)
+    storage: results
+    smoke: false                      # --smoke: the study's small preset under everything else
+    variants: [full, no_npr, pgd_at]  # ablation: --variants
+    seeds: [0, 1, 2]                  # ablation: --seeds
+    trials: 20                        # search: --trials, --sampler, --seed, --objective, --scheduler,
+    sampler: tpe                      #   --optuna-storage
+    sampler_seed: 0
+    objective: multi
+    scheduler: asha
+    optuna_storage: null
+    space: {lambda_ppa: [0.001, 1.0], eps_fraction: [0.5, 1.0], search_switches: true}  # search: bounds
+    scaling: {workers: 1, cpus_per_worker: 1.0, gpus_per_worker: 0.0}
+    max_concurrent: 0
+    max_failures: 2
+    config: {dataset: cifar10, model: resnet18, epochs: 30, lr: 0.1}    # base config fields (--set ...)
+
+Resolution, later layers winning: the flags' defaults, the script's defaults (its --smoke preset when
+asked), the file, the flags given on the command line. With --resume the recorded `<study>/study.yaml`
+replaces the defaults, and the result must equal the record except for run keys (RUN_KEYS) and growth:
+more `seeds` or `variants` for an ablation, a larger `trials` for a search. Anything else is refused
+with the differing keys listed. The resolved study and the exact command line are written to
+`<study>/study.yaml` (`Recipe.record`) before anything trains; `--config <study>/study.yaml` runs it again.
+
+After a study, `write_best_configs` writes `<study>/best/<trial_id>.yaml` (per variant for an ablation,
+the Pareto front for a search): `python -m dpnp_ray --config best/<trial_id>.yaml` retrains one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import math
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from .. import results
+from ..config import ConfigError, ExperimentConfig, parse_assignments
+from ..provenance import redact
+from .records import read_records
+from .settings import StudyError
+
+STUDY_FILE = "study.yaml"
+BEST_DIR = "best"
+KINDS = ("ablation", "search")
+KIND_KEYS: dict[str, tuple[str, ...]] = {
+    "ablation": ("variants", "seeds"),
+    "search": ("trials", "sampler", "sampler_seed", "objective", "scheduler", "optuna_storage", "space"),
+}
+COMMON_KEYS = ("name", "storage", "smoke", "scaling", "max_concurrent", "max_failures", "config")
+SCALING_KEYS = ("workers", "cpus_per_worker", "gpus_per_worker")
+RUN_KEYS = ("command", "name", "storage", "max_concurrent", "max_failures")
+"""Keys that may change on --resume: where the study is, and how many trials run or retry at once."""
+
+FLAG_KEYS: dict[str, str] = {
+    "name": "name", "storage": "storage", "smoke": "smoke", "max_concurrent": "max_concurrent",
+    "max_failures": "max_failures", "workers": "scaling.workers", "cpus_per_worker": "scaling.cpus_per_worker",
+    "gpus_per_worker": "scaling.gpus_per_worker", "dataset": "config.dataset", "model": "config.model",
+    "epochs": "config.epochs", "data_root": "config.data_root", "eval_suite": "config.eval_suite",
+    "variants": "variants", "seeds": "seeds", "trials": "trials", "sampler": "sampler", "seed": "sampler_seed",
+    "objective": "objective", "scheduler": "scheduler", "optuna_storage": "optuna_storage",
+}
+"""Flag (argparse dest) -> the study key it sets; `--set` sets config.<field>, `--no-switches` space.search_switches."""
+
+
+# ------------------------------------------------------------------------------------ YAML
+
+
+class _Dumper(yaml.SafeDumper):
+    """Keys in insertion order, block mappings, lists of scalars on one line ([0, 1, 2])."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: Sequence) -> yaml.Node:
+    flow = all(not isinstance(v, (dict, list, tuple)) for v in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", list(data), flow_style=flow)
+
+
+_Dumper.add_representer(list, _represent_list)
+_Dumper.add_representer(tuple, _represent_list)
+
+
+def dump_yaml(data: Any, header: str = "") -> str:
+    """YAML text of plain data, with `header` as # comment lines on top."""
+    comment = "".join(f"# {line}\n" for line in header.splitlines())
+    return comment + yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
+def read_yaml(location: str, what: str, *, missing_ok: bool = False) -> Any:
+    """The YAML at location (local path or URI); StudyError naming `what` and the file when it cannot be read."""
+    try:
+        text = results.read_bytes(location)
+    except (FileNotFoundError, OSError) as exc:
+        if missing_ok:
+            return None
+        raise StudyError(f"{what} {redact(location)}: cannot read it ({exc})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise StudyError(f"{what} {redact(location)}: not valid YAML ({exc})") from None
+
+
+def config_from_file(location: str) -> dict[str, Any]:
+    """The config fields of a config file: its `config:` mapping (best/<trial_id>.yaml, study.yaml), or the
+    whole file as a mapping of fields. ConfigError when it is neither."""
+    try:
+        data = read_yaml(location, "config file")
+    except StudyError as exc:
+        raise ConfigError([str(exc)]) from None
+    if isinstance(data, dict) and isinstance(data.get("config"), dict):
+        data = data["config"]
+    if not isinstance(data, dict):
+        raise ConfigError([f"config file {location}: expected a mapping of config fields (or a `config:` mapping "
+                           f"of them), got {type(data).__name__}"])
+    return data
+
+
+# ------------------------------------------------------------------------------- resolution
+
+
+@dataclass
+class Recipe:
+    """A resolved study: what study.yaml holds, the flags rewritten to match it (for cli.study_settings),
+    and, on --resume, what grew."""
+
+    kind: str
+    study: dict[str, Any]
+    args: argparse.Namespace
+    command: str
+    grown: tuple[str, ...] = ()  # keys that grew on --resume: variants, seeds, trials
+    trials_done: int = 0  # a growing search: trials that ended in the earlier runs
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The base config: every field, dataset-dependent ones (eps, eval_eps) None unless set."""
+        return self.study["config"]
+
+    @property
+    def trials_to_run(self) -> int:
+        """Trials this run adds: all of them, or on growth the difference to what already ran."""
+        return self.study["trials"] - self.trials_done
+
+    def search_space(self):
+        """The search's optuna_search.SearchSpace."""
+        return _search_space(self.study["space"])
+
+    def record(self) -> str:
+        """Write <study>/study.yaml (secrets redacted); returns its location. Call before anything trains."""
+        from .cluster import absolute_storage, check_storage_writable
+
+        storage = absolute_storage(self.study["storage"])
+        check_storage_writable(storage)
+        location = results.join(storage, self.study["name"], STUDY_FILE)
+        header = (f"The resolved {self.kind} study (defaults + --config file + flags), written before it trained.\n"
+                  f"Run it again: python studies/{self.kind}.py --config {STUDY_FILE} (flags override the file).")
+        document = {"kind": self.kind, "command": self.command, **self.study}
+        results.write_bytes_atomic(location, dump_yaml(_redacted(_ordered(document, self.kind)), header).encode())
+        return location
+
+
+def resolve_study(parser: argparse.ArgumentParser, kind: str, *, defaults: dict[str, Any],
+                  smoke: dict[str, Any], argv: Sequence[str] | None = None) -> Recipe:
+    """Parse the command line and resolve the study (see the module docstring). `defaults` and `smoke` are the
+    script's defaults and --smoke preset as partial studies. Raises StudyError / ConfigError on bad input and
+    on a --resume that changes the recorded study."""
+    if kind not in KINDS:
+        raise ValueError(f"study kind {kind!r}: allowed {', '.join(KINDS)}")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    given = given_flags(parser, argv)
+    flag_defaults = _from_flags(args, [d for d in vars(args) if d not in given])
+    flags = _from_flags(args, [d for d in vars(args) if d in given])
+    file = read_study_file(args.config, kind) if getattr(args, "config", None) else {}
+    wants_smoke = bool(flags.get("smoke", file.get("smoke", False)))
+    fresh = _merge(flag_defaults, defaults, smoke if wants_smoke else {}, file, flags)
+    fresh["smoke"] = wants_smoke
+
+    recorded = None
+    if args.resume:
+        from .cluster import absolute_storage
+
+        location = results.join(absolute_storage(fresh["storage"]), fresh["name"], STUDY_FILE)
+        recorded = read_yaml(location, "recorded study", missing_ok=True)
+        if recorded is not None:
+            recorded = _check_recorded(recorded, kind, location)
+    study = fresh
+    if recorded is not None:  # the record is the base; where it lies is where the study is, moved or not
+        study = _merge(flag_defaults, defaults, recorded, file, flags, {k: fresh[k] for k in ("name", "storage")})
+    study["config"] = _full_config(study.get("config") or {})
+    study = _ordered(study, kind)
+    _check(study, kind)
+
+    grown: tuple[str, ...] = ()
+    trials_done = 0
+    if recorded is not None:
+        grown = _compare(recorded, study, location)
+        if "trials" in grown:
+            trials_done = _finished_trials(study, recorded, location)
+    if grown:  # a new Tune run over the grown study; finished trials are not run again
+        args.resume = False
+    for dest, key in FLAG_KEYS.items():
+        if dest in vars(args):
+            setattr(args, dest, _get(study, key))
+    if "set" in vars(args):
+        args.set = []
+    if "no_switches" in vars(args):
+        args.no_switches = not study["space"]["search_switches"]
+    command = redact(shlex.join([Path(sys.executable).name, sys.argv[0], *argv]))
+    return Recipe(kind, study, args, command, grown, trials_done)
+
+
+def given_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
+    """The dests of the flags on the command line (one given with its default value counts as given)."""
+    saved = [(action, action.default) for action in parser._actions]
+    try:
+        for action, _ in saved:
+            action.default = argparse.SUPPRESS
+        return set(vars(parser.parse_args(list(argv))))
+    finally:
+        for action, default in saved:
+            action.default = default
+
+
+def read_study_file(location: str, kind: str) -> dict[str, Any]:
+    """A study file's keys (`command` dropped), checked against what a `kind` study holds."""
+    data = read_yaml(location, "study file")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise StudyError(f"study file {location}: expected a mapping of study keys, got {type(data).__name__}")
+    allowed = ("kind", "command", *COMMON_KEYS, *KIND_KEYS[kind])
+    unknown = [k for k in data if k not in allowed]
+    if unknown:
+        raise StudyError(f"study file {location}: unknown key(s) {', '.join(map(str, unknown))}; a {kind} study "
+                         f"file holds {', '.join(allowed)}")
+    if data.get("kind", kind) != kind:
+        raise StudyError(f"study file {location}: kind {data['kind']!r}, but this is studies/{kind}.py")
+    for key in ("config", "scaling", "space"):
+        if key in data and not isinstance(data[key], dict):
+            raise StudyError(f"study file {location}: {key!r} must be a mapping, got {data[key]!r}")
+    return {k: v for k, v in data.items() if k not in ("kind", "command")}
+
+
+def _check_recorded(recorded: Any, kind: str, location: str) -> dict[str, Any]:
+    if not isinstance(recorded, dict) or recorded.get("kind") != kind:
+        found = recorded.get("kind") if isinstance(recorded, dict) else type(recorded).__name__
+        raise StudyError(f"--resume: {redact(location)} records a study of kind {found!r}, not a {kind} study; "
+                         "check --storage and --name")
+    return {k: v for k, v in recorded.items() if k not in ("kind", "command")}
+
+
+def _from_flags(args: argparse.Namespace, dests: Sequence[str]) -> dict[str, Any]:
+    """The partial study the given flags (argparse dests) set; flags whose value is None set nothing."""
+    study: dict[str, Any] = {}
+    for dest in dests:
+        value = getattr(args, dest)
+        if dest in FLAG_KEYS and value is not None:
+            _set(study, FLAG_KEYS[dest], value)
+        elif dest == "set":
+            for field, field_value in parse_assignments(value).items():
+                _set(study, f"config.{field}", field_value)
+        elif dest == "no_switches":
+            _set(study, "space.search_switches", not value)
+    return study
+
+
+def _full_config(values: dict[str, Any]) -> dict[str, Any]:
+    """Every config field: the given values over the defaults, checked; dataset-dependent ones stay None
+    (resolved per trial), so the study can be rerun on another dataset."""
+    ExperimentConfig.from_dict(values)  # every check, naming the field
+    return _plain(ExperimentConfig(**values).to_dict())
+
+
+def _check(study: dict[str, Any], kind: str) -> None:
+    """Check the resolved study's own keys; the config was checked by _full_config."""
+    problems = []
+    unknown = [k for k in study.get("scaling", {}) if k not in SCALING_KEYS]
+    if unknown:
+        problems.append(f"scaling: unknown key(s) {', '.join(unknown)}; allowed {', '.join(SCALING_KEYS)}")
+    if kind == "ablation":
+        from .ablation_grid import ABLATION_VARIANTS
+
+        variants, seeds = study["variants"], study["seeds"]
+        if not isinstance(variants, list) or not variants or any(v not in ABLATION_VARIANTS for v in variants):
+            problems.append(f"variants {variants!r}: a non-empty list of {', '.join(ABLATION_VARIANTS.names())}")
+        if not isinstance(seeds, list) or not seeds or not all(_is_int(s) and s >= 0 for s in seeds):
+            problems.append(f"seeds {seeds!r}: a non-empty list of integers >= 0")
+        if problems:
+            raise StudyError("invalid study:\n  - " + "\n  - ".join(problems))
+        return  # every trial's config is checked by run_ablation's preflight, with the other inputs
+    from .optuna_search import SearchSpace
+
+    # trials, sampler, objective, scheduler and sampler_seed are checked with the other inputs by
+    # run_search's preflight, which names the flag and reports every problem at once.
+    if study["optuna_storage"] is not None and not isinstance(study["optuna_storage"], str):
+        problems.append(f"optuna_storage {study['optuna_storage']!r}: a journal path, an RDB URL or null")
+    bounds = {f.name for f in dataclasses.fields(SearchSpace)} - {"search_switches"}
+    for key, value in study["space"].items():
+        if key == "search_switches":
+            if not isinstance(value, bool):
+                problems.append(f"space.search_switches {value!r}: true or false")
+        elif key not in bounds:
+            problems.append(f"space.{key}: unknown; the space has {', '.join(sorted(bounds))}, search_switches")
+        elif not (isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_number(v) for v in value)
+                  and 0 < value[0] <= value[1]):
+            problems.append(f"space.{key} {value!r}: [low, high] with 0 < low <= high")
+    if problems:
+        raise StudyError("invalid study:\n  - " + "\n  - ".join(problems))
+    # the configs of the search (base and its default point) are checked by run_search's preflight
+
+
+def _search_space(space: dict[str, Any]):
+    from .optuna_search import SearchSpace
+
+    return SearchSpace(**{k: tuple(v) if isinstance(v, list) else v for k, v in space.items()})
+
+
+def _compare(recorded: dict[str, Any], study: dict[str, Any], location: str) -> tuple[str, ...]:
+    """The keys that grew; StudyError listing every key that changed otherwise."""
+    before, after = _comparable(recorded), _comparable(study)
+    # a config field newer than the record, at its default, is no change: the record predates the field
+    defaults = _comparable({"config": _plain({f.name: f.default for f in dataclasses.fields(ExperimentConfig)})})
+    grown, changed = [], []
+    for key in sorted(set(before) | set(after)):
+        old, new = before.get(key, "(absent)"), after.get(key, "(absent)")
+        if old == new or (key not in before and key in defaults and new == defaults[key]):
+            continue
+        if key in ("variants", "seeds") and isinstance(old, list) and isinstance(new, list) and set(new) >= set(old):
+            if set(new) > set(old):
+                grown.append(key)
+            continue
+        if key == "trials" and _is_int(old) and _is_int(new) and new > old:
+            grown.append(key)
+            continue
+        changed.append(f"{key}: recorded {old!r}, now {new!r}")
+    if changed:
+        raise StudyError(f"--resume: the study differs from the one recorded in {redact(location)}:\n  - "
+                         + "\n  - ".join(changed) + "\nresume with the recorded values (or give none of these "
+                         "flags), or start a new study under another --name. A study may only grow on --resume: "
+                         "more --seeds or --variants (ablation), a larger --trials (search).")
+    return tuple(grown)
+
+
+def _finished_trials(study: dict[str, Any], recorded: dict[str, Any], location: str) -> int:
+    """A growing search: how many trials already ended; all the recorded ones must have."""
+    from .cluster import absolute_storage
+
+    done = len(read_records(results.join(absolute_storage(study["storage"]), study["name"])))
+    if done < recorded["trials"]:
+        raise StudyError(f"--resume --trials {study['trials']}: only {done} of the {recorded['trials']} trials "
+                         f"recorded in {redact(location)} have ended; finish them first (--resume --trials "
+                         f"{recorded['trials']}), then grow the study")
+    if done >= study["trials"]:
+        raise StudyError(f"--resume --trials {study['trials']}: the study already has {done} trials")
+    return done
+
+
+def _comparable(study: dict[str, Any]) -> dict[str, Any]:
+    """Dotted key -> value, as study.yaml would hold it (redacted, YAML types), without RUN_KEYS."""
+    plain = yaml.safe_load(dump_yaml(_redacted(study)))
+    return {k: v for k, v in _flatten(plain).items() if k.split(".")[0] not in RUN_KEYS + ("kind",)}
+
+
+# ------------------------------------------------------------------------------ best configs
+
+
+def write_best_configs(study_dir: str, kind: str) -> str:
+    """<study>/best/<trial_id>.yaml for the best completed trial of each variant (ablation: by validation
+    robust accuracy, then clean) or every trial on the Pareto front (search: pareto.parquet, the search's
+    validation objectives). Files of trials no longer chosen are removed. Returns the directory."""
+    done = [r for r in read_records(study_dir) if r.get("status") == "completed"]
+    if kind == "ablation":
+        best: dict[Any, dict] = {}
+        for record in done:
+            current = best.get(record.get("variant"))
+            if current is None or _selection_key(record) > _selection_key(current):
+                best[record.get("variant")] = record
+        chosen = list(best.values())
+        reason = "the best seed of its variant by validation robust accuracy (then clean accuracy)"
+    else:
+        front = results.read_table(study_dir, "pareto", required=False)
+        if front is not None:
+            ids = set(front["trial_id"])
+            chosen = [r for r in done if r["trial_id"] in ids]
+        else:
+            values = [[_metric(r, "val_clean_acc"), _metric(r, "val_robust_acc")] for r in done]
+            chosen = [r for r, keep in zip(done, results.pareto_mask(values) if done else []) if keep]
+        reason = "on the Pareto front of the search's validation objectives"
+    directory = results.join(study_dir, BEST_DIR)
+    names = set()
+    for record in chosen:
+        name = f"{record['trial_id']}.yaml"
+        names.add(name)
+        results.write_bytes_atomic(results.join(directory, name), best_config_yaml(record, kind, reason).encode())
+    for stale in results.list_files(directory, ".yaml"):
+        if stale.rsplit("/", 1)[-1] not in names:
+            _remove(stale)
+    return directory
+
+
+def best_config_yaml(record: dict[str, Any], kind: str, reason: str) -> str:
+    """A trial's config as a runnable file (`python -m dpnp_ray --config`), with where it came from."""
+    summary = record.get("summary") or {}
+    trial_id = record["trial_id"]
+    header = (f"Trial {trial_id} of the {kind} study {record.get('study')!r}: {reason}.\n"
+              f"Retrain it: python -m dpnp_ray --config <study>/{BEST_DIR}/{trial_id}.yaml\n"
+              f"Its trained model: <study>/models/{trial_id}/ (dpnp_ray.load_model)")
+    document = {
+        "trial": {k: record.get(k) for k in ("study", "trial_id", "variant", "seed")},
+        "validation": {k: summary.get(k) for k in ("val_clean_acc", "val_robust_acc", "best_epoch")},
+        "test": {k: summary[k] for k in ("clean_acc", "pgd_acc", "cw_acc", "aa_acc") if k in summary},
+        "config": _plain(record.get("config") or {}),
+    }
+    return dump_yaml(_redacted(document), header)
+
+
+def _selection_key(record: dict[str, Any]) -> tuple[float, float, float]:
+    return _metric(record, "val_robust_acc"), _metric(record, "val_clean_acc"), -float(record.get("seed") or 0)
+
+
+def _metric(record: dict[str, Any], name: str) -> float:
+    value = (record.get("summary") or {}).get(name)
+    return float(value) if _is_number(value) and math.isfinite(value) else float("-inf")
+
+
+def _remove(location: str) -> None:
+    if results.is_uri(location):
+        import pyarrow.fs
+
+        fs, path = pyarrow.fs.FileSystem.from_uri(location)
+        fs.delete_file(path)
+    else:
+        results.local_path(location).unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------ small helpers
+
+
+def _ordered(study: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The study's keys in the order study.yaml shows them."""
+    order = ("kind", "command", "name", "storage", "smoke", *KIND_KEYS[kind], "scaling", "max_concurrent",
+             "max_failures", "config")
+    return {k: study[k] for k in order if k in study}
+
+
+def _merge(*layers: dict[str, Any] | None) -> dict[str, Any]:
+    """Nested dicts merged key by key, later layers winning; other values replaced whole (lists too)."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in (layer or {}).items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key] = _merge(merged[key], value)
+            else:
+                merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _set(study: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    for part in parents:
+        study = study.setdefault(part, {})
+    study[last] = value
+
+
+def _get(study: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        study = study.get(part) if isinstance(study, dict) else None
+    return study
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, recursively: what YAML and JSON hold."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _redacted(value: Any) -> Any:
+    """Strings without credentials or the home directory (provenance.redact), recursively."""
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redacted(v) for v in value]
+    return redact(value) if isinstance(value, str) else value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

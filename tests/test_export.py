@@ -1,0 +1,156 @@
+"""Exported models without Ray: export -> load gives the same logits, foreign or tampered files are refused,
+`python -m dpnp_ray` exports, `python -m dpnp_ray.evaluate` writes its rows next to the model."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+
+import pytest
+import torch
+
+import dpnp_ray
+from dpnp_ray import results
+from dpnp_ray.config import ExperimentConfig
+from dpnp_ray.data import to_float
+from dpnp_ray.model_export import (FORMAT_VERSION, METADATA_FILE, WEIGHTS_FILE, ModelFileError, export_model,
+                                   load_model, read_model_metadata)
+
+TINY = dict(dataset="digits", epochs=1, lr=0.05, batch_size=64, train_attack_steps=2, val_attack_steps=2,
+            eval_attack_steps=3, eval_suite="basic")
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    from dpnp_ray.experiment import run_experiment
+
+    return run_experiment(ExperimentConfig.from_dict(TINY), data=digits, log=None)
+
+
+@pytest.fixture
+def exported(trained, tmp_path):
+    directory = str(tmp_path / "model")
+    export_model(directory, trained.train.net, trained.config, trained.train.info, metrics=trained.summary,
+                 trial={"study": "t", "trial_id": "full-s0", "variant": "full", "seed": 0})
+    return directory
+
+
+def test_export_then_load_gives_the_same_logits(trained, exported, digits):
+    net = dpnp_ray.load_model(exported)
+    assert not net.training and all(not m.training for m in net.modules())
+    x = to_float(digits.test.images[:64])
+    reference = trained.train.net.eval()
+    with torch.no_grad():
+        # the same weights through the same fp32 CPU kernels in the same process: bit for bit
+        assert torch.equal(net(x), reference(x))
+    metadata = read_model_metadata(exported)
+    assert metadata["format_version"] == FORMAT_VERSION
+    assert ExperimentConfig.from_dict(metadata["config"]) == trained.config
+    assert metadata["metrics"]["clean_acc"] == trained.summary["clean_acc"]
+    assert metadata["trial"]["trial_id"] == "full-s0" and metadata["provenance"]["code_version"]
+    assert metadata["dataset"]["num_classes"] == 10
+    assert read_model_metadata(exported + "/" + WEIGHTS_FILE) == metadata  # a file inside names its directory
+
+
+def test_normalisation_is_inside_the_loaded_model(exported, digits):
+    net = load_model(exported)
+    info = digits.info
+    assert torch.allclose(net.normalize.mean.flatten(), torch.tensor(info.mean))
+    assert torch.allclose(net.normalize.std.flatten(), torch.tensor(info.std))
+
+
+def _rewrite(directory: str, weights: bytes, *, checksum: bool) -> None:
+    with open(f"{directory}/{WEIGHTS_FILE}", "wb") as handle:
+        handle.write(weights)
+    if checksum:
+        metadata = json.loads(open(f"{directory}/{METADATA_FILE}").read())
+        metadata["weights_sha256"] = hashlib.sha256(weights).hexdigest()
+        open(f"{directory}/{METADATA_FILE}", "w").write(json.dumps(metadata))
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("code ran while loading",))
+
+
+def test_tampered_weights_are_refused(exported):
+    weights = bytearray(open(f"{exported}/{WEIGHTS_FILE}", "rb").read())
+    weights[len(weights) // 2] ^= 0xFF
+    _rewrite(exported, bytes(weights), checksum=False)
+    with pytest.raises(ModelFileError, match="SHA-256 differs.*modified or corrupted"):
+        load_model(exported)
+    # a pickled payload with a matching checksum: weights_only refuses to run it
+    buffer = io.BytesIO()
+    torch.save({"backbone.x": _Payload()}, buffer)
+    _rewrite(exported, buffer.getvalue(), checksum=True)
+    with pytest.raises(ModelFileError, match="weights_only=True"):
+        load_model(exported)
+    # tensors that do not fit the architecture the config describes
+    buffer = io.BytesIO()
+    torch.save({"head.raw": torch.zeros(3)}, buffer)
+    _rewrite(exported, buffer.getvalue(), checksum=True)
+    with pytest.raises(ModelFileError, match="do not fit the model"):
+        load_model(exported)
+
+
+def test_foreign_directories_are_refused(exported, tmp_path):
+    with pytest.raises(ModelFileError, match="no model.json; not a dpnp_ray model directory"):
+        load_model(str(tmp_path / "nothing"))
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / METADATA_FILE).write_text(json.dumps({"format": "other", "weights_sha256": "0"}))
+    with pytest.raises(ModelFileError, match="format 'other', expected 'dpnp_ray.model'"):
+        load_model(str(foreign))
+    (foreign / METADATA_FILE).write_text("not json")
+    with pytest.raises(ModelFileError, match="not JSON"):
+        load_model(str(foreign))
+    metadata = json.loads(open(f"{exported}/{METADATA_FILE}").read())
+    metadata["format_version"] = FORMAT_VERSION + 1
+    open(f"{exported}/{METADATA_FILE}", "w").write(json.dumps(metadata))
+    with pytest.raises(ModelFileError, match=f"format version {FORMAT_VERSION + 1}"):
+        load_model(exported)
+
+
+def test_evaluate_writes_rows_next_to_the_model(trained, exported, digits):
+    from dpnp_ray.evaluate.__main__ import evaluation_config, main
+
+    full = evaluation_config(read_model_metadata(exported)["config"], "full")
+    assert (full.eval_suite, full.eval_n, full.eval_aa_n) == ("full", 0, 0)  # AutoAttack standard, every point
+    assert main([exported, "--suite", "basic", "--device", "cpu"]) == 0
+    evals = results.read_table(exported, "evals")
+    assert set(evals["suite"]) == {"basic"} and set(evals["trial_id"]) == {"full-s0"}
+    assert (evals["n"] == len(digits.test)).all()  # the whole test set
+    # the trial evaluated the whole test set in fp32 on this CPU too: the same clean and PGD accuracy
+    by_attack = evals.set_index("attack")["accuracy"]
+    assert by_attack["clean"] == trained.summary["clean_acc"] and by_attack["pgd"] == trained.summary["pgd_acc"]
+    summary = json.loads(open(f"{exported}/evaluation-basic.json").read())
+    assert summary["eval_precision"] == "fp32" and summary["trial_id"] == "full-s0"
+    # a second level keeps the first level's rows
+    assert main([exported, "--suite", "basic", "--device", "cpu", "--set", "eval_n=50"]) == 0
+    assert results.read_table(exported, "evals")["n"].eq(50).all()  # same level: replaced, not duplicated
+
+
+def test_evaluate_refuses_a_tampered_model(exported, capsys):
+    from dpnp_ray.evaluate.__main__ import main
+
+    with open(f"{exported}/{WEIGHTS_FILE}", "ab") as handle:
+        handle.write(b"\0")
+    assert main([exported, "--suite", "basic", "--device", "cpu"]) == 2
+    assert "SHA-256 differs" in capsys.readouterr().err
+
+
+def test_main_exports_its_model_and_retrains_a_best_config(tmp_path, digits):
+    from dpnp_ray.__main__ import main
+    from dpnp_ray.study.recipe import best_config_yaml
+
+    cfg = ExperimentConfig.from_dict({**TINY, "seed": 3}).to_dict()
+    best = tmp_path / "best.yaml"
+    best.write_text(best_config_yaml({"study": "s", "trial_id": "full-s3", "variant": "full", "seed": 3,
+                                      "config": cfg, "summary": {}}, "ablation", "a test"))
+    out = tmp_path / "single"
+    assert main(["--config", str(best), "eval_n=50", "--out", str(out)]) == 0
+    metadata = read_model_metadata(str(out))
+    assert metadata["config"]["seed"] == 3 and metadata["config"]["eval_n"] == 50  # the file, then key=value
+    assert metadata["trial"]["trial_id"] == "single" and metadata["metrics"]["eval_n"] == 50
+    assert load_model(str(out))(torch.zeros(2, 1, 8, 8)).shape == (2, 10)

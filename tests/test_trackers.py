@@ -1,0 +1,140 @@
+"""--log-to tensorboard,mlflow,wandb: flag checks and callbacks without Ray, then a real study whose
+TensorBoard event files and MLflow store are read back and compared with trials.parquet."""
+
+from __future__ import annotations
+
+import importlib.util
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from dpnp_ray import results
+from dpnp_ray.study import trackers
+from dpnp_ray.study.settings import StudyError
+
+from .raytools import PYTHON, REPO, run_script, study_env
+
+
+def read_tensorboard_scalars(directory: Path) -> dict[str, list[tuple[int, float]]]:
+    """tag -> [(step, value)] from every events.out.tfevents.* file under directory (TFRecord framing:
+    8-byte length, 4-byte CRC, the Event, 4-byte CRC)."""
+    from tensorboardX.proto import event_pb2
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(directory.rglob("events.out.tfevents.*")):
+        data, offset = path.read_bytes(), 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset:offset + 8])
+            event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                if value.HasField("simple_value"):
+                    scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
+
+
+# ---------------------------------------------------------------- without Ray
+
+
+def test_log_to_names_and_errors():
+    assert trackers.parse_log_to("tensorboard, MLflow,tensorboard") == ("tensorboard", "mlflow")
+    assert trackers.parse_log_to("") == () and trackers.parse_log_to(None) == ()
+    with pytest.raises(StudyError, match=r"--log-to 'tensorbord'.*tensorbord.*allowed: tensorboard, mlflow, wandb"):
+        trackers.parse_log_to("tensorbord")
+
+
+def test_a_missing_tracker_package_says_how_to_install_it(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "wandb" else real(name))
+    with pytest.raises(StudyError, match=r"--log-to wandb needs wandb.*pip install -e '\.\[trackers\]'"):
+        trackers.check_installed(("tensorboard", "wandb"))
+    trackers.check_installed(("tensorboard",))
+
+
+def test_study_script_refuses_an_unknown_tracker_before_starting_ray(tmp_path):
+    proc = subprocess.run([PYTHON, str(REPO / "studies" / "ablation.py"), "--smoke", "--log-to", "tensorboard,neptune",
+                           "--storage", str(tmp_path)], capture_output=True, text=True, timeout=120, env=study_env())
+    assert proc.returncode == 2 and "neptune" in proc.stderr and "allowed: tensorboard, mlflow, wandb" in proc.stderr
+    assert not any(tmp_path.iterdir())  # nothing started, nothing written
+
+
+def test_mlflow_store_defaults_to_sqlite_in_the_study_directory(tmp_path):
+    assert trackers.resolve_mlflow_uri(str(tmp_path / "s"), None) == f"sqlite:///{tmp_path}/s/mlflow.db"
+    assert trackers.resolve_mlflow_uri("s3://b/s", "http://mlflow:5000") == "http://mlflow:5000"
+    with pytest.raises(StudyError, match="--mlflow-tracking-uri"):
+        trackers.resolve_mlflow_uri("s3://b/s", None)
+
+
+def test_wandb_runs_offline_without_an_api_key(monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert not trackers.wandb_offline()
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert trackers.wandb_offline()
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.delenv("WANDB_API_KEY")
+    monkeypatch.setenv("HOME", "/nonexistent")  # no ~/.netrc login either
+    monkeypatch.setenv("NETRC", "/nonexistent/netrc")
+    assert trackers.wandb_offline()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("wandb") is None, reason="wandb not installed (pip install -e '.[trackers]')")
+def test_wandb_callback_is_offline_without_a_key(monkeypatch, tmp_path):
+    from ray.air.integrations.wandb import WandbLoggerCallback
+
+    for name in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    [callback] = trackers.tracker_callbacks(("wandb",), study_dir=str(tmp_path), study="s", kind="ablation")
+    assert isinstance(callback, WandbLoggerCallback) and callback.kwargs["mode"] == "offline" and callback.group == "s"
+
+
+def test_callbacks_for_tensorboard_and_mlflow_create_the_experiment_in_the_study(tmp_path):
+    import mlflow
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+    from ray.tune.logger import TBXLoggerCallback
+
+    study_dir = tmp_path / "study"
+    tbx, ml = trackers.tracker_callbacks(("tensorboard", "mlflow"), study_dir=str(study_dir), study="study",
+                                         kind="search")
+    assert isinstance(tbx, TBXLoggerCallback) and isinstance(ml, MLflowLoggerCallback)
+    experiment = mlflow.MlflowClient(ml.tracking_uri).get_experiment_by_name("study")
+    assert experiment.artifact_location == str(study_dir / "mlflow-artifacts")  # not ./mlruns wherever we started
+    assert (study_dir / "mlflow.db").is_file() and ml.tags == {"study": "study", "study_kind": "search"}
+    locations = trackers.tracker_locations(("tensorboard", "mlflow"), study_dir=str(study_dir))
+    assert locations == {"tensorboard": f"tensorboard --logdir {study_dir}",
+                         "mlflow": f"mlflow ui --backend-store-uri sqlite:///{study_dir}/mlflow.db"}
+
+
+# ---------------------------------------------------------------- a real study
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(900)
+def test_tensorboard_and_mlflow_hold_every_report_of_the_trial(tmp_path):
+    import mlflow
+
+    proc = run_script("ablation.py", "--smoke", "--variants", "full", "--log-to", "tensorboard,mlflow",
+                      "--storage", str(tmp_path), "--name", "tracked", "--set", "eval_suite=basic")
+    directory = tmp_path / "tracked"
+    trial = results.read_table(directory, "trials").set_index("trial_id").loc["full-s0"]
+    epochs = results.read_table(directory, "epochs").sort_values("epoch")
+    assert f"tensorboard --logdir {directory}" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
+
+    # TensorBoard: the trial's directory is named by its trial_id; one point per epoch, then the test evaluation
+    scalars = read_tensorboard_scalars(directory / "full-s0")
+    robust = [value for _, value in sorted(scalars["ray/tune/val_robust_acc"])]
+    assert robust[:2] == pytest.approx(list(epochs["val_robust_acc"]), abs=1e-6)  # stored as float32
+    assert [v for _, v in scalars["ray/tune/clean_acc"]] == pytest.approx([trial["clean_acc"]], abs=1e-6)
+
+    # MLflow: one experiment named after the study, one run named by trial_id, the same numbers
+    client = mlflow.MlflowClient(f"sqlite:///{directory}/mlflow.db")
+    experiment = client.get_experiment_by_name("tracked")
+    [run] = client.search_runs([experiment.experiment_id])
+    assert run.info.run_name == "full-s0" and run.info.status == "FINISHED"
+    assert run.data.params == {"variant": "full", "seed": "0"} and run.data.tags["study"] == "tracked"
+    history = client.get_metric_history(run.info.run_id, "val_robust_acc")
+    assert [m.value for m in sorted(history, key=lambda m: m.step)][:2] == pytest.approx(list(epochs["val_robust_acc"]))
+    assert run.data.metrics["clean_acc"] == pytest.approx(trial["clean_acc"])
