@@ -62,6 +62,8 @@ class ExperimentConfig:
     # --- model
     model: str = field(default="small_cnn", metadata=_registry_choices("models", "BACKBONES"))
     feature_dim: int = field(default=0, metadata=_range(0))  # 0: the backbone's own width
+    # linear: signed features, chosen by an ablation on digits (docs/feature_head.md); none: ReLU then pool
+    feature_head: str = field(default="linear", metadata=_registry_choices("models", "FEATURE_HEADS"))
     method: str = field(default="adv_dpnp", metadata=_registry_choices("methods", "METHODS"))
     prototype_radius: float = field(default=3.0, metadata=_range(0.0, lo_open=True))
     prototype_constraint: str = field(default="normalize", metadata=_choices("normalize", "project"))

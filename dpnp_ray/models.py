@@ -6,6 +6,7 @@ never need to know a dataset's mean and std.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -14,8 +15,12 @@ from torch import nn
 
 from .registry import Registry
 
-BACKBONES: Registry[Callable[[int], nn.Module]] = Registry("backbone")
-"""name -> factory(in_channels) returning a module with an `out_dim` attribute."""
+BACKBONES: Registry[Callable[..., nn.Module]] = Registry("backbone")
+"""name -> factory(in_channels, final_relu=True) returning a module with an `out_dim` attribute.
+
+Every backbone ends in ReLU then global average pooling; `final_relu=False` drops that last
+ReLU (features may then be negative) and changes nothing else, parameters included.
+"""
 
 
 # ---------------------------------------------------------------------------- layers
@@ -37,18 +42,23 @@ class SmallCNN(nn.Module):
 
     out_dim = 128
 
-    def __init__(self, in_channels: int = 1):
+    def __init__(self, in_channels: int = 1, final_relu: bool = True):
         super().__init__()
 
-        def block(cin: int, cout: int, stride: int) -> nn.Sequential:
+        def block(cin: int, cout: int, stride: int, relu: bool = True) -> nn.Sequential:
             return nn.Sequential(
-                nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()
+                nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout),
+                *([nn.ReLU()] if relu else []),
             )
 
-        self.layers = nn.Sequential(block(in_channels, 32, 1), block(32, 64, 2), block(64, 128, 2))
+        self.layers = nn.Sequential(block(in_channels, 32, 1), block(32, 64, 2), block(64, 128, 2, final_relu))
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The last layer's output before pooling."""
+        return self.layers(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x).mean(dim=(2, 3))
+        return self.feature_map(x).mean(dim=(2, 3))
 
 
 class BasicBlock(nn.Module):
@@ -63,11 +73,12 @@ class BasicBlock(nn.Module):
         self.shortcut = nn.Sequential()
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.final_relu = True  # False only in the network's last block (ResNet18(final_relu=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        out = self.bn2(self.conv2(out)) + self.shortcut(x)
+        return F.relu(out) if self.final_relu else out
 
 
 class PreActBlock(nn.Module):
@@ -106,7 +117,7 @@ class ResNet18(nn.Module):
 
     out_dim = 512
 
-    def __init__(self, in_channels: int = 3):
+    def __init__(self, in_channels: int = 3, final_relu: bool = True):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
         stages, cin = [], 64
@@ -114,9 +125,14 @@ class ResNet18(nn.Module):
             stage, cin = _stage(BasicBlock, cin, cout, 2, stride)
             stages.append(stage)
         self.stages = nn.Sequential(*stages)
+        self.stages[-1][-1].final_relu = final_relu
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The last block's output before pooling."""
+        return self.stages(self.stem(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stages(self.stem(x)).mean(dim=(2, 3))
+        return self.feature_map(x).mean(dim=(2, 3))
 
 
 @BACKBONES.register("preact_resnet18")
@@ -125,7 +141,7 @@ class PreActResNet18(nn.Module):
 
     out_dim = 512
 
-    def __init__(self, in_channels: int = 3):
+    def __init__(self, in_channels: int = 3, final_relu: bool = True):
         super().__init__()
         self.stem = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
         stages, cin = [], 64
@@ -134,15 +150,22 @@ class PreActResNet18(nn.Module):
             stages.append(stage)
         self.stages = nn.Sequential(*stages)
         self.bn = nn.BatchNorm2d(512)
+        self.final_relu = final_relu
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The final BN (and ReLU) output before pooling."""
+        out = self.bn(self.stages(self.stem(x)))
+        return F.relu(out) if self.final_relu else out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.bn(self.stages(self.stem(x)))).mean(dim=(2, 3))
+        return self.feature_map(x).mean(dim=(2, 3))
 
 
 class WideResNet(nn.Module):
     """WideResNet-depth-width (Zagoruyko & Komodakis), pre-activation blocks."""
 
-    def __init__(self, in_channels: int = 3, depth: int = 34, width: int = 10, drop: float = 0.0):
+    def __init__(self, in_channels: int = 3, depth: int = 34, width: int = 10, drop: float = 0.0,
+                 final_relu: bool = True):
         super().__init__()
         if (depth - 4) % 6:
             raise ValueError(f"WideResNet depth={depth}: must be 6n+4")
@@ -156,15 +179,36 @@ class WideResNet(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.bn = nn.BatchNorm2d(widths[-1])
         self.out_dim = widths[-1]
+        self.final_relu = final_relu
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The final BN (and ReLU) output before pooling."""
+        out = self.bn(self.stages(self.stem(x)))
+        return F.relu(out) if self.final_relu else out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.bn(self.stages(self.stem(x)))).mean(dim=(2, 3))
+        return self.feature_map(x).mean(dim=(2, 3))
 
 
 @BACKBONES.register("wrn_34_10")
-def wrn_34_10(in_channels: int = 3) -> WideResNet:
+def wrn_34_10(in_channels: int = 3, final_relu: bool = True) -> WideResNet:
     """WideResNet-34-10, 640-d features: the field's large CIFAR model."""
-    return WideResNet(in_channels, depth=34, width=10)
+    return WideResNet(in_channels, depth=34, width=10, final_relu=final_relu)
+
+
+# ---------------------------------------------------------------------------- feature heads
+@dataclass(frozen=True)
+class FeatureHead:
+    """How the features z are read off the backbone (docs/method.md#feature-head)."""
+
+    final_relu: bool  # keep the backbone's last ReLU (features >= 0 unless projected)
+    projection: bool  # always a linear projection (to feature_dim, or the backbone's width if 0)
+
+
+FEATURE_HEADS: Registry[FeatureHead] = Registry("feature head")
+FEATURE_HEADS.register("none")(FeatureHead(final_relu=True, projection=False))  # a projection only if feature_dim
+FEATURE_HEADS.register("linear")(FeatureHead(final_relu=True, projection=True))
+FEATURE_HEADS.register("no_final_relu")(FeatureHead(final_relu=False, projection=False))
 
 
 # ---------------------------------------------------------------------------- heads
@@ -242,14 +286,21 @@ class Classifier(nn.Module):
 
 def build_model(*, backbone: str, num_classes: int, in_channels: int, mean: Sequence[float],
                 std: Sequence[float], prototype_head: bool, feature_dim: int = 0, prototype_radius: float = 3.0,
-                logit_form: str = "dot", logit_scale: float = 10.0, prototype_constraint: str = "normalize") -> Classifier:
-    """A classifier with a prototype head (DPNP methods) or a softmax linear head (baselines)."""
-    body = BACKBONES.get(backbone)(in_channels)
+                logit_form: str = "dot", logit_scale: float = 10.0, prototype_constraint: str = "normalize",
+                feature_head: str = "none") -> Classifier:
+    """A classifier with a prototype head (DPNP methods) or a softmax linear head (baselines).
+
+    feature_head (FEATURE_HEADS): none: backbone, ReLU, pooling (and a linear projection if
+    feature_dim > 0); linear: always a linear projection, no ReLU after it; no_final_relu: the
+    backbone's last ReLU removed.
+    """
+    kind = FEATURE_HEADS.get(feature_head)
+    body = BACKBONES.get(backbone)(in_channels, final_relu=kind.final_relu)
     dim = body.out_dim
     projection = None
-    if feature_dim:
-        projection = nn.Linear(dim, feature_dim)
-        dim = feature_dim
+    if feature_dim or kind.projection:
+        projection = nn.Linear(dim, feature_dim or dim)
+        dim = feature_dim or dim
     if prototype_head:
         head: nn.Module = PrototypeHead(num_classes, dim, prototype_radius, logit_form, logit_scale, prototype_constraint)
     else:

@@ -76,7 +76,7 @@ def model_from_config(cfg: ExperimentConfig, info: DatasetInfo) -> Classifier:
         backbone=cfg.model, num_classes=info.num_classes, in_channels=info.image_shape[0], mean=info.mean,
         std=info.std, prototype_head=cfg.uses_prototypes, feature_dim=cfg.feature_dim,
         prototype_radius=cfg.prototype_radius, logit_form=cfg.logit_form, logit_scale=cfg.logit_scale,
-        prototype_constraint=cfg.prototype_constraint,
+        prototype_constraint=cfg.prototype_constraint, feature_head=cfg.feature_head,
     )
 
 

@@ -25,7 +25,10 @@ from dpnp_ray.study.plan import plan_ablation
 from dpnp_ray.study.recipe import resolve_study, write_best_configs
 
 # The ablation's defaults on digits: small enough for a laptop, large enough to separate variants.
-DEFAULTS = {"config": {"dataset": "digits", "model": "small_cnn", "epochs": 8, "lr": 0.05, "batch_size": 64},
+DEFAULTS = {"config": {"dataset": "digits", "model": "small_cnn", "epochs": 8, "lr": 0.05, "batch_size": 64,
+                       # the digits search of record chose these (docs/search_digits.md; 3 significant digits)
+                       "lambda_ppa": 0.0286, "lambda_npr": 0.0554, "lambda_cons": 2.23, "beta_adv": 1.31,
+                       "prototype_radius": 1.1, "eps_schedule": "constant", "eps": 0.0997},
             "variants": list(DEFAULT_VARIANTS), "seeds": [0, 1, 2]}
 SMOKE = {"config": {"epochs": 2, "train_attack_steps": 3, "val_attack_steps": 3, "eval_attack_steps": 10,
                     "eval_aa_n": 100, "eval_corruption_n": 100},

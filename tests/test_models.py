@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from dpnp_ray.models import BACKBONES, Normalize, PrototypeHead, build_model, prototype_logits
+from dpnp_ray.config import ConfigError, ExperimentConfig
+from dpnp_ray.models import BACKBONES, FEATURE_HEADS, Normalize, PrototypeHead, build_model, prototype_logits
 
 
 #: the feature widths of the shipped backbones (a backbone added later is held to its own out_dim)
@@ -54,3 +55,85 @@ def test_feature_projection_sets_prototype_dimension():
                       prototype_head=True, feature_dim=9)
     assert net.head.prototypes().shape == (10, 9)
     assert net.features(torch.rand(2, 1, 8, 8)).shape == (2, 9)
+
+
+# ---------------------------------------------------------------------------- feature heads
+def _seeded_model(backbone: str, feature_head: str, feature_dim: int = 0, seed: int = 0):
+    torch.manual_seed(seed)
+    net = build_model(backbone=backbone, num_classes=10, in_channels=3, mean=(0.5,) * 3, std=(0.25,) * 3,
+                      prototype_head=True, feature_dim=feature_dim, feature_head=feature_head)
+    return net.eval()
+
+
+@pytest.mark.parametrize("head", FEATURE_HEADS.names())
+@pytest.mark.parametrize("name", BACKBONES.names())
+def test_every_backbone_and_feature_head_gives_features_and_logits(name, head):
+    net = _seeded_model(name, head)
+    dim = net.backbone.out_dim
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        assert net.features(x).shape == (2, dim)
+        assert net(x).shape == (2, 10)
+        assert net.head.prototypes().shape == (10, dim)
+    assert isinstance(net.projection, torch.nn.Linear) == (head == "linear")
+    projected = _seeded_model(name, head, feature_dim=7)
+    with torch.no_grad():
+        assert projected.features(x).shape == (2, 7)
+
+
+def test_config_default_feature_head_is_the_one_the_ablation_chose():
+    assert ExperimentConfig().feature_head == "linear"  # docs/feature_head.md
+    assert set(FEATURE_HEADS.names()) == {"none", "linear", "no_final_relu"}
+
+
+@pytest.mark.parametrize("name", BACKBONES.names())
+def test_only_the_default_head_keeps_features_non_negative(name):
+    x = torch.rand(4, 3, 16, 16)
+    with torch.no_grad():
+        assert (_seeded_model(name, "none").features(x) >= 0).all()  # ReLU then mean: never negative
+        for head in ("linear", "no_final_relu"):
+            assert (_seeded_model(name, head).features(x) < 0).any(), head
+
+
+@pytest.mark.parametrize("name", BACKBONES.names())
+def test_no_final_relu_removes_exactly_the_last_relu(name):
+    """Same seed, same parameters; the default head's map is the ReLU of the other's, bit for bit."""
+    default, signed = _seeded_model(name, "none"), _seeded_model(name, "no_final_relu")
+    default_state, signed_state = default.state_dict(), signed.state_dict()
+    assert list(default_state) == list(signed_state)
+    assert all(torch.equal(default_state[k], signed_state[k]) for k in default_state)
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(default.backbone.feature_map(x), torch.relu(signed.backbone.feature_map(x)))
+
+
+def test_default_path_is_the_unchanged_model():
+    """No feature_head argument builds what the `none` head builds: same modules, parameters, outputs."""
+    torch.manual_seed(3)
+    implicit = build_model(backbone="small_cnn", num_classes=10, in_channels=1, mean=(0.5,), std=(0.5,),
+                           prototype_head=True).eval()
+    torch.manual_seed(3)
+    explicit = build_model(backbone="small_cnn", num_classes=10, in_channels=1, mean=(0.5,), std=(0.5,),
+                           prototype_head=True, feature_head="none").eval()
+    assert isinstance(implicit.projection, torch.nn.Identity)
+    assert [n for n, _ in implicit.named_modules()] == [n for n, _ in explicit.named_modules()]
+    x = torch.rand(3, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(implicit(x), explicit(x))
+        pooled = torch.relu(implicit.backbone.layers[:-1](implicit.normalize(x)))
+        last = implicit.backbone.layers[-1]
+        expected = torch.relu(last[1](last[0](pooled))).mean(dim=(2, 3))  # conv, BN, ReLU, average pool
+        assert torch.equal(implicit.features(x), expected)
+
+
+def test_linear_head_projects_to_the_backbone_width_without_relu():
+    net = _seeded_model("small_cnn", "linear")
+    assert (net.projection.in_features, net.projection.out_features) == (128, 128)
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(net.features(x), net.projection(net.backbone(net.normalize(x))))
+
+
+def test_unknown_feature_head_is_a_config_error_naming_the_choices():
+    with pytest.raises(ConfigError, match="feature_head.*'relu'.*'linear', 'no_final_relu', 'none'"):
+        ExperimentConfig.from_dict({"feature_head": "relu"})

@@ -30,6 +30,11 @@ ABLATION_VARIANTS.register("proto_both")(AblationVariant({"prototype_update": "b
 ABLATION_VARIANTS.register("pgd_at")(AblationVariant({"method": "pgd_at"}))
 ABLATION_VARIANTS.register("trades")(AblationVariant({"method": "trades"}))
 ABLATION_VARIANTS.register("dpnp_clean")(AblationVariant({"method": "dpnp"}, in_default_grid=False))
+# The feature head (docs/feature_head.md); the default is `linear`, so `head_linear` equals `full` today.
+ABLATION_VARIANTS.register("head_none")(AblationVariant({"feature_head": "none"}, in_default_grid=False))
+ABLATION_VARIANTS.register("head_linear")(AblationVariant({"feature_head": "linear"}, in_default_grid=False))
+ABLATION_VARIANTS.register("head_no_final_relu")(
+    AblationVariant({"feature_head": "no_final_relu"}, in_default_grid=False))
 
 DEFAULT_VARIANTS: tuple[str, ...] = tuple(name for name in ABLATION_VARIANTS.in_registration_order()
                                           if ABLATION_VARIANTS.get(name).in_default_grid)
