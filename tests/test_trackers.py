@@ -67,7 +67,7 @@ def test_mlflow_store_defaults_to_sqlite_in_the_study_directory(tmp_path):
         trackers.resolve_mlflow_uri("s3://b/s", None)
 
 
-def test_wandb_runs_offline_without_an_api_key(monkeypatch):
+def test_wandb_runs_offline_without_an_api_key(monkeypatch, tmp_path):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     assert not trackers.wandb_offline()
@@ -78,6 +78,9 @@ def test_wandb_runs_offline_without_an_api_key(monkeypatch):
     monkeypatch.setenv("HOME", "/nonexistent")  # no ~/.netrc login either
     monkeypatch.setenv("NETRC", "/nonexistent/netrc")
     assert trackers.wandb_offline()
+    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "k" * 40 + "\n")
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))  # what `wandb login` writes
+    assert not trackers.wandb_offline()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("wandb") is None, reason="wandb not installed (pip install -e '.[trackers]')")

@@ -81,11 +81,11 @@ def wandb_offline() -> bool:
         return mode in ("offline", "dryrun", "disabled")
     if os.environ.get("WANDB_API_KEY"):
         return False
-    try:
-        import wandb
+    import netrc
 
-        return not wandb.api.api_key
-    except Exception:  # no settings, no netrc: nothing to log in with
+    try:  # where `wandb login` keeps the key
+        return netrc.netrc(os.environ.get("NETRC")).authenticators("api.wandb.ai") is None
+    except (OSError, netrc.NetrcParseError):  # no ~/.netrc: nothing to log in with
         return True
 
 
