@@ -45,7 +45,8 @@ def resolve(script, kind: str, *argv: str):
 def test_defaults_and_smoke_preset(ablation, tmp_path):
     recipe = resolve(ablation, "ablation", "--storage", str(tmp_path))
     assert recipe.study["variants"] == list(ablation.DEFAULTS["variants"]) and recipe.study["seeds"] == [0, 1, 2]
-    assert recipe.config["epochs"] == 8 and recipe.config["eps"] is None  # dataset-dependent: resolved per trial
+    assert recipe.config["epochs"] == 8 and recipe.config["eval_eps"] is None  # dataset-dependent: resolved per trial
+    assert recipe.config["eps"] == ablation.DEFAULTS["config"]["eps"]  # the study's own defaults reach the config
     assert recipe.study["smoke"] is False
     smoke = resolve(ablation, "ablation", "--smoke", "--storage", str(tmp_path))
     assert smoke.study["variants"] == ["full", "pgd_at"] and smoke.study["seeds"] == [0]
