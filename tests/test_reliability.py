@@ -359,8 +359,11 @@ def test_killed_worker_resumes_from_checkpoint_and_matches_undisturbed_run(tmp_p
     trial = results.read_table(directory, "trials").iloc[0]
     assert trial["status"] == "completed"
 
-    # The same config and seed, undisturbed, in this process: identical numbers (CPU, one thread each).
-    cfg = ExperimentConfig.from_dict({"dataset": "digits", "model": "small_cnn", **parse_assignments(overrides)})
+    # The same config and seed (the study's defaults, then the overrides, as the trial recorded them),
+    # undisturbed, in this process: identical numbers (CPU, one thread each).
+    recorded = _records(directory)["full-s0"]["config"]
+    cfg = ExperimentConfig.from_dict(recorded)
+    assert all(recorded[k] == v for k, v in parse_assignments(overrides).items())
     reference = run_experiment(cfg, data=digits, log=None)
     for record in reference.train.history:
         row = epochs[epochs["epoch"] == record["epoch"]].iloc[0]
@@ -395,11 +398,19 @@ def test_driver_killed_then_resumed_finishes_without_rerunning(tmp_path):
     first = _records(directory)
     assert 1 <= len(first) < 3
 
+    since = time.time()
     resumed = subprocess.Popen([PYTHON, str(REPO / "studies" / "ablation.py"), *args, "--resume"], cwd=REPO,
                                env=study_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True)
-    wait_for_records(len(first) + 1, resumed)
-    resumed.send_signal(signal.SIGINT)
+    # Interrupt it once it has recorded a trial of its own (started after it), not before it has even started:
+    # a trial that the killed driver's processes were finishing can still add its record after `first`.
+    deadline = time.time() + 400
+    while time.time() < deadline and resumed.poll() is None:
+        if any(r.get("started_at", 0) >= since for r in _records(directory).values()):
+            break
+        time.sleep(1)
+    if resumed.poll() is None:
+        resumed.send_signal(signal.SIGINT)
     out, _ = resumed.communicate(timeout=300)
     if len(_records(directory)) < 3:
         assert "--resume" in out  # the interrupted driver says how to continue
