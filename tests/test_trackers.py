@@ -130,7 +130,9 @@ def test_tensorboard_and_mlflow_hold_every_report_of_the_trial(tmp_path):
     scalars = read_tensorboard_scalars(directory / "full-s0")
     robust = [value for _, value in sorted(scalars["ray/tune/val_robust_acc"])]
     assert robust[:2] == pytest.approx(list(epochs["val_robust_acc"]), abs=1e-6)  # stored as float32
-    assert [v for _, v in scalars["ray/tune/clean_acc"]] == pytest.approx([trial["clean_acc"]], abs=1e-6)
+    # the test evaluation: the worker's final report, and the trial driver's report of the same record
+    clean = [v for _, v in scalars["ray/tune/clean_acc"]]
+    assert 1 <= len(clean) <= 2 and clean == pytest.approx([trial["clean_acc"]] * len(clean), abs=1e-6)
 
     # MLflow: one experiment named after the study, one run named by trial_id, the same numbers
     client = mlflow.MlflowClient(f"sqlite:///{directory}/mlflow.db")
