@@ -4,6 +4,7 @@ Ray instance.
 
     python bench/asha.py                                  # 3 seeds x (asha, none), 10 trials of 8 epochs
     python bench/asha.py --grace-period 1 --reduction-factor 3   # try other scheduler settings
+    python bench/asha.py --reduction-factor 4 --baseline bench/runs/asha.json  # reuse the runs without ASHA
 
 For each search: trials run and stopped, trial-epochs (rows of epochs.parquet: every epoch any trial
 trained, stopped ones included), wall time, and the best validation robust accuracy of a completed
@@ -60,8 +61,22 @@ def main() -> None:
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray instance")
     parser.add_argument("--grace-period", type=int, default=None, help="override the library's ASHA grace period")
     parser.add_argument("--reduction-factor", type=float, default=None, help="override its reduction factor")
+    parser.add_argument("--baseline", default=None,
+                        help="a JSON this bench wrote: take its runs without ASHA (same seeds, trials, epochs, "
+                             "attack steps) instead of running them again, e.g. when only the ASHA settings change")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    reused = []
+    if args.baseline:
+        import json
+
+        previous = json.loads(Path(args.baseline).read_text())
+        same = ("trials", "epochs", "attack_steps", "cpus")
+        if any(previous["args"][k] != getattr(args, k) for k in same):
+            parser.error(f"--baseline {args.baseline}: its {', '.join(same)} differ from this run's")
+        reused = [r for r in previous["rows"] if r["scheduler"] == "none" and r["seed"] in args.seeds]
+        if {r["seed"] for r in reused} != set(args.seeds):
+            parser.error(f"--baseline {args.baseline}: has no run without ASHA for every seed of {args.seeds}")
 
     import ray
 
@@ -77,8 +92,11 @@ def main() -> None:
         optuna_search.asha_settings = lambda epochs: rule  # run_search builds its scheduler in this process
     rows = []
     with tempfile.TemporaryDirectory() as storage:
+        rows += [{**r, "reused": True} for r in reused]
         for i, seed in enumerate(args.seeds):
             for scheduler in (("asha", "none") if i % 2 == 0 else ("none", "asha")):
+                if reused and scheduler == "none":
+                    continue
                 row = search_once(scheduler, seed, args, storage)
                 row["load_average_1m"] = os.getloadavg()[0]
                 rows.append(row)

@@ -53,6 +53,15 @@ def _cpu_model() -> str:
     return match.group(1).strip() if match else platform.processor()
 
 
+def machine_cpu_seconds() -> float:
+    """CPU-seconds every process of the machine has spent busy since boot (/proc/stat: user, nice,
+    system, irq, softirq, steal); the difference over a run is the run's whole CPU bill, Ray's
+    processes included (and anything else running then)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -28,6 +28,8 @@ start-up        the trial's slot comes free (the Tuner starts, or the previous t
                 placement group, worker actor, process group, imports in every process
 tear-down       the worker's loop returns -> the trial driver's TorchTrainer.fit() returns
 fixed cost      start-up + tear-down, per trial (median over trials); the target is <= 5 s
+actors          for the "after" side: when each actor of a trial was requested, had a process running it,
+                and finished its __init__ (Ray's state API), as seconds from the trial driver's start
 cpu seconds     CPU time of the process that runs the trial loop, from its start to its end
 """
 
@@ -52,9 +54,18 @@ def _stamp(path: str, event: str) -> None:
         f.write(json.dumps({"event": event, "t": time.time(), "cpu": time.process_time(), "pid": os.getpid()}) + "\n")
 
 
+def _ray_train_module():
+    """dpnp_ray.ray_train; a --before-code checkout older than the module renames has dpnp_ray.trainer."""
+    try:
+        from dpnp_ray import ray_train
+    except ImportError:
+        from dpnp_ray import trainer as ray_train
+    return ray_train
+
+
 def stamped_loop(loop_config: dict) -> None:
     """The study's worker function, stamped on entry and exit."""
-    from dpnp_ray.ray_train import train_loop_per_worker
+    train_loop_per_worker = _ray_train_module().train_loop_per_worker
 
     _stamp(loop_config["stamp"], "loop_entered")
     train_loop_per_worker(loop_config)
@@ -64,8 +75,9 @@ def stamped_loop(loop_config: dict) -> None:
 def stamped_trial(params: dict, *, experiment: dict, scaling: dict, storage: str, stamps: str) -> None:
     """A Tune trial like dpnp_ray.study.tune.run_trial: one TorchTrainer run, its final record read."""
     from dpnp_ray.config import ExperimentConfig
-    from dpnp_ray.ray_train import Scaling, make_trainer, read_final_record
 
+    ray_train = _ray_train_module()
+    Scaling, make_trainer, read_final_record = ray_train.Scaling, ray_train.make_trainer, ray_train.read_final_record
     stamp = str(Path(stamps) / f"trial_{params['trial']}.jsonl")
     _stamp(stamp, "driver_entered")
     trainer = make_trainer(ExperimentConfig.from_dict(experiment), Scaling(**scaling),
@@ -91,12 +103,41 @@ def start_ray(config: str, cpus: int) -> None:
         connect(StudySettings("ray_overhead", local_cpus=cpus))
 
 
+def events_of(stamps: Path, trial: int) -> dict:
+    return {e["event"]: e for e in map(json.loads, (stamps / f"trial_{trial}.jsonl").read_text().splitlines())}
+
+
+def actor_starts(driver_entered: list[float]) -> list[dict]:
+    """Every actor Ray started during the trials (state API: its creation task's events): seconds from
+    its trial's driver start to the request, to a process running it (process start + `import ray`),
+    and to the end of its __init__ (imports of its class's modules, then __init__). Needs the dashboard."""
+    from ray.util.state import list_tasks
+
+    try:
+        tasks = list_tasks(filters=[("type", "=", "ACTOR_CREATION_TASK")], detail=True, limit=10_000)
+    except Exception as exc:  # no dashboard / state API: the rest of the bench stands without it
+        print(f"actor timeline unavailable: {exc}", file=sys.stderr)
+        return []
+    rows = []
+    for task in tasks:
+        times = {e["state"]: e["created_ms"] / 1000 for e in (task.events or [])}
+        asked = times.get("PENDING_ARGS_AVAIL", times.get("PENDING_NODE_ASSIGNMENT"))
+        if asked is None or "RUNNING" not in times or "FINISHED" not in times:
+            continue
+        trial = max((i for i, t in enumerate(driver_entered) if t <= asked + 0.5), default=None)
+        if trial is None:
+            continue  # the Tune trial actors themselves, started before any trial's driver
+        rows.append({"trial": trial, "actor": task.func_or_class_name.split(".")[0],
+                     "asked_s": asked - driver_entered[trial], "running_s": times["RUNNING"] - driver_entered[trial],
+                     "ready_s": times["FINISHED"] - driver_entered[trial]})
+    return sorted(rows, key=lambda r: (r["trial"], r["asked_s"]))
+
+
 def run_ray(config: str, cfg, threads: int, trials: int, cpus: int) -> dict:
     import ray
     from ray import tune
 
-    from dpnp_ray.ray_train import Scaling
-
+    Scaling = _ray_train_module().Scaling
     start_ray(config, cpus)
     with tempfile.TemporaryDirectory() as storage:
         stamps = Path(storage, "stamps")
@@ -123,21 +164,25 @@ def run_ray(config: str, cfg, threads: int, trials: int, cpus: int) -> dict:
             raise RuntimeError(f"{config}: a trial failed: {grid.errors[0]}")
         rows, free_since = [], started
         for i in range(trials):
-            events = {e["event"]: e for e in map(json.loads, (stamps / f"trial_{i}.jsonl").read_text().splitlines())}
+            events = events_of(stamps, i)
             record = json.loads((stamps / f"trial_{i}.record.json").read_text())
             if record["status"] != "completed":
                 raise RuntimeError(f"{config}: trial {i} did not complete: {record['error']}")
             entered, left, returned = (events[k]["t"] for k in ("loop_entered", "loop_left", "fit_returned"))
-            rows.append({"startup_s": entered - free_since, "teardown_s": returned - left, "loop_s": left - entered,
+            rows.append({"startup_s": entered - free_since, "driver_to_loop_s": entered - events["driver_entered"]["t"],
+                         "teardown_s": returned - left, "loop_s": left - entered,
                          "cpu_s": events["loop_left"]["cpu"] - events["loop_entered"]["cpu"],
                          "epoch_s": sum(r["epoch_seconds"] for r in record["history"]),
                          "train_s": record["summary"]["train_seconds"], "eval_s": record["summary"]["eval_seconds"],
-                         "clean_acc": record["summary"].get("clean_acc"), "driver_pid": events["driver_entered"]["pid"]})
+                         "clean_acc": record["summary"].get("clean_acc"),
+                         "driver_pid": events["driver_entered"]["pid"]})
             free_since = returned
+        actors = actor_starts([events_of(stamps, i)["driver_entered"]["t"] for i in range(trials)])
     ray.shutdown()
     for row in rows:
         row["fixed_s"] = row["startup_s"] + row["teardown_s"]
-    return {"side": config, "trials": rows, "tune_finish_s": ended - free_since, "total_s": ended - started,
+    return {"side": config, "trials": rows, "actors": actors, "tune_finish_s": ended - free_since,
+            "total_s": ended - started,
             "load_average_1m": os.getloadavg()[0],
             **{key: median([r[key] for r in rows]) for key in
                ("epoch_s", "train_s", "eval_s", "cpu_s", "startup_s", "teardown_s", "fixed_s")}}
@@ -243,6 +288,17 @@ def main() -> None:
           f"{summary['teardown_s']['after']:.1f}); target <= 5 s")
     print(f"epoch-seconds ratio after / bare {ratios['epoch_s']['after']:.3f} (target <= 1.05 at epochs of 30 s or "
           f"more; this epoch: {summary['epoch_s']['bare'] / args.epochs:.1f} s bare)")
+    chain = [a for r in runs if r["side"] == "after" for a in r.get("actors", []) if a["trial"] > 0]
+    if chain:
+        print("\nwhere an 'after' trial's start-up goes (trials after the first; medians; seconds from the trial "
+              "driver's start): each actor is a new process")
+        names = list(dict.fromkeys(a["actor"] for a in chain))
+        print(table([{"actor": n, **{k: median([a[k] for a in chain if a["actor"] == n])
+                                     for k in ("asked_s", "running_s", "ready_s")}} for n in names],
+                    [("actor", "actor", ""), ("asked_s", "requested", ".2f"), ("running_s", "process running", ".2f"),
+                     ("ready_s", "__init__ done", ".2f")]))
+        entered = median([t["driver_to_loop_s"] for r in runs if r["side"] == "after" for t in r["trials"][1:]])
+        print(f"the training loop starts at {entered:.2f} s")
     out = write_json("ray_overhead", {"args": vars(args), "config": cfg.to_dict(), "machine": where, "runs": runs,
                                       "summary": summary, "ratios": ratios}, args.json)
     print(f"wrote {out}")

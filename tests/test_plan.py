@@ -4,6 +4,7 @@ local instance and on a cluster, and what `--dry-run` prints."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -166,7 +167,10 @@ def test_ablation_plan_lists_the_grid_and_its_bill_without_ray(tmp_path):
     expected = (2 * 1280 * 12 + 2 * 143 * 5 + 100 * 26) * 1e-4 + plan.FIXED_TRIAL_SECONDS
     assert full.seconds == pytest.approx(expected)
     assert p.trials[2].cost.train == 2 * 1280 * 9  # PGD-AT: 2k + 3
-    assert p.wall_seconds == pytest.approx(plan.FIXED_STUDY_SECONDS + plan.makespan([t.seconds for t in p.trials], 2))
+    slots = plan.makespan([t.seconds for t in p.trials], 2)
+    cpu_work = sum(t.seconds - plan.FIXED_TRIAL_SECONDS + plan.FIXED_TRIAL_CPU_SECONDS for t in p.trials)
+    assert p.cpu_seconds == pytest.approx(cpu_work) and p.cpus == 2
+    assert p.wall_seconds == pytest.approx(plan.FIXED_STUDY_SECONDS + max(slots, cpu_work / 2))
     assert p.device_hours == pytest.approx(sum(t.seconds for t in p.trials) / 3600)
     text = p.format()
     assert "trials: 6 (3 variant(s) x 2 seed(s))" in text
@@ -174,6 +178,25 @@ def test_ablation_plan_lists_the_grid_and_its_bill_without_ray(tmp_path):
     assert "1 worker(s) x (1 CPU), and 1 dpnp_trial_driver" in text
     assert "full-s0 .. full-s1 (2)" in text and "pgd_at-s0 .. pgd_at-s1 (2)" in text
     assert "CPU-hours" in text and "estimate: wall" in text
+
+
+def test_wall_time_is_the_slots_or_the_cpu_work_whichever_is_longer(monkeypatch):
+    """Trials that fill every core share them with Ray's own processes: the CPU work bounds the wall."""
+    base = dict(dataset="digits", epochs=2, batch_size=64, train_attack_steps=3, val_attack_steps=3,
+                eval_suite="basic", eval_n=100, eval_attack_steps=10)
+    settings = StudySettings("abl", local_cpus=2)
+    monkeypatch.setattr(plan, "FIXED_TRIAL_CPU_SECONDS", 0.0)
+    light = plan.plan_ablation(base, ["full", "pgd_at"], [0], settings, calibration=STUB)
+    compute = [t.seconds - plan.FIXED_TRIAL_SECONDS for t in light.trials]
+    assert light.wall_seconds == pytest.approx(plan.FIXED_STUDY_SECONDS + max(t.seconds for t in light.trials))
+    assert "CPU-bound" not in light.format()
+    monkeypatch.setattr(plan, "FIXED_TRIAL_CPU_SECONDS", 100.0)
+    heavy = plan.plan_ablation(base, ["full", "pgd_at"], [0], settings, calibration=STUB)
+    assert heavy.cpu_seconds == pytest.approx(sum(compute) + 200.0)
+    assert heavy.wall_seconds == pytest.approx(plan.FIXED_STUDY_SECONDS + (sum(compute) + 200.0) / 2)
+    assert "note: CPU-bound: " in heavy.format()
+    gpu = replace(heavy, scaling=Scaling(gpus_per_worker=0.5))  # GPU compute holds no CPU: Ray's share only
+    assert gpu.cpu_seconds == pytest.approx(200.0)
 
 
 def test_search_plan_counts_the_asha_budget():

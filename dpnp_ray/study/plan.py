@@ -13,7 +13,10 @@ Seconds per FE come from timing a few training steps and one evaluation PGD batc
 real model in this process (no Ray): `calibrate`. A trial's seconds = its training FE x the
 training rate + its validation and test-suite FE x the evaluation rate, divided by its workers,
 plus FIXED_TRIAL_SECONDS (start-up and tear-down through Ray Tune + Ray Train). The wall time packs
-the trials into the concurrent slots in order (`makespan`), plus FIXED_STUDY_SECONDS.
+the trials into the concurrent slots in order (`makespan`), but is never below the study's CPU work
+(the workers' compute plus FIXED_TRIAL_CPU_SECONDS of Ray processes per trial) spread over the
+cluster's CPUs: where trials fill every core, Ray's own processes compete with them. Plus
+FIXED_STUDY_SECONDS.
 """
 
 from __future__ import annotations
@@ -38,6 +41,13 @@ points under PGD; points already broken (misclassified clean points first) cost 
 FIXED_TRIAL_SECONDS = 12.0
 """Start-up plus tear-down of one trial (Tune trial, Train controller and workers, process group,
 imports), measured by bench/ray_overhead.py on a 2-core CPU machine (bench/README.md)."""
+
+FIXED_TRIAL_CPU_SECONDS = 30.0
+"""CPU-seconds one trial's Ray processes spend beside the worker's own compute: starting and importing
+the Tune trial driver, Train controller, worker and helper actors (each a new process that imports
+ray.train and torch), polling, reporting, checkpoints. They hold no CPU in Ray's accounting, so on a
+local instance whose trials fill every core they slow the trials down. Measured as the machine's CPU
+time over whole studies (bench/study_wall.py, bench/README.md)."""
 
 FIXED_STUDY_SECONDS = 20.0
 """Once per study: starting the local Ray instance and the Tuner, exporting the tables at the end."""
@@ -309,11 +319,20 @@ class Plan:
     where: str  # the cluster the plan was made for
     calibration: Calibration
     sizes: SplitSizes
+    cpus: float  # the CPUs of the nodes the trials run on
     notes: list[str] = field(default_factory=list)
 
     @property
+    def cpu_seconds(self) -> float:
+        """The trials' CPU work: CPU workers' compute (their threads busy) plus each trial's Ray processes."""
+        s = self.scaling
+        per_second = 0.0 if s.use_gpu else s.num_workers * s.cpus_per_worker
+        return sum((t.seconds - FIXED_TRIAL_SECONDS) * per_second + FIXED_TRIAL_CPU_SECONDS for t in self.trials)
+
+    @property
     def wall_seconds(self) -> float:
-        return FIXED_STUDY_SECONDS + makespan([t.seconds for t in self.trials], self.concurrent)
+        slots = makespan([t.seconds for t in self.trials], self.concurrent)
+        return FIXED_STUDY_SECONDS + max(slots, self.cpu_seconds / max(self.cpus, 1.0))
 
     @property
     def device_hours(self) -> float:
@@ -350,6 +369,9 @@ class Plan:
             f"(incl. {FIXED_TRIAL_SECONDS:g} s start-up + tear-down per trial and {FIXED_STUDY_SECONDS:g} s per "
             f"study; attacks at {SURVIVAL:g} of their length, docs/evaluation.md#cost-model)",
         ]
+        if self.cpu_seconds / max(self.cpus, 1.0) > makespan([t.seconds for t in self.trials], self.concurrent):
+            lines.append(f"note: CPU-bound: {self.cpu_seconds:.0f} CPU-seconds of work ({FIXED_TRIAL_CPU_SECONDS:g} "
+                         f"per trial in Ray's processes) on {self.cpus:g} CPUs set the wall time")
         lines += [f"note: {n}" for n in self.notes[1:]]
         return "\n".join(lines)
 
@@ -402,7 +424,9 @@ def _make_plan(kind: str, named: list[tuple[str, ExperimentConfig, float, float]
     if settings.scaling.use_gpu and calibration.device == "cpu":
         notes.append("calibrated on this machine's CPU, while the trials run on GPU workers: the times are "
                      "far too long; run the dry run where a GPU is visible for a GPU estimate")
-    return Plan(settings.name, kind, trials, settings.scaling, driver, concurrent, where, calibration, sizes, notes)
+    cpus = sum(n.get("CPU", 0.0) for n in nodes)
+    return Plan(settings.name, kind, trials, settings.scaling, driver, concurrent, where, calibration, sizes, cpus,
+                notes)
 
 
 def plan_ablation(base: dict[str, Any], variants: list[str], seeds: list[int], settings: StudySettings,
