@@ -170,9 +170,13 @@ class TrialCost:
     validation: float
     suite: float
 
-    def seconds(self, rates: "Calibration", workers: int) -> float:
+    def compute_seconds(self, rates: "Calibration", workers: int) -> float:
+        """The workers' own work, without Ray's fixed cost."""
         return ((self.train * rates.train_seconds_per_fe + (self.validation + self.suite) * rates.eval_seconds_per_fe)
-                / workers + FIXED_TRIAL_SECONDS)
+                / workers)
+
+    def seconds(self, rates: "Calibration", workers: int) -> float:
+        return self.compute_seconds(rates, workers) + FIXED_TRIAL_SECONDS
 
 
 def trial_cost(cfg: ExperimentConfig, sizes: SplitSizes, workers: int, epochs: float | None = None,
@@ -326,13 +330,23 @@ class Plan:
     def cpu_seconds(self) -> float:
         """The trials' CPU work: CPU workers' compute (their threads busy) plus each trial's Ray processes."""
         s = self.scaling
-        per_second = 0.0 if s.use_gpu else s.num_workers * s.cpus_per_worker
-        return sum((t.seconds - FIXED_TRIAL_SECONDS) * per_second + FIXED_TRIAL_CPU_SECONDS for t in self.trials)
+        busy_cpus = 0.0 if s.use_gpu else s.num_workers * s.cpus_per_worker
+        return sum(t.cost.compute_seconds(self.calibration, s.num_workers) * busy_cpus + FIXED_TRIAL_CPU_SECONDS
+                   for t in self.trials)
+
+    @property
+    def slot_seconds(self) -> float:
+        """The trials packed into the slots that run at once."""
+        return makespan([t.seconds for t in self.trials], self.concurrent)
+
+    @property
+    def cpu_bound(self) -> bool:
+        """Whether the CPU work spread over the cluster's CPUs outlasts the slots."""
+        return self.cpu_seconds / max(self.cpus, 1.0) > self.slot_seconds
 
     @property
     def wall_seconds(self) -> float:
-        slots = makespan([t.seconds for t in self.trials], self.concurrent)
-        return FIXED_STUDY_SECONDS + max(slots, self.cpu_seconds / max(self.cpus, 1.0))
+        return FIXED_STUDY_SECONDS + max(self.slot_seconds, self.cpu_seconds / max(self.cpus, 1.0))
 
     @property
     def device_hours(self) -> float:
@@ -369,7 +383,7 @@ class Plan:
             f"(incl. {FIXED_TRIAL_SECONDS:g} s start-up + tear-down per trial and {FIXED_STUDY_SECONDS:g} s per "
             f"study; attacks at {SURVIVAL:g} of their length, docs/evaluation.md#cost-model)",
         ]
-        if self.cpu_seconds / max(self.cpus, 1.0) > makespan([t.seconds for t in self.trials], self.concurrent):
+        if self.cpu_bound:
             lines.append(f"note: CPU-bound: {self.cpu_seconds:.0f} CPU-seconds of work ({FIXED_TRIAL_CPU_SECONDS:g} "
                          f"per trial in Ray's processes) on {self.cpus:g} CPUs set the wall time")
         lines += [f"note: {n}" for n in self.notes[1:]]
