@@ -162,14 +162,15 @@ def run_ray(config: str, cfg, threads: int, trials: int, cpus: int) -> dict:
         ended = time.time()
         if grid.errors:
             raise RuntimeError(f"{config}: a trial failed: {grid.errors[0]}")
-        rows, free_since = [], started
+        rows, free_since, driver_started = [], started, []
         for i in range(trials):
             events = events_of(stamps, i)
+            driver_started.append(events["driver_entered"]["t"])
             record = json.loads((stamps / f"trial_{i}.record.json").read_text())
             if record["status"] != "completed":
                 raise RuntimeError(f"{config}: trial {i} did not complete: {record['error']}")
             entered, left, returned = (events[k]["t"] for k in ("loop_entered", "loop_left", "fit_returned"))
-            rows.append({"startup_s": entered - free_since, "driver_to_loop_s": entered - events["driver_entered"]["t"],
+            rows.append({"startup_s": entered - free_since, "driver_to_loop_s": entered - driver_started[-1],
                          "teardown_s": returned - left, "loop_s": left - entered,
                          "cpu_s": events["loop_left"]["cpu"] - events["loop_entered"]["cpu"],
                          "epoch_s": sum(r["epoch_seconds"] for r in record["history"]),
@@ -177,7 +178,7 @@ def run_ray(config: str, cfg, threads: int, trials: int, cpus: int) -> dict:
                          "clean_acc": record["summary"].get("clean_acc"),
                          "driver_pid": events["driver_entered"]["pid"]})
             free_since = returned
-        actors = actor_starts([events_of(stamps, i)["driver_entered"]["t"] for i in range(trials)])
+        actors = actor_starts(driver_started)
     ray.shutdown()
     for row in rows:
         row["fixed_s"] = row["startup_s"] + row["teardown_s"]

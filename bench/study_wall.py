@@ -30,32 +30,36 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_study(code: Path, script: str, args: list[str], storage: str, name: str) -> dict:
-    """One study in a child process importing dpnp_ray from `code`; its wall time and exit status."""
-    env = {**os.environ, "PYTHONPATH": str(code)}
-    command = [sys.executable, f"studies/{script}.py", *args, "--storage", storage, "--name", name]
-    started, cpu_started = time.time(), machine_cpu_seconds()
-    proc = subprocess.run(command, cwd=code, env=env, capture_output=True, text=True)
-    wall, cpu = time.time() - started, machine_cpu_seconds() - cpu_started
+def study_script(code: Path, script: str, args: list[str]) -> subprocess.CompletedProcess:
+    """`python studies/<script>.py ARGS` in a child process importing dpnp_ray from `code`; raises if it fails."""
+    command = [sys.executable, f"studies/{script}.py", *args]
+    proc = subprocess.run(command, cwd=code, env={**os.environ, "PYTHONPATH": str(code)}, capture_output=True,
+                          text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} (in {code}) exited {proc.returncode}:\n{proc.stdout[-2000:]}\n"
                            f"{proc.stderr[-3000:]}")
+    return proc
+
+
+def run_study(code: Path, script: str, args: list[str], storage: str, name: str) -> dict:
+    """One study with the code in `code`: its wall time and the machine's CPU time over it."""
+    started, cpu_started = time.time(), machine_cpu_seconds()
+    proc = study_script(code, script, [*args, "--storage", storage, "--name", name])
+    wall, cpu = time.time() - started, machine_cpu_seconds() - cpu_started
     return {"wall_s": wall, "machine_cpu_s": cpu, "load_average_1m": os.getloadavg()[0],
             "stdout_tail": proc.stdout[-1500:]}
 
 
 def estimate(script: str, args: list[str], storage: str) -> dict:
-    """The --dry-run estimate of this checkout for the same command: wall and CPU seconds, the plan's text."""
-    proc = subprocess.run([sys.executable, f"studies/{script}.py", *args, "--storage", storage, "--dry-run"],
-                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{script} --dry-run exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    """The --dry-run estimate of this checkout for the same command: wall seconds, the CPU the plan
+    reserves (its CPU-hours), the plan's text."""
+    proc = study_script(ROOT, script, [*args, "--storage", storage, "--dry-run"])
     found = re.search(r"estimate: wall ([\d.]+) (s|min|h)\b", proc.stdout)
     if not found:
         raise RuntimeError(f"no 'estimate: wall' line in the dry run's output:\n{proc.stdout}")
     seconds = float(found.group(1)) * {"s": 1, "min": 60, "h": 3600}[found.group(2)]
     cpu_hours = re.search(r"([\d.e+-]+) CPU-hours", proc.stdout)
-    return {"estimate_s": seconds, "estimate_cpu_s": float(cpu_hours.group(1)) * 3600 if cpu_hours else None,
+    return {"estimate_s": seconds, "reserved_cpu_s": float(cpu_hours.group(1)) * 3600 if cpu_hours else None,
             "plan": proc.stdout}
 
 
@@ -86,8 +90,8 @@ def main() -> None:
                                 f"{script}-{side}-{r}")
                 row.update(side=side, study=script, repeat=r)
                 runs.append(row)
-                print(f"  {script:8s} {side:6s} repeat {r}: {row['wall_s']:.1f} s, machine CPU {row['machine_cpu_s']:.0f} s"
-                      f"  load {row['load_average_1m']:.1f}", flush=True)
+                print(f"  {script:8s} {side:6s} repeat {r}: {row['wall_s']:.1f} s, "
+                      f"machine CPU {row['machine_cpu_s']:.0f} s  load {row['load_average_1m']:.1f}", flush=True)
 
     rows = []
     for side, script in order:
@@ -98,7 +102,7 @@ def main() -> None:
         if side == "after":
             row["estimate"] = planned[script]["estimate_s"]
             row["ratio"] = row["estimate"] / row["wall"]
-            row["estimate_cpu"] = planned[script]["estimate_cpu_s"]
+            row["reserved_cpu"] = planned[script]["reserved_cpu_s"]
         rows.append(row)
     where = machine(torch.device("cpu"))
     loads = [r["load_average_1m"] for r in runs]
@@ -106,11 +110,12 @@ def main() -> None:
           f"{max(loads):.1f}), median of {args.repeats} run(s)")
     print(table(rows, [("study", "study", ""), ("side", "code", ""), ("wall", "measured wall s", ".1f"),
                        ("estimate", "--dry-run estimate s", ".1f"), ("ratio", "estimate / measured", ".2f"),
-                       ("cpu", "machine CPU s", ".0f"), ("estimate_cpu", "estimated trial CPU s", ".0f")]))
+                       ("cpu", "machine CPU s", ".0f"), ("reserved_cpu", "CPU s the plan reserves", ".0f")]))
     before = [r["wall"] for r in rows if r["side"] == "before"]
     after = [r["wall"] for r in rows if r["side"] == "after" and r["study"].startswith("--smoke ablation")]
     if before:
-        print(f"smoke ablation: before {before[0]:.1f} s, after {after[0]:.1f} s (after / before {after[0] / before[0]:.2f})")
+        print(f"smoke ablation: before {before[0]:.1f} s, after {after[0]:.1f} s "
+              f"(after / before {after[0] / before[0]:.2f})")
     out = write_json("study_wall", {"args": {k: str(v) for k, v in vars(args).items()}, "machine": where,
                                     "runs": runs, "summary": rows,
                                     "plans": {k: v["plan"] for k, v in planned.items()}}, args.json)
