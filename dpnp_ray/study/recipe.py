@@ -42,7 +42,7 @@ import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import yaml
 
@@ -489,22 +489,18 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _plain(value: Any) -> Any:
-    """Tuples as lists, recursively: what YAML and JSON hold."""
+def _plain(value: Any, leaf: Callable[[Any], Any] = lambda v: v) -> Any:
+    """Tuples as lists, recursively (what YAML and JSON hold), with `leaf` applied to every other value."""
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: _plain(v, leaf) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+        return [_plain(v, leaf) for v in value]
+    return leaf(value)
 
 
 def _redacted(value: Any) -> Any:
-    """Strings without credentials or the home directory (provenance.redact), recursively."""
-    if isinstance(value, dict):
-        return {k: _redacted(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_redacted(v) for v in value]
-    return redact(value) if isinstance(value, str) else value
+    """_plain, with strings stripped of credentials and the home directory (provenance.redact)."""
+    return _plain(value, lambda v: redact(v) if isinstance(v, str) else v)
 
 
 def _is_int(value: Any) -> bool:
