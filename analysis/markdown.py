@@ -66,6 +66,14 @@ def _mean_sd(values: pd.Series) -> str:
     return f"{values.mean():.4g} ± {values.std(ddof=1):.2g}"
 
 
+def _mean_sd_by_variant(rows: pd.DataFrame, headers: dict[str, str]) -> pd.DataFrame:
+    """One row per variant (in figures.variant_order): mean ± sd over its rows of each column in
+    `headers`, under the header it maps to."""
+    return pd.DataFrame([{"variant": variant, **{header: _mean_sd(group[c]) for c, header in headers.items()}}
+                         for variant in figures.variant_order(rows["variant"])
+                         for group in [rows[rows["variant"] == variant]]])
+
+
 def geometry_table(study: report.Study) -> pd.DataFrame | None:
     """Per variant, mean ± sd over seeds of GEOMETRY_COLUMNS on the clean test features."""
     geometry = study.geometry
@@ -78,10 +86,7 @@ def geometry_table(study: report.Study) -> pd.DataFrame | None:
     columns = [c for c in GEOMETRY_COLUMNS if c in rows.columns]
     if rows.empty or not columns:
         return None
-    table = [{"variant": variant, **{GEOMETRY_COLUMNS[c]: _mean_sd(group[c]) for c in columns}}
-             for variant in figures.variant_order(rows["variant"])
-             for group in [rows[rows["variant"] == variant]]]
-    return pd.DataFrame(table)
+    return _mean_sd_by_variant(rows, {c: GEOMETRY_COLUMNS[c] for c in columns})
 
 
 def last_epoch_losses(study: report.Study) -> pd.DataFrame | None:
@@ -95,10 +100,7 @@ def last_epoch_losses(study: report.Study) -> pd.DataFrame | None:
     columns = [c for c in LOSS_COLUMNS if c in last.columns and last[c].notna().any()]
     if last.empty or not columns:
         return None
-    table = [{"variant": variant, **{c: _mean_sd(group[c]) for c in columns}}
-             for variant in figures.variant_order(last["variant"])
-             for group in [last[last["variant"] == variant]]]
-    return pd.DataFrame(table)
+    return _mean_sd_by_variant(last, {c: c for c in columns})
 
 
 # ------------------------------------------------------------------ search studies
