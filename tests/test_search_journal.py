@@ -20,6 +20,7 @@ from analysis import optuna_study  # noqa: E402
 from analysis.report import build_report, load_study, make_figures  # noqa: E402
 from dpnp_ray import results  # noqa: E402
 from dpnp_ray.config import ExperimentConfig  # noqa: E402
+from dpnp_ray.ray_train import TIME_ATTR  # noqa: E402
 from dpnp_ray.study import records  # noqa: E402
 from dpnp_ray.study.optuna_search import (OBJECTIVES, PruningAwareOptunaSearch, SearchSpace, _DefineByRun,  # noqa: E402
                                           journal_locations, make_sampler, make_storage)
@@ -37,7 +38,8 @@ def run_searcher(journal: Path, n: int = 8, prune: tuple[int, ...] = (5,)) -> li
     searcher = PruningAwareOptunaSearch(space=_DefineByRun(SearchSpace(), cfg.eval_eps, cfg.epochs, tuple(metric)),
                                         metric=metric, mode=mode, sampler=make_sampler("random", 0),
                                         study_name="journal_study", storage=make_storage(str(journal)), seed=0,
-                                        study="journal_study", train_storage=str(journal.parent / "train"))
+                                        study="journal_study", train_storage=str(journal.parent / "train"),
+                                        intermediate="val_robust_acc")
     trials = []
     for i in range(n):
         tune_trial_id = f"a1b2c_{i:05d}"
@@ -47,10 +49,16 @@ def run_searcher(journal: Path, n: int = 8, prune: tuple[int, ...] = (5,)) -> li
         clean = 0.9 - 0.1 * params.get("lambda_ppa", 0.0) - 0.01 * i
         robust = 0.5 + 0.05 * params["beta_adv"] + 0.002 * i
         status = "stopped" if i in prune else "completed"  # the trial's final report says how it ended
+        epochs = 1 if i in prune else 2
+        for epoch in range(epochs):  # the epoch reports, as the trial's workers send them
+            searcher.on_trial_result(tune_trial_id, {"val_clean_acc": clean - 0.1 * (epochs - epoch),
+                                                     "val_robust_acc": robust - 0.1 * (epochs - epoch),
+                                                     "epoch": epoch, TIME_ATTR: epoch + 1,
+                                                     "trial_status": "running"})
         searcher.on_trial_complete(tune_trial_id, {"val_clean_acc": clean, "val_robust_acc": robust, "epoch": 2,
                                                    "trial_status": status})
         trials.append({"trial_id": trial_id, "params": params, "val_clean_acc": clean, "val_robust_acc": robust,
-                       "status": status})
+                       "status": status, "epochs": epochs})
     return trials
 
 
@@ -80,6 +88,23 @@ def test_journal_names_its_objectives_and_joins_trials_parquet(tmp_path):
     for frozen, trial in zip(study.trials, trials):  # the join: the same params under the same trial_id
         assert frozen.params == pytest.approx(trial["params"])
         assert ("lambda_ppa" in frozen.params) == frozen.params["use_ppa"]  # conditional: sampled only when on
+
+
+def test_every_epoch_reaches_optuna_stopped_trials_included(tmp_path):
+    """Intermediate values at step = epoch for a multi-objective search (Trial.report refuses those), and
+    each objective's latest validation value as user attributes: a stopped trial is not blank."""
+    journal = tmp_path / "optuna.journal"
+    trials = run_searcher(journal)
+    study = optuna.load_study(study_name="journal_study", storage=make_storage(str(journal)))
+    for frozen, trial in zip(study.trials, trials):
+        epochs = trial["epochs"]
+        expected = {e: trial["val_robust_acc"] - 0.1 * (epochs - e) for e in range(epochs)}
+        assert frozen.intermediate_values == pytest.approx(expected)
+        assert frozen.user_attrs["last_epoch"] == epochs - 1
+        assert frozen.user_attrs["last_val_clean_acc"] == pytest.approx(trial["val_clean_acc"] - 0.1)
+        assert frozen.user_attrs["last_val_robust_acc"] == pytest.approx(trial["val_robust_acc"] - 0.1)
+    stopped = study.trials[5]
+    assert stopped.state.name == "PRUNED" and stopped.intermediate_values and stopped.values is None
 
 
 def test_report_reads_the_journal_not_a_rebuild(tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dpnp_ray import results
-from dpnp_ray.study import trackers
+from dpnp_ray.study import records, trackers
 from dpnp_ray.study.settings import StudyError
 
 from .raytools import PYTHON, REPO, run_script, study_env
@@ -33,6 +33,27 @@ def read_tensorboard_scalars(directory: Path) -> dict[str, list[tuple[int, float
                 if value.HasField("simple_value"):
                     scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
     return scalars
+
+
+def read_tensorboard_hparams(directory: Path) -> dict[str, object]:
+    """The HParams plugin's session-start hyperparameters written under directory."""
+    from tensorboardX.proto import event_pb2, plugin_hparams_pb2
+
+    found: dict[str, object] = {}
+    for path in sorted(directory.rglob("events.out.tfevents.*")):
+        data, offset = path.read_bytes(), 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset:offset + 8])
+            event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name != "hparams":
+                    continue
+                plugin = plugin_hparams_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+                for name, v in plugin.session_start_info.hparams.items():
+                    kind = v.WhichOneof("kind")
+                    found[name] = getattr(v, kind)
+    return found
 
 
 # ---------------------------------------------------------------- without Ray
@@ -111,6 +132,66 @@ def test_callbacks_for_tensorboard_and_mlflow_create_the_experiment_in_the_study
                          "mlflow": f"mlflow ui --backend-store-uri sqlite:///{study_dir}/mlflow.db"}
 
 
+class FakeTrial:
+    """What the tracker callbacks read of a Tune trial."""
+
+    def __init__(self, trial_id: str, config: dict):
+        self.trial_id, self.config = trial_id, config
+
+    def __str__(self) -> str:
+        return self.trial_id
+
+
+def tracker_state(study_dir: Path) -> trackers.StudyTrackerState:
+    from dpnp_ray.config import ExperimentConfig
+
+    def describe(params: dict) -> trackers.TrialIdentity:
+        cfg = ExperimentConfig.from_dict({"seed": params["seed"], "lambda_npr": 0.3})
+        return trackers.TrialIdentity(f"{params['variant']}-s{params['seed']}", params["variant"], cfg.seed,
+                                      cfg.to_dict())
+
+    return trackers.StudyTrackerState(study="st", kind="ablation", study_dir=str(study_dir), describe=describe)
+
+
+def test_trackers_step_is_the_epoch_and_the_test_evaluation_is_logged_once(tmp_path):
+    from dpnp_ray.ray_train import TIME_ATTR
+
+    state, trial = tracker_state(tmp_path), FakeTrial("t0", {"variant": "full", "seed": 3})
+    epochs = [{"epoch": e, TIME_ATTR: e + 1, "val_robust_acc": 0.5} for e in range(3)]
+    final = {"clean_acc": 0.9, "trial_status": "completed"}
+    steps = [state.step(trial, r) for r in [*epochs, final, {**final, "checkpoint_dir_name": "x"}]]
+    assert steps == [0, 1, 2, 2, None]  # the worker's and the driver's report of one record: logged once
+
+
+def test_trackers_show_the_resolved_config_tags_status_and_artifacts(tmp_path):
+    from dpnp_ray.config import ExperimentConfig
+
+    state, trial = tracker_state(tmp_path), FakeTrial("t0", {"variant": "full", "seed": 3})
+    params = state.params(trial)
+    assert set(params) == {f for f in ExperimentConfig().to_dict()}  # every config field, not variant and seed
+    assert params["lambda_npr"] == 0.3 and params["seed"] == 3
+    assert all(isinstance(v, (bool, int, float, str)) for v in params.values())
+    assert trackers.flat_params({"a": {"b": 1, "c": [1, 2]}, "d": None}) == {"a.b": 1, "a.c": "[1, 2]", "d": "None"}
+    tags = state.tags(trial)
+    assert tags["variant"] == "full" and tags["seed"] == "3" and tags["trial_id"] == "full-s3"
+    assert tags["study"] == "st" and tags["study_kind"] == "ablation" and tags["code_version"]
+    assert state.status(trial, failed=False) == "completed" and state.status(trial, failed=True) == "failed"
+    records.write_record(str(tmp_path), {"trial_id": "full-s3", "status": "stopped"})
+    assert state.status(trial, failed=False) == "stopped"
+    assert trackers.MLFLOW_RUN_STATUS["stopped"] == "KILLED"
+    assert state.artifacts(trial) == []  # nothing exported yet
+    (tmp_path / "models" / "full-s3").mkdir(parents=True)
+    (tmp_path / "study.yaml").write_text("kind: ablation\n")
+    assert state.artifacts(trial) == [str(tmp_path / "models" / "full-s3"), str(tmp_path / "study.yaml")]
+
+
+def test_log_to_is_part_of_the_recipe(tmp_path):
+    from dpnp_ray.study.recipe import FLAG_KEYS, RUN_KEYS
+
+    assert FLAG_KEYS["log_to"] == "log_to" and "log_to" in RUN_KEYS  # recorded; may change on --resume
+    assert trackers.parse_log_to(["tensorboard", "MLflow"]) == ("tensorboard", "mlflow")  # as study.yaml holds it
+
+
 # ---------------------------------------------------------------- a real study
 
 
@@ -126,20 +207,32 @@ def test_tensorboard_and_mlflow_hold_every_report_of_the_trial(tmp_path):
     epochs = results.read_table(directory, "epochs").sort_values("epoch")
     assert f"tensorboard --logdir {directory}" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
 
-    # TensorBoard: the trial's directory is named by its trial_id; one point per epoch, then the test evaluation
+    # TensorBoard: the trial's directory is named by its trial_id; one point per epoch at step = epoch, then
+    # the test evaluation once, at the last epoch's step; an HParams summary of the resolved config
     scalars = read_tensorboard_scalars(directory / "full-s0")
-    robust = [value for _, value in sorted(scalars["ray/tune/val_robust_acc"])]
-    assert robust[:2] == pytest.approx(list(epochs["val_robust_acc"]), abs=1e-6)  # stored as float32
-    # the test evaluation: the worker's final report, and the trial driver's report of the same record
-    clean = [v for _, v in scalars["ray/tune/clean_acc"]]
-    assert 1 <= len(clean) <= 2 and clean == pytest.approx([trial["clean_acc"]] * len(clean), abs=1e-6)
+    robust = sorted(scalars["ray/tune/val_robust_acc"])
+    assert [step for step, _ in robust] == list(epochs["epoch"])
+    assert [v for _, v in robust] == pytest.approx(list(epochs["val_robust_acc"]), abs=1e-6)  # stored as float32
+    assert scalars["ray/tune/clean_acc"] == [(epochs["epoch"].max(), pytest.approx(trial["clean_acc"], abs=1e-6))]
+    hparams = read_tensorboard_hparams(directory / "full-s0")
+    assert hparams["lambda_npr"] == pytest.approx(trial["cfg_lambda_npr"]) and hparams["status"] == "completed"
 
     # MLflow: one experiment named after the study, one run named by trial_id, the same numbers
     client = mlflow.MlflowClient(f"sqlite:///{directory}/mlflow.db")
     experiment = client.get_experiment_by_name("tracked")
     [run] = client.search_runs([experiment.experiment_id])
     assert run.info.run_name == "full-s0" and run.info.status == "FINISHED"
-    assert run.data.params == {"variant": "full", "seed": "0"} and run.data.tags["study"] == "tracked"
-    history = client.get_metric_history(run.info.run_id, "val_robust_acc")
-    assert [m.value for m in sorted(history, key=lambda m: m.step)][:2] == pytest.approx(list(epochs["val_robust_acc"]))
-    assert run.data.metrics["clean_acc"] == pytest.approx(trial["clean_acc"])
+    config = {k[len("cfg_"):]: v for k, v in trial.items() if k.startswith("cfg_")}
+    assert set(run.data.params) == set(config)  # the whole resolved config, field by field
+    assert run.data.params["epochs"] == "2" and run.data.params["eval_suite"] == "basic"
+    tags = run.data.tags
+    assert tags["study"] == "tracked" and tags["variant"] == "full" and tags["seed"] == "0"
+    assert tags["status"] == "completed" and tags["code_version"] == trial["code_version"]
+    history = sorted(client.get_metric_history(run.info.run_id, "val_robust_acc"), key=lambda m: m.step)
+    assert [m.step for m in history] == list(epochs["epoch"])  # step = epoch, each once
+    assert [m.value for m in history] == pytest.approx(list(epochs["val_robust_acc"]))
+    [test] = client.get_metric_history(run.info.run_id, "clean_acc")  # the test evaluation, once
+    assert test.value == pytest.approx(trial["clean_acc"]) and test.step == epochs["epoch"].max()
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"full-s0", "study.yaml"} <= artifacts
+    assert "model.json" in {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "full-s0")}

@@ -9,6 +9,7 @@ trial's config also carries its Optuna trial number (`optuna_trial`), which name
 from __future__ import annotations
 
 import hashlib
+import math
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -136,15 +137,23 @@ class PruningAwareOptunaSearch(OptunaSearch):
     values), stopped by the scheduler -> PRUNED, failed -> FAIL. (Plain OptunaSearch records a stopped
     trial's last epoch as a finished result.) The outcome is the trial_status of the trial's final report,
     which its final record carries too (ray_train.py); for a trial whose driver died, the final record in
-    its Train run's storage if there is one, else FAIL. Only epoch reports are intermediate values.
-    Public OptunaSearch methods only: suggest, on_trial_result, on_trial_complete. (The objectives' names and
-    each Optuna trial's project trial_id are set through the public Optuna trial in `_DefineByRun`.)
+    its Train run's storage if there is one, else FAIL.
+
+    Every epoch report reaches Optuna as it arrives, at step = epoch (from 0): `intermediate` (the
+    scheduler's metric) as the trial's intermediate value, single- and multi-objective alike, so
+    optuna-dashboard draws every trial's curve, stopped ones included; and each objective's latest value
+    as user attributes `last_<metric>`, with `last_epoch`. Optuna's `Trial.report` refuses multi-objective
+    studies, so the value goes through the trial's storage, the call `report` itself makes.
+    Overrides public OptunaSearch methods only: suggest, on_trial_result, on_trial_complete. (The
+    objectives' names and each Optuna trial's project trial_id are set through the public Optuna trial in
+    `_DefineByRun`.)
     """
 
-    def __init__(self, *args, study: str, train_storage: str, **kwargs):
+    def __init__(self, *args, study: str, train_storage: str, intermediate: str, **kwargs):
         super().__init__(*args, **kwargs)
         self.study = study
         self.train_storage = train_storage
+        self.intermediate = intermediate
         self.optuna_numbers: dict[str, int] = {}  # Tune trial id -> Optuna trial number
 
     def suggest(self, trial_id: str) -> dict | None:
@@ -154,8 +163,17 @@ class PruningAwareOptunaSearch(OptunaSearch):
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if TIME_ATTR in result:
-            super().on_trial_result(trial_id, result)
+        ot_trial = self._ot_trials.get(trial_id)  # OptunaSearch's Optuna trial of this Tune trial
+        if TIME_ATTR not in result or ot_trial is None or trial_id in self._completed_trials:
+            return
+        epoch = int(result["epoch"])
+        value = result.get(self.intermediate)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            ot_trial.storage.set_trial_intermediate_value(ot_trial._trial_id, epoch, float(value))
+        ot_trial.set_user_attr("last_epoch", epoch)
+        for name in self.metric if isinstance(self.metric, list) else [self.metric]:
+            if isinstance(result.get(name), (int, float)):
+                ot_trial.set_user_attr(f"last_{name}", float(result[name]))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         status = (result or {}).get("trial_status")
@@ -240,6 +258,7 @@ def run_search(base: dict[str, Any], settings: StudySettings, *, trials: int, sp
         points_to_evaluate=None if settings.resume or extend else [space.default_point(cfg)],
         sampler=make_sampler(sampler, seed), study_name=settings.name, storage=storage, seed=seed,
         study=settings.name, train_storage=settings.train_storage,
+        intermediate=asha_settings(cfg.epochs).metric if isinstance(metric, list) else metric,
     )
     asha = None
     if scheduler == "asha" and cfg.epochs >= 2:

@@ -19,6 +19,8 @@ is optional:
     scaling: {workers: 1, cpus_per_worker: 1.0, gpus_per_worker: 0.0}
     max_concurrent: 0
     max_failures: 2
+    log_to: [tensorboard, mlflow]     # --log-to: the trackers every trial is logged to
+    mlflow_tracking_uri: null         # --mlflow-tracking-uri
     config: {dataset: cifar10, model: resnet18, epochs: 30, lr: 0.1}    # base config fields (--set ...)
 
 Resolution, later layers winning: the flags' defaults, the script's defaults (its --smoke preset when
@@ -51,6 +53,7 @@ from ..config import ConfigError, ExperimentConfig, parse_assignments
 from ..provenance import redact
 from .records import read_records
 from .settings import StudyError
+from .trackers import parse_log_to
 
 STUDY_FILE = "study.yaml"
 BEST_DIR = "best"
@@ -59,10 +62,12 @@ KIND_KEYS: dict[str, tuple[str, ...]] = {
     "ablation": ("variants", "seeds"),
     "search": ("trials", "sampler", "sampler_seed", "objective", "scheduler", "optuna_storage", "space"),
 }
-COMMON_KEYS = ("name", "storage", "smoke", "scaling", "max_concurrent", "max_failures", "config")
+COMMON_KEYS = ("name", "storage", "smoke", "scaling", "max_concurrent", "max_failures", "log_to",
+               "mlflow_tracking_uri", "config")
 SCALING_KEYS = ("workers", "cpus_per_worker", "gpus_per_worker")
-RUN_KEYS = ("command", "name", "storage", "max_concurrent", "max_failures")
-"""Keys that may change on --resume: where the study is, and how many trials run or retry at once."""
+RUN_KEYS = ("command", "name", "storage", "max_concurrent", "max_failures", "log_to", "mlflow_tracking_uri")
+"""Keys that may change on --resume: where the study is, how many trials run or retry at once, and where
+they are logged."""
 
 FLAG_KEYS: dict[str, str] = {
     "name": "name", "storage": "storage", "smoke": "smoke", "max_concurrent": "max_concurrent",
@@ -71,6 +76,7 @@ FLAG_KEYS: dict[str, str] = {
     "epochs": "config.epochs", "data_root": "config.data_root", "eval_suite": "config.eval_suite",
     "variants": "variants", "seeds": "seeds", "trials": "trials", "sampler": "sampler", "seed": "sampler_seed",
     "objective": "objective", "scheduler": "scheduler", "optuna_storage": "optuna_storage",
+    "log_to": "log_to", "mlflow_tracking_uri": "mlflow_tracking_uri",
 }
 """Flag (argparse dest) -> the study key it sets; `--set` sets config.<field>, `--no-switches` space.search_switches."""
 
@@ -198,6 +204,7 @@ def resolve_study(parser: argparse.ArgumentParser, kind: str, *, defaults: dict[
     if recorded is not None:  # the record is the base; where it lies is where the study is, moved or not
         study = _merge(flag_defaults, defaults, recorded, file, flags, {k: fresh[k] for k in ("name", "storage")})
     study["config"] = _full_config(study.get("config") or {})
+    study["log_to"] = list(parse_log_to(study.get("log_to")))  # one form in study.yaml: a list of names
     study = _ordered(study, kind)
     _check(study, kind)
 
@@ -450,7 +457,7 @@ def _remove(location: str) -> None:
 def _ordered(study: dict[str, Any], kind: str) -> dict[str, Any]:
     """The study's keys in the order study.yaml shows them."""
     order = ("kind", "command", "name", "storage", "smoke", *KIND_KEYS[kind], "scaling", "max_concurrent",
-             "max_failures", "config")
+             "max_failures", "log_to", "mlflow_tracking_uri", "config")
     return {k: study[k] for k in order if k in study}
 
 

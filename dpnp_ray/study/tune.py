@@ -11,6 +11,7 @@ failed (`record_errored_trial`, called by a Tune callback when it happens and by
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -106,6 +107,16 @@ class StudyContext:
         if trace:
             record["error_log"] = write_error_log(self.study_dir, record["trial_id"], trace)
         return record
+
+
+def describe_trial(context: StudyContext, params: dict[str, Any]):
+    """A trial's identity for the trackers (study/trackers.py): its id, variant, seed and resolved config."""
+    from .trackers import TrialIdentity
+
+    spec = context.spec(params)
+    if spec.trial_id is None:
+        return None
+    return TrialIdentity(spec.trial_id, spec.variant, spec.cfg.seed, spec.cfg.to_dict())
 
 
 def stop_request_path(study_dir: str, trial: str) -> str:
@@ -245,7 +256,8 @@ def build_tuner(settings: StudySettings, base: dict[str, Any], kind: str, *,
                              "check --storage and --name, or drop --resume to start afresh")
         return tune.Tuner.restore(experiment_path, trainable=bound, resume_errored=True)
     callbacks = tracker_callbacks(settings.log_to, study_dir=settings.directory, study=settings.name, kind=kind,
-                                  mlflow_tracking_uri=settings.mlflow_tracking_uri)
+                                  mlflow_tracking_uri=settings.mlflow_tracking_uri,
+                                  describe=functools.partial(describe_trial, context))
     run_config = tune.RunConfig(name=settings.name, storage_path=settings.storage,
                                 failure_config=tune.FailureConfig(max_failures=settings.trial_retries),
                                 callbacks=[RecordErroredTrials(context), *callbacks]
