@@ -305,9 +305,16 @@ def test_learning_curves_eps_corruption_geometry_masking_and_cost():
     assert curves.layout.xaxis.title.text == "epoch" and curves.layout.yaxis.title.text == "total loss"
     full_total = [t for t in curves.data if t.name == "full" and t.yaxis == "y"][0]
     assert list(full_total.y) == pytest.approx([2.0, 1.5, 1.0])  # mean over seeds per epoch
+    # ticks where values can be: whole epochs from 0, the learning rate / eps from 0, distinct percentages
+    assert (curves.layout.xaxis.tick0, curves.layout.xaxis.dtick, curves.layout.xaxis.tickformat) == (0, 1, "d")
+    assert figures.epoch_axis(99)["dtick"] == 10 and figures.epoch_axis(0)["dtick"] == 1
+    lr_axis = curves.layout[f"yaxis{titles.index('learning rate') + 1}"]
+    assert lr_axis.type == "log" or lr_axis.rangemode == "tozero"
+    assert figures.PERCENT_AXIS["tickformat"] == ".3~%"
 
     eps = figures.eps_curves(tables["evals"])
     assert [t.name for t in eps.data] == ["full", "no_ppa", "no_npr", "pgd_at"] and len(eps.data[0].x) == 5
+    assert eps.layout.xaxis.rangemode == "tozero"
     heat = figures.corruption_heatmap(tables["corruptions"])
     assert len(heat.data) == 4 and list(heat.data[0].x) == [1, 2, 3, 4, 5]
     assert heat.layout.xaxis.title.text == "severity"

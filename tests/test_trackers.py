@@ -161,6 +161,7 @@ def test_trackers_step_is_the_epoch_and_the_test_evaluation_is_logged_once(tmp_p
     final = {"clean_acc": 0.9, "trial_status": "completed"}
     steps = [state.step(trial, r) for r in [*epochs, final, {**final, "checkpoint_dir_name": "x"}]]
     assert steps == [0, 1, 2, 2, None]  # the worker's and the driver's report of one record: logged once
+    assert state.loggable(trial, {**final, "val_robust_acc": 0.5}) == final  # the epochs logged that already
 
 
 def test_trackers_show_the_resolved_config_tags_status_and_artifacts(tmp_path):

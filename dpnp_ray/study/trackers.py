@@ -149,6 +149,7 @@ class StudyTrackerState:
     describe: Describe
     last_epoch: dict[str, int] = field(default_factory=dict)  # Tune trial id -> last epoch logged
     final_logged: set[str] = field(default_factory=set)  # Tune trial ids whose test evaluation is logged
+    epoch_keys: dict[str, set[str]] = field(default_factory=dict)  # Tune trial id -> keys its epochs reported
 
     def identity(self, trial) -> TrialIdentity | None:
         try:
@@ -174,11 +175,20 @@ class StudyTrackerState:
         if is_epoch_report(result):
             epoch = int(result["epoch"])
             self.last_epoch[trial.trial_id] = epoch
+            self.epoch_keys.setdefault(trial.trial_id, set()).update(result)
             return epoch
         if trial.trial_id in self.final_logged:
             return None
         self.final_logged.add(trial.trial_id)
         return self.last_epoch.get(trial.trial_id, 0)
+
+    def loggable(self, trial, result: dict[str, Any]) -> dict[str, Any]:
+        """What of a report to log: an epoch report whole; the final report without what the epochs
+        logged already (its validation metrics repeat the selected epoch's, at the last epoch's step)."""
+        if is_epoch_report(result):
+            return result
+        seen = self.epoch_keys.get(trial.trial_id, set())
+        return {k: v for k, v in result.items() if k not in seen}
 
     def record(self, trial) -> dict[str, Any] | None:
         who = self.identity(trial)
@@ -226,7 +236,8 @@ def _mlflow_callback_class():
         def log_trial_result(self, iteration: int, trial, result: dict) -> None:
             step = self.state.step(trial, result)
             if step is not None:
-                self.mlflow_util.log_metrics(run_id=self._trial_runs[trial], metrics_to_log=metrics_only(result),
+                self.mlflow_util.log_metrics(run_id=self._trial_runs[trial],
+                                             metrics_to_log=metrics_only(self.state.loggable(trial, result)),
                                              step=step)
 
         def log_trial_end(self, trial, failed: bool = False) -> None:
@@ -261,7 +272,8 @@ def _tensorboard_callback_class():
         def log_trial_result(self, iteration: int, trial, result: dict) -> None:
             step = self.state.step(trial, result)
             if step is not None:  # Tune's callback logs at training_iteration: give it the epoch
-                super().log_trial_result(iteration, trial, {**result, TRAINING_ITERATION: step})
+                super().log_trial_result(iteration, trial,
+                                         {**self.state.loggable(trial, result), TRAINING_ITERATION: step})
 
         def _try_log_hparams(self, trial, result: dict) -> None:
             from tensorboardX.summary import hparams
