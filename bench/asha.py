@@ -83,6 +83,8 @@ def main() -> None:
     from dpnp_ray.study import optuna_search
 
     rule = optuna_search.asha_settings(args.epochs)
+    if rule is None:
+        parser.error(f"--epochs {args.epochs}: ASHA has no rung under 3 epochs (a stop must leave an epoch)")
     if args.grace_period is not None or args.reduction_factor is not None:
         import dataclasses
 

@@ -43,8 +43,20 @@ OBJECTIVE_METRICS = ("val_clean_acc", "val_robust_acc")
 """in every report to Tune (NaN where a trial has none): Tune refuses a result without its metrics"""
 
 
+STOP_LATENCY_EPOCHS = 1
+"""A stop decided on an epoch's report reaches the trial while it trains the next epoch (the report
+travels to Tune while the trial goes on): a trial stopped at a rung of m epochs done pays for m + 1."""
+
+
 class StopRequested(Exception):
     """The scheduler asked this trial to stop; raised on every rank at the end of an epoch."""
+
+
+def honours_stop(epochs_done: int, epochs: int) -> bool:
+    """Whether a stop request seen after `epochs_done` of `epochs` epochs stops the trial: only while an
+    epoch is left to skip. A trial that trained every epoch completes (test evaluation, exported model,
+    COMPLETE in Optuna) however late a stop reached it; stopping it would only throw its result away."""
+    return epochs_done < epochs
 
 
 @dataclass(frozen=True)
@@ -147,7 +159,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 torch.save(state, Path(directory) / STATE_FILE)
                 ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(directory),
                                  checkpoint_dir_name=f"epoch_{metrics['epoch']:04d}")
-        if _stop_requested(stop_request, env):
+        if honours_stop(metrics["epoch"] + 1, cfg.epochs) and _stop_requested(stop_request, env):
             raise StopRequested()
 
     record: dict[str, Any] = {"status": "completed", "error": "", "num_workers": world,

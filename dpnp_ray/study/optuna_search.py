@@ -21,7 +21,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from .. import results
 from ..config import ExperimentConfig, field_choices
-from ..ray_train import TIME_ATTR, find_final_record
+from ..ray_train import STOP_LATENCY_EPOCHS, TIME_ATTR, find_final_record
 from ..registry import Registry
 from . import preflight
 from .cluster import plan_concurrency, prepare, resolve
@@ -92,18 +92,22 @@ class AshaSettings:
 
     grace_period: int  # the first rung
     reduction_factor: float  # each rung keeps 1 / reduction_factor of the trials that reach it
-    max_t: int  # epochs - 1: no rung at the last epoch, whose stop would only skip the test evaluation
+    max_t: int  # the last rung: a stop decided there still takes effect before the last epoch
     metric: str = "val_robust_acc"  # one scalar, even when the search has two objectives
 
 
-def asha_settings(epochs: int) -> AshaSettings:
+def asha_settings(epochs: int) -> AshaSettings | None:
     """The scheduler settings of a search of `epochs` epochs: rungs after max(1, epochs // 8) epochs and
     then every 3x as many, each keeping the best third. A stop reaches a trial during the epoch after
-    its rung, so a trial stopped at the first rung of an 8-epoch search trains 2 epochs. Expected share
+    its rung (STOP_LATENCY_EPOCHS), so a trial stopped at the first rung of an 8-epoch search trains 2
+    epochs, and the last rung is at most epochs - 1 - STOP_LATENCY_EPOCHS epochs done: every stop leaves
+    at least one epoch untrained (a later one is dropped by the trial, ray_train.honours_stop). None
+    (no early stopping) when no rung fits, i.e. under 3 epochs. Expected share
     of the epochs of the full search (dpnp_ray.study.plan.asha_expected_epochs): 39% at 8 epochs, 28%
     at 100; rungs every 2x from epochs // 4 (the earlier rule) gave 59% at 8 epochs. Measured by
     bench/asha.py (bench/README.md)."""
-    return AshaSettings(grace_period=max(1, epochs // 8), reduction_factor=3, max_t=epochs - 1)
+    grace, last = max(1, epochs // 8), epochs - 1 - STOP_LATENCY_EPOCHS
+    return AshaSettings(grace_period=grace, reduction_factor=3, max_t=last) if last >= grace else None
 
 
 SAMPLERS: Registry[Callable[[int], optuna.samplers.BaseSampler]] = Registry("sampler")
@@ -261,11 +265,11 @@ def run_search(base: dict[str, Any], settings: StudySettings, *, trials: int, sp
         intermediate=asha_settings(cfg.epochs).metric if isinstance(metric, list) else metric,
     )
     asha = None
-    if scheduler == "asha" and cfg.epochs >= 2:
+    rule = asha_settings(cfg.epochs) if scheduler == "asha" else None
+    if rule is not None:
         # Early stopping watches one scalar: the robust accuracy on the validation split. Its rungs lie
-        # before the last epoch (max_t = epochs - 1 epochs done): stopping after the last epoch would only
-        # skip the test evaluation. With one epoch there is nothing to stop early. Rungs: asha_settings.
-        rule = asha_settings(cfg.epochs)
+        # early enough that a stop takes effect before the last epoch: stopping after the last epoch would
+        # only skip the test evaluation. Under 3 epochs there is nothing to stop early. Rungs: asha_settings.
         asha = StopAtEpochEnd(settings.directory, time_attr=TIME_ATTR, max_t=rule.max_t,
                               grace_period=rule.grace_period, reduction_factor=rule.reduction_factor,
                               stop_last_trials=False,

@@ -29,7 +29,7 @@ from typing import Any
 
 from ..config import ExperimentConfig
 from ..methods import METHODS
-from ..ray_train import Scaling
+from ..ray_train import STOP_LATENCY_EPOCHS, Scaling
 from .cluster import alive_nodes, connect, driver_request, local_resources, plan_concurrency
 from .settings import StudySettings
 
@@ -193,11 +193,6 @@ def trial_cost(cfg: ExperimentConfig, sizes: SplitSizes, workers: int, epochs: f
 
 
 # ---------------------------------------------------------------------------------- early stopping
-
-
-STOP_LATENCY_EPOCHS = 1
-"""A stop decided on an epoch's report reaches the trial while it trains the next epoch: a trial
-stopped at a rung of m epochs done pays for m + 1."""
 
 
 def asha_rungs(grace_period: float, reduction_factor: float, max_t: float) -> list[float]:
@@ -470,9 +465,11 @@ def plan_search(base: dict[str, Any], settings: StudySettings, *, trials: int, s
     notes = [f"search budget {trials}"]
     if scheduler == "asha":
         asha = asha_settings(cfg.epochs)
-        rungs = asha_rungs(asha.grace_period, asha.reduction_factor, asha.max_t) if cfg.epochs >= 2 else []
-        epochs, evaluated = asha_expected_epochs(cfg.epochs, rungs, asha.reduction_factor)
-        notes[0] += (f"; ASHA decides after {', '.join(f'{r:g}' for r in rungs) or 'no'} epoch(s) keeping 1/"
-                     f"{asha.reduction_factor:g}: about {epochs:.3g} of {cfg.epochs} epochs per trial")
+        rungs = asha_rungs(asha.grace_period, asha.reduction_factor, asha.max_t) if asha else []
+        if asha:
+            epochs, evaluated = asha_expected_epochs(cfg.epochs, rungs, asha.reduction_factor)
+        notes[0] += (f"; ASHA decides after {', '.join(f'{r:g}' for r in rungs) or 'no'} epoch(s)"
+                     + (f" keeping 1/{asha.reduction_factor:g}" if asha else "")
+                     + f": about {epochs:.3g} of {cfg.epochs} epochs per trial")
     named = [(f"trial {i}", cfg, epochs, evaluated) for i in range(trials)]
     return _make_plan("search", named, settings, calibration, notes)
