@@ -157,7 +157,7 @@ def test_trackers_step_is_the_epoch_and_the_test_evaluation_is_logged_once(tmp_p
     from dpnp_ray.ray_train import TIME_ATTR
 
     state, trial = tracker_state(tmp_path), FakeTrial("t0", {"variant": "full", "seed": 3})
-    epochs = [{"epoch": e, TIME_ATTR: e + 1, "val_robust_acc": 0.5} for e in range(3)]
+    epochs = [{"epoch": e, TIME_ATTR: e + 1, "val_robust_acc": 0.5, "clean_acc": float("nan")} for e in range(3)]
     final = {"clean_acc": 0.9, "trial_status": "completed"}
     steps = [state.step(trial, r) for r in [*epochs, final, {**final, "checkpoint_dir_name": "x"}]]
     assert steps == [0, 1, 2, 2, None]  # the worker's and the driver's report of one record: logged once

@@ -175,7 +175,8 @@ class StudyTrackerState:
         if is_epoch_report(result):
             epoch = int(result["epoch"])
             self.last_epoch[trial.trial_id] = epoch
-            self.epoch_keys.setdefault(trial.trial_id, set()).update(result)
+            self.epoch_keys.setdefault(trial.trial_id, set()).update(  # NaN: a test metric epochs do not have
+                k for k, v in result.items() if not (isinstance(v, float) and v != v))
             return epoch
         if trial.trial_id in self.final_logged:
             return None
@@ -315,22 +316,24 @@ def tracker_callbacks(log_to: tuple[str, ...], *, study_dir: str, study: str, ki
     """The Tune logger callbacks for `--log-to`; raises StudyError for a missing package or store.
     `describe` maps a Tune trial config to the trial's identity (study/tune.py passes the study's)."""
     check_installed(log_to)
-    state = StudyTrackerState(study=study, kind=kind, study_dir=study_dir, describe=describe)
+    def state() -> StudyTrackerState:  # one per tracker: each logs every report once
+        return StudyTrackerState(study=study, kind=kind, study_dir=study_dir, describe=describe)
+
     callbacks: list[Any] = []
     if "tensorboard" in log_to:
-        callbacks.append(_tensorboard_callback_class()(state))
+        callbacks.append(_tensorboard_callback_class()(state()))
     if "mlflow" in log_to:
         uri = resolve_mlflow_uri(study_dir, mlflow_tracking_uri)
         artifacts = None if mlflow_tracking_uri else str(results.local_path(study_dir) / "mlflow-artifacts")
         _mlflow_experiment(uri, study, artifacts)
-        callbacks.append(_mlflow_callback_class()(state, tracking_uri=uri, experiment_name=study,
+        callbacks.append(_mlflow_callback_class()(state(), tracking_uri=uri, experiment_name=study,
                                                   tags={"study": study, "study_kind": kind}))
     if "wandb" in log_to:
         extra = {}
         if wandb_offline():
             os.environ.setdefault("WANDB_MODE", "offline")  # Ray's callback asks for an API key otherwise
             extra["mode"] = "offline"
-        callbacks.append(_wandb_callback_class()(state, project=os.environ.get("WANDB_PROJECT", WANDB_PROJECT),
+        callbacks.append(_wandb_callback_class()(state(), project=os.environ.get("WANDB_PROJECT", WANDB_PROJECT),
                                                  group=study, **extra))
     return callbacks
 
