@@ -153,7 +153,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
     `_DefineByRun`.)
     """
 
-    def __init__(self, *args, study: str, train_storage: str, intermediate: str, **kwargs):
+    def __init__(self, *args, study: str, train_storage: str, intermediate: str = "val_robust_acc", **kwargs):
         super().__init__(*args, **kwargs)
         self.study = study
         self.train_storage = train_storage
