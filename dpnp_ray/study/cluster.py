@@ -78,11 +78,13 @@ def check_storage_writable(storage: str) -> None:
     probe = results.join(storage, f".dpnp_ray_write_probe_{os.getpid()}")
     try:
         results.write_bytes_atomic(probe, b"ok")
-        if not results.is_uri(probe):
-            results.local_path(probe).unlink()
+        results.delete(probe)
+    except results.ResultsError as exc:  # a URI that cannot be opened at all; the message says why
+        raise StudyError(f"--storage: {exc}") from None
     except OSError as exc:
-        raise StudyError(f"--storage {redact(storage)!r} is not writable ({exc}); pick a directory you can "
-                         "write to, or a shared URI (s3://...) on multi-node clusters") from None
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StudyError(f"--storage {redact(storage)!r} is not writable ({redact(reason)}); pick a directory you "
+                         "can write to, or a shared URI (s3://...) on multi-node clusters") from None
 
 
 def connect(settings: StudySettings) -> None:
