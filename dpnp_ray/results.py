@@ -89,7 +89,7 @@ def local_path(location: str | Path) -> Path:
     return Path(text[len("file://"):] if text.startswith("file://") else text)
 
 
-def _split_query(location: str | Path) -> tuple[str, str]:
+def split_query(location: str | Path) -> tuple[str, str]:
     """(the location without its query string, "?<query>" or ""); only URIs have a query string."""
     text = str(location)
     if is_uri(text) and "?" in text:
@@ -101,14 +101,14 @@ def _split_query(location: str | Path) -> tuple[str, str]:
 def join(location: str | Path, *parts: str) -> str:
     """The one join of a storage location and path parts: local paths and URIs alike, a URI's query string
     (s3://bucket/x?endpoint_override=host:9000&scheme=http) kept at the end, its user info untouched."""
-    base, query = _split_query(location)
+    base, query = split_query(location)
     return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)]) + query
 
 
 def parent(location: str | Path) -> str:
     """The directory holding a file (local or URI, query string kept): Path(...).parent, which would collapse
     s3:// into s3:/, for storage locations."""
-    base, query = _split_query(location)
+    base, query = split_query(location)
     return base.rstrip("/").rsplit("/", 1)[0] + query
 
 
