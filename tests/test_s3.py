@@ -131,7 +131,7 @@ def test_ablation_on_s3_survives_a_killed_driver_and_its_models_reevaluate_from_
 
     # credentials in the URI are refused before anything runs, and the refusal does not repeat them
     uri_secret = "uri" + secrets.token_hex(8)
-    refused = s3.run("ablation.py", *TINY, "--storage", f"s3://AKIAURI:{uri_secret}/x@{s3.bucket}/studies",
+    refused = s3.run("ablation.py", *TINY, "--storage", f"s3://AKIAURI:{uri_secret}@{s3.bucket}/studies",
                      "--name", "cred", check=False)
     assert refused.returncode == 2 and "holds credentials" in refused.stderr and "Traceback" not in refused.stderr
 

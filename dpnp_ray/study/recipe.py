@@ -200,7 +200,10 @@ def resolve_study(parser: argparse.ArgumentParser, kind: str, *, defaults: dict[
     fresh["smoke"] = wants_smoke
 
     from .cluster import absolute_storage
+    from .preflight import PreflightError, credential_problems
 
+    if credential_problems(fresh["storage"]):  # before any look at the storage
+        raise PreflightError(credential_problems(fresh["storage"]))
     directory = results.join(absolute_storage(fresh["storage"]), fresh["name"])
     location = results.join(directory, STUDY_FILE)
     recorded = None
@@ -246,7 +249,11 @@ def _check_unclaimed(directory: str, study: dict[str, Any], kind: str) -> None:
     """A study without --resume goes into a directory no study has used: one that holds a study is refused,
     whether it is another study or this same one (its trials would be taken as done, a search would add to
     its Optuna study), in one line naming --resume and --name. Nothing is written."""
-    found = [name for name in results.list_names(directory, "") if name in STUDY_CONTENT]
+    try:
+        found = [name for name in results.list_names(directory, "") if name in STUDY_CONTENT]
+    except OSError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StudyError(f"--storage: cannot look into {redact(directory)} ({redact(reason)})") from None
     if not found:
         return
     recorded = read_yaml(results.join(directory, STUDY_FILE), "recorded study", missing_ok=True)
