@@ -101,6 +101,12 @@ def redact(text: str) -> str:
     return text
 
 
+def error_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name if it has none), redacted."""
+    text = str(exc).strip()
+    return redact(text.splitlines()[0] if text else type(exc).__name__)
+
+
 def provenance(device: str | None = None) -> dict[str, str]:
     return {"code_version": code_version(), "hardware": hardware(device), **package_versions(),
             "platform": platform.platform(), "python_executable": redact(sys.executable)}

@@ -23,7 +23,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from .provenance import redact
+from .provenance import error_line, redact
 
 SCHEMA_VERSION = 1
 
@@ -120,9 +120,8 @@ def filesystem(location: str | Path):
     try:
         return pyarrow.fs.FileSystem.from_uri(str(location))
     except (ValueError, OSError, TypeError) as exc:  # ArrowInvalid is a ValueError
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ResultsError(f"{redact(str(location))}: not a storage location that can be opened "
-                           f"({type(exc).__name__}: {redact(reason)}); allowed: a local path, or an s3://, gs:// or "
+                           f"({type(exc).__name__}: {error_line(exc)}); allowed: a local path, or an s3://, gs:// or "
                            "hdfs:// URI (an S3-compatible endpoint via AWS_ENDPOINT_URL or ?endpoint_override=)"
                            ) from None
 

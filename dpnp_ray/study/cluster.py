@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .. import results
-from ..provenance import redact
+from ..provenance import error_line, redact
 from ..ray_train import Scaling
 from .settings import StudyError, StudySettings
 
@@ -82,8 +82,7 @@ def check_storage_writable(storage: str) -> None:
     except results.ResultsError as exc:  # a URI that cannot be opened at all; the message says why
         raise StudyError(f"--storage: {exc}") from None
     except OSError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StudyError(f"--storage {redact(storage)!r} is not writable ({redact(reason)}); pick a directory you "
+        raise StudyError(f"--storage {redact(storage)!r} is not writable ({error_line(exc)}); pick a directory you "
                          "can write to, or a shared URI (s3://...) on multi-node clusters") from None
 
 

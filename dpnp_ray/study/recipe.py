@@ -26,7 +26,8 @@ asked), the file, the flags given on the command line. With --resume the recorde
 replaces the defaults, and the result must equal the record except for run keys (RUN_KEYS) and growth:
 more `seeds` or `variants` for an ablation, a larger `trials` for a search. Anything else is refused
 with the differing keys listed. The resolved study and the exact command line are written to
-`<study>/study.yaml` (`Recipe.record`) before anything trains; `--config <study>/study.yaml` runs it again.
+`<study>/study.yaml` (`Recipe.record`) before anything trains; `--config <study>/study.yaml` runs it again
+(under another name: a directory that holds a study takes another only with --resume, docs/storage.md).
 
 After a study, `write_best_configs` writes `<study>/best/<trial_id>.yaml` (per variant for an ablation,
 the Pareto front for a search): `python -m dpnp_ray --config best/<trial_id>.yaml` retrains one.
@@ -48,7 +49,7 @@ import yaml
 
 from .. import results
 from ..config import ConfigError, ExperimentConfig, parse_assignments
-from ..provenance import redact
+from ..provenance import error_line, redact
 from .records import read_records
 from .settings import StudyError
 
@@ -252,8 +253,7 @@ def _check_unclaimed(directory: str, study: dict[str, Any], kind: str) -> None:
     try:
         found = [name for name in results.list_names(directory, "") if name in STUDY_CONTENT]
     except OSError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StudyError(f"--storage: cannot look into {redact(directory)} ({redact(reason)})") from None
+        raise StudyError(f"--storage: cannot look into {redact(directory)} ({error_line(exc)})") from None
     if not found:
         return
     recorded = read_yaml(results.join(directory, STUDY_FILE), "recorded study", missing_ok=True)
