@@ -41,7 +41,7 @@ def search_once(scheduler: str, seed: int, args, storage: str) -> dict:
     written = run_search(base, settings, trials=args.trials, sampler="tpe", objective="robust",
                          scheduler=scheduler, seed=seed)
     wall = time.time() - started
-    directory = Path(written["trials"]).parent
+    directory = results.parent(written["trials"])
     trials = results.read_table(directory, "trials")
     epochs = results.read_table(directory, "epochs").drop_duplicates(["trial_id", "epoch"])
     done = trials[trials["status"] == "completed"]

@@ -10,7 +10,9 @@ import textwrap
 from dataclasses import fields
 from typing import Any, Callable
 
+from . import results
 from .config import ConfigError, ExperimentConfig, field_choices
+from .provenance import redact
 from .ray_train import Scaling
 from .study.settings import StudySettings
 
@@ -100,7 +102,6 @@ def scaling(args: argparse.Namespace) -> Scaling:
 
 def study_settings(args: argparse.Namespace) -> StudySettings:
     """The StudySettings of the flags add_common_flags defines; a tracker that is not installed is an error here."""
-    from . import results
     from .study.trackers import check_installed, parse_log_to, resolve_mlflow_uri
 
     log_to = parse_log_to(args.log_to)
@@ -125,10 +126,10 @@ def run_cli(main: Callable[[], int]) -> None:
     try:
         sys.exit(main())
     except StudyInterrupted as exc:
-        print(f"interrupted: {exc}", file=sys.stderr)
+        print(f"interrupted: {redact(str(exc))}", file=sys.stderr)
         sys.exit(130)
     except (ConfigError, StudyError, ResultsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: finished trials are saved; continue with the same command plus --resume",
@@ -171,25 +172,23 @@ def exit_code(trials, stream=None) -> int:
     print(f"\n{len(failed)} of {len(trials)} trial(s) failed:", file=stream)
     for error, group in failed.groupby(failed["error"].fillna(""), sort=False):
         ids = group["trial_id"].tolist()
-        logs = [log for log in group.get("error_log", []) if isinstance(log, str) and log]
+        logs = [redact(log) for log in group.get("error_log", []) if isinstance(log, str) and log]
         where = "no log" if not logs else f"full log: {logs[0]}" + (
-            f" (one per trial in {os.path.dirname(logs[0])}/)" if len(logs) > 1 else "")
-        print(f"  {len(ids)} x {error or '(no message)'}  [{', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''}]; "
+            f" (one per trial in {results.parent(logs[0])}/)" if len(logs) > 1 else "")
+        print(f"  {len(ids)} x {redact(error) or '(no message)'}  [{', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''}]; "
               f"{where}", file=stream)
     return 1
 
 
 def print_locations(written: dict[str, str], settings: StudySettings | None = None) -> None:
     """The results directory, every file the study wrote, and where each tracker (--log-to) has the trials."""
-    from pathlib import Path
-
     from .study.trackers import tracker_locations
 
-    directory = Path(written["trials"]).parent
-    print(f"\nresults: {directory}")
+    directory = results.parent(written["trials"])
+    print(f"\nresults: {redact(directory)}")
     for table, location in written.items():
-        print(f"  {table:14s} {location}")
+        print(f"  {table:14s} {redact(location)}")
     if settings is not None and settings.log_to:
-        for tracker, where in tracker_locations(settings.log_to, study_dir=str(directory),
+        for tracker, where in tracker_locations(settings.log_to, study_dir=directory,
                                                 mlflow_tracking_uri=settings.mlflow_tracking_uri).items():
-            print(f"  {tracker:14s} {where}")
+            print(f"  {tracker:14s} {redact(where)}")

@@ -133,11 +133,12 @@ def load_model(path: str, *, device: str | torch.device = "cpu") -> nn.Module:
 
 def _model_directory(path: str) -> str:
     """A model directory from itself or from one of its two files."""
-    text = str(path).rstrip("/")
+    text, query = results.split_query(path)  # s3://bucket/models/x?endpoint_override=...: the query stays last
+    text = text.rstrip("/")
     for name in (METADATA_FILE, WEIGHTS_FILE):
         if text.endswith("/" + name):
-            return text[: -len(name) - 1]
-    return text
+            return text[: -len(name) - 1] + query
+    return text + query
 
 
 def _plain_key(key: str) -> str:

@@ -60,19 +60,51 @@ def hardware(device: str | None = None) -> str:
     return text
 
 
-_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<userinfo>[^/@\s]+)@")
-_SECRET_QUERY = re.compile(r"(?i)([?&](?:access_key|secret|secret_key|token|password|sig|signature|"
-                           r"x-amz-security-token|x-amz-signature)=)[^&\s]+")
+SECRET_NAMES = ("access_key", "secret_key", "secret_access_key", "secret", "client_secret", "password", "passwd",
+                "token", "access_token", "refresh_token", "id_token", "auth_token", "session_token", "security_token",
+                "api_key", "apikey", "key", "private_key", "credential", "credentials", "sig", "signature",
+                "x-amz-signature", "x-amz-credential", "x-amz-security-token", "x-goog-signature",
+                "x-goog-credential")
+"""Names of query parameters and key=value settings whose values are secrets (matched whole, any case)."""
+
+_URI = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<rest>[^\s'\"`<>]*)")
+_SECRET_VALUE = re.compile(r"(?i)(?<![\w-])(" + "|".join(re.escape(n) for n in SECRET_NAMES)
+                           + r")(=|%3D)[^&\s'\"`<>]*")
+_BEARER = re.compile(r"(?i)\b(bearer)(\s+|%20)[\w\-.~+/]+=*")
+
+
+def _redact_userinfo(match: re.Match) -> str:
+    """`scheme://user:password@host/...` -> `scheme://***@host/...`. The password may hold '/' or '@':
+    the user info runs to the last '@' before the query; an '@' after a '/' with no ':' before it is a
+    path's (s3://bucket/a@b), not a credential's."""
+    rest = match["rest"]
+    authority_and_path = re.split(r"[?#]", rest, maxsplit=1)[0]
+    at = authority_and_path.rfind("@")
+    if at < 0:
+        return match[0]
+    userinfo = authority_and_path[:at]
+    if "/" in userinfo and ":" not in userinfo:
+        return match[0]
+    return f"{match['scheme']}***@{rest[at + 1:]}"
 
 
 def redact(text: str) -> str:
-    """Remove credentials from URIs (user:password@, secret query parameters) and the home directory."""
-    text = _CREDENTIALS.sub(r"\g<scheme>***@", text)
-    text = _SECRET_QUERY.sub(r"\1***", text)
+    """The one redaction of every location or message the project prints, logs or records: user:password@
+    in URIs, the values of secret query parameters and key=value settings (SECRET_NAMES), `Bearer <token>`,
+    and the home directory (-> ~)."""
+    text = _URI.sub(_redact_userinfo, str(text))
+    text = _SECRET_VALUE.sub(r"\1\2***", text)
+    text = _BEARER.sub(r"\1\2***", text)
     home = os.path.expanduser("~")
     if home and home != "/":
         text = text.replace(home, "~")
     return text
+
+
+def error_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name if it has none), redacted."""
+    text = str(exc).strip()
+    return redact(text.splitlines()[0] if text else type(exc).__name__)
 
 
 def provenance(device: str | None = None) -> dict[str, str]:

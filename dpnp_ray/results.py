@@ -23,6 +23,8 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
+from .provenance import error_line, redact
+
 SCHEMA_VERSION = 1
 
 KEY_COLUMNS = ["study", "trial_id", "variant", "seed"]
@@ -61,10 +63,11 @@ class ResultsError(ValueError):
     """A results file is missing, unreadable or of the wrong schema; names the file."""
 
 
-def path_for(directory: str | Path, table: str) -> Path:
+def path_for(directory: str | Path, table: str) -> str:
+    """Where a table of a study directory (local or URI) is."""
     if table not in REQUIRED_COLUMNS:
         raise ResultsError(f"unknown results table {table!r}; known: {', '.join(REQUIRED_COLUMNS)}")
-    return Path(directory) / f"{table}.parquet"
+    return join(directory, f"{table}.parquet")
 
 
 def normalize(table: str, rows: Iterable[dict] | pd.DataFrame) -> pd.DataFrame:
@@ -86,13 +89,48 @@ def local_path(location: str | Path) -> Path:
     return Path(text[len("file://"):] if text.startswith("file://") else text)
 
 
+def split_query(location: str | Path) -> tuple[str, str]:
+    """(the location without its query string, "?<query>" or ""); only URIs have a query string."""
+    text = str(location)
+    if is_uri(text) and "?" in text:
+        base, query = text.split("?", 1)
+        return base, "?" + query
+    return text, ""
+
+
+def join(location: str | Path, *parts: str) -> str:
+    """The one join of a storage location and path parts: local paths and URIs alike, a URI's query string
+    (s3://bucket/x?endpoint_override=host:9000&scheme=http) kept at the end, its user info untouched."""
+    base, query = split_query(location)
+    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)]) + query
+
+
+def parent(location: str | Path) -> str:
+    """The directory holding a file (local or URI, query string kept): Path(...).parent, which would collapse
+    s3:// into s3:/, for storage locations."""
+    base, query = split_query(location)
+    return base.rstrip("/").rsplit("/", 1)[0] + query
+
+
+def filesystem(location: str | Path):
+    """(pyarrow filesystem, path in it) of a URI. A URI pyarrow cannot open is a one-line ResultsError without
+    its credentials (pyarrow's own message repeats the URI)."""
+    import pyarrow.fs
+
+    try:
+        return pyarrow.fs.FileSystem.from_uri(str(location))
+    except (ValueError, OSError, TypeError) as exc:  # ArrowInvalid is a ValueError
+        raise ResultsError(f"{redact(str(location))}: not a storage location that can be opened "
+                           f"({type(exc).__name__}: {error_line(exc)}); allowed: a local path, or an s3://, gs:// or "
+                           "hdfs:// URI (an S3-compatible endpoint via AWS_ENDPOINT_URL or ?endpoint_override=)"
+                           ) from None
+
+
 def write_bytes_atomic(location: str, data: bytes) -> None:
     """Never leave a half-written file: local files go through a temporary file and os.replace;
     object stores (s3://, gs://) publish an object only when its upload completes."""
     if is_uri(location):
-        import pyarrow.fs
-
-        fs, path = pyarrow.fs.FileSystem.from_uri(location)
+        fs, path = filesystem(location)
         fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         with fs.open_output_stream(path) as stream:
             stream.write(data)
@@ -114,21 +152,16 @@ def write_bytes_atomic(location: str, data: bytes) -> None:
         raise
 
 
-def join(location: str | Path, *parts: str) -> str:
-    return "/".join([str(location).rstrip("/"), *parts])
-
-
-def list_files(location: str | Path, suffix: str) -> list[str]:
-    """Files directly under a directory (local or URI) whose names end with suffix, sorted."""
+def delete(location: str) -> None:
+    """Remove a file (local or URI); nothing if it is not there."""
     if is_uri(location):
         import pyarrow.fs
 
-        fs, path = pyarrow.fs.FileSystem.from_uri(str(location))
-        infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
-        scheme = str(location).split("://", 1)[0]
-        return sorted(f"{scheme}://{i.path}" for i in infos if i.path.endswith(suffix))
-    folder = local_path(location)
-    return sorted(str(p) for p in folder.glob(f"*{suffix}")) if folder.is_dir() else []
+        fs, path = filesystem(location)
+        if fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound:
+            fs.delete_file(path)
+    else:
+        local_path(location).unlink(missing_ok=True)
 
 
 def list_names(location: str | Path, prefix: str) -> list[str]:
@@ -137,11 +170,20 @@ def list_names(location: str | Path, prefix: str) -> list[str]:
     if is_uri(location):
         import pyarrow.fs
 
-        fs, path = pyarrow.fs.FileSystem.from_uri(str(location))
+        fs, path = filesystem(location)
         infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
         return sorted(i.base_name for i in infos if i.base_name.startswith(prefix))
     folder = local_path(location)
     return sorted(p.name for p in folder.glob(f"{prefix}*")) if folder.is_dir() else []
+
+
+def list_files(location: str | Path, suffix: str) -> list[str]:
+    """Files directly under a directory (local or URI, the URI's credentials and query kept) whose names end
+    with suffix, sorted."""
+    if is_uri(location):
+        return [join(location, name) for name in list_names(location, "") if name.endswith(suffix)]
+    folder = local_path(location)
+    return sorted(str(p) for p in folder.glob(f"*{suffix}")) if folder.is_dir() else []
 
 
 def exists(location: str) -> bool:
@@ -149,16 +191,14 @@ def exists(location: str) -> bool:
     if is_uri(location):
         import pyarrow.fs
 
-        fs, path = pyarrow.fs.FileSystem.from_uri(location)
+        fs, path = filesystem(location)
         return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
     return local_path(location).exists()
 
 
 def read_bytes(location: str) -> bytes:
     if is_uri(location):
-        import pyarrow.fs
-
-        fs, path = pyarrow.fs.FileSystem.from_uri(location)
+        fs, path = filesystem(location)
         with fs.open_input_stream(path) as stream:
             return stream.read()
     return local_path(location).read_bytes()
@@ -170,35 +210,34 @@ def write_table(directory: str | Path, table: str, rows: Iterable[dict] | pd.Dat
     missing = [c for c in REQUIRED_COLUMNS[table] if c not in frame.columns]
     if missing and len(frame):
         raise ResultsError(f"{table}.parquet would lack required columns {missing}")
-    path_for(directory, table)  # checks the table name
+    location = path_for(directory, table)
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
-    location = join(directory, f"{table}.parquet")
     write_bytes_atomic(location, buffer.getvalue())
     return location
 
 
 def read_table(directory: str | Path, table: str, *, required: bool = True) -> pd.DataFrame | None:
     """Read one table, checking it is Parquet of this schema; a clear ResultsError names the file otherwise."""
-    path_for(directory, table)  # checks the table name
-    path = join(directory, f"{table}.parquet")
+    path = path_for(directory, table)
     try:
         data = read_bytes(path)
     except (FileNotFoundError, OSError):
         if required:
-            raise ResultsError(f"{path}: not found; is {directory} a dpnp_ray study directory?") from None
+            raise ResultsError(f"{redact(path)}: not found; is {redact(str(directory))} a dpnp_ray study directory?"
+                               ) from None
         return None
     try:
         frame = pd.read_parquet(io.BytesIO(data))
     except Exception as exc:  # pyarrow raises many types for truncated/foreign files
-        raise ResultsError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc}); "
+        raise ResultsError(f"{redact(path)}: not a readable Parquet file ({type(exc).__name__}: {redact(str(exc))}); "
                            "was it truncated or written by another program?") from None
     missing = [c for c in REQUIRED_COLUMNS[table] if c not in frame.columns]
     if missing and len(frame):
-        raise ResultsError(f"{path}: missing columns {missing}; not a dpnp_ray {table} table")
+        raise ResultsError(f"{redact(path)}: missing columns {missing}; not a dpnp_ray {table} table")
     versions = set(frame["schema_version"].unique()) if "schema_version" in frame else set()
     if versions - {SCHEMA_VERSION}:
-        raise ResultsError(f"{path}: schema_version {sorted(versions)}; this code reads {SCHEMA_VERSION}")
+        raise ResultsError(f"{redact(path)}: schema_version {sorted(versions)}; this code reads {SCHEMA_VERSION}")
     return frame
 
 

@@ -53,10 +53,11 @@ def main() -> int:
     if recipe.args.dry_run:
         print(plan_ablation(recipe.config, recipe.study["variants"], recipe.study["seeds"], settings).format())
         return 0
-    written = run_ablation(recipe.config, recipe.study["variants"], recipe.study["seeds"], settings,
-                           before_training=recipe.record)
-    written["best"] = write_best_configs(settings.directory, "ablation")
-    trials = results.read_table(Path(written["trials"]).parent, "trials")
+    with recipe:  # holds the study's driver lock from recipe.record until the tables are written
+        written = run_ablation(recipe.config, recipe.study["variants"], recipe.study["seeds"], settings,
+                               before_training=recipe.record)
+        written["best"] = write_best_configs(settings.directory, "ablation")
+    trials = results.read_table(results.parent(written["trials"]), "trials")
     print("\n" + console_summary(trials))
     print_locations(written, settings)
     return exit_code(trials)  # 1 when a trial failed

@@ -57,12 +57,13 @@ def main() -> int:
     if recipe.args.dry_run:
         print(plan_search(recipe.config, settings, trials=recipe.trials_to_run, scheduler=study["scheduler"]).format())
         return 0
-    written = run_search(recipe.config, settings, trials=recipe.trials_to_run, space=recipe.search_space(),
-                         sampler=study["sampler"], objective=study["objective"], scheduler=study["scheduler"],
-                         seed=study["sampler_seed"], optuna_storage=study["optuna_storage"],
-                         extend="trials" in recipe.grown, before_training=recipe.record)
-    written["best"] = write_best_configs(settings.directory, "search")
-    directory = Path(written["trials"]).parent
+    with recipe:  # holds the study's driver lock from recipe.record until the tables are written
+        written = run_search(recipe.config, settings, trials=recipe.trials_to_run, space=recipe.search_space(),
+                             sampler=study["sampler"], objective=study["objective"], scheduler=study["scheduler"],
+                             seed=study["sampler_seed"], optuna_storage=study["optuna_storage"],
+                             extend="trials" in recipe.grown, before_training=recipe.record)
+        written["best"] = write_best_configs(settings.directory, "search")
+    directory = results.parent(written["trials"])
     trials = results.read_table(directory, "trials")
     print("\n" + console_summary(trials, group="trial_id"))
     pareto = results.read_table(directory, "pareto")

@@ -3,6 +3,7 @@ and growth, best configs."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 
@@ -58,16 +59,19 @@ def test_defaults_and_smoke_preset(ablation, tmp_path):
 def test_study_yaml_round_trip(ablation, tmp_path):
     recipe = resolve(ablation, "ablation", "--smoke", "--storage", str(tmp_path), "--name", "rt", "--seeds", "4", "5",
                      "--workers", "2", "--set", "lr=0.2", "lr_milestones=[0.4,0.9]")
-    location = recipe.record()
+    with recipe:
+        location = recipe.record()
     assert location == results.join(str(tmp_path), "rt", STUDY_FILE)
     recorded = read_yaml(location, "test")
     assert recorded["kind"] == "ablation" and "--seeds 4 5" in recorded["command"]
     assert {k: v for k, v in recorded.items() if k not in ("kind", "command")} == recipe.study
     assert recorded["config"]["lr_milestones"] == [0.4, 0.9] and recorded["scaling"]["workers"] == 2
-    # the recorded file as a study file gives the same study
-    again = resolve(ablation, "ablation", "--config", location)
-    assert again.study == recipe.study
-    assert study_settings(again.args) == study_settings(recipe.args)
+    # the recorded file as a study file gives the same study; into the same directory only with --resume
+    with pytest.raises(StudyError, match="already holds this same ablation study; continue it with --resume"):
+        resolve(ablation, "ablation", "--config", location)
+    again = resolve(ablation, "ablation", "--config", location, "--name", "rt2")
+    assert again.study == {**recipe.study, "name": "rt2"}
+    assert study_settings(again.args) == dataclasses.replace(study_settings(recipe.args), name="rt2")
 
 
 def test_flags_override_the_file(search, tmp_path):

@@ -97,10 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         written = evaluate_model(args.model, args.suite, device=args.device, overrides=parse_assignments(args.set))
     except ValueError as exc:  # ModelFileError, ConfigError, DataError: a message, not a traceback
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
         return 2
     for table, location in written.items():
-        print(f"  {table:12s} {location}")
+        print(f"  {table:12s} {redact(location)}")
     return 0
 
 

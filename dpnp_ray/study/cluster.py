@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .. import results
-from ..provenance import redact
+from ..provenance import error_line, redact
 from ..ray_train import Scaling
 from .settings import StudyError, StudySettings
 
@@ -78,11 +78,12 @@ def check_storage_writable(storage: str) -> None:
     probe = results.join(storage, f".dpnp_ray_write_probe_{os.getpid()}")
     try:
         results.write_bytes_atomic(probe, b"ok")
-        if not results.is_uri(probe):
-            results.local_path(probe).unlink()
+        results.delete(probe)
+    except results.ResultsError as exc:  # a URI that cannot be opened at all; the message says why
+        raise StudyError(f"--storage: {exc}") from None
     except OSError as exc:
-        raise StudyError(f"--storage {redact(storage)!r} is not writable ({exc}); pick a directory you can "
-                         "write to, or a shared URI (s3://...) on multi-node clusters") from None
+        raise StudyError(f"--storage {redact(storage)!r} is not writable ({error_line(exc)}); pick a directory you "
+                         "can write to, or a shared URI (s3://...) on multi-node clusters") from None
 
 
 def connect(settings: StudySettings) -> None:

@@ -21,6 +21,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from .. import results
 from ..config import ExperimentConfig, field_choices
+from ..provenance import redact
 from ..ray_train import STOP_LATENCY_EPOCHS, TIME_ATTR, find_final_record
 from ..registry import Registry
 from . import preflight
@@ -245,9 +246,13 @@ def run_search(base: dict[str, Any], settings: StudySettings, *, trials: int, sp
     settings = resolve(settings)
     storage_problems, storage = preflight.optuna_storage_problems(optuna_storage) if optuna_storage else ([], None)
     preflight.check(settings, configs, problems + config_problems + storage_problems)
-    storage_location, journal_copy = journal_locations(settings, optuna_storage)
+    storage_location, journal_copy = journal_locations(settings, optuna_storage, restore=settings.resume or extend)
     if storage is None:  # the default journal: in the study directory checked above, or kept locally
         storage = make_storage(storage_location)
+    if not (settings.resume or extend) and settings.name in optuna.get_all_study_names(storage):
+        raise preflight.PreflightError([
+            f"--name {settings.name}: the Optuna storage {redact(storage_location)!r} already holds a study of that "
+            "name, and a new search would add its trials to it; continue it with --resume, or use another --name"])
     cfg = configs[0]
     settings = prepare(settings)
     if settings.cluster or settings.address:
@@ -295,14 +300,17 @@ def run_search(base: dict[str, Any], settings: StudySettings, *, trials: int, sp
     return written
 
 
-def journal_locations(settings: StudySettings, optuna_storage: str | None) -> tuple[str, str | None]:
+def journal_locations(settings: StudySettings, optuna_storage: str | None,
+                      restore: bool | None = None) -> tuple[str, str | None]:
     """(the Optuna storage the search uses, where a copy of its journal goes when the study ends).
 
     By default the journal is <study dir>/optuna.journal. A study directory on object storage
     (s3://...) cannot hold a file that is appended to, so the journal is kept on this machine at a
     path fixed by the study directory (a restored searcher reopens that path) and copied to
-    <study dir>/optuna.journal when the study ends or stops; --resume first copies it back.
+    <study dir>/optuna.journal when the study ends or stops; `restore` (default: --resume; also a search
+    that grows) first copies it back.
     """
+    restore = settings.resume if restore is None else restore
     if optuna_storage:
         return optuna_storage, None
     journal = results.join(settings.directory, "optuna.journal")
@@ -312,7 +320,7 @@ def journal_locations(settings: StudySettings, optuna_storage: str | None) -> tu
     local = Path(tempfile.gettempdir()) / "dpnp_ray_optuna" / f"{settings.name}-{digest}.journal"
     local.parent.mkdir(parents=True, exist_ok=True)
     local.unlink(missing_ok=True)  # a fresh study starts empty; a resumed one from the copy in storage
-    if settings.resume:
+    if restore:
         try:
             local.write_bytes(results.read_bytes(journal))
         except OSError:  # no copy yet: the study stopped before its first end

@@ -46,9 +46,20 @@ def settings_problems(settings: StudySettings) -> list[str]:
         problems.append(f"--local-cpus {settings.local_cpus}: must be an integer >= 1 (default: all cores)")
     if not isinstance(settings.trial_retries, int) or settings.trial_retries < 0:
         problems.append(f"trial_retries {settings.trial_retries}: must be an integer >= 0")
+    problems += credential_problems(settings.storage)
     if not settings.name or "/" in settings.name:
         problems.append(f"--name {settings.name!r}: must be a non-empty name without '/'")
     return problems
+
+
+def credential_problems(storage: str) -> list[str]:
+    """[] unless the storage URI carries credentials (user:password@, a secret query parameter): Ray Tune
+    records its storage location in the study's own files, so they would be written there."""
+    if "://" not in str(storage) or redact(storage) == storage:
+        return []
+    return [f"--storage {redact(storage)!r}: holds credentials; Ray Tune records its storage location in the "
+            "study's own files, so give them in the environment instead (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+            "AWS_SESSION_TOKEN; GOOGLE_APPLICATION_CREDENTIALS)"]
 
 
 def count_problem(flag: str, value: Any, lowest: int, highest: int | None = None) -> list[str]:

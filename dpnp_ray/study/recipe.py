@@ -28,7 +28,8 @@ asked), the file, the flags given on the command line. With --resume the recorde
 replaces the defaults, and the result must equal the record except for run keys (RUN_KEYS) and growth:
 more `seeds` or `variants` for an ablation, a larger `trials` for a search. Anything else is refused
 with the differing keys listed. The resolved study and the exact command line are written to
-`<study>/study.yaml` (`Recipe.record`) before anything trains; `--config <study>/study.yaml` runs it again.
+`<study>/study.yaml` (`Recipe.record`) before anything trains; `--config <study>/study.yaml` runs it again
+(under another name: a directory that holds a study takes another only with --resume, docs/storage.md).
 
 After a study, `write_best_configs` writes `<study>/best/<trial_id>.yaml` (per variant for an ablation,
 the Pareto front for a search): `python -m dpnp_ray --config best/<trial_id>.yaml` retrains one.
@@ -50,7 +51,7 @@ import yaml
 
 from .. import results
 from ..config import ConfigError, ExperimentConfig, parse_assignments
-from ..provenance import redact
+from ..provenance import error_line, redact
 from .records import read_records
 from .settings import StudyError
 from .trackers import parse_log_to
@@ -146,6 +147,15 @@ class Recipe:
     command: str
     grown: tuple[str, ...] = ()  # keys that grew on --resume: variants, seeds, trials
     trials_done: int = 0  # a growing search: trials that ended in the earlier runs
+    _lock: Any = dataclasses.field(default=None, init=False, repr=False)  # lock.StudyLock once record() ran
+
+    def __enter__(self) -> "Recipe":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     @property
     def config(self) -> dict[str, Any]:
@@ -162,11 +172,15 @@ class Recipe:
         return _search_space(self.study["space"])
 
     def record(self) -> str:
-        """Write <study>/study.yaml (secrets redacted); returns its location. Call before anything trains."""
+        """Take the study's driver lock (lock.py), then write <study>/study.yaml (secrets redacted); returns its
+        location. Call before anything trains, inside `with recipe:` (which releases the lock)."""
         from .cluster import absolute_storage, check_storage_writable
+        from .lock import acquire
 
         storage = absolute_storage(self.study["storage"])
         check_storage_writable(storage)
+        if self._lock is None:
+            self._lock = acquire(results.join(storage, self.study["name"]))
         location = results.join(storage, self.study["name"], STUDY_FILE)
         header = (f"The resolved {self.kind} study (defaults + --config file + flags), written before it trained.\n"
                   f"Run it again: python studies/{self.kind}.py --config {STUDY_FILE} (flags override the file).")
@@ -192,14 +206,20 @@ def resolve_study(parser: argparse.ArgumentParser, kind: str, *, defaults: dict[
     fresh = _merge(flag_defaults, defaults, smoke if wants_smoke else {}, file, flags)
     fresh["smoke"] = wants_smoke
 
+    from .cluster import absolute_storage
+    from .preflight import PreflightError, credential_problems
+
+    if credential_problems(fresh["storage"]):  # before any look at the storage
+        raise PreflightError(credential_problems(fresh["storage"]))
+    directory = results.join(absolute_storage(fresh["storage"]), fresh["name"])
+    location = results.join(directory, STUDY_FILE)
     recorded = None
     if args.resume:
-        from .cluster import absolute_storage
-
-        location = results.join(absolute_storage(fresh["storage"]), fresh["name"], STUDY_FILE)
         recorded = read_yaml(location, "recorded study", missing_ok=True)
-        if recorded is not None:
-            recorded = _check_recorded(recorded, kind, location)
+        if recorded is None:
+            raise StudyError(f"--resume: {redact(directory)} holds no recorded study ({STUDY_FILE}): nothing to "
+                             "resume; drop --resume to start it, or check --storage and --name")
+        recorded = _check_recorded(recorded, kind, location)
     study = fresh
     if recorded is not None:  # the record is the base; where it lies is where the study is, moved or not
         study = _merge(flag_defaults, defaults, recorded, file, flags, {k: fresh[k] for k in ("name", "storage")})
@@ -208,6 +228,8 @@ def resolve_study(parser: argparse.ArgumentParser, kind: str, *, defaults: dict[
     study = _ordered(study, kind)
     _check(study, kind)
 
+    if not args.resume and not getattr(args, "dry_run", False):
+        _check_unclaimed(directory, study, kind)
     grown: tuple[str, ...] = ()
     trials_done = 0
     if recorded is not None:
@@ -225,6 +247,34 @@ def resolve_study(parser: argparse.ArgumentParser, kind: str, *, defaults: dict[
         args.no_switches = not study["space"]["search_switches"]
     command = redact(shlex.join([Path(sys.executable).name, sys.argv[0], *argv]))
     return Recipe(kind, study, args, command, grown, trials_done)
+
+
+STUDY_CONTENT = (STUDY_FILE, "trials", "optuna.journal", "tuner.pkl")
+"""What makes a directory a study's: any of these there means a study ran (or started) in it."""
+
+
+def _check_unclaimed(directory: str, study: dict[str, Any], kind: str) -> None:
+    """A study without --resume goes into a directory no study has used: one that holds a study is refused,
+    whether it is another study or this same one (its trials would be taken as done, a search would add to
+    its Optuna study), in one line naming --resume and --name. Nothing is written."""
+    try:
+        found = [name for name in results.list_names(directory, "") if name in STUDY_CONTENT]
+    except OSError as exc:
+        raise StudyError(f"--storage: cannot look into {redact(directory)} ({error_line(exc)})") from None
+    if not found:
+        return
+    recorded = read_yaml(results.join(directory, STUDY_FILE), "recorded study", missing_ok=True)
+    if isinstance(recorded, dict) and recorded.get("kind") == kind:
+        before, after = _comparable(recorded), _comparable({"kind": kind, **study})
+        changed = [k for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
+        what = (f"a different {kind} study ({', '.join(changed[:4])}{', ...' if len(changed) > 4 else ''} "
+                "differ)" if changed else f"this same {kind} study")
+    elif isinstance(recorded, dict):
+        what = f"a {recorded.get('kind')!r} study"
+    else:
+        what = f"a study's results ({', '.join(found)})"
+    raise StudyError(f"{redact(directory)} already holds {what}; continue it with --resume, or start a new study "
+                     "under another --name (or --storage)")
 
 
 def given_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
@@ -412,7 +462,7 @@ def write_best_configs(study_dir: str, kind: str) -> str:
         results.write_bytes_atomic(results.join(directory, name), best_config_yaml(record, kind, reason).encode())
     for stale in results.list_files(directory, ".yaml"):
         if stale.rsplit("/", 1)[-1] not in names:
-            _remove(stale)
+            results.delete(stale)
     return directory
 
 
@@ -439,16 +489,6 @@ def _selection_key(record: dict[str, Any]) -> tuple[float, float, float]:
 def _metric(record: dict[str, Any], name: str) -> float:
     value = (record.get("summary") or {}).get(name)
     return float(value) if _is_number(value) and math.isfinite(value) else float("-inf")
-
-
-def _remove(location: str) -> None:
-    if results.is_uri(location):
-        import pyarrow.fs
-
-        fs, path = pyarrow.fs.FileSystem.from_uri(location)
-        fs.delete_file(path)
-    else:
-        results.local_path(location).unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------ small helpers

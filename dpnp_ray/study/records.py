@@ -60,10 +60,10 @@ def one_line_error(exc: BaseException) -> str:
 
 
 def write_error_log(study_dir: str, trial: str, text: str) -> str:
-    """Keep a failed trial's full traceback; returns where (the record's error_log)."""
+    """Keep a failed trial's full traceback; returns where (the record's error_log, credentials redacted)."""
     location = results.join(study_dir, "logs", f"{trial}.log")
     results.write_bytes_atomic(location, redact(text).encode())
-    return location
+    return redact(location)
 
 
 def record_path(study_dir: str, trial_id: str) -> str:
