@@ -267,7 +267,7 @@ def run_search(base: dict[str, Any], settings: StudySettings, *, trials: int, sp
         points_to_evaluate=None if settings.resume or extend else [space.default_point(cfg)],
         sampler=make_sampler(sampler, seed), study_name=settings.name, storage=storage, seed=seed,
         study=settings.name, train_storage=settings.train_storage,
-        intermediate=asha_settings(cfg.epochs).metric if isinstance(metric, list) else metric,
+        intermediate=AshaSettings.metric if isinstance(metric, list) else metric,  # the scheduler's scalar
     )
     asha = None
     rule = asha_settings(cfg.epochs) if scheduler == "asha" else None
