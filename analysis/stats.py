@@ -32,14 +32,8 @@ MIN_PAIRS_FOR_TEST = 2
 MIN_PAIRS_FOR_POWER = 5
 
 
-@dataclass(frozen=True)
-class Interval:
-    """mean ± t_{(1+c)/2, n-1} · s / sqrt(n); half_width is NaN when n < 2 (no spread to estimate)."""
-
-    mean: float
-    half_width: float
-    n: int
-    sd: float
+class SymmetricBounds:
+    """low and high of an interval given as mean ± half_width, for the dataclasses below with both fields."""
 
     @property
     def low(self) -> float:
@@ -48,6 +42,16 @@ class Interval:
     @property
     def high(self) -> float:
         return self.mean + self.half_width
+
+
+@dataclass(frozen=True)
+class Interval(SymmetricBounds):
+    """mean ± t_{(1+c)/2, n-1} · s / sqrt(n); half_width is NaN when n < 2 (no spread to estimate)."""
+
+    mean: float
+    half_width: float
+    n: int
+    sd: float
 
 
 def t_interval(values: Iterable[float], confidence: float = 0.95) -> Interval:
@@ -179,7 +183,7 @@ SEED_ONLY_INTERVAL_NAME = "t over seeds (conditional on this one test split: the
 
 
 @dataclass(frozen=True)
-class CrossedVariance:
+class CrossedVariance(SymmetricBounds):
     """The mean of a seeds x images matrix and the variance of that mean over new seeds AND new images,
     from the mean squares of a two-way analysis of variance without replication."""
 
@@ -197,14 +201,6 @@ class CrossedVariance:
     @property
     def se(self) -> float:
         return math.sqrt(self.variance)
-
-    @property
-    def low(self) -> float:
-        return self.mean - self.half_width
-
-    @property
-    def high(self) -> float:
-        return self.mean + self.half_width
 
 
 def crossed_variance(d: np.ndarray, confidence: float = 0.95) -> CrossedVariance:

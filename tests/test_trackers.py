@@ -17,12 +17,11 @@ from dpnp_ray.study.settings import StudyError
 from .raytools import PYTHON, REPO, run_script, study_env
 
 
-def read_tensorboard_scalars(directory: Path) -> dict[str, list[tuple[int, float]]]:
-    """tag -> [(step, value)] from every events.out.tfevents.* file under directory (TFRecord framing:
-    8-byte length, 4-byte CRC, the Event, 4-byte CRC)."""
+def tensorboard_values(directory: Path):
+    """(step, summary value) of every summary in every events.out.tfevents.* file under directory (TFRecord
+    framing: 8-byte length, 4-byte CRC, the Event, 4-byte CRC)."""
     from tensorboardX.proto import event_pb2
 
-    scalars: dict[str, list[tuple[int, float]]] = {}
     for path in sorted(directory.rglob("events.out.tfevents.*")):
         data, offset = path.read_bytes(), 0
         while offset < len(data):
@@ -30,29 +29,29 @@ def read_tensorboard_scalars(directory: Path) -> dict[str, list[tuple[int, float
             event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
             offset += 12 + length + 4
             for value in event.summary.value:
-                if value.HasField("simple_value"):
-                    scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+                yield event.step, value
+
+
+def read_tensorboard_scalars(directory: Path) -> dict[str, list[tuple[int, float]]]:
+    """tag -> [(step, value)] of the scalars written under directory."""
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for step, value in tensorboard_values(directory):
+        if value.HasField("simple_value"):
+            scalars.setdefault(value.tag, []).append((step, value.simple_value))
     return scalars
 
 
 def read_tensorboard_hparams(directory: Path) -> dict[str, object]:
     """The HParams plugin's session-start hyperparameters written under directory."""
-    from tensorboardX.proto import event_pb2, plugin_hparams_pb2
+    from tensorboardX.proto import plugin_hparams_pb2
 
     found: dict[str, object] = {}
-    for path in sorted(directory.rglob("events.out.tfevents.*")):
-        data, offset = path.read_bytes(), 0
-        while offset < len(data):
-            (length,) = struct.unpack("<Q", data[offset:offset + 8])
-            event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
-            offset += 12 + length + 4
-            for value in event.summary.value:
-                if value.metadata.plugin_data.plugin_name != "hparams":
-                    continue
-                plugin = plugin_hparams_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
-                for name, v in plugin.session_start_info.hparams.items():
-                    kind = v.WhichOneof("kind")
-                    found[name] = getattr(v, kind)
+    for _, value in tensorboard_values(directory):
+        if value.metadata.plugin_data.plugin_name != "hparams":
+            continue
+        plugin = plugin_hparams_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+        for name, v in plugin.session_start_info.hparams.items():
+            found[name] = getattr(v, v.WhichOneof("kind"))
     return found
 
 
