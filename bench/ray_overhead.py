@@ -1,34 +1,31 @@
-"""What Ray costs a trial: trials through Ray Tune + a 1-worker TorchTrainer, as a study runs them,
-against the bare loop; and the fixed cost of a trial (start-up + tear-down) with Ray's defaults
-("before") and with the study's settings ("after", dpnp_ray.study.cluster / tune).
+"""What Ray costs a trial, per runner: trials through Ray Tune as a study runs them, with the loop in a
+1-worker TorchTrainer (`--runner train`) and in the Tune trial itself (`--runner tune`), against the
+bare loop; and the fixed cost of a trial (start-up + tear-down) of each runner, side by side in one run.
 
-    python bench/ray_overhead.py                              # resnet18 on digits, PGD-3: 35-60 s epochs on 1 core
-    python bench/ray_overhead.py --model small_cnn --trials 3  # the fixed cost, quickly
-    python bench/ray_overhead.py --repeats 2                  # bare, before, after, after, before, bare
+    python bench/ray_overhead.py                               # small_cnn on digits: the fixed cost, ~4 min on 2 cores
+    python bench/ray_overhead.py --model resnet18 --trials 2   # epochs of 30-60 s on 1 core: the epoch ratio
+    python bench/ray_overhead.py --repeats 2                   # bare, train, tune, tune, train, bare
 
-Both sides run dpnp_ray.experiment.run_experiment (train() then the basic test suite on --eval-n
-points) on the same config with one torch thread, each in a fresh process: the bare side in a
-plain child process, the Ray side inside dpnp_ray.ray_train.train_loop_per_worker (reports and a
-checkpoint every epoch, as in a study), wrapped only to stamp the time it starts and ends. Each Ray
-run starts its own local instance (2 CPUs; not timed) and runs --trials trials one after another
-through a Tuner whose trial function mirrors dpnp_ray.study.tune.run_trial: the TorchTrainer of
-dpnp_ray.ray_train.make_trainer, fit, read the final record.
+Every side runs dpnp_ray.experiment.run_experiment (train() then the basic test suite on --eval-n
+points) on the same config with one torch thread, each in a fresh process: the bare side in a plain
+child process, the Ray sides inside dpnp_ray.ray_train.run_loop (reports and a checkpoint every
+epoch, as in a study), stamped where the loop starts and ends. Each Ray side starts its own local
+instance the way a study does (dpnp_ray.study.cluster.connect; not timed) and runs --trials trials one
+after another through a Tuner whose trial function mirrors dpnp_ray.study.tune.run_trial, with
+build_tuner's resources and Tune settings:
 
-  before   ray.init(num_cpus=2), each trial driver holds 0.01 CPU, Ray Train's default polling, no
-           actor reuse; with --before-code DIR, the code in DIR too (a checkout of an older commit:
-           `git archive <commit> | tar -x -C DIR`), which the before runs import, workers included
-  after    dpnp_ray.study.cluster.connect (the local instance of a study: driver resource, the env vars
-           of cluster.LOCAL_TRIAL_ENV_VARS) and the driver request and Tune settings of build_tuner
-
-Every side runs in a child process of its own (a Ray run starts and stops its own local instance).
+  train    the trial's Tune actor is a driver (the driver resource) that runs a TorchTrainer
+           (dpnp_ray.ray_train.make_trainer) and reads its final record
+  tune     the trial's Tune actor holds the worker's CPUs and runs the loop itself (study.tune.TuneIO)
 
 epoch seconds   the loop's own epoch time (history "epoch_seconds"): the target is ray / bare <= 1.05
-start-up        the trial's slot comes free (the Tuner starts, or the previous trial's fit() returned)
-                -> the worker's loop starts: Tune trial actor, driver imports, Train controller,
-                placement group, worker actor, process group, imports in every process
-tear-down       the worker's loop returns -> the trial driver's TorchTrainer.fit() returns
-fixed cost      start-up + tear-down, per trial (median over trials); the target is <= 5 s
-actors          for the "after" side: when each actor of a trial was requested, had a process running it,
+start-up        the trial's slot comes free (the Tuner starts, or the previous trial's function returned)
+                -> the loop starts: Tune trial actor (reused after the first), then for `train` the
+                driver's imports, Train controller, placement group, worker actor, process group
+tear-down       the loop returns -> the trial function has the final record (for `train`: fit() returns)
+fixed cost      start-up + tear-down, per trial (median over trials); the target is <= 5 s for `tune`,
+                and at most a third of `train`'s
+actors          for the `train` side: when each actor of a trial was requested, had a process running it,
                 and finished its __init__ (Ray's state API), as seconds from the trial driver's start
 cpu seconds     CPU time of the process that runs the trial loop, from its start to its end
 """
@@ -54,18 +51,9 @@ def _stamp(path: str, event: str) -> None:
         f.write(json.dumps({"event": event, "t": time.time(), "cpu": time.process_time(), "pid": os.getpid()}) + "\n")
 
 
-def _ray_train_module():
-    """dpnp_ray.ray_train; a --before-code checkout older than the module renames has dpnp_ray.trainer."""
-    try:
-        from dpnp_ray import ray_train
-    except ImportError:
-        from dpnp_ray import trainer as ray_train
-    return ray_train
-
-
 def stamped_loop(loop_config: dict) -> None:
     """The study's worker function, stamped on entry and exit."""
-    train_loop_per_worker = _ray_train_module().train_loop_per_worker
+    from dpnp_ray.ray_train import train_loop_per_worker
 
     _stamp(loop_config["stamp"], "loop_entered")
     train_loop_per_worker(loop_config)
@@ -73,34 +61,39 @@ def stamped_loop(loop_config: dict) -> None:
 
 
 def stamped_trial(params: dict, *, experiment: dict, scaling: dict, storage: str, stamps: str) -> None:
-    """A Tune trial like dpnp_ray.study.tune.run_trial: one TorchTrainer run, its final record read."""
+    """A Tune trial like dpnp_ray.study.tune.run_trial: the loop in the trial's runner (a TorchTrainer for
+    `train`, this Tune actor for `tune`: TuneIO), its final record read."""
     from dpnp_ray.config import ExperimentConfig
+    from dpnp_ray.ray_train import Scaling, make_trainer, read_final_record, run_loop, trial_loop_config
+    from dpnp_ray.study.tune import TuneIO
 
-    ray_train = _ray_train_module()
-    Scaling, make_trainer, read_final_record = ray_train.Scaling, ray_train.make_trainer, ray_train.read_final_record
     stamp = str(Path(stamps) / f"trial_{params['trial']}.jsonl")
     _stamp(stamp, "driver_entered")
-    trainer = make_trainer(ExperimentConfig.from_dict(experiment), Scaling(**scaling),
-                           run_name=f"trial-{params['trial']}-{time.time_ns()}", storage_path=storage)
-    trainer.train_loop_per_worker = stamped_loop  # the same TorchTrainer, its loop stamped
-    trainer.train_loop_config["stamp"] = stamp
-    record = read_final_record(trainer.fit())
+    cfg, scaling, run_name = ExperimentConfig.from_dict(experiment), Scaling(**scaling), \
+        f"trial-{params['trial']}-{time.time_ns()}"
+    if scaling.runner == "tune":
+        io = TuneIO(storage, run_name)
+        loop_config = trial_loop_config(cfg, scaling, run_name=run_name)
+        loop_config["stamp"] = stamp
+        _stamp(stamp, "loop_entered")
+        run_loop(loop_config, io)
+        _stamp(stamp, "loop_left")
+        record = io.final
+    else:
+        trainer = make_trainer(cfg, scaling, run_name=run_name, storage_path=storage)
+        trainer.train_loop_per_worker = stamped_loop  # the same TorchTrainer, its loop stamped
+        trainer.train_loop_config["stamp"] = stamp
+        record = read_final_record(trainer.fit())
     _stamp(stamp, "fit_returned")
     Path(stamp).with_suffix(".record.json").write_text(json.dumps(
         {k: record[k] for k in ("status", "error", "summary", "history")}, default=str))
 
 
-def start_ray(config: str, cpus: int) -> None:
-    import ray
+def start_ray(cpus: int) -> None:
+    from dpnp_ray.study.cluster import connect
+    from dpnp_ray.study.settings import StudySettings
 
-    if config == "before":
-        ray.init(address="local", num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-                 object_store_memory=300 * 1024 * 1024, log_to_driver=False)
-    else:
-        from dpnp_ray.study.cluster import connect
-        from dpnp_ray.study.settings import StudySettings
-
-        connect(StudySettings("ray_overhead", local_cpus=cpus))
+    connect(StudySettings("ray_overhead", local_cpus=cpus))
 
 
 def events_of(stamps: Path, trial: int) -> dict:
@@ -133,26 +126,23 @@ def actor_starts(driver_entered: list[float]) -> list[dict]:
     return sorted(rows, key=lambda r: (r["trial"], r["asked_s"]))
 
 
-def run_ray(config: str, cfg, threads: int, trials: int, cpus: int) -> dict:
+def run_ray(runner: str, cfg, threads: int, trials: int, cpus: int) -> dict:
     import ray
     from ray import tune
 
-    Scaling = _ray_train_module().Scaling
-    start_ray(config, cpus)
+    from dpnp_ray.ray_train import Scaling
+    from dpnp_ray.study.cluster import alive_nodes, trial_request
+    from dpnp_ray.study.tune import tune_settings
+
+    start_ray(cpus)
     with tempfile.TemporaryDirectory() as storage:
         stamps = Path(storage, "stamps")
         stamps.mkdir()
-        scaling = Scaling(cpus_per_worker=float(threads))
+        scaling = Scaling(cpus_per_worker=float(threads), runner=runner)
         trainable = tune.with_parameters(stamped_trial, experiment=cfg.to_dict(), scaling=vars(scaling),
                                          storage=storage, stamps=str(stamps))
-        if config == "before":
-            trainable, tune_config = tune.with_resources(trainable, {"CPU": 0.01}), tune.TuneConfig()
-        else:
-            from dpnp_ray.study.cluster import alive_nodes, driver_request
-            from dpnp_ray.study.tune import tune_settings
-
-            trainable = tune.with_resources(trainable, driver_request(alive_nodes()))
-            tune_config = tune_settings(tune.TuneConfig())
+        trainable = tune.with_resources(trainable, trial_request(scaling, alive_nodes()))
+        tune_config = tune_settings(tune.TuneConfig())
         tune_config.max_concurrent_trials = 1
         tuner = tune.Tuner(trainable, param_space={"trial": tune.grid_search(list(range(trials)))},
                            tune_config=tune_config,
@@ -161,14 +151,14 @@ def run_ray(config: str, cfg, threads: int, trials: int, cpus: int) -> dict:
         grid = tuner.fit()
         ended = time.time()
         if grid.errors:
-            raise RuntimeError(f"{config}: a trial failed: {grid.errors[0]}")
+            raise RuntimeError(f"{runner}: a trial failed: {grid.errors[0]}")
         rows, free_since, driver_started = [], started, []
         for i in range(trials):
             events = events_of(stamps, i)
             driver_started.append(events["driver_entered"]["t"])
             record = json.loads((stamps / f"trial_{i}.record.json").read_text())
             if record["status"] != "completed":
-                raise RuntimeError(f"{config}: trial {i} did not complete: {record['error']}")
+                raise RuntimeError(f"{runner}: trial {i} did not complete: {record['error']}")
             entered, left, returned = (events[k]["t"] for k in ("loop_entered", "loop_left", "fit_returned"))
             rows.append({"startup_s": entered - free_since, "driver_to_loop_s": entered - driver_started[-1],
                          "teardown_s": returned - left, "loop_s": left - entered,
@@ -178,26 +168,22 @@ def run_ray(config: str, cfg, threads: int, trials: int, cpus: int) -> dict:
                          "clean_acc": record["summary"].get("clean_acc"),
                          "driver_pid": events["driver_entered"]["pid"]})
             free_since = returned
-        actors = actor_starts(driver_started)
+        actors = actor_starts(driver_started) if runner == "train" else []
     ray.shutdown()
     for row in rows:
         row["fixed_s"] = row["startup_s"] + row["teardown_s"]
-    return {"side": config, "trials": rows, "actors": actors, "tune_finish_s": ended - free_since,
+    return {"side": runner, "trials": rows, "actors": actors, "tune_finish_s": ended - free_since,
             "total_s": ended - started,
             "load_average_1m": os.getloadavg()[0],
             **{key: median([r[key] for r in rows]) for key in
                ("epoch_s", "train_s", "eval_s", "cpu_s", "startup_s", "teardown_s", "fixed_s")}}
 
 
-def run_child(side: str, threads: int, code: str | None) -> dict:
-    """One side in a fresh process. The bare loop gets the OMP_NUM_THREADS Ray gives its workers; a
-    side with `code` imports dpnp_ray from there (PYTHONPATH and working directory: Ray's workers too)."""
+def run_child(side: str, threads: int) -> dict:
+    """One side in a fresh process. The bare loop gets the OMP_NUM_THREADS Ray gives its workers."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if side == "bare" else dict(os.environ)
-    if code:
-        env["PYTHONPATH"] = os.pathsep.join([code, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--child", side]
-                          + (["--code", code] if code else []), env=env, cwd=code or None, capture_output=True,
-                          text=True)
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--child", side], env=env,
+                          capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{side} run failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -216,27 +202,25 @@ def bare_child(cfg, threads: int) -> dict:
             "load_average_1m": os.getloadavg()[0], "clean_acc": result.summary.get("clean_acc")}
 
 
+SIDES = ("bare", "train", "tune")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default="digits")
-    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--model", default="small_cnn")
     parser.add_argument("--attack-steps", type=int, default=3, help="training PGD steps (sets the epoch length)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--eval-n", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="torch threads = CPUs of the Ray worker")
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of each local Ray instance")
-    parser.add_argument("--trials", type=int, default=2, help="trials one after another in each Ray run")
+    parser.add_argument("--trials", type=int, default=3, help="trials one after another in each Ray run")
     parser.add_argument("--repeats", type=int, default=1,
-                        help="1: bare, before, after; 2: then after, before, bare (cancels drift); ...")
-    parser.add_argument("--before-code", default=None,
-                        help="a directory holding the code before the change (the before runs import it)")
+                        help="1: bare, train, tune; 2: then tune, train, bare (cancels drift); ...")
     parser.add_argument("--json", default=None)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: run one side, print JSON
-    parser.add_argument("--code", default=None, help=argparse.SUPPRESS)  # internal: import dpnp_ray from here
     args = parser.parse_args()
-    if args.code:
-        sys.path.insert(0, os.path.abspath(args.code))
 
     from dpnp_ray.config import ExperimentConfig
 
@@ -252,10 +236,10 @@ def main() -> None:
 
     order: list[str] = []
     for r in range(args.repeats):
-        order += ["bare", "before", "after"] if r % 2 == 0 else ["after", "before", "bare"]
+        order += list(SIDES) if r % 2 == 0 else list(reversed(SIDES))
     runs = []
     for run, side in enumerate(order):
-        row = run_child(side, args.threads, args.before_code if side == "before" else None)
+        row = run_child(side, args.threads)
         row["run"] = run
         runs.append(row)
         per_trial = " ".join(f"{t['fixed_s']:.1f}" for t in row.get("trials", []))
@@ -270,35 +254,38 @@ def main() -> None:
         return median(values) if values else None
 
     keys = ("epoch_s", "train_s", "eval_s", "cpu_s", "startup_s", "teardown_s", "fixed_s")
-    summary = {key: {side: med(side, key) for side in ("bare", "before", "after")} for key in keys}
-    ratios = {key: {side: summary[key][side] / summary[key]["bare"] for side in ("before", "after")}
+    summary = {key: {side: med(side, key) for side in SIDES} for key in keys}
+    ratios = {key: {side: summary[key][side] / summary[key]["bare"] for side in ("train", "tune")}
               for key in ("epoch_s", "train_s", "eval_s", "cpu_s")}
+    ratios["fixed_s"] = {"tune / train": summary["fixed_s"]["tune"] / summary["fixed_s"]["train"]}
     where = machine(torch.device("cpu"))
     loads = [r["load_average_1m"] for r in runs]
     print(f"ray overhead: {args.model} on {args.dataset}, PGD-{args.attack_steps} Adv-DPNP, {args.epochs} epoch(s), "
           f"batch {args.batch}, {args.threads} torch thread(s), {args.trials} trials per Ray run, {args.repeats} "
           f"repeat(s), on {where['cpu_model']} ({where['cpus_usable']} usable CPUs, load {min(loads):.1f}-"
           f"{max(loads):.1f})")
-    print(table([{"what": k, **v, "rb": ratios.get(k, {}).get("before"), "ra": ratios.get(k, {}).get("after")}
+    print(table([{"what": k, **v, "rtr": ratios.get(k, {}).get("train"), "rtu": ratios.get(k, {}).get("tune")}
                  for k, v in summary.items()],
-                [("what", "seconds (median)", ""), ("bare", "bare", ".2f"), ("before", "ray before", ".2f"),
-                 ("after", "ray after", ".2f"), ("rb", "before / bare", ".3f"), ("ra", "after / bare", ".3f")]))
-    print(f"fixed cost per trial (start-up + tear-down): before {summary['fixed_s']['before']:.1f} s "
-          f"({summary['startup_s']['before']:.1f} + {summary['teardown_s']['before']:.1f}), "
-          f"after {summary['fixed_s']['after']:.1f} s ({summary['startup_s']['after']:.1f} + "
-          f"{summary['teardown_s']['after']:.1f}); target <= 5 s")
-    print(f"epoch-seconds ratio after / bare {ratios['epoch_s']['after']:.3f} (target <= 1.05 at epochs of 30 s or "
-          f"more; this epoch: {summary['epoch_s']['bare'] / args.epochs:.1f} s bare)")
-    chain = [a for r in runs if r["side"] == "after" for a in r.get("actors", []) if a["trial"] > 0]
+                [("what", "seconds (median)", ""), ("bare", "bare", ".2f"), ("train", "runner train", ".2f"),
+                 ("tune", "runner tune", ".2f"), ("rtr", "train / bare", ".3f"), ("rtu", "tune / bare", ".3f")]))
+    fixed = summary["fixed_s"]
+    print(f"fixed cost per trial (start-up + tear-down): train {fixed['train']:.1f} s "
+          f"({summary['startup_s']['train']:.1f} + {summary['teardown_s']['train']:.1f}), "
+          f"tune {fixed['tune']:.1f} s ({summary['startup_s']['tune']:.1f} + {summary['teardown_s']['tune']:.1f}); "
+          f"tune / train {ratios['fixed_s']['tune / train']:.3f} (targets: tune <= 5 s and <= 1/3 of train)")
+    print(f"epoch-seconds ratio tune / bare {ratios['epoch_s']['tune']:.3f}, train / bare "
+          f"{ratios['epoch_s']['train']:.3f} (target <= 1.05 at epochs of 30 s or more; this epoch: "
+          f"{summary['epoch_s']['bare'] / args.epochs:.1f} s bare)")
+    chain = [a for r in runs if r["side"] == "train" for a in r.get("actors", []) if a["trial"] > 0]
     if chain:
-        print("\nwhere an 'after' trial's start-up goes (trials after the first; medians; seconds from the trial "
+        print("\nwhere a `train` trial's start-up goes (trials after the first; medians; seconds from the trial "
               "driver's start): each actor is a new process")
         names = list(dict.fromkeys(a["actor"] for a in chain))
         print(table([{"actor": n, **{k: median([a[k] for a in chain if a["actor"] == n])
                                      for k in ("asked_s", "running_s", "ready_s")}} for n in names],
                     [("actor", "actor", ""), ("asked_s", "requested", ".2f"), ("running_s", "process running", ".2f"),
                      ("ready_s", "__init__ done", ".2f")]))
-        entered = median([t["driver_to_loop_s"] for r in runs if r["side"] == "after" for t in r["trials"][1:]])
+        entered = median([t["driver_to_loop_s"] for r in runs if r["side"] == "train" for t in r["trials"][1:]])
         print(f"the training loop starts at {entered:.2f} s")
     out = write_json("ray_overhead", {"args": vars(args), "config": cfg.to_dict(), "machine": where, "runs": runs,
                                       "summary": summary, "ratios": ratios}, args.json)

@@ -13,7 +13,7 @@ from typing import Any, Callable
 from . import results
 from .config import ConfigError, ExperimentConfig, field_choices
 from .provenance import redact
-from .ray_train import Scaling
+from .ray_train import RUNNERS, Scaling
 from .study.settings import StudySettings
 
 
@@ -65,7 +65,12 @@ def add_common_flags(parser: argparse.ArgumentParser, default_name: str,
     g.add_argument("--gpus-per-worker", type=float, default=0.0, help="0: CPU workers (gloo); >0: GPU workers (NCCL)")
     g.add_argument("--max-concurrent", type=int, default=0, help="trials at once; 0: as many as the resources allow")
     g.add_argument("--max-failures", type=int, default=2,
-                   help="times Ray Train restarts a trial's workers from the latest checkpoint after a crash")
+                   help="times a trial restarts from its latest checkpoint after a crash (its workers, by Ray Train; "
+                        "the trial itself, by Ray Tune, with --runner tune)")
+    g.add_argument("--runner", choices=RUNNERS, default=None,
+                   help="where a trial's loop runs: tune (in the Tune trial itself, one worker, seconds to start) or "
+                        "train (a Ray Train TorchTrainer: DDP, Train's worker placement and restarts; ~15 s to start "
+                        "on 2 cores); default: tune for a local trial of one worker, train otherwise")
     g.add_argument("--storage", default="results",
                    help="results root: a local path, or a URI shared by all nodes (s3://...) on multi-node clusters")
     g.add_argument("--name", default=default_name, help="study name: results go to <storage>/<name>/")
@@ -97,7 +102,8 @@ def add_common_flags(parser: argparse.ArgumentParser, default_name: str,
 
 def scaling(args: argparse.Namespace) -> Scaling:
     """The Scaling of the flags (their ranges are checked with everything else: study/preflight.py)."""
-    return Scaling(args.workers, args.cpus_per_worker, args.gpus_per_worker, args.max_failures)
+    return Scaling(args.workers, args.cpus_per_worker, args.gpus_per_worker, args.max_failures,
+                   getattr(args, "runner", None))
 
 
 def study_settings(args: argparse.Namespace) -> StudySettings:

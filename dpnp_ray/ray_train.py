@@ -1,9 +1,13 @@
-"""Ray Train: the training loop as `train_loop_per_worker`, and the TorchTrainer that runs it.
+"""The trial loop of both runners (`run_loop`), its Ray Train adapter, and the TorchTrainer that runs it.
 
-Each worker runs `experiment.run_experiment` with a DistributedEnvironment (DDP through
-`ray.train.torch.prepare_model`, its own shard of every split), reports every epoch's
-metrics with a checkpoint from rank 0, resumes from the latest checkpoint after a restart,
-and ends with one report whose checkpoint holds `final.json`: the trial's whole record.
+A trial's loop runs `experiment.run_experiment`, reports every epoch's metrics with a checkpoint from
+rank 0, resumes from the latest checkpoint after a restart, and ends with one report whose checkpoint
+holds `final.json`: the trial's whole record. Where it runs is a runner (`Scaling.runner`): `train`, a
+TorchTrainer whose workers run it with a DistributedEnvironment (DDP through
+`ray.train.torch.prepare_model`, each rank its own shard of every split); `tune`, the trial's own Tune
+actor, one process (study/tune.py). The loop talks to its runner through a `TrialIO` only: `TrainIO`
+here, `TuneIO` in study/tune.py. Both keep the final record at the same place,
+`<train storage>/<run name>/final_<time ns>/final.json` (`find_final_record`).
 
 A trial's status is decided here, once, and written into that record: `completed`, `failed`
 (training or evaluation failed) or `stopped` (the scheduler asked it to stop: a file at the
@@ -22,7 +26,7 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +45,15 @@ TIME_ATTR = "epochs_done"
 """in every epoch's report (epoch + 1) and in no other: the time attribute of a scheduler"""
 OBJECTIVE_METRICS = ("val_clean_acc", "val_robust_acc")
 """in every report to Tune (NaN where a trial has none): Tune refuses a result without its metrics"""
+RUNNERS = ("train", "tune")
+"""where a trial's loop runs: a TorchTrainer (any number of workers, any cluster), or its own Tune trial (one
+worker: no Train controller and worker processes to start, seconds instead of ~15 s per trial on 2 cores)"""
+
+
+def default_runner(num_workers: int, on_cluster: bool) -> str:
+    """`tune` for a local trial of one worker, `train` for DDP trials and on a cluster (long trials, where
+    Train's worker placement and restarts matter and its start-up is noise)."""
+    return "tune" if num_workers == 1 and not on_cluster else "train"
 
 
 STOP_LATENCY_EPOCHS = 1
@@ -67,10 +80,16 @@ class Scaling:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     max_failures: int = 0
+    runner: str | None = None  # one of RUNNERS; None: default_runner, decided where the study runs
 
     @property
     def use_gpu(self) -> bool:
         return self.gpus_per_worker > 0
+
+    @property
+    def worker_resources(self) -> dict[str, float]:
+        """What one worker holds: its CPUs, and its GPUs if any."""
+        return {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_worker} if self.use_gpu else {})}
 
 
 def _load_checkpoint(checkpoint) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -114,31 +133,100 @@ def outcome_metrics(record: dict[str, Any]) -> dict[str, Any]:
     return {**metrics, "trial_status": record["status"]}
 
 
+class TrialIO:
+    """How a trial's loop meets its runner: rank, device, environment, the checkpoint to resume from, and
+    reports (metrics, with a checkpoint directory from rank 0). Subclassed per runner."""
+
+    rank: int = 0
+    world: int = 1
+
+    def device(self, cfg: ExperimentConfig, use_gpu: bool) -> torch.device:
+        raise NotImplementedError
+
+    def environment(self, device: torch.device) -> LocalEnvironment:
+        return LocalEnvironment(device)
+
+    def checkpoint(self):
+        """The latest checkpoint of this trial (ray Checkpoint), None on a first start."""
+        raise NotImplementedError
+
+    def report(self, metrics: dict[str, Any], directory: str | None, name: str) -> None:
+        """Report metrics; `directory` (rank 0 only) becomes the checkpoint named `name`."""
+        raise NotImplementedError
+
+
+class TrainIO(TrialIO):
+    """A Ray Train worker: its rank in the run, DDP when there are several, ray.train reports."""
+
+    def __init__(self):
+        import ray.train
+
+        context = ray.train.get_context()
+        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+
+    def device(self, cfg: ExperimentConfig, use_gpu: bool) -> torch.device:
+        import ray.train.torch
+
+        return ray.train.torch.get_device() if cfg.device != "cpu" else torch.device("cpu")
+
+    def environment(self, device: torch.device) -> LocalEnvironment:
+        import ray.train.torch
+
+        if self.world > 1:
+            return DistributedEnvironment(device, self.rank, self.world, wrap=ray.train.torch.prepare_model)
+        return LocalEnvironment(device)
+
+    def checkpoint(self):
+        import ray.train
+
+        return ray.train.get_checkpoint()
+
+    def report(self, metrics: dict[str, Any], directory: str | None, name: str) -> None:
+        import ray.train
+
+        checkpoint = ray.train.Checkpoint.from_directory(directory) if directory else None
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name if directory else None)
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point: one call per worker."""
-    import ray.train
-    import ray.train.torch
+    run_loop(loop_config, TrainIO())
 
-    from .experiment import run_experiment
-    from .model_export import export_model
-    from .training_loop import ConsoleLog, NonFiniteLossError
+
+def run_loop(loop_config: dict[str, Any], io: TrialIO) -> None:
+    """One trial's training loop (`loop_config` from `trial_loop_config`), whichever runner calls it."""
+    from .training_loop import ConsoleLog
 
     # Ray Train logs some of its INFO messages (every report) through loggers its LoggingConfig does not filter
     logging.getLogger().setLevel(loop_config.get("log_level", "INFO"))
     cfg = ExperimentConfig.from_dict(loop_config["experiment"])
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    log = ConsoleLog(_line_writer(context.get_experiment_name()),
-                     progress_every_s=float(loop_config.get("progress_every_s", 0.0))) if rank == 0 else None
+    log = ConsoleLog(_line_writer(loop_config["run_name"]),
+                     progress_every_s=float(loop_config.get("progress_every_s", 0.0))) if io.rank == 0 else None
+    # Per trial, not per process: a reused actor (Tune's reuse_actors) keeps the last trial's thread count.
     torch.set_num_threads(max(1, int(loop_config.get("threads", 1))))
-    device = ray.train.torch.get_device() if cfg.device != "cpu" else torch.device("cpu")
-    if world > 1:
-        env: LocalEnvironment = DistributedEnvironment(device, rank, world, wrap=ray.train.torch.prepare_model)
-    else:
-        env = LocalEnvironment(device)
-    resume, finished = _load_checkpoint(ray.train.get_checkpoint())
+    gpus = float(loop_config.get("gpus_per_worker", 0.0))
+    device = io.device(cfg, gpus > 0)
+    if device.type == "cuda" and 0 < gpus < 1:
+        # Ray shares a GPU by bookkeeping only: cap this process at its share so trials cannot starve each other.
+        torch.cuda.set_per_process_memory_fraction(gpus, device)
+    try:
+        _train_and_report(loop_config, io, cfg, device, log)
+    finally:
+        if device.type == "cuda":  # a reused actor (or the next trial on this GPU) gets the memory back
+            torch.cuda.empty_cache()
+
+
+def _train_and_report(loop_config: dict[str, Any], io: TrialIO, cfg: ExperimentConfig, device: torch.device,
+                      log) -> None:
+    from .experiment import run_experiment
+    from .model_export import export_model
+    from .training_loop import NonFiniteLossError
+
+    rank, world = io.rank, io.world
+    env = io.environment(device)
+    resume, finished = _load_checkpoint(io.checkpoint())
     if finished is not None:  # restarted after the end: report the same record again, train nothing
-        _report_final(finished, rank)
+        _report_final(finished, io)
         return
     started = time.time()
     stop_request = loop_config.get("stop_request")
@@ -152,18 +240,19 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         history[:] = state["history"]
         _fault_injection(metrics["epoch"], rank)
         report = {**metrics, "trial_status": "running", TIME_ATTR: metrics["epoch"] + 1}
+        name = f"epoch_{metrics['epoch']:04d}"
         if rank != 0:
-            ray.train.report(report, checkpoint=None)
+            io.report(report, None, name)
         else:
             with tempfile.TemporaryDirectory() as directory:
                 torch.save(state, Path(directory) / STATE_FILE)
-                ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(directory),
-                                 checkpoint_dir_name=f"epoch_{metrics['epoch']:04d}")
+                io.report(report, directory, name)
         if honours_stop(metrics["epoch"] + 1, cfg.epochs) and _stop_requested(stop_request, env):
             raise StopRequested()
 
     record: dict[str, Any] = {"status": "completed", "error": "", "num_workers": world,
-                              "use_gpu": device.type == "cuda", **provenance(str(device))}
+                              "use_gpu": device.type == "cuda", "runner": loop_config.get("runner", "train"),
+                              **provenance(str(device))}
     try:
         result = run_experiment(cfg, env=env, resume=resume, on_epoch=on_epoch, log=log)
         if rank == 0 and loop_config.get("model_dir"):
@@ -183,7 +272,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                       summary={}, history=history, evals=[])
     record["worker_seconds"] = time.time() - started
     record["final_metrics"] = outcome_metrics(record)
-    _report_final(record, rank)
+    _report_final(record, io)
 
 
 def _line_writer(label: str):
@@ -199,17 +288,15 @@ def _line_writer(label: str):
     return write
 
 
-def _report_final(record: dict[str, Any], rank: int) -> None:
-    import ray.train
-
+def _report_final(record: dict[str, Any], io: TrialIO) -> None:
     final_metrics = record.get("final_metrics") or outcome_metrics(record)
-    if rank != 0:
-        ray.train.report(final_metrics, checkpoint=None)
+    name = f"{FINAL_PREFIX}{time.time_ns()}"
+    if io.rank != 0:
+        io.report(final_metrics, None, name)
         return
     with tempfile.TemporaryDirectory() as directory:
         Path(directory, FINAL_FILE).write_text(json.dumps(record, default=_json_default))
-        ray.train.report(final_metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
-                         checkpoint_dir_name=f"{FINAL_PREFIX}{time.time_ns()}")
+        io.report(final_metrics, directory, name)
 
 
 def _json_default(value: Any) -> Any:
@@ -220,16 +307,26 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot store {type(value).__name__} in a trial record")
 
 
-def make_trainer(cfg: ExperimentConfig, scaling: Scaling, *, run_name: str, storage_path: str,
-                 in_tune: bool = True, stop_request: str | None = None, log_level: str = "WARNING",
-                 progress_every_s: float = 0.0, model_dir: str | None = None, trial: dict[str, Any] | None = None):
-    """A TorchTrainer for one trial. A fixed `run_name` lets a relaunched trial find its checkpoints;
-    the trial stops after the epoch at which a file appears at `stop_request` (see StopRequested).
+def trial_loop_config(cfg: ExperimentConfig, scaling: Scaling, *, run_name: str, stop_request: str | None = None,
+                      log_level: str = "WARNING", progress_every_s: float = 0.0, model_dir: str | None = None,
+                      trial: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What `run_loop` needs (picklable), the same for both runners. `run_name` labels its lines; the
+    trial stops after the epoch at which a file appears at `stop_request` (see StopRequested).
 
     `log_level` filters Ray Train's own messages (worker group start, every report and checkpoint);
     `progress_every_s` > 0 adds a progress line inside epochs at most that often. With `model_dir`,
     rank 0 exports the selected model there, labelled with `trial` (study, trial_id, ...).
     """
+    return {"experiment": cfg.to_dict(), "threads": max(1, int(scaling.cpus_per_worker)),
+            "gpus_per_worker": scaling.gpus_per_worker, "runner": scaling.runner or "train", "run_name": run_name,
+            "stop_request": stop_request, "progress_every_s": progress_every_s, "log_level": log_level,
+            "model_dir": model_dir, "trial": trial}
+
+
+def make_trainer(cfg: ExperimentConfig, scaling: Scaling, *, run_name: str, storage_path: str,
+                 in_tune: bool = True, **loop: Any):
+    """A TorchTrainer for one trial (`loop`: the options of trial_loop_config). A fixed `run_name` lets a
+    relaunched trial find its checkpoints."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -238,21 +335,17 @@ def make_trainer(cfg: ExperimentConfig, scaling: Scaling, *, run_name: str, stor
         from ray.tune.integration.ray_train import TuneReportCallback
 
         callbacks.append(TuneReportCallback())
-    resources = {"CPU": scaling.cpus_per_worker}
-    if scaling.use_gpu:
-        resources["GPU"] = scaling.gpus_per_worker
+    loop_config = trial_loop_config(cfg, replace(scaling, runner="train"), run_name=run_name, **loop)
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"experiment": cfg.to_dict(), "threads": max(1, int(scaling.cpus_per_worker)),
-                           "stop_request": stop_request, "progress_every_s": progress_every_s,
-                           "log_level": log_level, "model_dir": model_dir, "trial": trial},
+        train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
-                                               resources_per_worker=resources),
+                                               resources_per_worker=scaling.worker_resources),
         run_config=ray.train.RunConfig(
             name=run_name, storage_path=storage_path, callbacks=callbacks,
             failure_config=ray.train.FailureConfig(max_failures=scaling.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            logging_config=ray.train.LoggingConfig(log_level=log_level),
+            logging_config=ray.train.LoggingConfig(log_level=loop_config["log_level"]),
         ),
     )
 

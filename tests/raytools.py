@@ -47,6 +47,7 @@ class TwoNodeCluster:
         self.tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
+        self.dashboard = f"http://127.0.0.1:{free_port()}"  # where `ray job submit` sends jobs
         self.env = study_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32),
                              RAY_TMPDIR=self.tmp)
 
@@ -57,7 +58,8 @@ class TwoNodeCluster:
 
     def __enter__(self) -> "TwoNodeCluster":
         self._ray("start", "--head", "--num-cpus", "1", "--port", str(self.port), "--node-ip-address", "127.0.0.1",
-                  "--dashboard-host", "127.0.0.1", "--dashboard-port", str(free_port()), "--disable-usage-stats")
+                  "--dashboard-host", "127.0.0.1", "--dashboard-port", self.dashboard.rsplit(":", 1)[1],
+                  "--disable-usage-stats")
         try:
             self._ray("start", "--address", self.address, "--num-cpus", "1", "--node-ip-address", "127.0.0.1",
                       "--disable-usage-stats")

@@ -115,6 +115,9 @@ def test_exported_rows_hold_no_home_paths_or_credentials(tmp_path):
     # found by every trial after Ray had started, each with a multi-screen traceback, and the study exited 0
     (["--dataset", "cifar10", "--data-root", "/nonexistent"], "--data-root '/nonexistent' (dataset cifar10): "),
     (["--max-concurrent", "-2"], "--max-concurrent -2: must be an integer >= 0"),  # ran
+    (["--runner", "tune", "--workers", "2"], "--runner tune with --workers 2: a trial run in its Tune actor has one"),
+    # NCCL fails such a trial with "Duplicate GPU detected" after Ray has started
+    (["--workers", "2", "--gpus-per-worker", "0.5"], "--gpus-per-worker 0.5 with --workers 2: the DDP ranks"),
 ])
 def test_bad_cli_input_fails_before_training(tmp_path, args, fragment):
     if "--storage" not in args:
@@ -332,6 +335,28 @@ def test_plan_concurrency_packs_workers_per_node_and_refuses_what_cannot_fit():
         plan_concurrency(Scaling(num_workers=2, gpus_per_worker=1.0), 0, two_nodes)
 
 
+def test_a_tune_trial_holds_its_worker_and_a_train_trial_a_driver():
+    """The `tune` runner's trial is its worker (the worker's CPUs/GPUs, no driver); a `train` trial's Tune actor is
+    a small driver that, without the driver resource, takes a slot of fractional CPU; the default runner is tune
+    for a local 1-worker trial only."""
+    from dpnp_ray.ray_train import Scaling, default_runner
+    from dpnp_ray.study.cluster import DRIVER_CPU, driver_request, plan_concurrency, resolve, trial_request
+    from dpnp_ray.study.settings import StudySettings
+
+    nodes = [{"CPU": 2.0}]
+    assert trial_request(Scaling(runner="tune", cpus_per_worker=2, gpus_per_worker=0.25), nodes) == \
+        {"CPU": 2.0, "GPU": 0.25}
+    assert trial_request(Scaling(runner="train"), nodes) == driver_request(nodes) == {"CPU": DRIVER_CPU}
+    # 2 one-CPU workers fit; a train trial's driver (0.01 CPU) finds no fractional CPU left and costs a slot
+    assert plan_concurrency(Scaling(runner="tune"), 0, nodes) == 2
+    assert plan_concurrency(Scaling(runner="train"), 0, nodes) == 1
+    assert plan_concurrency(Scaling(runner="tune", gpus_per_worker=0.25), 0, [{"CPU": 8.0, "GPU": 1.0}]) == 4
+    assert [default_runner(w, c) for w, c in ((1, False), (2, False), (1, True))] == ["tune", "train", "train"]
+    assert resolve(StudySettings("x")).scaling.runner == "tune"
+    assert resolve(StudySettings("x", address="h:1")).scaling.runner == "train"
+    assert resolve(StudySettings("x", scaling=Scaling(runner="train"))).scaling.runner == "train"
+
+
 # ---------------------------------------------------------------------------------------------- with Ray
 ray_test = [pytest.mark.ray, pytest.mark.timeout(900)]
 
@@ -342,7 +367,10 @@ def _records(directory: Path) -> dict[str, dict]:
 
 @pytest.mark.ray
 @pytest.mark.timeout(900)
-def test_killed_worker_resumes_from_checkpoint_and_matches_undisturbed_run(tmp_path, digits):
+@pytest.mark.parametrize("runner", ["tune", "train"])
+def test_killed_worker_resumes_from_checkpoint_and_matches_undisturbed_run(tmp_path, digits, runner):
+    """The worker dies (os._exit) after epoch 1's training, before its checkpoint: with --runner train Ray Train
+    restarts the worker group, with --runner tune Ray Tune retries the trial; either resumes after epoch 0."""
     from dpnp_ray.config import ExperimentConfig, parse_assignments
     from dpnp_ray.experiment import run_experiment
 
@@ -351,13 +379,17 @@ def test_killed_worker_resumes_from_checkpoint_and_matches_undisturbed_run(tmp_p
                  "eval_suite=basic", "lr=0.05", "batch_size=64"]
     env = study_env(DPNP_RAY_FAIL_AT_EPOCH=f"1:{marker}")
     run_script("ablation.py", "--variants", "full", "--seeds", "0", "--storage", str(tmp_path), "--name", "kill",
-               "--max-failures", "2", "--set", *overrides, env=env)
+               "--max-failures", "2", "--runner", runner, "--set", *overrides, env=env)
     assert marker.exists(), "the worker was not killed"
     directory = tmp_path / "kill"
     epochs = results.read_table(directory, "epochs")
     assert epochs["epoch"].tolist() == [0, 1, 2]  # each epoch once: epoch 1 was trained twice, recorded once
     trial = results.read_table(directory, "trials").iloc[0]
-    assert trial["status"] == "completed"
+    assert trial["status"] == "completed" and trial["runner"] == runner
+    if runner == "tune":  # Tune's own history of the retried trial is continuous: epochs 1, 2, 3, one report each
+        reports = [json.loads(line) for line in (directory / "full-s0" / "result.json").read_text().splitlines()]
+        assert [r["epochs_done"] for r in reports if "epochs_done" in r] == [1, 2, 3]
+        assert [r["training_iteration"] for r in reports] == list(range(1, len(reports) + 1))
 
     # The same config and seed (the study's defaults, then the overrides, as the trial recorded them),
     # undisturbed, in this process: identical numbers (CPU, one thread each).
@@ -375,9 +407,10 @@ def test_killed_worker_resumes_from_checkpoint_and_matches_undisturbed_run(tmp_p
 
 @pytest.mark.ray
 @pytest.mark.timeout(1200)
-def test_driver_killed_then_resumed_finishes_without_rerunning(tmp_path):
+@pytest.mark.parametrize("runner", ["tune", "train"])
+def test_driver_killed_then_resumed_finishes_without_rerunning(tmp_path, runner):
     args = ["--smoke", "--variants", "full", "pgd_at", "no_npr", "--storage", str(tmp_path), "--name", "drv",
-            "--set", "eval_suite=basic"]
+            "--runner", runner, "--set", "eval_suite=basic"]
     directory = tmp_path / "drv"
 
     def start():
@@ -422,6 +455,7 @@ def test_driver_killed_then_resumed_finishes_without_rerunning(tmp_path):
         assert records[trial_id]["finished_at"] == record["finished_at"], f"{trial_id} was run again"
     trials = results.read_table(directory, "trials")
     assert trials["trial_id"].is_unique and len(trials) == 3 and (trials["status"] == "completed").all()
+    assert (trials["runner"] == runner).all()
     epochs = results.read_table(directory, "epochs")
     assert not epochs.duplicated(["trial_id", "epoch"]).any()
 

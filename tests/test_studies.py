@@ -36,6 +36,7 @@ def test_smoke_ablation_writes_documented_tables(smoke_study):
     trials = results.read_table(directory, "trials")
     assert sorted(zip(trials["variant"], trials["seed"])) == [("full", 0), ("pgd_at", 0)]
     assert (trials["status"] == "completed").all()
+    assert (trials["runner"] == "tune").all()  # the default for a local trial of one worker
     for column in results.REQUIRED_COLUMNS["trials"] + METRICS + ["aa_acc", "cfg_method", "cfg_lambda_ppa"]:
         assert column in trials, column
     for column in METRICS + ["aa_acc"]:
@@ -99,6 +100,7 @@ def test_two_node_cluster_runs_ddp_trial(tmp_path):
         trials = results.read_table(storage / "ablation", "trials")
         assert len(trials) == 1 and trials.loc[0, "status"] == "completed"
         assert trials.loc[0, "num_workers"] == 2 and 0.5 < trials.loc[0, "clean_acc"] <= 1
+        assert trials.loc[0, "runner"] == "train"  # DDP, and on a cluster: a TorchTrainer
         # a request the cluster cannot place fails before training, naming what is missing
         proc = run_script("ablation.py", "--smoke", "--address", cluster.address, "--workers", "2",
                           "--gpus-per-worker", "1", "--storage", str(tmp_path / "r2"), env=cluster.env, check=False)

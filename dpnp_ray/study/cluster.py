@@ -7,12 +7,12 @@ import math
 import os
 import socket
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from .. import results
 from ..provenance import error_line, redact
-from ..ray_train import Scaling
+from ..ray_train import Scaling, default_runner
 from .settings import StudyError, StudySettings
 
 DRIVER_CPU = 0.01
@@ -64,6 +64,18 @@ def driver_request(nodes: list[dict[str, float]]) -> dict[str, float]:
     if any(n.get(DRIVER_RESOURCE, 0.0) >= 1 for n in nodes):
         return {DRIVER_RESOURCE: 1.0}
     return {"CPU": DRIVER_CPU}
+
+
+def trial_driver(scaling: Scaling, nodes: list[dict[str, float]]) -> dict[str, float]:
+    """What a trial holds besides its workers: nothing for the `tune` runner (its Tune actor is the worker),
+    a driver (driver_request) for a TorchTrainer's."""
+    return {} if scaling.runner == "tune" else driver_request(nodes)
+
+
+def trial_request(scaling: Scaling, nodes: list[dict[str, float]]) -> dict[str, float]:
+    """The resources of a trial's Tune actor: the worker's CPUs and GPUs where it trains itself (`tune`),
+    the small driver slot where it only drives a TorchTrainer (`train`)."""
+    return scaling.worker_resources if scaling.runner == "tune" else driver_request(nodes)
 
 
 def absolute_storage(storage: str) -> str:
@@ -194,9 +206,11 @@ def _probe(address: str, timeout: float = 5.0) -> None:
 
 
 def resolve(settings: StudySettings) -> StudySettings:
-    """The settings with an absolute storage location (Tune and Train need one)."""
-    return StudySettings(**{**asdict(settings), "storage": absolute_storage(settings.storage),
-                            "scaling": settings.scaling})
+    """The settings with an absolute storage location (Tune and Train need one) and the trials' runner."""
+    scaling = settings.scaling
+    if scaling.runner is None:
+        scaling = replace(scaling, runner=default_runner(scaling.num_workers, bool(settings.cluster or settings.address)))
+    return StudySettings(**{**asdict(settings), "storage": absolute_storage(settings.storage), "scaling": scaling})
 
 
 def prepare(settings: StudySettings) -> StudySettings:
@@ -212,13 +226,13 @@ def plan_concurrency(scaling: Scaling, max_concurrent: int, nodes: list[dict[str
     error before training, not a trial that waits forever.
 
     Workers are packed per node (a worker cannot span nodes). Each trial's driver holds `driver`
-    (default: `driver_request(nodes)`). A driver of DRIVER_RESOURCE holds no CPU: the drivers only
+    (default: `trial_driver`: none for the `tune` runner). A driver of DRIVER_RESOURCE holds no CPU: the drivers only
     bound the trials by the units the nodes offer. A driver of DRIVER_CPU goes into the fractional
     CPU left over on nodes, and where none is left it costs a whole worker slot.
     """
     if nodes is None:
         nodes = alive_nodes()
-    driver = driver if driver is not None else driver_request(nodes)
+    driver = driver if driver is not None else trial_driver(scaling, nodes)
     driver_cpu = driver.get("CPU", 0.0)
     cpw, gpw = scaling.cpus_per_worker, scaling.gpus_per_worker
     cpu_slots = [int((n.get("CPU", 0.0) + 1e-9) // cpw) for n in nodes]
@@ -239,9 +253,10 @@ def plan_concurrency(scaling: Scaling, max_concurrent: int, nodes: list[dict[str
         total_gpu = sum(n.get("GPU", 0.0) for n in nodes)
         largest = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
         held = ", ".join(f"{amount:g} {name}" for name, amount in driver.items())
+        held = f" plus {held} for its driver" if held else ""
         raise StudyError(
             f"a trial needs {scaling.num_workers} workers x ({cpw:g} CPU" + (f", {gpw:g} GPU" if gpw else "")
-            + f") plus {held} for its driver, which this cluster cannot place "
+            + f"){held}, which this cluster cannot place "
             f"({len(nodes)} nodes, {total_cpu:g} CPUs (largest node {largest:g}), {total_gpu:g} GPUs); "
             "lower --workers, --cpus-per-worker or --gpus-per-worker, or add nodes")
     k = 1

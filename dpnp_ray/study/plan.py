@@ -30,7 +30,7 @@ from typing import Any
 from ..config import ExperimentConfig
 from ..methods import METHODS
 from ..ray_train import STOP_LATENCY_EPOCHS, Scaling
-from .cluster import alive_nodes, connect, driver_request, local_resources, plan_concurrency
+from .cluster import alive_nodes, connect, local_resources, plan_concurrency, trial_driver
 from .settings import StudySettings
 
 SURVIVAL = 0.5
@@ -420,7 +420,7 @@ def cluster_view(settings: StudySettings) -> tuple[list[dict[str, float]], str]:
 def _make_plan(kind: str, named: list[tuple[str, ExperimentConfig, float, float]], settings: StudySettings,
                calibration: Calibration | None, notes: list[str]) -> Plan:
     nodes, where = cluster_view(settings)
-    driver = driver_request(nodes)
+    driver = trial_driver(settings.scaling, nodes)
     concurrent = plan_concurrency(settings.scaling, settings.max_concurrent, nodes, driver)
     first = named[0][1]
     sizes = split_sizes(first)

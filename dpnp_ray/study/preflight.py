@@ -13,6 +13,7 @@ from typing import Any
 
 from ..config import ConfigError, ExperimentConfig
 from ..provenance import redact
+from ..ray_train import RUNNERS, Scaling
 from .cluster import check_storage_writable
 from .settings import StudyError, StudySettings
 
@@ -37,6 +38,7 @@ def settings_problems(settings: StudySettings) -> list[str]:
         problems.append(f"--cpus-per-worker {s.cpus_per_worker}: must be > 0")
     if not s.gpus_per_worker >= 0:
         problems.append(f"--gpus-per-worker {s.gpus_per_worker}: must be >= 0 (0: CPU workers)")
+    problems += runner_problems(s)
     if not isinstance(s.max_failures, int) or s.max_failures < -1:
         problems.append(f"--max-failures {s.max_failures}: must be an integer >= -1 (-1: retry forever)")
     if not isinstance(settings.max_concurrent, int) or settings.max_concurrent < 0:
@@ -60,6 +62,21 @@ def credential_problems(storage: str) -> list[str]:
     return [f"--storage {redact(storage)!r}: holds credentials; Ray Tune records its storage location in the "
             "study's own files, so give them in the environment instead (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
             "AWS_SESSION_TOKEN; GOOGLE_APPLICATION_CREDENTIALS)"]
+
+
+def runner_problems(s: Scaling) -> list[str]:
+    """Where trials run: a runner that exists, and what each can do with the workers asked for."""
+    if s.runner not in (None, *RUNNERS):
+        return [f"--runner {s.runner!r}: allowed {', '.join(RUNNERS)} (default: tune for a local trial of one "
+                "worker, train otherwise)"]
+    if s.runner == "tune" and isinstance(s.num_workers, int) and s.num_workers >= 2:
+        return [f"--runner tune with --workers {s.num_workers}: a trial run in its Tune actor has one worker; "
+                "drop --runner (train is the default for 2 or more workers) or use --workers 1"]
+    if isinstance(s.num_workers, int) and s.num_workers >= 2 and 0 < s.gpus_per_worker < 1:
+        return [f"--gpus-per-worker {s.gpus_per_worker:g} with --workers {s.num_workers}: the DDP ranks of a trial "
+                "need a whole GPU each (NCCL refuses two ranks on one GPU); use --gpus-per-worker 1, or --workers 1 "
+                "to share a GPU between trials"]
+    return []
 
 
 def count_problem(flag: str, value: Any, lowest: int, highest: int | None = None) -> list[str]:

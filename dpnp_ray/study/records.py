@@ -97,7 +97,7 @@ def read_records(study_dir: str) -> list[dict[str, Any]]:
 def _flatten_record(record: dict[str, Any]) -> dict[str, Any]:
     """One trials.parquet row: identity, status, final metrics, provenance, cfg_* and param_* columns."""
     row = {k: record.get(k) for k in ("study", "trial_id", "variant", "seed", "study_kind", "status", "error",
-                                      "num_workers", "use_gpu", "wall_seconds", "worker_seconds",
+                                      "runner", "num_workers", "use_gpu", "wall_seconds", "worker_seconds",
                                       "started_at", "finished_at")}
     row["error"] = row["error"] or ""
     row["error_log"] = record.get("error_log") or ""

@@ -1,8 +1,11 @@
 """The Ray Tune glue of both studies: one trial as a Tune function, the Tuner, the scheduler, and the end of a study.
 
-A trial's status is decided once, where it ran: its Train run writes `completed`, `stopped` or `failed`
-into its final record (ray_train.py), and the trial's driver function (`run_trial`) copies that record
-into the study's (records.py). The scheduler never kills a trial: `StopAtEpochEnd` turns ASHA's STOP into
+A trial runs its loop (ray_train.run_loop) in one of two runners (`Scaling.runner`): `tune`, in the Tune
+trial's own actor, which then holds the worker's CPUs and GPUs (`TuneIO`: reports and checkpoints through
+ray.tune; a crash is a Tune retry from the latest checkpoint, `--max-failures` times); `train`, in a
+TorchTrainer that the trial's small driver function starts (a crash restarts Train's workers). A trial's
+status is decided once, where it ran: its loop writes `completed`, `stopped` or `failed` into its final
+record (ray_train.py), and the trial function (`run_trial`) copies that record into the study's (records.py). The scheduler never kills a trial: `StopAtEpochEnd` turns ASHA's STOP into
 a stop request that the trial honours at the end of its current epoch, so a stopped trial keeps every
 epoch it trained and a trial that finished is never killed after the fact. A trial whose driver died
 is recorded from its Train run's storage: a final record there makes it what that record says, else it
@@ -12,6 +15,7 @@ failed (`record_errored_trial`, called by a Tune callback when it happens and by
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 import time
@@ -25,8 +29,9 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from .. import results
 from ..config import ConfigError, ExperimentConfig
 from ..provenance import provenance, redact
-from ..ray_train import Scaling, find_final_record, make_trainer, outcome_metrics, read_final_record
-from .cluster import alive_nodes, driver_request
+from ..ray_train import (FINAL_FILE, FINAL_PREFIX, Scaling, TrialIO, find_final_record, make_trainer, outcome_metrics,
+                         read_final_record, run_loop, trial_loop_config)
+from .cluster import alive_nodes, trial_request
 from .records import (ENDED, export, model_path, one_line_error, read_record, record_path, train_run_name,
                       trial_id, write_error_log, write_record)
 from .settings import StudyError, StudySettings
@@ -35,9 +40,11 @@ from .settings import StudyError, StudySettings
 VariantOverrides = dict[str, dict[str, Any]]
 
 REUSE_TRIAL_DRIVERS = True
-"""Tune keeps a finished trial's driver actor for the next trial (reuse_actors): one process start
-and the driver's imports (Ray Train, torch) less per trial. A trial the scheduler stopped while its
-TorchTrainer still runs cannot be reused; Tune then ends that actor and starts a fresh one."""
+"""Tune keeps a finished trial's actor for the next trial (reuse_actors): one process start and its
+imports (Ray Train, torch) less per trial. A reused actor keeps module state: run_loop sets the torch
+threads and train() the seeds per trial, and a trial on a GPU empties the CUDA cache at its end. A trial
+the scheduler stopped while its TorchTrainer still runs cannot be reused; Tune then ends that actor and
+starts a fresh one."""
 
 
 class StudyInterrupted(StudyError):
@@ -90,7 +97,8 @@ class StudyContext:
 
     def new_record(self, spec: TrialSpec) -> dict[str, Any]:
         record = {"study": self.study, "trial_id": spec.trial_id, "variant": spec.variant, "seed": spec.cfg.seed,
-                  "study_kind": self.kind, "config": spec.cfg.to_dict(), "params": spec.params}
+                  "study_kind": self.kind, "runner": self.scaling.get("runner") or "train",
+                  "config": spec.cfg.to_dict(), "params": spec.params}
         if spec.optuna_trial is not None:
             record["optuna_trial"] = spec.optuna_trial
         return record
@@ -131,9 +139,64 @@ def _report_outcome(record: dict[str, Any]) -> None:
     tune.report({k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None})
 
 
+class TuneIO(TrialIO):
+    """The loop in the Tune trial's own actor: one worker, ray.tune reports and checkpoints (in the trial's
+    Tune directory). Its final record also goes where a Train run keeps its own
+    (`<train storage>/<run name>/final_<ns>/final.json`), so whatever reads final records reads both runners'."""
+
+    def __init__(self, train_storage: str, run_name: str):
+        self.run = results.join(train_storage, run_name)
+        self.final: dict[str, Any] | None = None  # the record of the final report, once made
+
+    def device(self, cfg: ExperimentConfig, use_gpu: bool):
+        import torch
+
+        # Tune sets CUDA_VISIBLE_DEVICES to the trial's GPU; like Train, a trial without GPUs trains on the CPU
+        return torch.device("cuda", 0) if use_gpu and cfg.device != "cpu" else torch.device("cpu")
+
+    def checkpoint(self):
+        from ray import tune
+
+        return tune.get_checkpoint()
+
+    def report(self, metrics: dict[str, Any], directory: str | None, name: str) -> None:
+        from pathlib import Path
+
+        from ray import tune
+
+        if directory and name.startswith(FINAL_PREFIX):
+            final = Path(directory, FINAL_FILE).read_bytes()
+            results.write_bytes_atomic(results.join(self.run, name, FINAL_FILE), final)
+            self.final = json.loads(final)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory) if directory else None)
+
+
+def _run_in_train(context: StudyContext, spec: TrialSpec, run_name: str, **loop: Any) -> dict[str, Any]:
+    """A TorchTrainer run of the loop; the fields of the trial's record."""
+    trainer = make_trainer(spec.cfg, Scaling(**context.scaling), run_name=run_name,
+                           storage_path=context.train_storage, **loop)
+    try:
+        return read_final_record(trainer.fit())
+    except Exception as exc:  # Train gave up (worker failures beyond max_failures): record, let the study go on
+        final = find_final_record(context.train_storage, run_name)  # finished before the failure reached us
+        return final if final is not None else context.failure(spec, one_line_error(exc), traceback.format_exc())
+
+
+def _run_in_tune(context: StudyContext, spec: TrialSpec, run_name: str, **loop: Any) -> dict[str, Any]:
+    """The loop right here, in the Tune trial. A crash is not caught: Tune retries the trial from its latest
+    checkpoint (FailureConfig), and when the retries are spent RecordErroredTrials records it."""
+    io = TuneIO(context.train_storage, run_name)
+    run_loop(trial_loop_config(spec.cfg, Scaling(**context.scaling), run_name=run_name, **loop), io)
+    return io.final
+
+
+TRIAL_RUNNERS = {"train": _run_in_train, "tune": _run_in_tune}
+"""Scaling.runner -> how a trial function runs the loop and returns its record's fields (ray_train.RUNNERS)."""
+
+
 def run_trial(params: dict[str, Any], *, context: StudyContext, log_level: str = "WARNING",
               progress_every_s: float = 0.0) -> None:
-    """Tune function trainable: one TorchTrainer run, then the trial record. Never calls ray.train.*."""
+    """Tune function trainable: the trial's loop in its runner, then the trial record. Never calls ray.train.*."""
     spec = context.spec(params)
     existing = read_record(record_path(context.study_dir, spec.trial_id))
     if existing is not None and existing.get("status") in ENDED:
@@ -141,19 +204,13 @@ def run_trial(params: dict[str, Any], *, context: StudyContext, log_level: str =
         return
     started = time.time()
     record = {**context.new_record(spec), "started_at": started}
-    run_name = train_run_name(context.study, spec.trial_id)
-    stop_request = stop_request_path(context.study_dir, spec.trial_id) if context.kind == "search" else None
-    trainer = make_trainer(spec.cfg, Scaling(**context.scaling), run_name=run_name,
-                           storage_path=context.train_storage, stop_request=stop_request, log_level=log_level,
-                           progress_every_s=progress_every_s, model_dir=model_path(context.study_dir, spec.trial_id),
-                           trial={"study": context.study, "trial_id": spec.trial_id, "variant": spec.variant,
-                                  "seed": spec.cfg.seed})
-    try:
-        record.update(read_final_record(trainer.fit()))
-    except Exception as exc:  # Train gave up (worker failures beyond max_failures): record, let the study go on
-        final = find_final_record(context.train_storage, run_name)  # finished before the failure reached us
-        record.update(final if final is not None else context.failure(spec, one_line_error(exc),
-                                                                      traceback.format_exc()))
+    run = TRIAL_RUNNERS[context.scaling.get("runner") or "train"]
+    record.update(run(context, spec, train_run_name(context.study, spec.trial_id),
+                      stop_request=stop_request_path(context.study_dir, spec.trial_id) if context.kind == "search"
+                      else None, log_level=log_level, progress_every_s=progress_every_s,
+                      model_dir=model_path(context.study_dir, spec.trial_id),
+                      trial={"study": context.study, "trial_id": spec.trial_id, "variant": spec.variant,
+                             "seed": spec.cfg.seed}))
     record.update(finished_at=time.time(), wall_seconds=time.time() - started)
     write_record(context.study_dir, context.keep_traceback(record))
     _report_outcome(record)
@@ -225,6 +282,13 @@ PROGRESS_EVERY_S = 30.0
 """Seconds between progress lines inside an epoch from each trial, when the study's output is a terminal."""
 
 
+def tune_retries(settings: StudySettings) -> int:
+    """Tune's retries of a failed trial: a `tune` trial is its worker, so a worker crash is a Tune retry and
+    --max-failures counts those; a `train` trial's workers are restarted by Train, and Tune retries its driver
+    settings.trial_retries times."""
+    return settings.scaling.max_failures if settings.scaling.runner == "tune" else settings.trial_retries
+
+
 def tune_settings(tune_config):
     """A study's TuneConfig with the settings every study shares (REUSE_TRIAL_DRIVERS)."""
     return replace(tune_config, reuse_actors=REUSE_TRIAL_DRIVERS)
@@ -248,7 +312,7 @@ def build_tuner(settings: StudySettings, base: dict[str, Any], kind: str, *,
     context = StudyContext.of(settings, base, kind, variant_overrides)
     bound = tune.with_parameters(run_trial, context=context, log_level="INFO" if settings.verbose else "WARNING",
                                  progress_every_s=PROGRESS_EVERY_S if sys.stdout.isatty() else 0.0)
-    bound = tune.with_resources(bound, driver_request(alive_nodes()))
+    bound = tune.with_resources(bound, trial_request(settings.scaling, alive_nodes()))
     experiment_path = results.join(settings.storage, settings.name)
     if settings.resume:
         if not tune.Tuner.can_restore(experiment_path):
@@ -259,7 +323,8 @@ def build_tuner(settings: StudySettings, base: dict[str, Any], kind: str, *,
                                   mlflow_tracking_uri=settings.mlflow_tracking_uri,
                                   describe=functools.partial(describe_trial, context))
     run_config = tune.RunConfig(name=settings.name, storage_path=settings.storage,
-                                failure_config=tune.FailureConfig(max_failures=settings.trial_retries),
+                                failure_config=tune.FailureConfig(max_failures=tune_retries(settings)),
+                                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),  # the `tune` runner's
                                 callbacks=[RecordErroredTrials(context), *callbacks]
                                 + ([] if settings.verbose else [StudyConsole()]),
                                 verbose=1 if settings.verbose else 0)
