@@ -1,6 +1,6 @@
-"""Whole studies as a user runs them: the `--smoke` ablation's wall time with an older checkout
-("before") and this one ("after"), and how close `--dry-run`'s estimate comes to the measured wall
-time of the smoke ablation and of a small search.
+"""Whole studies as a user runs them: the `--smoke` ablation's and a small search's wall time with an
+older checkout ("before") and this one ("after"), and how close `--dry-run`'s estimate comes to the
+measured wall time of both.
 
     python bench/study_wall.py --before-code DIR          # DIR: `git archive <commit> | tar -x -C DIR`
     python bench/study_wall.py --repeats 2 --search-trials 6
@@ -8,7 +8,7 @@ time of the smoke ablation and of a small search.
 Each study is the study script run in a child process (`python studies/ablation.py --smoke ...`), timed
 from its start to its exit (interpreter start, imports, the local Ray instance and its shutdown
 included), with results in a temporary directory. Order: dry runs, then before, after (ablation),
-search; with --repeats 2 the second round runs in reverse (cancels slow drift). The estimate is the
+before, after (search); with --repeats 2 the second round runs in reverse (cancels slow drift). The estimate is the
 `estimate: wall ...` line of the same command with `--dry-run`, made just before the runs.
 """
 
@@ -80,9 +80,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as storage:
         planned = {"ablation": estimate("ablation", ablation_args, storage),
                    "search": estimate("search", search_args, storage)}
-        order = [("before", "ablation"), ("after", "ablation"), ("after", "search")]
+        order = [("before", "ablation"), ("after", "ablation"), ("before", "search"), ("after", "search")]
         if args.before_code is None:
-            order = order[1:]
+            order = [o for o in order if o[0] == "after"]
         for r in range(args.repeats):
             for side, script in (order if r % 2 == 0 else order[::-1]):
                 code = args.before_code.resolve() if side == "before" else ROOT
@@ -111,11 +111,11 @@ def main() -> None:
     print(table(rows, [("study", "study", ""), ("side", "code", ""), ("wall", "measured wall s", ".1f"),
                        ("estimate", "--dry-run estimate s", ".1f"), ("ratio", "estimate / measured", ".2f"),
                        ("cpu", "machine CPU s", ".0f"), ("reserved_cpu", "CPU s the plan reserves", ".0f")]))
-    before = [r["wall"] for r in rows if r["side"] == "before"]
-    after = [r["wall"] for r in rows if r["side"] == "after" and r["study"].startswith("--smoke ablation")]
-    if before:
-        print(f"smoke ablation: before {before[0]:.1f} s, after {after[0]:.1f} s "
-              f"(after / before {after[0] / before[0]:.2f})")
+    for script in ("ablation", "search"):
+        walls = {r["side"]: r["wall"] for r in rows if r["study"].startswith(f"--smoke {script}")}
+        if "before" in walls:
+            print(f"smoke {script}: before {walls['before']:.1f} s, after {walls['after']:.1f} s "
+                  f"(after / before {walls['after'] / walls['before']:.2f})")
     out = write_json("study_wall", {"args": {k: str(v) for k, v in vars(args).items()}, "machine": where,
                                     "runs": runs, "summary": rows,
                                     "plans": {k: v["plan"] for k, v in planned.items()}}, args.json)

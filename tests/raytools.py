@@ -59,9 +59,15 @@ class TwoNodeCluster:
     def __enter__(self) -> "TwoNodeCluster":
         self._ray("start", "--head", "--num-cpus", "1", "--port", str(self.port), "--node-ip-address", "127.0.0.1",
                   "--dashboard-host", "127.0.0.1", "--dashboard-port", self.dashboard.rsplit(":", 1)[1],
-                  "--disable-usage-stats")
+                  "--dashboard-agent-listen-port", str(free_port()), "--disable-usage-stats")
         try:
+            # each node's dashboard agent (which runs submitted jobs) on its own port: the default 52365 is taken
+            # by the other node, or by any other Ray instance on this machine
+            # and its own temp dir, as a node of a real cluster has its own disk: with one shared session dir, each
+            # node's runtime-env agent deletes a job's working_dir when that node stops using it, under the
+            # job's driver running on the other node
             self._ray("start", "--address", self.address, "--num-cpus", "1", "--node-ip-address", "127.0.0.1",
+                      "--dashboard-agent-listen-port", str(free_port()), "--temp-dir", os.path.join(self.tmp, "w"),
                       "--disable-usage-stats")
         except Exception:
             self.__exit__()

@@ -77,10 +77,11 @@ def test_trial_cost_and_seconds_by_hand():
     assert cost.validation == 2 * 143 * (1 + 4)
     assert cost.suite == 100 * 26
     rates = plan.Calibration(train_seconds_per_fe=2e-4, eval_seconds_per_fe=1e-4, device="cpu", threads=1, detail="")
-    assert cost.seconds(rates, workers=1) == pytest.approx(
-        cost.train * 2e-4 + (cost.validation + cost.suite) * 1e-4 + plan.FIXED_TRIAL_SECONDS)
+    for runner in ("train", "tune"):
+        assert cost.seconds(rates, workers=1, runner=runner) == pytest.approx(
+            cost.train * 2e-4 + (cost.validation + cost.suite) * 1e-4 + plan.FIXED_TRIAL_SECONDS[runner])
     assert cost.seconds(rates, workers=2) == pytest.approx(
-        (cost.train * 2e-4 + (cost.validation + cost.suite) * 1e-4) / 2 + plan.FIXED_TRIAL_SECONDS)
+        (cost.train * 2e-4 + (cost.validation + cost.suite) * 1e-4) / 2 + plan.FIXED_TRIAL_SECONDS["train"])
     half = plan.trial_cost(cfg, DIGITS, workers=1, epochs=1, evaluated=0.25, survival=0.5)
     assert (half.train, half.validation, half.suite) == (cost.train / 2, cost.validation / 2, cost.suite / 4)
 
@@ -162,20 +163,28 @@ def test_ablation_plan_lists_the_grid_and_its_bill_without_ray(tmp_path):
     assert not (tmp_path / "results").exists()
     assert [t.name for t in p.trials] == ["full-s0", "full-s1", "pgd_at-s0", "pgd_at-s1", "no_npr-s0", "no_npr-s1"]
     assert [t.cfg.method for t in p.trials] == ["adv_dpnp"] * 2 + ["pgd_at"] * 2 + ["adv_dpnp"] * 2
-    assert p.concurrent == 2 and p.driver == {DRIVER_RESOURCE: 1.0}
+    # a local 1-worker study runs its trials in their Tune actors (runner tune): no driver besides the worker
+    assert p.concurrent == 2 and p.driver == {} and p.scaling.runner == "tune"
+    fixed, fixed_cpu = plan.FIXED_TRIAL_SECONDS["tune"], plan.FIXED_TRIAL_CPU_SECONDS["tune"]
     full = p.trials[0]
-    expected = (2 * 1280 * 12 + 2 * 143 * 5 + 100 * 26) * 1e-4 + plan.FIXED_TRIAL_SECONDS
+    expected = (2 * 1280 * 12 + 2 * 143 * 5 + 100 * 26) * 1e-4 + fixed
     assert full.seconds == pytest.approx(expected)
     assert p.trials[2].cost.train == 2 * 1280 * 9  # PGD-AT: 2k + 3
     slots = plan.makespan([t.seconds for t in p.trials], 2)
-    cpu_work = sum(t.seconds - plan.FIXED_TRIAL_SECONDS + plan.FIXED_TRIAL_CPU_SECONDS for t in p.trials)
+    cpu_work = sum(t.seconds - fixed + fixed_cpu for t in p.trials)
     assert p.cpu_seconds == pytest.approx(cpu_work) and p.cpus == 2
-    assert p.wall_seconds == pytest.approx(plan.FIXED_STUDY_SECONDS + max(slots, cpu_work / 2))
+    study = plan.FIXED_STUDY_SECONDS + plan.TUNE_ACTOR_START_SECONDS
+    assert p.wall_seconds == pytest.approx(study + max(slots, cpu_work / 2))
     assert p.device_hours == pytest.approx(sum(t.seconds for t in p.trials) / 3600)
     text = p.format()
     assert "trials: 6 (3 variant(s) x 2 seed(s))" in text
     assert "at once: 2 trial(s) on a local Ray instance with 2 CPUs" in text
-    assert "1 worker(s) x (1 CPU), and 1 dpnp_trial_driver" in text
+    assert "1 worker(s) x (1 CPU), nothing else (its Tune trial is its worker); runner tune" in text
+    # the same study through TorchTrainers: a driver per trial, and Ray Train's start-up in every trial
+    on_train = plan.plan_ablation(base, ["full"], [0], replace(settings, scaling=Scaling(runner="train")),
+                                  calibration=STUB)
+    assert on_train.driver == {DRIVER_RESOURCE: 1.0} and "1 dpnp_trial_driver for its Tune driver" in on_train.format()
+    assert on_train.trials[0].seconds == pytest.approx(expected - fixed + plan.FIXED_TRIAL_SECONDS["train"])
     assert "full-s0 .. full-s1 (2)" in text and "pgd_at-s0 .. pgd_at-s1 (2)" in text
     assert "CPU-hours" in text and "estimate: wall" in text
 
@@ -185,17 +194,17 @@ def test_wall_time_is_the_slots_or_the_cpu_work_whichever_is_longer(monkeypatch)
     base = dict(dataset="digits", epochs=2, batch_size=64, train_attack_steps=3, val_attack_steps=3,
                 eval_suite="basic", eval_n=100, eval_attack_steps=10)
     settings = StudySettings("abl", local_cpus=2)
-    monkeypatch.setattr(plan, "FIXED_TRIAL_CPU_SECONDS", 0.0)
+    monkeypatch.setattr(plan, "FIXED_TRIAL_CPU_SECONDS", {"tune": 0.0})
     light = plan.plan_ablation(base, ["full", "pgd_at"], [0], settings, calibration=STUB)
-    compute = [t.seconds - plan.FIXED_TRIAL_SECONDS for t in light.trials]
-    assert light.wall_seconds == pytest.approx(plan.FIXED_STUDY_SECONDS + max(t.seconds for t in light.trials))
+    compute = [t.seconds - plan.FIXED_TRIAL_SECONDS["tune"] for t in light.trials]
+    assert light.wall_seconds == pytest.approx(light.study_seconds + max(t.seconds for t in light.trials))
     assert "CPU-bound" not in light.format()
-    monkeypatch.setattr(plan, "FIXED_TRIAL_CPU_SECONDS", 100.0)
+    monkeypatch.setattr(plan, "FIXED_TRIAL_CPU_SECONDS", {"tune": 100.0})
     heavy = plan.plan_ablation(base, ["full", "pgd_at"], [0], settings, calibration=STUB)
     assert heavy.cpu_seconds == pytest.approx(sum(compute) + 200.0)
-    assert heavy.wall_seconds == pytest.approx(plan.FIXED_STUDY_SECONDS + (sum(compute) + 200.0) / 2)
+    assert heavy.wall_seconds == pytest.approx(heavy.study_seconds + (sum(compute) + 200.0) / 2)
     assert "note: CPU-bound: " in heavy.format()
-    gpu = replace(heavy, scaling=Scaling(gpus_per_worker=0.5))  # GPU compute holds no CPU: Ray's share only
+    gpu = replace(heavy, scaling=Scaling(gpus_per_worker=0.5, runner="tune"))  # GPU compute holds no CPU: Ray's share only
     assert gpu.cpu_seconds == pytest.approx(200.0)
 
 

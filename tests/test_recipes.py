@@ -145,6 +145,12 @@ def test_resume_with_a_changed_study_is_refused_listing_the_keys(ablation, tmp_p
     same = resolve(ablation, "ablation", *common, "--resume", "--max-concurrent", "1")
     assert same.grown == () and same.args.resume and same.config["epochs"] == 2
     assert resolve(ablation, "ablation", *common, "--resume", "--smoke").grown == ()
+    # a trial resumes from its own runner's checkpoints: the runner is part of the study
+    with pytest.raises(StudyError, match="scaling.runner: recorded .*, now 'train'"):
+        resolve(ablation, "ablation", *common, "--resume", "--runner", "train")
+    pinned = ("--storage", str(tmp_path), "--name", "pinned")
+    resolve(ablation, "ablation", "--smoke", *pinned, "--runner", "train").record()
+    assert resolve(ablation, "ablation", *pinned, "--resume").args.runner == "train"  # kept from the record
 
 
 def test_resume_growth_of_an_ablation(ablation, tmp_path):

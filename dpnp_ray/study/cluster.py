@@ -7,7 +7,7 @@ import math
 import os
 import socket
 from contextlib import contextmanager
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 from .. import results
@@ -205,12 +205,18 @@ def _probe(address: str, timeout: float = 5.0) -> None:
                          "or drop --cluster/--address to run on a local instance") from None
 
 
+def with_runner(settings: StudySettings) -> StudySettings:
+    """The settings with the trials' runner decided (`default_runner` unless --runner chose one)."""
+    scaling = settings.scaling
+    if scaling.runner is not None:
+        return settings
+    on_cluster = bool(settings.cluster or settings.address)
+    return replace(settings, scaling=replace(scaling, runner=default_runner(scaling.num_workers, on_cluster)))
+
+
 def resolve(settings: StudySettings) -> StudySettings:
     """The settings with an absolute storage location (Tune and Train need one) and the trials' runner."""
-    scaling = settings.scaling
-    if scaling.runner is None:
-        scaling = replace(scaling, runner=default_runner(scaling.num_workers, bool(settings.cluster or settings.address)))
-    return StudySettings(**{**asdict(settings), "storage": absolute_storage(settings.storage), "scaling": scaling})
+    return replace(with_runner(settings), storage=absolute_storage(settings.storage))
 
 
 def prepare(settings: StudySettings) -> StudySettings:

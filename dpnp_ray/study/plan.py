@@ -12,9 +12,9 @@ the earlier ones left, so attacks are counted at SURVIVAL of their length (see `
 Seconds per FE come from timing a few training steps and one evaluation PGD batch of the study's
 real model in this process (no Ray): `calibrate`. A trial's seconds = its training FE x the
 training rate + its validation and test-suite FE x the evaluation rate, divided by its workers,
-plus FIXED_TRIAL_SECONDS (start-up and tear-down through Ray Tune + Ray Train). The wall time packs
+plus FIXED_TRIAL_SECONDS of its runner (start-up and tear-down through Ray Tune, and Ray Train for `train`). The wall time packs
 the trials into the concurrent slots in order (`makespan`), but is never below the study's CPU work
-(the workers' compute plus FIXED_TRIAL_CPU_SECONDS of Ray processes per trial) spread over the
+(the workers' compute plus FIXED_TRIAL_CPU_SECONDS of Ray processes per trial, by runner) spread over the
 cluster's CPUs: where trials fill every core, Ray's own processes compete with them. Plus
 FIXED_STUDY_SECONDS.
 """
@@ -30,7 +30,7 @@ from typing import Any
 from ..config import ExperimentConfig
 from ..methods import METHODS
 from ..ray_train import STOP_LATENCY_EPOCHS, Scaling
-from .cluster import alive_nodes, connect, local_resources, plan_concurrency, trial_driver
+from .cluster import alive_nodes, connect, local_resources, plan_concurrency, trial_driver, with_runner
 from .settings import StudySettings
 
 SURVIVAL = 0.5
@@ -38,16 +38,23 @@ SURVIVAL = 0.5
 points that AutoAttack's and Square's later stages see. A robust model keeps about half its test
 points under PGD; points already broken (misclassified clean points first) cost a step or two."""
 
-FIXED_TRIAL_SECONDS = 12.0
-"""Start-up plus tear-down of one trial (Tune trial, Train controller and workers, process group,
-imports), measured by bench/ray_overhead.py on a 2-core CPU machine (bench/README.md)."""
+FIXED_TRIAL_SECONDS = {"train": 12.0, "tune": 0.1}
+"""Start-up plus tear-down of one trial, by runner (ray_train.RUNNERS), measured side by side by
+bench/ray_overhead.py on a 2-core CPU machine (bench/README.md): `train` starts a Train controller, its
+helper actors and a worker process per trial (12.2 s); `tune` runs in its Tune actor, which Tune reuses
+from trial to trial (0.04 s; the first trial of each slot also starts the actor: TUNE_ACTOR_START_SECONDS)."""
 
-FIXED_TRIAL_CPU_SECONDS = 30.0
-"""CPU-seconds one trial's Ray processes spend beside the worker's own compute: starting and importing
-the Tune trial driver, Train controller, worker and helper actors (each a new process that imports
-ray.train and torch), polling, reporting, checkpoints. They hold no CPU in Ray's accounting, so on a
-local instance whose trials fill every core they slow the trials down. Measured as the machine's CPU
-time over whole studies (bench/study_wall.py, bench/README.md)."""
+TUNE_ACTOR_START_SECONDS = 5.0
+"""`tune` runner: starting a slot's Tune actor and its imports (torch, ray.tune), once per concurrent slot
+(bench/ray_overhead.py: 5.0 s for the first trial)."""
+
+FIXED_TRIAL_CPU_SECONDS = {"train": 30.0, "tune": 3.0}
+"""CPU-seconds one trial's Ray processes spend beside the worker's own compute, by runner. `train`:
+starting and importing the Tune trial driver, Train controller, worker and helper actors (each a new
+process that imports ray.train and torch), polling, reporting, checkpoints; `tune`: reports and
+checkpoints through Tune only. They hold no CPU in Ray's accounting, so on a local instance whose trials
+fill every core they slow the trials down. Measured as the machine's CPU time over whole studies
+(bench/study_wall.py, bench/README.md)."""
 
 FIXED_STUDY_SECONDS = 20.0
 """Once per study: starting the local Ray instance and the Tuner, exporting the tables at the end."""
@@ -175,8 +182,8 @@ class TrialCost:
         return ((self.train * rates.train_seconds_per_fe + (self.validation + self.suite) * rates.eval_seconds_per_fe)
                 / workers)
 
-    def seconds(self, rates: "Calibration", workers: int) -> float:
-        return self.compute_seconds(rates, workers) + FIXED_TRIAL_SECONDS
+    def seconds(self, rates: "Calibration", workers: int, runner: str = "train") -> float:
+        return self.compute_seconds(rates, workers) + FIXED_TRIAL_SECONDS[runner]
 
 
 def trial_cost(cfg: ExperimentConfig, sizes: SplitSizes, workers: int, epochs: float | None = None,
@@ -326,8 +333,8 @@ class Plan:
         """The trials' CPU work: CPU workers' compute (their threads busy) plus each trial's Ray processes."""
         s = self.scaling
         busy_cpus = 0.0 if s.use_gpu else s.num_workers * s.cpus_per_worker
-        return sum(t.cost.compute_seconds(self.calibration, s.num_workers) * busy_cpus + FIXED_TRIAL_CPU_SECONDS
-                   for t in self.trials)
+        return sum(t.cost.compute_seconds(self.calibration, s.num_workers) * busy_cpus
+                   + FIXED_TRIAL_CPU_SECONDS[s.runner] for t in self.trials)
 
     @property
     def slot_seconds(self) -> float:
@@ -341,7 +348,12 @@ class Plan:
 
     @property
     def wall_seconds(self) -> float:
-        return FIXED_STUDY_SECONDS + max(self.slot_seconds, self.cpu_seconds / max(self.cpus, 1.0))
+        return self.study_seconds + max(self.slot_seconds, self.cpu_seconds / max(self.cpus, 1.0))
+
+    @property
+    def study_seconds(self) -> float:
+        """Once per study: FIXED_STUDY_SECONDS, and for `tune` the start of the slots' actors (in parallel)."""
+        return FIXED_STUDY_SECONDS + (TUNE_ACTOR_START_SECONDS if self.scaling.runner == "tune" else 0.0)
 
     @property
     def device_hours(self) -> float:
@@ -353,11 +365,12 @@ class Plan:
         s, unit = self.scaling, "GPU" if self.scaling.use_gpu else "CPU"
         holds = f"{s.cpus_per_worker:g} CPU" + (f", {s.gpus_per_worker:g} GPU" if s.use_gpu else "")
         driver = ", ".join(f"{v:g} {k}" for k, v in self.driver.items())
+        driver = f"and {driver} for its Tune driver" if driver else "nothing else (its Tune trial is its worker)"
         cal = self.calibration
         lines = [
             f"dry run of {self.kind} {self.study!r}: nothing is trained",
             f"trials: {len(self.trials)}" + (f" ({self.notes[0]})" if self.notes else ""),
-            f"each trial holds: {s.num_workers} worker(s) x ({holds}), and {driver} for its Tune driver",
+            f"each trial holds: {s.num_workers} worker(s) x ({holds}), {driver}; runner {s.runner}",
             f"at once: {self.concurrent} trial(s) on {self.where}",
             f"splits: train {self.sizes.train}, val {self.sizes.val}, test {self.sizes.test} ({self.sizes.source})",
             f"calibration: {cal.detail}: {cal.train_seconds_per_fe * 1e6:.3g} us per training FE, "
@@ -375,11 +388,12 @@ class Plan:
         lines += [
             "",
             f"estimate: wall {_duration(self.wall_seconds)}, {self.device_hours:.3g} {unit}-hours "
-            f"(incl. {FIXED_TRIAL_SECONDS:g} s start-up + tear-down per trial and {FIXED_STUDY_SECONDS:g} s per "
-            f"study; attacks at {SURVIVAL:g} of their length, docs/evaluation.md#cost-model)",
+            f"(incl. {FIXED_TRIAL_SECONDS[s.runner]:g} s start-up + tear-down per trial and {self.study_seconds:g} s "
+            f"per study; attacks at {SURVIVAL:g} of their length, docs/evaluation.md#cost-model)",
         ]
         if self.cpu_bound:
-            lines.append(f"note: CPU-bound: {self.cpu_seconds:.0f} CPU-seconds of work ({FIXED_TRIAL_CPU_SECONDS:g} "
+            lines.append(f"note: CPU-bound: {self.cpu_seconds:.0f} CPU-seconds of work "
+                         f"({FIXED_TRIAL_CPU_SECONDS[s.runner]:g} "
                          f"per trial in Ray's processes) on {self.cpus:g} CPUs set the wall time")
         lines += [f"note: {n}" for n in self.notes[1:]]
         return "\n".join(lines)
@@ -420,6 +434,7 @@ def cluster_view(settings: StudySettings) -> tuple[list[dict[str, float]], str]:
 def _make_plan(kind: str, named: list[tuple[str, ExperimentConfig, float, float]], settings: StudySettings,
                calibration: Calibration | None, notes: list[str]) -> Plan:
     nodes, where = cluster_view(settings)
+    settings = with_runner(settings)
     driver = trial_driver(settings.scaling, nodes)
     concurrent = plan_concurrency(settings.scaling, settings.max_concurrent, nodes, driver)
     first = named[0][1]
@@ -429,7 +444,8 @@ def _make_plan(kind: str, named: list[tuple[str, ExperimentConfig, float, float]
     trials = []
     for name, cfg, epochs, evaluated in named:
         cost = trial_cost(cfg, sizes, workers, epochs=epochs, evaluated=evaluated)
-        trials.append(PlannedTrial(name, cfg, cost, cost.seconds(calibration, workers), epochs))
+        trials.append(PlannedTrial(name, cfg, cost, cost.seconds(calibration, workers, settings.scaling.runner),
+                                   epochs))
     if settings.scaling.use_gpu and calibration.device == "cpu":
         notes.append("calibrated on this machine's CPU, while the trials run on GPU workers: the times are "
                      "far too long; run the dry run where a GPU is visible for a GPU estimate")

@@ -16,7 +16,7 @@ is optional:
     scheduler: asha
     optuna_storage: null
     space: {lambda_ppa: [0.001, 1.0], eps_fraction: [0.5, 1.0], search_switches: true}  # search: bounds
-    scaling: {workers: 1, cpus_per_worker: 1.0, gpus_per_worker: 0.0}
+    scaling: {workers: 1, cpus_per_worker: 1.0, gpus_per_worker: 0.0, runner: null}   # runner null: the default
     max_concurrent: 0
     max_failures: 2
     log_to: [tensorboard, mlflow]     # --log-to: the trackers every trial is logged to
@@ -65,7 +65,7 @@ KIND_KEYS: dict[str, tuple[str, ...]] = {
 }
 COMMON_KEYS = ("name", "storage", "smoke", "scaling", "max_concurrent", "max_failures", "log_to",
                "mlflow_tracking_uri", "config")
-SCALING_KEYS = ("workers", "cpus_per_worker", "gpus_per_worker")
+SCALING_KEYS = ("workers", "cpus_per_worker", "gpus_per_worker", "runner")
 RUN_KEYS = ("command", "name", "storage", "max_concurrent", "max_failures", "log_to", "mlflow_tracking_uri")
 """Keys that may change on --resume: where the study is, how many trials run or retry at once, and where
 they are logged."""
@@ -73,7 +73,7 @@ they are logged."""
 FLAG_KEYS: dict[str, str] = {
     "name": "name", "storage": "storage", "smoke": "smoke", "max_concurrent": "max_concurrent",
     "max_failures": "max_failures", "workers": "scaling.workers", "cpus_per_worker": "scaling.cpus_per_worker",
-    "gpus_per_worker": "scaling.gpus_per_worker", "dataset": "config.dataset", "model": "config.model",
+    "gpus_per_worker": "scaling.gpus_per_worker", "runner": "scaling.runner", "dataset": "config.dataset", "model": "config.model",
     "epochs": "config.epochs", "data_root": "config.data_root", "eval_suite": "config.eval_suite",
     "variants": "variants", "seeds": "seeds", "trials": "trials", "sampler": "sampler", "seed": "sampler_seed",
     "objective": "objective", "scheduler": "scheduler", "optuna_storage": "optuna_storage",
@@ -392,6 +392,8 @@ def _compare(recorded: dict[str, Any], study: dict[str, Any], location: str) -> 
     for key in sorted(set(before) | set(after)):
         old, new = before.get(key, "(absent)"), after.get(key, "(absent)")
         if old == new or (key not in before and key in defaults and new == defaults[key]):
+            continue
+        if key not in before and new is None:  # a key newer than the record (scaling.runner), left to its default
             continue
         if key in ("variants", "seeds") and isinstance(old, list) and isinstance(new, list) and set(new) >= set(old):
             if set(new) > set(old):
