@@ -19,6 +19,7 @@ scheduler can act on it. Before that report rank 0 exports the selected model (m
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -206,14 +207,24 @@ def run_loop(loop_config: dict[str, Any], io: TrialIO) -> None:
     torch.set_num_threads(max(1, int(loop_config.get("threads", 1))))
     gpus = float(loop_config.get("gpus_per_worker", 0.0))
     device = io.device(cfg, gpus > 0)
+    with gpu_share(device, gpus):
+        _train_and_report(loop_config, io, cfg, device, log)
+
+
+@contextlib.contextmanager
+def gpu_share(device: torch.device, gpus: float):
+    """A trial's hold on its GPU: capped at its fraction (Ray shares a GPU by bookkeeping only, so without a cap
+    one trial can starve the others), and the cached memory handed back at the end, for a reused actor or the
+    next trial on the GPU. Nothing on a CPU device."""
     if device.type == "cuda" and 0 < gpus < 1:
-        # Ray shares a GPU by bookkeeping only: cap this process at its share so trials cannot starve each other.
         torch.cuda.set_per_process_memory_fraction(gpus, device)
     try:
-        _train_and_report(loop_config, io, cfg, device, log)
+        yield
     finally:
-        if device.type == "cuda":  # a reused actor (or the next trial on this GPU) gets the memory back
+        if device.type == "cuda":
             torch.cuda.empty_cache()
+            if 0 < gpus < 1:
+                torch.cuda.set_per_process_memory_fraction(1.0, device)  # the actor may host a whole-GPU trial next
 
 
 def _train_and_report(loop_config: dict[str, Any], io: TrialIO, cfg: ExperimentConfig, device: torch.device,
