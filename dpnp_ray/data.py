@@ -488,8 +488,8 @@ FASHION_MNIST = DatasetInfo(
     # Pixel mean/std over the 60,000 official training images, rounded to 4 digits; tests recompute them.
     mean=(0.2860,),
     std=(0.3530,),
-    default_eps=0.1,  # the L-inf radius of the Fashion-MNIST robustness literature (docs/evaluation.md)
-    augmentation="none",  # as the MNIST-family adversarial-training references (docs/method.md)
+    default_eps=0.1,  # the L-inf radius of the Fashion-MNIST robustness literature (docs/datasets.md)
+    augmentation="none",  # as the MNIST-family adversarial-training references (docs/datasets.md)
 )
 
 FASHION_MNIST_FILES = {

@@ -30,6 +30,8 @@ from dpnp_ray.data import (
     to_float,
 )
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 # ---------------------------------------------------------------- writers of the released formats
 
@@ -689,3 +691,25 @@ def test_make_loader_without_shuffle_and_with_drop_last():
     assert epochs(make_loader(split, 16, shuffle=False, seed=0), 1) == [list(range(100))]
     loader = make_loader(split, 16, shuffle=True, seed=0, drop_last=True)
     assert len(loader) == 6 and all(len(y) == 16 for _, y in loader)
+
+
+def test_the_digits_eps_0_2_recipe_trains_and_evaluates_at_0_2():
+    """studies/recipes/digits_eps02.yaml: one named choice sets training and evaluation eps together, inside
+    the separation bound (2 eps < 7/16); its PGD step follows eps (eps / 4)."""
+    from dpnp_ray.config import ExperimentConfig
+    from dpnp_ray.study.recipe import config_from_file
+
+    cfg = ExperimentConfig.from_dict(config_from_file(str(REPO / "studies" / "recipes" / "digits_eps02.yaml")))
+    assert (cfg.dataset, cfg.eps, cfg.eval_eps) == ("digits", 0.2, 0.2)
+    assert 2 * cfg.eval_eps < 7 / 16
+    assert cfg.train_step_size == pytest.approx(0.05) and cfg.eval_step == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "studies" / "recipes").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_recipe_in_the_repository_is_a_valid_config(recipe):
+    from dpnp_ray.config import ExperimentConfig
+    from dpnp_ray.study.recipe import config_from_file
+
+    cfg = ExperimentConfig.from_dict(config_from_file(str(recipe)))
+    if cfg.dataset == "fashion_mnist":
+        assert cfg.eps == cfg.eval_eps == pytest.approx(0.1)
