@@ -59,6 +59,8 @@ class ExperimentConfig:
     download: bool = False
     val_fraction: float = field(default=0.1, metadata=_range(0.0, 0.9, lo_open=True))
     split_seed: int = field(default=0, metadata=_range(0))
+    # > 0: a stratified subset of this many training images, drawn by split_seed after the val hold-out
+    train_subset: int = field(default=0, metadata=_range(0))
     # --- model
     model: str = field(default="small_cnn", metadata=_registry_choices("models", "BACKBONES"))
     feature_dim: int = field(default=0, metadata=_range(0))  # 0: the backbone's own width

@@ -8,6 +8,8 @@ CIFAR pickles go through `_RestrictedUnpickler`, which only rebuilds numpy array
 
 from __future__ import annotations
 
+import gzip
+import math
 import numbers
 import pickle
 from dataclasses import dataclass
@@ -108,8 +110,13 @@ def load_dataset(
     val_fraction: float = 0.1,
     split_seed: int = 0,
     download: bool = False,
+    train_subset: int = 0,
 ) -> DatasetSplits:
-    """Official train minus a stratified val part (chosen by `split_seed`), and the official test set."""
+    """Official train minus a stratified val part (chosen by `split_seed`), and the official test set.
+
+    `train_subset` > 0 then keeps a stratified subset of that many training images (drawn by
+    `split_seed` too, after the validation part is taken, so val and test never change with it).
+    """
     entry = DATASETS.get(name)
     info = entry.info
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, numbers.Real) or not 0 < val_fraction < 1:
@@ -122,6 +129,15 @@ def load_dataset(
                 f"expected {info.image_shape}; the files under {root} are not this dataset"
             )
     keep, held = stratified_split(train.labels, val_fraction, split_seed)
+    if isinstance(train_subset, bool) or not isinstance(train_subset, numbers.Integral) or train_subset < 0:
+        raise DataError(f"train_subset must be an integer >= 0 (0: the whole training split), got {train_subset!r}")
+    if train_subset:
+        if train_subset > len(keep):
+            raise DataError(
+                f"train_subset={train_subset} exceeds the {len(keep)} training images of {name!r} left after "
+                f"holding out val_fraction={val_fraction}; use at most {len(keep)}, or 0 for all of them"
+            )
+        keep = keep[stratified_subset(train.labels[keep], train_subset, split_seed)]
     return DatasetSplits(
         info=info,
         train=Split(train.images[keep], train.labels[keep]),
@@ -148,6 +164,29 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
     mask = torch.ones(len(labels), dtype=torch.bool)
     mask[held_idx] = False
     return torch.nonzero(mask).flatten(), held_idx
+
+
+def stratified_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """Sorted indices of exactly `n` examples, each class drawn in proportion to its count.
+
+    Class c gets floor(n * n_c / N); the n - sum(floors) left over go one each to the classes with
+    the largest remainders (ties: the smaller label). Depends only on (labels, n, seed).
+    """
+    labels = labels.cpu()
+    classes, counts = torch.unique(labels, return_counts=True)  # sorted, so the draw order is fixed
+    total = int(counts.sum())
+    if not 0 <= n <= total:
+        raise DataError(f"stratified_subset: n must lie in 0..{total}, got {n}")
+    quota = [n * int(c) // total for c in counts]
+    remainders = [n * int(c) % total for c in counts]
+    for i in sorted(range(len(quota)), key=lambda i: -remainders[i])[: n - sum(quota)]:
+        quota[i] += 1
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for c, k in zip(classes.tolist(), quota):
+        members = torch.nonzero(labels == c).flatten()
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:k]])
+    return torch.cat(chosen).sort().values if chosen else torch.empty(0, dtype=torch.int64)
 
 
 # ---------------------------------------------------------------- tensors on the device
@@ -440,6 +479,98 @@ def load_svhn(root: Path, download: bool) -> tuple[Split, Split]:
     return _svhn_split(folder / parts["train"][1]), _svhn_split(folder / parts["test"][1])
 
 
+# ---------------------------------------------------------------- Fashion-MNIST (IDX files)
+
+FASHION_MNIST = DatasetInfo(
+    name="fashion_mnist",
+    num_classes=10,
+    image_shape=(1, 28, 28),
+    # Pixel mean/std over the 60,000 official training images, rounded to 4 digits; tests recompute them.
+    mean=(0.2860,),
+    std=(0.3530,),
+    default_eps=0.1,  # the L-inf radius of the Fashion-MNIST robustness literature (docs/datasets.md)
+    augmentation="none",  # as the MNIST-family adversarial-training references (docs/datasets.md)
+)
+
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+"""Where Debian's package `dataset-fashion-mnist` puts the four gzipped files (`dpkg -L`)."""
+
+_IDX_MAGIC = {3: 0x00000803, 1: 0x00000801}  # unsigned bytes, then the number of dimensions
+
+
+def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    """An IDX file of unsigned bytes with `ndim` dimensions (gzipped when it ends in .gz), checked
+    against its header: the magic number, and exactly prod(dims) bytes of data after it."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    header_size = 4 + 4 * ndim
+    try:
+        with opener(path, "rb") as f:
+            header = f.read(header_size)
+            if len(header) < header_size:
+                raise DataError(f"{path}: truncated IDX header ({len(header)} of {header_size} bytes)")
+            magic = int.from_bytes(header[:4], "big")
+            if magic != _IDX_MAGIC[ndim]:
+                raise DataError(f"{path}: IDX magic number is {magic:#010x}, expected {_IDX_MAGIC[ndim]:#010x} "
+                                f"(unsigned bytes, {ndim} dimension(s)); the file is not this part of the dataset")
+            dims = tuple(int.from_bytes(header[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+            expected = int(np.prod(dims, dtype=np.int64))
+            payload = f.read(expected + 1)  # one byte more tells a file longer than its header says
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError; EOFError: a truncated stream
+        raise DataError(f"{path}: not a readable IDX file ({e}); replace it with the released file") from e
+    if len(payload) != expected:
+        raise DataError(f"{path}: header says {dims} = {expected} bytes of data, the file holds "
+                        f"{'more' if len(payload) > expected else len(payload)}; the file is truncated or corrupt")
+    return np.frombuffer(payload, dtype=np.uint8).reshape(dims)
+
+
+def _idx_path(folder: Path, stem: str) -> Path | None:
+    """The file `stem` or `stem.gz` in folder (torchvision keeps both; the plain one is read first)."""
+    return next((p for p in (folder / stem, folder / f"{stem}.gz") if p.is_file()), None)
+
+
+def _fashion_mnist_split(folder: Path, images_stem: str, labels_stem: str) -> Split:
+    images_path, labels_path = _idx_path(folder, images_stem), _idx_path(folder, labels_stem)
+    x, y = _read_idx(images_path, 3), _read_idx(labels_path, 1).astype(np.int64)
+    if x.shape[1:] != (28, 28) or len(x) != len(y):
+        raise DataError(f"{images_path}: images must be (N, 28, 28) with N = the {len(y)} labels of "
+                        f"{labels_path.name}, got {x.shape}")
+    if len(y) and y.max() > 9:
+        raise DataError(f"{labels_path}: labels must lie in 0..9, got {y.min()}..{y.max()}")
+    return Split(torch.from_numpy(x.reshape(-1, 1, 28, 28).copy()), torch.from_numpy(y))
+
+
+@register_dataset(FASHION_MNIST)
+def load_fashion_mnist(root: Path, download: bool) -> tuple[Split, Split]:
+    """torchvision's layout `<root>/FashionMNIST/raw/` ({train,t10k}-{images-idx3,labels-idx1}-ubyte,
+    gzipped or not); when that folder holds none of them, Debian's `dataset-fashion-mnist` files;
+    else, with download=True, torchvision downloads them into `<root>`."""
+    folder = root / "FashionMNIST" / "raw"
+    stems = [stem for pair in FASHION_MNIST_FILES.values() for stem in pair]
+
+    def missing_in(where: Path) -> list[str]:
+        return [stem for stem in stems if _idx_path(where, stem) is None]
+
+    if len(missing_in(folder)) == len(stems):
+        if not missing_in(FASHION_MNIST_SYSTEM_DIR):
+            folder = FASHION_MNIST_SYSTEM_DIR
+        elif download:
+            import torchvision.datasets as tvd  # deferred: slow to import; it checks each file's md5
+
+            tvd.FashionMNIST(str(root), train=True, download=True)
+    missing = missing_in(folder)
+    if missing:
+        raise DataError(
+            f"dataset 'fashion_mnist': missing {', '.join(str(folder / s) + '[.gz]' for s in missing)}; install "
+            f"Debian's dataset-fashion-mnist (files in {FASHION_MNIST_SYSTEM_DIR}), pass download=True (needs "
+            f"internet), or place the released files in {folder}"
+        )
+    return tuple(_fashion_mnist_split(folder, *FASHION_MNIST_FILES[part]) for part in ("train", "test"))
+
+
 # ---------------------------------------------------------------- scikit-learn digits
 
 # digits has no official test set: this fixed seed draws one that never changes between
@@ -486,3 +617,19 @@ def _digits_table() -> np.ndarray:
         bunch = sk_load_digits()
         return np.column_stack([bunch.data, bunch.target])
     return np.loadtxt(path, delimiter=",")
+
+
+def linf_class_separation(images: torch.Tensor, labels: torch.Tensor, chunk: int = 256) -> float:
+    """The smallest L-inf distance between two images of different labels, over all pairs.
+
+    An L-inf threat model of radius eps cannot turn an image into another class's image while
+    2 eps stays below this (docs/evaluation.md#digits-at-eps-02). Exact, in chunks of `chunk` rows.
+    """
+    x = (images.double() / 255.0 if images.dtype == torch.uint8 else images.double()).flatten(1)  # exact for k/16
+    labels = labels.cpu()
+    best = math.inf
+    for start in range(0, len(x), chunk):
+        block = (x[start:start + chunk, None, :] - x[None, :, :]).abs().amax(dim=2)  # (chunk, N)
+        block[labels[start:start + chunk, None] == labels[None, :]] = math.inf
+        best = min(best, float(block.min()))
+    return best

@@ -29,6 +29,13 @@ class ExperimentResult:
     corruptions: list[dict[str, Any]] = field(default_factory=list)
     geometry: list[dict[str, Any]] = field(default_factory=list)
     masking: list[dict[str, Any]] = field(default_factory=list)
+    points: list[tuple[int, Any, Any]] = field(default_factory=list)  # per evals row: test positions, correct
+
+    def points_frame(self, keys: dict[str, Any] | None = None):
+        """Per-point results of every evals row, in points.parquet's schema (results.points_frame)."""
+        from .results import points_frame
+
+        return points_frame(self.evals, self.points, keys)
 
 
 def summary_metrics(evals: list[dict[str, Any]], result: TrainResult) -> dict[str, Any]:
@@ -68,4 +75,5 @@ def run_experiment(cfg: ExperimentConfig, *, env: LocalEnvironment | None = None
                 f"PGD-AA gap {summary['pgd_aa_gap']:+.3f}")
         if summary.get("any_masking_flag"):
             log(f"gradient-masking checks flagged: {summary['masking_flagged_checks']}")
-    return ExperimentResult(cfg, result, suite.evals, summary, suite.corruptions, suite.geometry, suite.masking)
+    return ExperimentResult(cfg, result, suite.evals, summary, suite.corruptions, suite.geometry, suite.masking,
+                            suite.points)

@@ -269,6 +269,8 @@ def _train_and_report(loop_config: dict[str, Any], io: TrialIO, cfg: ExperimentC
         if rank == 0 and loop_config.get("model_dir"):
             export_model(loop_config["model_dir"], result.train.net, result.config, result.train.info,
                          metrics=result.summary, trial=loop_config.get("trial"))
+        if rank == 0 and loop_config.get("points_path"):  # a Parquet file of its own: kept out of the JSON record
+            results.write_points_file(loop_config["points_path"], result.points_frame())
         record.update(summary=result.summary, history=result.train.history, evals=result.evals,
                       corruptions=result.corruptions, geometry=result.geometry, masking=result.masking)
     except StopRequested:
@@ -320,18 +322,19 @@ def _json_default(value: Any) -> Any:
 
 def trial_loop_config(cfg: ExperimentConfig, scaling: Scaling, *, run_name: str, stop_request: str | None = None,
                       log_level: str = "WARNING", progress_every_s: float = 0.0, model_dir: str | None = None,
-                      trial: dict[str, Any] | None = None) -> dict[str, Any]:
+                      points_path: str | None = None, trial: dict[str, Any] | None = None) -> dict[str, Any]:
     """What `run_loop` needs (picklable), the same for both runners. `run_name` labels its lines; the
     trial stops after the epoch at which a file appears at `stop_request` (see StopRequested).
 
     `log_level` filters Ray Train's own messages (worker group start, every report and checkpoint);
     `progress_every_s` > 0 adds a progress line inside epochs at most that often. With `model_dir`,
-    rank 0 exports the selected model there, labelled with `trial` (study, trial_id, ...).
+    rank 0 exports the selected model there, labelled with `trial` (study, trial_id, ...); with `points_path`,
+    rank 0 writes the test evaluations' per-point results there (records.points_path).
     """
     return {"experiment": cfg.to_dict(), "threads": max(1, int(scaling.cpus_per_worker)),
             "gpus_per_worker": scaling.gpus_per_worker, "runner": scaling.runner or "train", "run_name": run_name,
             "stop_request": stop_request, "progress_every_s": progress_every_s, "log_level": log_level,
-            "model_dir": model_dir, "trial": trial}
+            "model_dir": model_dir, "points_path": points_path, "trial": trial}
 
 
 def make_trainer(cfg: ExperimentConfig, scaling: Scaling, *, run_name: str, storage_path: str,

@@ -8,6 +8,11 @@ A study directory `<storage>/<name>/` holds:
   corruptions.parquet  one row per (trial_id, source, corruption, severity)
   geometry.parquet     one row per (trial_id, split)
   masking.parquet      one row per (trial_id, check): gradient-masking sanity checks
+  points.parquet       one row per (trial_id, suite, split, attack, loss, eps, steps, restarts, index): was the
+                       model right on test point `index` (its position in the whole test split, so rows of
+                       different trials pair) in that evaluation? One evaluation's mean of `correct` is its
+                       evals.parquet `accuracy` exactly. Collected at export from `points/<trial_id>.parquet`,
+                       which each trial's rank 0 writes (per-point results stay out of the JSON record).
   pareto.parquet       search studies: the non-dominated trials (`pareto_mask`)
 Each file carries `schema_version` in its Parquet metadata and as a column.
 """
@@ -45,6 +50,8 @@ REQUIRED_COLUMNS: dict[str, list[str]] = {
     "geometry": KEY_COLUMNS + ["split", "schema_version"],
     "masking": KEY_COLUMNS + ["check", "value", "threshold", "flagged", "detail", "schema_version"],
     "pareto": ["study", "trial_id", "schema_version"],
+    "points": KEY_COLUMNS + ["suite", "split", "attack", "loss", "eps", "steps", "restarts", "index", "correct",
+                             "schema_version"],
 }
 
 #: the natural key of each file: re-exporting after a resume keeps one row per key (the last)
@@ -56,7 +63,11 @@ UNIQUE_KEYS: dict[str, list[str]] = {
     "geometry": ["trial_id", "split"],
     "masking": ["trial_id", "check"],
     "pareto": ["trial_id"],
+    "points": ["trial_id", "suite", "split", "attack", "loss", "eps", "steps", "restarts", "index"],
 }
+
+#: the columns of points.parquet that name the evaluation a point belongs to (evals.parquet's key, less trial_id)
+POINT_EVAL_KEY = ["suite", "split", "attack", "loss", "eps", "steps", "restarts"]
 
 
 class ResultsError(ValueError):
@@ -259,3 +270,58 @@ def pareto_mask(values: np.ndarray) -> np.ndarray:
         dominated = (others >= values[i]).all(axis=1) & (others > values[i]).any(axis=1)
         mask[i] = not dominated.any()
     return mask
+
+
+def points_frame(evals: list[dict], points: Iterable[tuple[int, object, object]], keys: dict | None = None
+                 ) -> pd.DataFrame:
+    """points.parquet rows: for each (position in `evals`, test-split positions, right-or-not flags), one row
+    per point, with that evals row's POINT_EVAL_KEY and the `keys` columns (study, trial_id, ...).
+    Compact types: int32 index, bool correct, category strings (dictionary-encoded in Parquet)."""
+    parts = []
+    for position, index, ok in points:
+        row = evals[position]
+        index, ok = np.asarray(index, dtype=np.int32), np.asarray(ok, dtype=bool)
+        part = pd.DataFrame({"index": index, "correct": ok})
+        for column in POINT_EVAL_KEY:
+            part[column] = row[column]
+        parts.append(part)
+    columns = list(keys or {}) + POINT_EVAL_KEY + ["index", "correct"]
+    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+    for column, value in (keys or {}).items():
+        frame[column] = value
+    frame = frame[columns]
+    return compact_points(frame)
+
+
+def write_points_file(location: str, frame: pd.DataFrame) -> str:
+    """One trial's per-point results (`points_frame`, without key columns) as a Parquet file, atomically."""
+    buffer = io.BytesIO()
+    compact_points(frame).to_parquet(buffer, index=False)
+    write_bytes_atomic(location, buffer.getvalue())
+    return location
+
+
+def read_points_file(location: str) -> pd.DataFrame:
+    """A file of `write_points_file`; a ResultsError names it when it is not one."""
+    try:
+        frame = pd.read_parquet(io.BytesIO(read_bytes(location)))
+    except Exception as exc:  # pyarrow raises many types for truncated/foreign files
+        raise ResultsError(f"{location}: not a readable per-point results file ({type(exc).__name__}: {exc})") from None
+    missing = [c for c in POINT_EVAL_KEY + ["index", "correct"] if c not in frame.columns]
+    if missing:
+        raise ResultsError(f"{location}: missing columns {missing}; not a dpnp_ray per-point results file")
+    return frame
+
+
+def compact_points(frame: pd.DataFrame) -> pd.DataFrame:
+    """points columns at their compact types (strings as categories, index int32, correct bool)."""
+    frame = frame.copy()
+    for column in frame.columns:
+        if pd.api.types.is_object_dtype(frame[column]) or pd.api.types.is_string_dtype(frame[column]):
+            frame[column] = frame[column].astype("category")
+    frame["index"] = frame["index"].astype(np.int32)
+    frame["correct"] = frame["correct"].astype(bool)
+    for column in ("steps", "restarts"):
+        if column in frame:
+            frame[column] = frame[column].astype(np.int32)
+    return frame

@@ -88,7 +88,7 @@ def make_optimizer(cfg: ExperimentConfig, net: torch.nn.Module) -> torch.optim.O
 
 def load_data(cfg: ExperimentConfig) -> DatasetSplits:
     return load_dataset(cfg.dataset, cfg.data_root, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed,
-                        download=cfg.download)
+                        download=cfg.download, train_subset=cfg.train_subset)
 
 
 def train_loader(split: Split, cfg: ExperimentConfig, env: LocalEnvironment) -> DataLoader | DeviceLoader:

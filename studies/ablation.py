@@ -25,10 +25,12 @@ from dpnp_ray.study.plan import plan_ablation
 from dpnp_ray.study.recipe import resolve_study, write_best_configs
 
 # The ablation's defaults on digits: small enough for a laptop, large enough to separate variants.
-DEFAULTS = {"config": {"dataset": "digits", "model": "small_cnn", "epochs": 8, "lr": 0.05, "batch_size": 64,
-                       # the digits search of record chose these (docs/search_digits.md; 3 significant digits)
-                       "lambda_ppa": 0.0286, "lambda_npr": 0.0554, "lambda_cons": 2.23, "beta_adv": 1.31,
-                       "prototype_radius": 1.1, "eps_schedule": "constant", "eps": 0.0997},
+DEFAULTS = {"config": {"dataset": "digits", "model": "small_cnn", "epochs": 8, "lr": 0.05, "batch_size": 64},
+            # the digits search of record chose these (docs/search_digits.md; 3 significant digits): for digits
+            # studies only; on any other data set the library's defaults hold (config.py, README "Defaults")
+            "config_for": {"digits": {"lambda_ppa": 0.0286, "lambda_npr": 0.0554, "lambda_cons": 2.23,
+                                      "beta_adv": 1.31, "prototype_radius": 1.1, "eps_schedule": "constant",
+                                      "eps": 0.0997}},
             "variants": list(DEFAULT_VARIANTS), "seeds": [0, 1, 2]}
 SMOKE = {"config": {"epochs": 2, "train_attack_steps": 3, "val_attack_steps": 3, "eval_attack_steps": 10,
                     "eval_aa_n": 100, "eval_corruption_n": 100},
@@ -37,21 +39,54 @@ SMOKE = {"config": {"epochs": 2, "train_attack_steps": 3, "val_attack_steps": 3,
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
-                                     epilog=config_epilog(DEFAULTS["config"]))
+                                     epilog=config_epilog({**DEFAULTS["config"], **DEFAULTS["config_for"]["digits"]}))
     parser.add_argument("--variants", nargs="+", default=None, choices=ABLATION_VARIANTS.names(),
                         help=f"subset of variants (default: {' '.join(DEFAULT_VARIANTS)})")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds per variant (default: 0 1 2)")
     parser.add_argument("--smoke", action="store_true",
                         help="digits, small CNN, 2 epochs, 2 variants, 1 seed: the quick demonstration and CI run")
     add_common_flags(parser, default_name="ablation", defaults=DEFAULTS["config"])
+    p = parser.add_argument_group("power (with --dry-run)")
+    p.add_argument("--power-from", metavar="STUDY_DIR", default=None,
+                   help="an earlier study (its trials.parquet): the SD of a per-seed difference against full, for "
+                        "the difference the planned seeds can detect")
+    p.add_argument("--power-difference", type=float, metavar="POINTS", default=None,
+                   help="a difference in accuracy points: how many seeds it needs (with --power-from)")
     return parser
+
+
+def power_plan(plan, variants: list[str], seeds: list[int], args) -> list[str]:
+    """The dry run's power lines (analysis/power.py): the robust endpoint on the attack subset."""
+    from analysis.power import ATTACK_OF, PowerPlan, discordance_from, seed_sd_from
+
+    cfg = plan.trials[0].cfg
+    n = min(cfg.eval_n or plan.sizes.test, plan.sizes.test)
+    n_robust = min(cfg.eval_aa_n, n) if cfg.eval_aa_n and cfg.eval_suite != "basic" else n
+    known: dict = {}
+    if args.power_from:
+        trials = results.read_table(args.power_from, "trials")
+        sd, metric, count = seed_sd_from(trials)
+        known.update(seed_sd=sd, seed_sd_source=f"{metric} of {count} paired seeds in {args.power_from}")
+        points = results.read_table(args.power_from, "points", required=False)
+        if points is not None:
+            known.update(discordance=discordance_from(points, ATTACK_OF[metric]),
+                         discordance_source=f"{ATTACK_OF[metric]} points of {args.power_from}")
+        else:
+            p = float(trials[metric].mean())
+            known.update(discordance=2 * p * (1 - p), discordance_source=f"no points.parquet in {args.power_from}: "
+                         f"independent errors at its mean {metric} {p:.1%}, an upper bound")
+    difference = args.power_difference / 100 if args.power_difference is not None else None
+    return PowerPlan(len(seeds), n_robust, sum(v != "full" for v in variants) if "full" in variants else 0,
+                     difference=difference, **known).lines()
 
 
 def main() -> int:
     recipe = resolve_study(build_parser(), "ablation", defaults=DEFAULTS, smoke=SMOKE)
     settings = study_settings(recipe.args)
     if recipe.args.dry_run:
-        print(plan_ablation(recipe.config, recipe.study["variants"], recipe.study["seeds"], settings).format())
+        plan = plan_ablation(recipe.config, recipe.study["variants"], recipe.study["seeds"], settings)
+        print(plan.format())
+        print("\n".join(power_plan(plan, recipe.study["variants"], recipe.study["seeds"], recipe.args)))
         return 0
     with recipe:  # holds the study's driver lock from recipe.record until the tables are written
         written = run_ablation(recipe.config, recipe.study["variants"], recipe.study["seeds"], settings,

@@ -66,7 +66,8 @@ def test_help_states_every_default_and_keeps_the_examples_line_breaks(script, ow
     assert f"(default: {suite})" in entries["--eval-suite"]  # the study's own default, not the config's
     assert "--set FIELD=VALUE" not in entries["--set"] and "listed below" in entries["--set"]
     studies = load_study_module(script)
-    lambda_ppa = studies.DEFAULTS["config"].get("lambda_ppa", ExperimentConfig().lambda_ppa)
+    digits = {**studies.DEFAULTS["config"], **studies.DEFAULTS.get("config_for", {}).get("digits", {})}
+    lambda_ppa = digits.get("lambda_ppa", ExperimentConfig().lambda_ppa)
     assert f"eval_suite={suite}" in text and "lr=0.05" in text and f"lambda_ppa={lambda_ppa}" in text  # every field
     examples = [line for line in text.splitlines() if line.rstrip().endswith("\\")]
     assert examples, "a usage example continued on the next line keeps its backslash and line break"

@@ -30,6 +30,8 @@ from dpnp_ray.data import (
     to_float,
 )
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 # ---------------------------------------------------------------- writers of the released formats
 
@@ -124,11 +126,42 @@ def write_svhn(root: Path, n_train: int = 12, n_test: int = 5) -> dict[str, tupl
     return arrays
 
 
+def idx_bytes(array: np.ndarray, magic: int | None = None) -> bytes:
+    """An IDX file as released: magic 0x0000080<ndim> (unsigned bytes), big-endian dims, the data."""
+    magic = 0x800 + array.ndim if magic is None else magic
+    return struct.pack(f">I{array.ndim}I", magic, *array.shape) + array.astype(np.uint8).tobytes()
+
+
+def fashion_arrays(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8), (np.arange(n) % 10).astype(np.uint8)
+
+
+def write_fashion_mnist(root: Path, n_train: int = 20, n_test: int = 10, gz: bool = True,
+                        folder: Path | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The four files in torchvision's layout <root>/FashionMNIST/raw/ (or in `folder`)."""
+    import gzip
+
+    folder = folder or root / "FashionMNIST" / "raw"
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {"train": fashion_arrays(n_train, 0), "test": fashion_arrays(n_test, 1)}
+    for part, stems in data.FASHION_MNIST_FILES.items():
+        for stem, array in zip(stems, arrays[part]):
+            raw = idx_bytes(array)
+            if gz:
+                with gzip.open(folder / f"{stem}.gz", "wb") as f:
+                    f.write(raw)
+            else:
+                (folder / stem).write_bytes(raw)
+    return arrays
+
+
 # ---------------------------------------------------------------- registry
 
 
 def test_registry_lists_the_datasets_and_their_threat_models():
-    assert dataset_names() == ("cifar10", "cifar100", "digits", "svhn")
+    assert dataset_names() == ("cifar10", "cifar100", "digits", "fashion_mnist", "svhn")
+    assert dataset_info("fashion_mnist").default_eps == 0.1 and dataset_info("fashion_mnist").augmentation == "none"
     assert dataset_info("cifar10").default_eps == pytest.approx(8 / 255)
     assert dataset_info("svhn").augmentation == "crop"
     assert dataset_info("cifar100").augmentation == "crop_flip"
@@ -140,7 +173,8 @@ def test_registry_lists_the_datasets_and_their_threat_models():
 
 
 #: dataset -> a writer of tiny files in its released layout under a root (digits ships with scikit-learn)
-WRITERS = {"cifar10": write_cifar10, "cifar100": write_cifar100, "svhn": write_svhn, "digits": lambda root: None}
+WRITERS = {"cifar10": write_cifar10, "cifar100": write_cifar100, "svhn": write_svhn, "digits": lambda root: None,
+           "fashion_mnist": write_fashion_mnist}
 
 
 @pytest.mark.parametrize("name", dataset_names())
@@ -320,6 +354,199 @@ def test_missing_files_without_download_name_the_path(tmp_path, name, folder):
     assert str(tmp_path / folder) in str(err.value) and "download=True" in str(err.value)
 
 
+# ---------------------------------------------------------------- Fashion-MNIST (IDX files)
+
+
+@pytest.fixture
+def no_system_fashion(tmp_path, monkeypatch):
+    """Debian's directory replaced by an empty one, so a test sees only the files it writes."""
+    system = tmp_path / "system"
+    monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", system)
+    return system
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_fashion_mnist_reads_torchvision_layout_gzipped_or_not(tmp_path, no_system_fashion, gz):
+    arrays = write_fashion_mnist(tmp_path / "root", gz=gz)
+    splits = load_dataset("fashion_mnist", tmp_path / "root", val_fraction=0.5)
+    images = torch.cat([splits.train.images, splits.val.images])
+    labels = torch.cat([splits.train.labels, splits.val.labels])
+    order = torch.cat([data.stratified_split(torch.from_numpy(arrays["train"][1].astype(np.int64)), 0.5, 0)[i]
+                       for i in (0, 1)])
+    assert torch.equal(images[:, 0], torch.from_numpy(arrays["train"][0])[order])
+    assert torch.equal(labels, torch.from_numpy(arrays["train"][1].astype(np.int64))[order])
+    assert torch.equal(splits.test.images[:, 0], torch.from_numpy(arrays["test"][0]))
+    assert splits.test.images.dtype == torch.uint8 and splits.test.labels.dtype == torch.int64
+
+
+def test_fashion_mnist_prefers_data_root_then_the_system_files(tmp_path, no_system_fashion):
+    write_fashion_mnist(tmp_path, n_train=30, n_test=7, folder=no_system_fashion)
+    splits = load_dataset("fashion_mnist", tmp_path / "empty")  # data_root holds nothing
+    assert (len(splits.train) + len(splits.val), len(splits.test)) == (30, 7)
+    write_fashion_mnist(tmp_path / "root", n_train=20, n_test=10)
+    splits = load_dataset("fashion_mnist", tmp_path / "root")
+    assert (len(splits.train) + len(splits.val), len(splits.test)) == (20, 10)
+
+
+def test_fashion_mnist_partial_data_root_is_an_error_not_a_silent_fallback(tmp_path, no_system_fashion):
+    write_fashion_mnist(tmp_path, folder=no_system_fashion)
+    write_fashion_mnist(tmp_path / "root")
+    (tmp_path / "root" / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError) as err:
+        load_dataset("fashion_mnist", tmp_path / "root")
+    msg = str(err.value)
+    assert "\n" not in msg and "t10k-labels-idx1-ubyte[.gz]" in msg and "t10k-images" not in msg
+
+
+def test_fashion_mnist_missing_everywhere_names_the_three_ways(tmp_path, no_system_fashion):
+    with pytest.raises(DataError) as err:
+        load_dataset("fashion_mnist", tmp_path)
+    msg = str(err.value)
+    assert "\n" not in msg and str(tmp_path / "FashionMNIST" / "raw") in msg
+    assert "dataset-fashion-mnist" in msg and "download=True" in msg
+
+
+def test_fashion_mnist_download_goes_through_torchvision(tmp_path, no_system_fashion, monkeypatch):
+    import torchvision.datasets as tvd
+
+    calls = []
+
+    class FakeFashionMNIST:  # torchvision's class downloads into <root>/FashionMNIST/raw
+        def __init__(self, root, train, download):
+            calls.append((root, train, download))
+            write_fashion_mnist(Path(root), n_test=4)
+
+    monkeypatch.setattr(tvd, "FashionMNIST", FakeFashionMNIST)
+    with pytest.raises(DataError):
+        load_dataset("fashion_mnist", tmp_path)  # download is off by default
+    assert calls == []
+    assert len(load_dataset("fashion_mnist", tmp_path, download=True).test) == 4
+    assert calls == [(str(tmp_path), True, True)]
+
+
+def _corrupt(folder: Path, stem: str, raw: bytes) -> None:
+    import gzip
+
+    with gzip.open(folder / f"{stem}.gz", "wb") as f:
+        f.write(raw)
+
+
+@pytest.mark.parametrize("case, stem, expected", [
+    ("truncated data", "train-images-idx3-ubyte", "holds 15679"),  # one byte short of 20 x 28 x 28
+    ("longer than its header", "t10k-labels-idx1-ubyte", "holds more"),
+    ("wrong magic", "train-labels-idx1-ubyte", "magic number is 0x00000803"),
+    ("short header", "t10k-images-idx3-ubyte", "truncated IDX header"),
+    ("wrong image size", "train-images-idx3-ubyte", "must be (N, 28, 28)"),
+    ("label count", "train-labels-idx1-ubyte", "the 19 labels"),
+    ("label range", "t10k-labels-idx1-ubyte", "labels must lie in 0..9, got 0..10"),
+    ("not gzip", "t10k-images-idx3-ubyte", "not a readable IDX file"),
+    ("cut gzip stream", "train-images-idx3-ubyte", "not a readable IDX file"),
+])
+def test_fashion_mnist_bad_files_get_one_line_errors_naming_the_file(tmp_path, no_system_fashion, case, stem,
+                                                                      expected):
+    import gzip
+
+    arrays = write_fashion_mnist(tmp_path)
+    folder = tmp_path / "FashionMNIST" / "raw"
+    good = {"train-images-idx3-ubyte": arrays["train"][0], "train-labels-idx1-ubyte": arrays["train"][1],
+            "t10k-images-idx3-ubyte": arrays["test"][0], "t10k-labels-idx1-ubyte": arrays["test"][1]}[stem]
+    raw = idx_bytes(good)
+    if case == "truncated data":
+        _corrupt(folder, stem, raw[:-1])
+    elif case == "longer than its header":
+        _corrupt(folder, stem, raw + b"\x00")
+    elif case == "wrong magic":
+        _corrupt(folder, stem, idx_bytes(good, magic=0x803))
+    elif case == "short header":
+        _corrupt(folder, stem, raw[:10])
+    elif case == "wrong image size":
+        _corrupt(folder, stem, idx_bytes(np.zeros((20, 32, 32), np.uint8)))
+    elif case == "label count":
+        _corrupt(folder, stem, idx_bytes(good[:19]))
+    elif case == "label range":
+        _corrupt(folder, stem, idx_bytes(np.append(good[:-1], 10)))
+    elif case == "not gzip":
+        (folder / f"{stem}.gz").write_bytes(raw)
+    elif case == "cut gzip stream":
+        (folder / f"{stem}.gz").write_bytes(gzip.compress(raw)[:-20])
+    with pytest.raises(DataError) as err:
+        load_dataset("fashion_mnist", tmp_path)
+    msg = str(err.value)
+    assert "\n" not in msg and expected in msg and stem in msg
+
+
+# ---------------------------------------------------------------- training subset
+
+
+def test_stratified_subset_is_exact_proportional_seeded_and_sorted():
+    labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)
+    chosen = data.stratified_subset(labels, 10, seed=3)
+    assert torch.equal(chosen, chosen.sort().values) and len(set(chosen.tolist())) == 10
+    assert torch.bincount(labels[chosen]).tolist() == [5, 3, 2]
+    assert torch.equal(chosen, data.stratified_subset(labels, 10, seed=3))
+    assert not torch.equal(chosen, data.stratified_subset(labels, 10, seed=4))
+    # 7 of 100: floors 3, 2, 1 (remainders 50, 10, 40) and the one left goes to class 0
+    assert torch.bincount(labels[data.stratified_subset(labels, 7, 0)], minlength=3).tolist() == [4, 2, 1]
+    assert len(data.stratified_subset(labels, 100, 0)) == 100 and len(data.stratified_subset(labels, 0, 0)) == 0
+    with pytest.raises(DataError, match="n must lie in 0..100, got 101"):
+        data.stratified_subset(labels, 101, 0)
+
+
+def test_train_subset_draws_from_train_only_and_leaves_val_and_test_unchanged(tmp_path, no_system_fashion):
+    write_fashion_mnist(tmp_path, n_train=200, n_test=10)
+    whole = load_dataset("fashion_mnist", tmp_path, split_seed=1)
+    sub = load_dataset("fashion_mnist", tmp_path, split_seed=1, train_subset=50)
+    assert torch.equal(sub.val.images, whole.val.images) and torch.equal(sub.test.images, whole.test.images)
+    assert len(sub.train) == 50 and torch.bincount(sub.train.labels).tolist() == [5] * 10
+    rows = {tuple(x.flatten().tolist()) for x in whole.train.images}
+    assert all(tuple(x.flatten().tolist()) in rows for x in sub.train.images)
+    again = load_dataset("fashion_mnist", tmp_path, split_seed=1, train_subset=50)
+    assert torch.equal(again.train.images, sub.train.images)
+    other = load_dataset("fashion_mnist", tmp_path, split_seed=2, train_subset=50)
+    assert not torch.equal(other.train.images, sub.train.images)
+
+
+@pytest.mark.parametrize("bad, expected", [(181, "train_subset=181 exceeds the 180 training images"),
+                                           (-1, "train_subset must be an integer >= 0"),
+                                           (2.5, "train_subset must be an integer >= 0")])
+def test_train_subset_out_of_range_is_refused(tmp_path, no_system_fashion, bad, expected):
+    write_fashion_mnist(tmp_path, n_train=200)
+    with pytest.raises(DataError, match=expected):
+        load_dataset("fashion_mnist", tmp_path, train_subset=bad)
+
+
+def test_train_subset_is_a_config_field_recorded_as_a_cfg_column():
+    from dpnp_ray.config import ConfigError, ExperimentConfig
+    from dpnp_ray.results import config_columns
+
+    cfg = ExperimentConfig.from_dict({"train_subset": 500})
+    assert cfg.train_subset == 500 and ExperimentConfig().train_subset == 0
+    assert config_columns(cfg.to_dict())["cfg_train_subset"] == 500
+    with pytest.raises(ConfigError, match="'train_subset' = -5: must be >= 0"):
+        ExperimentConfig.from_dict({"train_subset": -5})
+
+
+# ---------------------------------------------------------------- digits at eps 0.2
+
+
+def test_linf_separation_equals_brute_force():
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.random((37, 1, 2, 3)))  # float64, as the function computes
+    y = torch.from_numpy(rng.integers(0, 3, 37))
+    brute = min(float((x[i] - x[j]).abs().max()) for i in range(37) for j in range(37) if y[i] != y[j])
+    assert data.linf_class_separation(x, y, chunk=5) == pytest.approx(brute, abs=0)
+
+
+def test_digits_classes_are_0_4375_apart_so_eps_0_2_is_a_valid_threat_model():
+    """The smallest L-inf distance between differently labelled digits over all 1,797 images is
+    7/16 (pixels are k/16): no point can be moved into another class's image within 2 x 0.2."""
+    train, test = data.load_digits(Path("."), False)
+    images, labels = torch.cat([train.images, test.images]), torch.cat([train.labels, test.labels])
+    assert len(labels) == 1797
+    separation = data.linf_class_separation(images, labels)
+    assert separation == 7 / 16 and 2 * 0.2 < separation
+
+
 def test_download_fetches_the_official_archive(tmp_path, monkeypatch):
     import torchvision.datasets as tvd
     import torchvision.datasets.utils as tv_utils
@@ -464,3 +691,25 @@ def test_make_loader_without_shuffle_and_with_drop_last():
     assert epochs(make_loader(split, 16, shuffle=False, seed=0), 1) == [list(range(100))]
     loader = make_loader(split, 16, shuffle=True, seed=0, drop_last=True)
     assert len(loader) == 6 and all(len(y) == 16 for _, y in loader)
+
+
+def test_the_digits_eps_0_2_recipe_trains_and_evaluates_at_0_2():
+    """studies/recipes/digits_eps02.yaml: one named choice sets training and evaluation eps together, inside
+    the separation bound (2 eps < 7/16); its PGD step follows eps (eps / 4)."""
+    from dpnp_ray.config import ExperimentConfig
+    from dpnp_ray.study.recipe import config_from_file
+
+    cfg = ExperimentConfig.from_dict(config_from_file(str(REPO / "studies" / "recipes" / "digits_eps02.yaml")))
+    assert (cfg.dataset, cfg.eps, cfg.eval_eps) == ("digits", 0.2, 0.2)
+    assert 2 * cfg.eval_eps < 7 / 16
+    assert cfg.train_step_size == pytest.approx(0.05) and cfg.eval_step == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "studies" / "recipes").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_recipe_in_the_repository_is_a_valid_config(recipe):
+    from dpnp_ray.config import ExperimentConfig
+    from dpnp_ray.study.recipe import config_from_file
+
+    cfg = ExperimentConfig.from_dict(config_from_file(str(recipe)))
+    if cfg.dataset == "fashion_mnist":
+        assert cfg.eps == cfg.eval_eps == pytest.approx(0.1)

@@ -43,11 +43,26 @@ def resolve(script, kind: str, *argv: str):
     return resolve_study(script.build_parser(), kind, defaults=script.DEFAULTS, smoke=script.SMOKE, argv=list(argv))
 
 
+@pytest.mark.parametrize("dataset", ["fashion_mnist", "cifar10"])
+def test_values_tuned_on_digits_never_reach_another_data_set(ablation, tmp_path, dataset):
+    """The digits search's loss weights and training eps (0.0997) are the ablation's defaults for digits only: a
+    CIFAR-10 study trained at eps 0.0997 while evaluated at 8/255 before this."""
+    recipe = resolve(ablation, "ablation", "--storage", str(tmp_path), "--dataset", dataset)
+    library = ExperimentConfig()
+    assert recipe.config["eps"] is None  # the data set's threat model, resolved per trial
+    for field in ("lambda_ppa", "lambda_npr", "lambda_cons", "beta_adv", "prototype_radius"):
+        assert recipe.config[field] == getattr(library, field), field
+    assert recipe.config["lr"] == 0.05  # the script's dataset-independent defaults still apply
+    from_file = tmp_path / "study.yaml"
+    from_file.write_text(f"config: {{dataset: {dataset}}}\n")
+    assert resolve(ablation, "ablation", "--storage", str(tmp_path), "--config", str(from_file)).config["eps"] is None
+
+
 def test_defaults_and_smoke_preset(ablation, tmp_path):
     recipe = resolve(ablation, "ablation", "--storage", str(tmp_path))
     assert recipe.study["variants"] == list(ablation.DEFAULTS["variants"]) and recipe.study["seeds"] == [0, 1, 2]
     assert recipe.config["epochs"] == 8 and recipe.config["eval_eps"] is None  # dataset-dependent: resolved per trial
-    assert recipe.config["eps"] == ablation.DEFAULTS["config"]["eps"]  # the study's own defaults reach the config
+    assert recipe.config["eps"] == ablation.DEFAULTS["config_for"]["digits"]["eps"]  # the study's own defaults reach it
     assert recipe.study["smoke"] is False
     smoke = resolve(ablation, "ablation", "--smoke", "--storage", str(tmp_path))
     assert smoke.study["variants"] == ["full", "pgd_at"] and smoke.study["seeds"] == [0]

@@ -472,3 +472,28 @@ def test_unknown_suite_level_lists_the_known_ones():
         SUITE_LEVELS.get("thorough")
     full = SUITE_LEVELS.get("full")
     assert full.autoattack == "standard" and full.strong_pgd == (50, 10)
+
+
+def test_points_give_every_evals_row_its_accuracy_exactly(quick, data, net, cfg, tmp_path):
+    """points.parquet: per evaluation, the mean of `correct` is the evals row's accuracy (the same count
+    over the same n), and `index` is the point's position in the whole test split."""
+    keys = {"study": "s", "trial_id": "t0", "variant": "full", "seed": 0}
+    results.write_table(tmp_path, "points", results.points_frame(quick.evals, quick.points, keys))
+    points = results.read_table(tmp_path, "points")
+    assert points["index"].dtype == "int32" and points["correct"].dtype == bool
+    assert str(points["attack"].dtype) == "category"
+    by_key = points.groupby(results.POINT_EVAL_KEY, observed=True)["correct"].agg(["sum", "size"])
+    assert len(by_key) == len(quick.evals)  # every evaluation has its points, no two share a key
+    for row in quick.evals:
+        correct, n = by_key.loc[tuple(row[k] for k in results.POINT_EVAL_KEY)]
+        assert n == row["n"] and correct / n == row["accuracy"], row["attack"]
+    # the clean points are the model's clean answers on those positions of the test split
+    clean = points[points["attack"] == "clean"]
+    x = to_float(data.test.images[torch.tensor(clean["index"].to_numpy(), dtype=torch.long)])
+    with torch.no_grad(), eval_mode(net):
+        expected = (net(x).argmax(1) == data.test.labels[clean["index"].to_numpy()]).numpy()
+    assert (clean["correct"].to_numpy() == expected).all()
+    worst = points[points["attack"] == "worst_case"].set_index("index")["correct"]
+    for attack in ("clean", "autoattack", "targeted_rivals"):  # the worst case is never right where one is wrong
+        other = points[points["attack"] == attack].set_index("index")["correct"].reindex(worst.index)
+        assert not (worst & ~other).any(), attack

@@ -3,7 +3,7 @@
 Runs the robustness suite on the whole test set (eval_n = eval_aa_n = 0) in fp32, whatever precision the
 model was trained in: with `--suite full` that is AutoAttack `standard` on every test point, as
 RobustBench reports (docs/evaluation.md#suite-levels). The rows go next to the model, in the results
-schema: <model dir>/evals.parquet (and corruptions, geometry, masking .parquet), keyed by the trial's
+schema: <model dir>/evals.parquet (and corruptions, geometry, masking, points .parquet), keyed by the trial's
 study, trial_id, variant and seed, plus evaluation-<suite>.json with the summary. Rows of other suite
 levels already there are kept. `--set FIELD=VALUE` changes evaluation fields (e.g. eval_n=1000 for a
 quicker look, data_root=/data when the data moved).
@@ -62,6 +62,7 @@ def evaluate_model(directory: str, suite: str = "full", *, device: str = "auto",
         if earlier is not None:  # other suite levels' rows stay; this level's rows are replaced (last wins)
             rows = earlier.to_dict("records") + rows
         written[table] = results.write_table(directory, table, rows)
+    written["points"] = _write_points(directory, results.points_frame(result.evals, result.points, keys))
     summary = {**keys, "suite": suite, "eval_precision": precision.name, "device": str(env.device),
                "eval_n": cfg.eval_n, "eval_aa_n": cfg.eval_aa_n, "seconds": seconds, **result.summary,
                "config": {k: redact(v) if isinstance(v, str) else v for k, v in cfg.to_dict().items()},
@@ -75,6 +76,20 @@ def evaluate_model(directory: str, suite: str = "full", *, device: str = "auto",
         if "aa_acc" in result.summary:
             log(f"autoattack {result.summary['aa_version']} {result.summary['aa_acc']:.4f} (n={result.summary['aa_n']})")
     return written
+
+
+def _write_points(directory: str, points) -> str:
+    """points.parquet next to the model: an evaluation run again replaces all its points (a smaller eval_n
+    leaves none of the earlier ones behind); other evaluations' points stay."""
+    import pandas as pd
+
+    earlier = results.read_table(directory, "points", required=False)
+    if earlier is not None:
+        key = results.POINT_EVAL_KEY
+        rerun = pd.MultiIndex.from_frame(points[key].astype(object).drop_duplicates())
+        kept = earlier[~pd.MultiIndex.from_frame(earlier[key].astype(object)).isin(rerun)]
+        points = results.compact_points(pd.concat([kept.drop(columns="schema_version"), points], ignore_index=True))
+    return results.write_table(directory, "points", points)
 
 
 def main(argv: list[str] | None = None) -> int:

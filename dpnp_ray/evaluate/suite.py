@@ -125,7 +125,9 @@ def check_inputs(cfg: ExperimentConfig) -> None:
 class SuiteResult:
     """Rows for the Parquet tables (without the key columns) and flat scalars for trials.parquet.
     `subset_flags` (in memory only, not written): each attack at eval_eps -> its per-point results on the
-    attack subset, the inputs of the per-point worst case."""
+    attack subset, the inputs of the per-point worst case. `points`: for each evals row (by its position),
+    the positions in the test split of the points it ran on and whether the model was right on each
+    (points.parquet, `accuracy.points_table`); rows enter through `add_eval` so the two cannot disagree."""
 
     evals: list[dict[str, Any]] = field(default_factory=list)
     corruptions: list[dict[str, Any]] = field(default_factory=list)
@@ -133,6 +135,15 @@ class SuiteResult:
     masking: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
     subset_flags: dict[str, PointFlags] = field(default_factory=dict)
+    points: list[tuple[int, torch.Tensor, torch.Tensor]] = field(default_factory=list)
+
+    def add_eval(self, row: dict[str, Any], split_index: torch.Tensor, ok: torch.Tensor) -> None:
+        """An evals row and its per-point results (positions in the test split, right or not)."""
+        if len(split_index) != len(ok) or row["n"] != len(ok):
+            raise ValueError(f"{row['attack']}: {len(ok)} per-point results for n={row['n']} on "
+                             f"{len(split_index)} positions")
+        self.points.append((len(self.evals), split_index.detach().cpu(), ok.detach().cpu()))
+        self.evals.append(row)
 
 
 class _Timer:
@@ -188,6 +199,7 @@ class _AttackSubset:
     this rank's shard on the device (x, y, and the features geometry needs)."""
 
     points: Split
+    split_index: torch.Tensor  # the positions of `points` in the test split
     x: torch.Tensor
     y: torch.Tensor
     clean_ok: torch.Tensor
@@ -211,18 +223,20 @@ def run_suite(net: Classifier, data: DatasetSplits, cfg: ExperimentConfig, env: 
     ctx = SuiteContext(net, cfg, env, precision, level, data.info)
     result = SuiteResult(summary={"eval_suite": level.name})
     test = subsample(data.test, cfg.eval_n)
+    test_index = subsample_index(len(data.test), cfg.eval_n)  # positions of `test` in the test split
     with eval_mode(net):
         with ctx.timer("threat_model"):
             basic, test_flags = _threat_model(net, test, cfg, env, precision)
-        result.evals = [e.as_row(level.name) for e in basic]
+        for e in basic:
+            result.add_eval(e.as_row(level.name), test_index, test_flags[e.attack])
         acc = {e.attack: e.accuracy for e in basic}
         if level.diagnostics:
             result.masking.append(check_fgsm_vs_pgd(acc["fgsm"], acc["pgd"], basic[0].n))
         if level.strong_pgd is not None:
             with ctx.timer("strong_pgd"):
-                test_flags.update(_strong_pgd(ctx, test, acc["pgd"], result))
+                test_flags.update(_strong_pgd(ctx, test, test_index, acc["pgd"], result))
         if level.autoattack is not None or level.diagnostics or level.adaptive:
-            _attack_subset(ctx, test, test_flags, result)
+            _attack_subset(ctx, test, test_index, test_flags, result)
         if level.corruptions:
             with ctx.timer("corruptions"):
                 _corruptions(ctx, data, result)
@@ -263,8 +277,8 @@ def _threat_model(net: Classifier, test: Split, cfg: ExperimentConfig, env: Loca
     return rows, flags
 
 
-def _strong_pgd(ctx: SuiteContext, test: Split, pgd_k_accuracy: float, result: SuiteResult
-                ) -> dict[str, torch.Tensor]:
+def _strong_pgd(ctx: SuiteContext, test: Split, test_index: torch.Tensor, pgd_k_accuracy: float,
+                result: SuiteResult) -> dict[str, torch.Tensor]:
     """The level's extra PGD (steps x restarts) on the eval_n points, checked against PGD-k; returns its
     per-point results under the name pgd_<steps>x<restarts> (nothing when it is PGD-k itself)."""
     cfg = ctx.cfg
@@ -274,7 +288,7 @@ def _strong_pgd(ctx: SuiteContext, test: Split, pgd_k_accuracy: float, result: S
     x, y = local_points(test, ctx.env)
     ok = ctx.correct_all(x, y, ctx.pgd(cfg.eval_eps, cfg.eval_step, steps, restarts), len(test))
     row = EvalResult("pgd", cfg.eval_eps, steps, restarts, len(test), int(ok.sum()) / max(len(test), 1))
-    result.evals.append(row.as_row(ctx.level.name))
+    result.add_eval(row.as_row(ctx.level.name), test_index, ok)
     result.summary[f"pgd{steps}x{restarts}_acc"] = row.accuracy
     result.masking.append(check_steps_monotone(
         f"steps_monotone_{steps}x{restarts}", (f"PGD-{cfg.eval_attack_steps}", pgd_k_accuracy),
@@ -285,14 +299,15 @@ def _strong_pgd(ctx: SuiteContext, test: Split, pgd_k_accuracy: float, result: S
 # ---------------------------------------------------------------------------- attack subset
 
 
-def _attack_subset(ctx: SuiteContext, test: Split, test_flags: dict[str, torch.Tensor], result: SuiteResult) -> None:
+def _attack_subset(ctx: SuiteContext, test: Split, test_index: torch.Tensor, test_flags: dict[str, torch.Tensor],
+                   result: SuiteResult) -> None:
     """Everything that runs on the cfg.eval_aa_n attack subset, with per-point results gathered, and the
     per-point worst case over every attack at eval_eps that ran on its points (`_worst_case`).
 
     `test_flags`: per-point results of the attacks that ran on all test points (the subset is drawn
     from them); `result.subset_flags` collects every attack's results on the subset's points."""
     index = subsample_index(len(test), ctx.cfg.eval_aa_n)
-    subset = _clean_and_pgd(ctx, Split(test.images[index], test.labels[index]))
+    subset = _clean_and_pgd(ctx, Split(test.images[index], test.labels[index]), test_index[index])
     n, everywhere = subset.n, torch.arange(subset.n, device=ctx.env.device)
     result.summary.update(attack_subset_n=n, pgd_acc_subset=fraction(subset.pgd_ok),
                           clean_acc_subset=fraction(subset.clean_ok))
@@ -312,7 +327,7 @@ def _attack_subset(ctx: SuiteContext, test: Split, test_flags: dict[str, torch.T
             result.geometry = _geometry(ctx, subset)
 
 
-def _clean_and_pgd(ctx: SuiteContext, points: Split) -> _AttackSubset:
+def _clean_and_pgd(ctx: SuiteContext, points: Split, split_index: torch.Tensor) -> _AttackSubset:
     """Clean and PGD-k correctness of every point of the subset (and this rank's features for geometry)."""
     cfg, env, n = ctx.cfg, ctx.env, len(points)
     x, y = local_points(points, env)
@@ -321,7 +336,7 @@ def _clean_and_pgd(ctx: SuiteContext, points: Split) -> _AttackSubset:
         pgd_local, z_pgd = ctx.correct(x, y, ctx.pgd(cfg.eval_eps, cfg.eval_step, cfg.eval_attack_steps,
                                                      cfg.eval_restarts), features=ctx.level.geometry)
         clean_ok, pgd_ok = gather_flags(clean_local, n, env), gather_flags(pgd_local, n, env)
-    return _AttackSubset(points, x, y, clean_ok, pgd_ok, z_clean, z_pgd)
+    return _AttackSubset(points, split_index, x, y, clean_ok, pgd_ok, z_clean, z_pgd)
 
 
 def _autoattack(ctx: SuiteContext, subset: _AttackSubset, result: SuiteResult) -> torch.Tensor:
@@ -340,8 +355,8 @@ def _autoattack(ctx: SuiteContext, subset: _AttackSubset, result: SuiteResult) -
                                    f"{excess:.2e}, range [{float(x_adv.min())}, {float(x_adv.max())}])")
         aa_ok = gather_flags(aa_local, n, env)
     aa_acc, pgd_acc = fraction(aa_ok), fraction(subset.pgd_ok)
-    result.evals.append(ctx.row("autoattack", eps=eps, steps=AUTOATTACK_ITERATIONS, restarts=1, n=n,
-                                accuracy=aa_acc, loss="+".join(AUTOATTACK_VERSIONS[version]), version=version))
+    result.add_eval(ctx.row("autoattack", eps=eps, steps=AUTOATTACK_ITERATIONS, restarts=1, n=n, accuracy=aa_acc,
+                            loss="+".join(AUTOATTACK_VERSIONS[version]), version=version), subset.split_index, aa_ok)
     result.summary.update(aa_acc=aa_acc, aa_version=version, aa_n=n, pgd_aa_gap=pgd_acc - aa_acc,
                           aa_code=autoattack_code_version(), aa_warnings=" | ".join(dict.fromkeys(warnings)))
     return aa_ok
@@ -358,15 +373,15 @@ def _adaptive(ctx: SuiteContext, subset: _AttackSubset, result: SuiteResult) -> 
     if ctx.net.has_prototypes:
         flags["feature_margin"] = ctx.correct_all(
             subset.x, subset.y, prototype_margin_attack(eps, step, k, ctx.precision, restarts=restarts), n)
-        result.evals.append(ctx.row("feature_margin", eps=eps, steps=k, restarts=restarts, n=n,
-                                    accuracy=fraction(flags["feature_margin"]), loss="prototype_margin",
-                                    scores=scores))
+        result.add_eval(ctx.row("feature_margin", eps=eps, steps=k, restarts=restarts, n=n,
+                                accuracy=fraction(flags["feature_margin"]), loss="prototype_margin", scores=scores),
+                        subset.split_index, flags["feature_margin"])
     rivals = min(cfg.eval_rival_targets, ctx.info.num_classes - 1)
     flags["targeted_rivals"] = ctx.correct_all(
         subset.x, subset.y, targeted_rivals_attack(eps, step, k, ctx.precision, rivals=rivals, restarts=restarts), n)
-    result.evals.append(ctx.row("targeted_rivals", eps=eps, steps=k, restarts=restarts, n=n,
-                                accuracy=fraction(flags["targeted_rivals"]), loss="targeted", scores=scores,
-                                targets=rivals))
+    result.add_eval(ctx.row("targeted_rivals", eps=eps, steps=k, restarts=restarts, n=n,
+                            accuracy=fraction(flags["targeted_rivals"]), loss="targeted", scores=scores,
+                            targets=rivals), subset.split_index, flags["targeted_rivals"])
     return flags
 
 
@@ -374,9 +389,11 @@ def _worst_case(ctx: SuiteContext, subset: _AttackSubset, flags: dict[str, Point
     """The per-point worst case over `flags` (clean and every attack at eval_eps on the subset's points):
     an evals row, worst_case_acc in the summary, and the PGD-vs-strongest-attack masking check."""
     n, eps = subset.n, ctx.cfg.eval_eps
-    worst = fraction(worst_case(flags, n))
+    worst_ok = worst_case(flags, n)
+    worst = fraction(worst_ok)
     names = ",".join(flags)
-    result.evals.append(ctx.row("worst_case", eps=eps, steps=0, restarts=0, n=n, accuracy=worst, loss=names))
+    result.add_eval(ctx.row("worst_case", eps=eps, steps=0, restarts=0, n=n, accuracy=worst, loss=names),
+                    subset.split_index, worst_ok)
     result.summary.update(worst_case_acc=worst, worst_case_n=n, worst_case_attacks=names)
     if ctx.level.autoattack is not None:
         result.masking.append(check_pgd_aa_gap(fraction(subset.pgd_ok), worst, n,
@@ -390,16 +407,17 @@ def _diagnostics(ctx: SuiteContext, subset: _AttackSubset, flags: dict[str, Poin
     eps, step, k, restarts = cfg.eval_eps, cfg.eval_step, cfg.eval_attack_steps, cfg.eval_restarts
     pgd_acc, clean_acc = fraction(subset.pgd_ok), fraction(subset.clean_ok)
 
-    def accuracy(attack: Attack) -> float:
-        return fraction(ctx.correct_all(subset.x, subset.y, attack, n))
+    def correct(attack: Attack) -> torch.Tensor:
+        return ctx.correct_all(subset.x, subset.y, attack, n)
 
     with ctx.timer("eps_curve"):
         curve = {}
         for m in sorted(set(cfg.eval_eps_curve) | {1.0}):  # always through the threat model's eps
             # step scaled with eps (the eps / step ratio of the threat-model PGD); m = 1 is that PGD
-            curve[m] = pgd_acc if m == 1.0 else accuracy(ctx.pgd(m * eps, m * step, k, restarts))
-            result.evals.append(ctx.row("pgd_eps_curve", eps=m * eps, steps=k, restarts=restarts, n=n,
-                                        accuracy=curve[m], step_size=m * step))
+            ok = subset.pgd_ok if m == 1.0 else correct(ctx.pgd(m * eps, m * step, k, restarts))
+            curve[m] = fraction(ok)
+            result.add_eval(ctx.row("pgd_eps_curve", eps=m * eps, steps=k, restarts=restarts, n=n,
+                                    accuracy=curve[m], step_size=m * step), subset.split_index, ok)
     result.masking.append(check_eps_monotone([m * eps for m in curve], list(curve.values()), n))
     if 0.0 in curve:
         result.masking.append(check_eps0_equals_clean(curve[0.0], clean_acc, n))
@@ -409,14 +427,16 @@ def _diagnostics(ctx: SuiteContext, subset: _AttackSubset, flags: dict[str, Poin
         many_ok = ctx.correct_all(subset.x, subset.y, ctx.pgd(eps, step, many, restarts), n)
         flags["pgd_steps_check"] = PointFlags(torch.arange(n, device=env.device), many_ok)
         acc_many = fraction(many_ok)
-    result.evals.append(ctx.row("pgd_steps_check", eps=eps, steps=many, restarts=restarts, n=n, accuracy=acc_many))
+    result.add_eval(ctx.row("pgd_steps_check", eps=eps, steps=many, restarts=restarts, n=n, accuracy=acc_many),
+                    subset.split_index, many_ok)
     result.masking.append(check_steps_monotone("steps_monotone", (f"PGD-{k}", pgd_acc), (f"PGD-{many}", acc_many), n))
 
     with ctx.timer("unbounded"):
         u = level.unbounded_steps
-        acc_unbounded = accuracy(ctx.pgd(1.0, 2.5 / u, u))
-    result.evals.append(ctx.row("pgd_unbounded", eps=1.0, steps=u, restarts=1, n=n, accuracy=acc_unbounded,
-                                step_size=2.5 / u))
+        unbounded_ok = correct(ctx.pgd(1.0, 2.5 / u, u))
+        acc_unbounded = fraction(unbounded_ok)
+    result.add_eval(ctx.row("pgd_unbounded", eps=1.0, steps=u, restarts=1, n=n, accuracy=acc_unbounded,
+                            step_size=2.5 / u), subset.split_index, unbounded_ok)
     result.masking.append(check_unbounded(acc_unbounded, n, u))
 
     zero = gather_flags(_zero_gradient(ctx.net, subset.x, subset.y, cfg.eval_batch_size), n, env)
@@ -456,8 +476,8 @@ def _square(ctx: SuiteContext, subset: _AttackSubset, flags: dict[str, PointFlag
     flags["square"] = PointFlags(index.to(env.device), square_ok)
     square_acc = fraction(square_ok)
     white_box = fraction(white_box_ok[index.to(white_box_ok.device)])
-    result.evals.append(ctx.row("square", eps=cfg.eval_eps, steps=level.square_queries, restarts=1, n=m,
-                                accuracy=square_acc, loss="margin"))
+    result.add_eval(ctx.row("square", eps=cfg.eval_eps, steps=level.square_queries, restarts=1, n=m,
+                            accuracy=square_acc, loss="margin"), subset.split_index[index], square_ok)
     result.summary.update(square_acc=square_acc, square_n=m, square_queries=level.square_queries,
                           white_box_acc_square_subset=white_box)
     result.masking.append(check_black_box(square_acc, white_box, m, level.square_queries))

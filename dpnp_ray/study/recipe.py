@@ -203,6 +203,7 @@ def resolve_study(parser: argparse.ArgumentParser, kind: str, *, defaults: dict[
     flags = _from_flags(args, [d for d in vars(args) if d in given])
     file = read_study_file(args.config, kind) if getattr(args, "config", None) else {}
     wants_smoke = bool(flags.get("smoke", file.get("smoke", False)))
+    defaults = dataset_defaults(defaults, flag_defaults, smoke if wants_smoke else {}, file, flags)
     fresh = _merge(flag_defaults, defaults, smoke if wants_smoke else {}, file, flags)
     fresh["smoke"] = wants_smoke
 
@@ -501,6 +502,16 @@ def _ordered(study: dict[str, Any], kind: str) -> dict[str, Any]:
     order = ("kind", "command", "name", "storage", "smoke", *KIND_KEYS[kind], "scaling", "max_concurrent",
              "max_failures", "log_to", "mlflow_tracking_uri", "config")
     return {k: study[k] for k in order if k in study}
+
+
+def dataset_defaults(defaults: dict[str, Any], *layers: dict[str, Any] | None) -> dict[str, Any]:
+    """A script's defaults with `defaults["config_for"][<dataset>]` merged into its config when the study's
+    dataset (as `layers` and the defaults resolve it) is that one: values tuned on one data set (the digits
+    search's loss weights and training eps) never reach a study of another."""
+    base = {k: v for k, v in defaults.items() if k != "config_for"}
+    dataset = (_merge(*layers[:1], base, *layers[1:]).get("config") or {}).get("dataset")
+    tuned = (defaults.get("config_for") or {}).get(dataset)
+    return _merge(base, {"config": tuned}) if tuned else base
 
 
 def _merge(*layers: dict[str, Any] | None) -> dict[str, Any]:

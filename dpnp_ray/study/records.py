@@ -1,7 +1,8 @@
 """Trial records and their export to Parquet.
 
 Each trial's whole record is `<study dir>/trials/<trial_id>.json`, written atomically; a completed
-trial's selected model is `<study dir>/models/<trial_id>/` (`model_path`, written by ray_train.py). `export`
+trial's selected model is `<study dir>/models/<trial_id>/` (`model_path`) and its test evaluations'
+per-point results `<study dir>/points/<trial_id>.parquet` (`points_path`), both written by ray_train.py. `export`
 turns those records into the Parquet tables of results.py; it runs at the end of every study and
 can be re-run at any time (one row per trial and per trial-epoch, always).
 
@@ -75,6 +76,11 @@ def model_path(study_dir: str, trial_id: str) -> str:
     return results.join(study_dir, "models", trial_id)
 
 
+def points_path(study_dir: str, trial_id: str) -> str:
+    """Where a completed trial's per-point results are written (a Parquet file: they would bloat the record)."""
+    return results.join(study_dir, "points", f"{trial_id}.parquet")
+
+
 def read_record(path: str) -> dict[str, Any] | None:
     """The record at path, or None if there is none yet or it cannot be read."""
     try:
@@ -137,4 +143,23 @@ def export(study_dir: str) -> dict[str, str]:
     for name, rows in tables.items():
         if rows or name == "trials":
             written[name] = results.write_table(study_dir, name, rows)
+    points = _collect_points(study_dir, records)
+    if points is not None:
+        written["points"] = results.write_table(study_dir, "points", points)
     return written
+
+
+def _collect_points(study_dir: str, records: list[dict[str, Any]]):
+    """points.parquet: every completed trial's points file with the trial's key columns; None if none has one."""
+    import pandas as pd
+
+    frames = []
+    for record in records:
+        location = points_path(study_dir, record["trial_id"])
+        if record.get("status") != "completed" or not results.exists(location):
+            continue
+        frame = results.read_points_file(location)
+        for key in results.KEY_COLUMNS:
+            frame.insert(results.KEY_COLUMNS.index(key), key, record[key])
+        frames.append(frame)
+    return results.compact_points(pd.concat(frames, ignore_index=True)) if frames else None

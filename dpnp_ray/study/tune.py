@@ -32,8 +32,8 @@ from ..provenance import provenance, redact
 from ..ray_train import (FINAL_FILE, FINAL_PREFIX, Scaling, TrialIO, find_final_record, make_trainer, outcome_metrics,
                          read_final_record, run_loop, trial_loop_config)
 from .cluster import alive_nodes, trial_request
-from .records import (ENDED, export, model_path, one_line_error, read_record, record_path, train_run_name,
-                      trial_id, write_error_log, write_record)
+from .records import (ENDED, export, model_path, one_line_error, points_path, read_record, record_path,
+                      train_run_name, trial_id, write_error_log, write_record)
 from .settings import StudyError, StudySettings
 
 #: variant name -> config overrides; ablation studies pass theirs, a search has none
@@ -209,6 +209,7 @@ def run_trial(params: dict[str, Any], *, context: StudyContext, log_level: str =
                       stop_request=stop_request_path(context.study_dir, spec.trial_id) if context.kind == "search"
                       else None, log_level=log_level, progress_every_s=progress_every_s,
                       model_dir=model_path(context.study_dir, spec.trial_id),
+                      points_path=points_path(context.study_dir, spec.trial_id),
                       trial={"study": context.study, "trial_id": spec.trial_id, "variant": spec.variant,
                              "seed": spec.cfg.seed}))
     record.update(finished_at=time.time(), wall_seconds=time.time() - started)
