@@ -55,6 +55,13 @@ def test_smoke_ablation_writes_documented_tables(smoke_study):
     assert {"clean", "fgsm", "pgd", "cw_inf", "autoattack", "pgd_eps_curve"} <= set(evals["attack"])
     assert evals["accuracy"].between(0, 1).all() and (evals["n"] > 0).all()
     assert set(evals["suite"]) == {"quick"}
+    # every test evaluation's per-point results, through a real study: their mean is the evals row exactly
+    points = results.read_table(directory, "points")
+    key = ["trial_id", *results.POINT_EVAL_KEY]
+    from_points = points.groupby(key, observed=True)["correct"].agg(["mean", "size"]).reset_index()
+    joined = from_points.merge(evals, on=key, how="left", validate="one_to_one")
+    assert len(joined) == len(evals[evals["split"] == "test"]) and joined["accuracy"].notna().all()
+    assert (joined["mean"] == joined["accuracy"]).all() and (joined["size"] == joined["n"]).all()
     masking = results.read_table(directory, "masking")
     assert {"eps_monotone", "pgd_aa_gap", "unbounded_eps"} <= set(masking["check"])
     geometry = results.read_table(directory, "geometry")
