@@ -69,6 +69,8 @@ class ExperimentConfig:
     method: str = field(default="adv_dpnp", metadata=_registry_choices("methods", "METHODS"))
     prototype_radius: float = field(default=3.0, metadata=_range(0.0, lo_open=True))
     prototype_constraint: str = field(default="normalize", metadata=_choices("normalize", "project"))
+    # learned: trained prototypes; fixed_simplex: a regular simplex of radius prototype_radius, never trained
+    prototype_mode: str = field(default="learned", metadata=_choices("learned", "fixed_simplex"))
     logit_form: str = field(default="dot", metadata=_choices("dot", "cosine"))
     logit_scale: float = field(default=10.0, metadata=_range(0.0, lo_open=True))
     # --- loss
@@ -87,6 +89,7 @@ class ExperimentConfig:
     )
     consistency_detach_clean: bool = True
     trades_beta: float = field(default=6.0, metadata=_range(0.0))
+    mart_beta: float = field(default=6.0, metadata=_range(0.0))
     # --- training attack and its epsilon schedule
     eps: float | None = field(default=None, metadata=_range(0.0, 1.0))  # None: the dataset's threat model
     eps_schedule: str = field(default="constant", metadata=_registry_choices("schedules", "EPS_SCHEDULES"))
@@ -189,6 +192,13 @@ class ExperimentConfig:
                     f"lambda_ppa={self.lambda_ppa}, lambda_npr={self.lambda_npr}); "
                     "raise lambda_ppa, lower lambda_npr, or use npr_form='prototype'"
                 )
+        if self.prototype_mode == "fixed_simplex" and self.feature_dim and self.uses_prototypes:
+            from .data import dataset_info
+
+            classes = dataset_info(self.dataset).num_classes
+            if self.feature_dim < classes - 1:
+                problems.append(f"prototype_mode='fixed_simplex' needs feature_dim >= {classes - 1} (the {classes} "
+                                f"classes of {self.dataset!r} minus one; got feature_dim={self.feature_dim})")
         if self.eps is not None and self.eps_start > self.eps:
             problems.append(f"eps_start={self.eps_start} exceeds eps={self.eps}; the schedule ramps up to eps")
         if list(self.lr_milestones) != sorted(self.lr_milestones):

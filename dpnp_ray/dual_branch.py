@@ -67,6 +67,18 @@ class DualBranchForward(nn.Module):
 #: prototype_update -> (stop-gradient on c in the clean branch, in the adversarial branch)
 PROTOTYPE_DETACH = {"clean": (False, True), "adversarial": (True, False), "both": (False, False)}
 
+
+def prototype_detach(cfg: ExperimentConfig) -> tuple[bool, bool]:
+    """(stop-gradient on c in the clean branch, in the adversarial branch) for cfg's method.
+
+    Two-branch methods follow prototype_update (PROTOTYPE_DETACH); a method that runs one branch
+    (dpnp: clean only, proto_ce: adversarial only) trains its prototypes from that branch.
+    """
+    method = METHODS.get(cfg.method)
+    if not (method.adversarial and method.clean_branch):
+        return False, False
+    return PROTOTYPE_DETACH[cfg.prototype_update]
+
 MethodLoss = Callable[[BranchOutputs, torch.Tensor, ExperimentConfig], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 LOSSES: Registry[MethodLoss] = Registry("method loss")
 """name (a `Method.loss` in methods.METHODS) -> loss(out, y, cfg) returning the total and its named terms."""
@@ -79,14 +91,15 @@ def adv_dpnp_loss(out: BranchOutputs, y: torch.Tensor, cfg: ExperimentConfig) ->
     L_clean = CE(z, c) + lambda_ppa PPA(z, c) + lambda_npr NPR,  L_adv = CE(z', c) + lambda_ppa PPA(z', c)
     [+ lambda_npr NPR(z', c) for the sample form], where each branch sees c or sg(c) according to
     prototype_update. The prototype-form NPR depends on c alone, so it always sees the live c
-    (it belongs to whichever branch updates the prototypes). Switched-off terms are not computed.
+    (it belongs to whichever branch updates the prototypes). Switched-off terms are not computed;
+    a linear head (hybrid_linear) has no prototypes, so PPA and NPR drop out there.
     """
     c = out.prototypes
-    detach_clean, detach_adv = PROTOTYPE_DETACH[cfg.prototype_update]
-    c_clean = c.detach() if detach_clean else c
-    c_adv = c.detach() if detach_adv else c
-    use_ppa = cfg.use_ppa and cfg.lambda_ppa > 0
-    use_npr = cfg.use_npr and cfg.lambda_npr > 0
+    detach_clean, detach_adv = prototype_detach(cfg)
+    c_clean = c.detach() if detach_clean and c is not None else c
+    c_adv = c.detach() if detach_adv and c is not None else c
+    use_ppa = cfg.use_ppa and cfg.lambda_ppa > 0 and c is not None
+    use_npr = cfg.use_npr and cfg.lambda_npr > 0 and c is not None
     terms: dict[str, torch.Tensor] = {}
 
     terms["ce"] = losses.cross_entropy(out.logits, y)
@@ -132,6 +145,13 @@ def trades_loss(out: BranchOutputs, y: torch.Tensor, cfg: ExperimentConfig) -> t
     return total, {"ce": ce, "trades_kl": kl, "total": total}
 
 
+@LOSSES.register("mart")
+def mart_loss(out: BranchOutputs, y: torch.Tensor, cfg: ExperimentConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """MART (Wang et al. 2020): BCE(p_adv, y) + mart_beta * KL(p_clean || p_adv) * (1 - p_clean,y)."""
+    total, bce, kl = losses.mart_loss(out.logits, out.logits_adv, y, cfg.mart_beta)
+    return total, {"mart_bce": bce, "mart_kl": kl, "total": total}
+
+
 def method_loss(out: BranchOutputs, y: torch.Tensor, cfg: ExperimentConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The training loss of cfg.method and its named terms."""
     return LOSSES.get(METHODS.get(cfg.method).loss)(out, y, cfg)
@@ -168,7 +188,7 @@ def train_step(forward: nn.Module, net: Classifier, x: torch.Tensor, y: torch.Te
     method = METHODS.get(cfg.method)
     x_adv = training_adversary(net, x, y, cfg, eps, generator, precision) if method.adversarial else None
     clean_input = x if method.clean_branch else None
-    detach_clean, detach_adv = PROTOTYPE_DETACH[cfg.prototype_update]
+    detach_clean, detach_adv = prototype_detach(cfg)
     with precision.autocast():
         out: BranchOutputs = forward(clean_input, x_adv, detach_clean=detach_clean, detach_adv=detach_adv)
     loss, terms = method_loss(out, y, cfg)

@@ -28,3 +28,9 @@ METHODS.register("dpnp")(Method(loss="adv_dpnp", prototype_head=True, adversaria
 METHODS.register("pgd_at")(Method(loss="pgd_at", prototype_head=False, clean_branch=False))
 # TRADES' attack maximises KL to the clean prediction.
 METHODS.register("trades")(Method(loss="trades", prototype_head=False, attack_loss="kl"))
+# MART's attack is PGD on CE, as in the authors' code, whatever train_attack_loss says.
+METHODS.register("mart")(Method(loss="mart", prototype_head=False, attack_loss="ce"))
+# Mechanism controls (docs/method.md#mechanism-controls): Adv-DPNP's step and loss with a linear softmax
+# head (PPA and NPR need prototypes, so they drop out), and PGD-AT's loss on the prototype head.
+METHODS.register("hybrid_linear")(Method(loss="adv_dpnp", prototype_head=False))
+METHODS.register("proto_ce")(Method(loss="pgd_at", prototype_head=True, clean_branch=False))

@@ -225,16 +225,34 @@ def prototype_logits(z: torch.Tensor, prototypes: torch.Tensor, form: str = "dot
     raise ValueError(f"logit form {form!r}: allowed 'dot', 'cosine'")
 
 
+def regular_simplex(num_classes: int, dim: int, radius: float) -> torch.Tensor:
+    """C points in R^d (d >= C - 1) at norm `radius`, every pair the same distance apart, summing to 0.
+
+    The centred one-hot vectors e_j - 1/C span the (C - 1)-dimensional plane orthogonal to the all-ones
+    vector; their coordinates in an orthonormal basis of that plane (its leading right singular vectors)
+    keep every inner product, so they fit in C - 1 dimensions; the other d - C + 1 coordinates are 0.
+    """
+    if num_classes < 2 or dim < num_classes - 1:
+        raise ValueError(f"a regular simplex of {num_classes} prototypes needs num_classes >= 2 and "
+                         f"dim >= {num_classes - 1}; got dim={dim}")
+    centered = torch.eye(num_classes, dtype=torch.float64) - 1.0 / num_classes
+    basis = torch.linalg.svd(centered).Vh[: num_classes - 1]
+    points = torch.zeros(num_classes, dim, dtype=torch.float64)
+    points[:, : num_classes - 1] = centered @ basis.t()
+    return (radius * F.normalize(points, dim=1)).float()
+
+
 class PrototypeHead(nn.Module):
     """One prototype per class on a sphere of radius alpha; also the classifier weights.
 
     constraint="normalize": c_j = alpha * v_j / ||v_j|| (holds by construction).
     constraint="project": c_j = v_j, projected back onto the sphere after each optimizer step
     (call `project_()`).
+    fixed_simplex=True: c is a regular simplex of radius alpha held in a buffer: no parameter, never trained.
     """
 
     def __init__(self, num_classes: int, dim: int, radius: float, logit_form: str = "dot",
-                 logit_scale: float = 10.0, constraint: str = "normalize"):
+                 logit_scale: float = 10.0, constraint: str = "normalize", fixed_simplex: bool = False):
         super().__init__()
         if constraint not in ("normalize", "project"):
             raise ValueError(f"prototype constraint {constraint!r}: allowed 'normalize', 'project'")
@@ -242,17 +260,23 @@ class PrototypeHead(nn.Module):
         self.logit_form = logit_form
         self.logit_scale = logit_scale
         self.constraint = constraint
-        raw = torch.randn(num_classes, dim)
-        self.raw = nn.Parameter(radius * F.normalize(raw, dim=1))
+        self.fixed_simplex = fixed_simplex
+        if fixed_simplex:
+            self.register_buffer("fixed", regular_simplex(num_classes, dim, radius))
+        else:
+            raw = torch.randn(num_classes, dim)
+            self.raw = nn.Parameter(radius * F.normalize(raw, dim=1))
 
     def prototypes(self) -> torch.Tensor:
+        if self.fixed_simplex:
+            return self.fixed
         if self.constraint == "normalize":
             return self.radius * F.normalize(self.raw, dim=1)
         return self.raw
 
     @torch.no_grad()
     def project_(self) -> None:
-        if self.constraint == "project":
+        if self.constraint == "project" and not self.fixed_simplex:
             self.raw.copy_(self.radius * F.normalize(self.raw, dim=1))
 
     def logits(self, z: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
@@ -287,13 +311,15 @@ class Classifier(nn.Module):
 def build_model(*, backbone: str, num_classes: int, in_channels: int, mean: Sequence[float],
                 std: Sequence[float], prototype_head: bool, feature_dim: int = 0, prototype_radius: float = 3.0,
                 logit_form: str = "dot", logit_scale: float = 10.0, prototype_constraint: str = "normalize",
-                feature_head: str = "none") -> Classifier:
+                feature_head: str = "none", prototype_mode: str = "learned") -> Classifier:
     """A classifier with a prototype head (DPNP methods) or a softmax linear head (baselines).
 
     feature_head (FEATURE_HEADS): none: backbone, ReLU, pooling (and a linear projection if
     feature_dim > 0); linear: always a linear projection, no ReLU after it; no_final_relu: the
-    backbone's last ReLU removed.
+    backbone's last ReLU removed. prototype_mode: learned, or fixed_simplex (PrototypeHead).
     """
+    if prototype_mode not in ("learned", "fixed_simplex"):
+        raise ValueError(f"prototype_mode {prototype_mode!r}: allowed 'learned', 'fixed_simplex'")
     kind = FEATURE_HEADS.get(feature_head)
     body = BACKBONES.get(backbone)(in_channels, final_relu=kind.final_relu)
     dim = body.out_dim
@@ -302,7 +328,8 @@ def build_model(*, backbone: str, num_classes: int, in_channels: int, mean: Sequ
         projection = nn.Linear(dim, feature_dim or dim)
         dim = feature_dim or dim
     if prototype_head:
-        head: nn.Module = PrototypeHead(num_classes, dim, prototype_radius, logit_form, logit_scale, prototype_constraint)
+        head: nn.Module = PrototypeHead(num_classes, dim, prototype_radius, logit_form, logit_scale, prototype_constraint,
+                                        fixed_simplex=prototype_mode == "fixed_simplex")
     else:
         head = nn.Linear(dim, num_classes)
     return Classifier(Normalize(mean, std), body, head, projection)

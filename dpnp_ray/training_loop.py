@@ -77,6 +77,7 @@ def model_from_config(cfg: ExperimentConfig, info: DatasetInfo) -> Classifier:
         std=info.std, prototype_head=cfg.uses_prototypes, feature_dim=cfg.feature_dim,
         prototype_radius=cfg.prototype_radius, logit_form=cfg.logit_form, logit_scale=cfg.logit_scale,
         prototype_constraint=cfg.prototype_constraint, feature_head=cfg.feature_head,
+        prototype_mode=cfg.prototype_mode,
     )
 
 

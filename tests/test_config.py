@@ -43,7 +43,7 @@ def test_defaults_follow_paper_part_b_and_resolve_eps():
     ({"train_attack_steps": 0}, ["'train_attack_steps' = 0", ">= 1"]),
     ({"dataset": "mnist"}, ["'dataset' = 'mnist'", "'cifar10'", "'digits'"]),
     ({"model": "vgg"}, ["'model' = 'vgg'", "'resnet18'"]),
-    ({"method": "mart"}, ["'method' = 'mart'", "'adv_dpnp'", "'trades'"]),
+    ({"method": "awp"}, ["'method' = 'awp'", "'adv_dpnp'", "'trades'"]),
     ({"epochs": "ten"}, ["'epochs' = 'ten'", "integer"]),
     ({"epochs": 2.5}, ["'epochs' = 2.5", "integer"]),
     ({"use_npr": "yes"}, ["'use_npr' = 'yes'", "true or false"]),
@@ -133,6 +133,6 @@ def test_main_help_lists_registered_names(capsys):
     out = capsys.readouterr().out
     for name, registry in REGISTRY_FIELDS.items():
         assert f"  {name}: {', '.join(registry.names())}\n" in out
-    assert main(["method=mart"]) == 2
+    assert main(["method=awp"]) == 2
     err = capsys.readouterr().err
-    assert "'method' = 'mart'" in err and all(repr(m) in err for m in METHODS)
+    assert "'method' = 'awp'" in err and all(repr(m) in err for m in METHODS)

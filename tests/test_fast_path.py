@@ -284,7 +284,7 @@ def test_pgd_steps_never_sync_with_the_host(restarts, monkeypatch):
     assert float((x_adv - x).abs().max()) <= 0.1 + 1e-6
 
 
-@pytest.mark.parametrize("method", ["adv_dpnp", "pgd_at", "trades"])
+@pytest.mark.parametrize("method", ["adv_dpnp", "pgd_at", "trades", "mart"])
 def test_train_step_never_syncs_with_the_host(method, monkeypatch):
     cfg = cfg_of(method=method, train_attack_steps=2)
     net = small_net(prototypes=cfg.uses_prototypes).to(device())

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -77,6 +78,53 @@ def test_trades_loss_is_ce_plus_beta_kl():
     assert total.item() == pytest.approx(expected.item())
     assert (ce + 6.0 * kl).item() == pytest.approx(expected.item())
     assert losses.pgd_at_loss(adv, y).item() == pytest.approx(losses.cross_entropy(adv, y).item())
+
+
+def _mart_by_hand(clean, adv, y, beta):
+    """MART in float64, one example at a time, written from the paper's definition."""
+    def softmax(row):
+        e = np.exp(row - row.max())
+        return e / e.sum()
+
+    bce, kl = [], []
+    for lc, la, t in zip(clean, adv, y):
+        p, q = softmax(lc), softmax(la)
+        rival = max((k for k in range(len(q)) if k != t), key=lambda k: q[k])
+        bce.append(-math.log(q[t]) - math.log(1 - q[rival]))
+        kl.append(sum(p[j] * math.log(p[j] / q[j]) for j in range(len(p))) * (1 - p[t]))
+    return np.mean(bce) + beta * np.mean(kl), np.mean(bce), np.mean(kl)
+
+
+def test_mart_loss_matches_hand_computation():
+    clean = np.array([[2.0, 0.5, -1.0], [0.1, 0.3, 1.2], [-0.4, 1.5, 0.2]])
+    adv = np.array([[0.5, 1.0, -0.5], [1.4, 0.2, 0.6], [0.3, -0.2, 0.9]])
+    y = np.array([0, 2, 1])
+    got = losses.mart_loss(torch.tensor(clean), torch.tensor(adv), torch.tensor(y), 6.0)
+    want = _mart_by_hand(clean, adv, y, 6.0)
+    for g, w in zip(got, want):  # fp32 arithmetic on O(1) values
+        assert g.item() == pytest.approx(w, rel=1e-5)
+    # The rival is the most probable wrong class, not the most probable class: in row 1 the top class is wrong.
+    assert np.argmax(adv[1]) != y[1]
+
+
+def test_mart_weight_uses_the_clean_true_class_probability_and_gradient_reaches_both():
+    clean = torch.tensor([[9.0, 0.0], [0.0, 0.0]], requires_grad=True)  # row 0: p_y ~ 1, so its KL weight ~ 0
+    adv = torch.tensor([[0.0, 2.0], [0.0, 2.0]], requires_grad=True)
+    y = torch.tensor([0, 0])
+    _, _, kl = losses.mart_loss(clean, adv, y, 6.0)
+    per_example = losses.kl_per_example(clean, adv)
+    p_y = torch.softmax(clean, 1)[:, 0]
+    assert kl.item() == pytest.approx(((1 - p_y) * per_example).mean().item(), rel=1e-6)
+    assert (1 - p_y[0]).item() < 2e-4 and (1 - p_y[1]).item() == pytest.approx(0.5)
+    kl.backward()
+    assert clean.grad.abs().sum() > 0 and adv.grad.abs().sum() > 0
+
+
+def test_mart_margin_term_stays_finite_when_the_rival_is_certain():
+    """-log(1 - p'_r) where 1 - p'_r underflows in fp32: log 2 - logsumexp(0, 40, 0) exactly, not inf."""
+    _, bce, _ = losses.mart_loss(torch.zeros(1, 3), torch.tensor([[0.0, 40.0, 0.0]]), torch.tensor([0]), 6.0)
+    ce = 40.0 + math.log1p(2 * math.exp(-40.0))
+    assert bce.item() == pytest.approx(ce - (math.log(2.0) - ce), rel=1e-6)
 
 
 def test_unknown_forms_are_refused():

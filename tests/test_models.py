@@ -1,8 +1,11 @@
+import math
+
 import pytest
 import torch
 
 from dpnp_ray.config import ConfigError, ExperimentConfig
-from dpnp_ray.models import BACKBONES, FEATURE_HEADS, Normalize, PrototypeHead, build_model, prototype_logits
+from dpnp_ray.models import (BACKBONES, FEATURE_HEADS, Normalize, PrototypeHead, build_model, prototype_logits,
+                             regular_simplex)
 
 
 #: the feature widths of the shipped backbones (a backbone added later is held to its own out_dim)
@@ -137,3 +140,36 @@ def test_linear_head_projects_to_the_backbone_width_without_relu():
 def test_unknown_feature_head_is_a_config_error_naming_the_choices():
     with pytest.raises(ConfigError, match="feature_head.*'relu'.*'linear', 'no_final_relu', 'none'"):
         ExperimentConfig.from_dict({"feature_head": "relu"})
+
+
+# ---------------------------------------------------------------------------- fixed simplex
+@pytest.mark.parametrize("classes, dim", [(2, 1), (3, 2), (3, 5), (10, 9), (10, 128)])
+def test_regular_simplex_has_equal_norms_equal_distances_and_zero_sum(classes, dim):
+    c = regular_simplex(classes, dim, radius=1.7).double()
+    assert c.shape == (classes, dim)
+    assert torch.allclose(c.norm(dim=1), torch.full((classes,), 1.7, dtype=torch.float64), rtol=1e-6)
+    d = torch.cdist(c, c)[~torch.eye(classes, dtype=torch.bool)]
+    # On the sphere of radius a with C equidistant points summing to 0: ||c_j - c_k||^2 = 2 a^2 C / (C - 1).
+    expected = math.sqrt(2 * 1.7 ** 2 * classes / (classes - 1))
+    assert torch.allclose(d, torch.full_like(d, expected), rtol=1e-6)
+    assert c.sum(0).abs().max() < 1e-5
+
+
+def test_regular_simplex_refuses_too_few_dimensions():
+    with pytest.raises(ValueError, match="dim >= 9"):
+        regular_simplex(10, 8, 1.0)
+
+
+def test_fixed_simplex_head_is_a_buffer_not_a_parameter():
+    net = build_model(backbone="small_cnn", num_classes=4, in_channels=1, mean=(0.5,), std=(0.5,),
+                      prototype_head=True, prototype_radius=2.0, prototype_mode="fixed_simplex")
+    assert list(net.head.parameters()) == []
+    assert "head.fixed" in net.state_dict()  # exported and loaded with the model
+    assert torch.equal(net.head.prototypes(), regular_simplex(4, 128, 2.0))
+    assert not net.head.prototypes().requires_grad
+
+
+def test_fixed_simplex_with_too_small_a_feature_dim_is_a_config_error():
+    with pytest.raises(ConfigError, match="prototype_mode='fixed_simplex' needs feature_dim >= 9"):
+        ExperimentConfig.from_dict({"dataset": "digits", "prototype_mode": "fixed_simplex", "feature_dim": 5})
+    ExperimentConfig.from_dict({"dataset": "digits", "prototype_mode": "fixed_simplex", "feature_dim": 9})

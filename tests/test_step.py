@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from dpnp_ray import losses
 from dpnp_ray.config import ExperimentConfig
 from dpnp_ray.dual_branch import DualBranchForward
 from dpnp_ray.models import build_model
@@ -173,3 +174,81 @@ def test_projected_prototypes_stay_on_the_sphere():
     assert torch.allclose(net.head.prototypes().norm(dim=1), torch.full((3,), 2.0), atol=1e-5)
     normalized = make_net()
     assert torch.allclose(normalized.head.prototypes().norm(dim=1), torch.full((3,), 2.0), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- MART and the mechanism controls
+def two_steps(cfg, net):
+    """Two real training steps (attack included); returns the last step's stats."""
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(0)
+    for seed in (0, 1):
+        x, y = batch(seed)
+        stats = train_step(DualBranchForward(net), net, x, y, cfg, eps=0.1, optimizer=opt, precision=FP32,
+                           generator=g)
+    return stats
+
+
+def test_mart_terms_and_its_attack_is_pgd_on_ce_whatever_train_attack_loss_says():
+    from dpnp_ray.dual_branch import training_adversary
+
+    x, y = batch(0)
+    net = make_net(prototypes=False)
+    args = (net, x, y)
+    mart = training_adversary(*args, cfg_of(method="mart", train_attack_loss="cw", train_attack_steps=3), 0.1,
+                              torch.Generator().manual_seed(5), FP32)
+    ce = training_adversary(*args, cfg_of(method="pgd_at", train_attack_loss="ce", train_attack_steps=3), 0.1,
+                            torch.Generator().manual_seed(5), FP32)
+    cw = training_adversary(*args, cfg_of(method="pgd_at", train_attack_loss="cw", train_attack_steps=3), 0.1,
+                            torch.Generator().manual_seed(5), FP32)
+    assert torch.equal(mart, ce) and not torch.equal(mart, cw)
+    cfg = cfg_of(method="mart", mart_beta=2.5)
+    _, terms = method_loss(DualBranchForward(net)(x, mart), y, cfg)
+    assert set(terms) == {"mart_bce", "mart_kl", "total"}
+    assert terms["total"].item() == pytest.approx((terms["mart_bce"] + 2.5 * terms["mart_kl"]).item(), rel=1e-6)
+
+
+def test_hybrid_linear_is_the_composite_loss_without_prototype_terms_on_a_linear_head():
+    x, y = batch(0)
+    x_adv, _ = batch(1)
+    cfg = cfg_of(method="hybrid_linear", lambda_cons=0.7, beta_adv=0.5)  # use_ppa / use_npr left on: no prototypes
+    net = make_net(prototypes=False)
+    _, terms = method_loss(DualBranchForward(net)(x, x_adv), y, cfg)
+    assert set(terms) == {"ce", "ce_adv", "cons", "total"}
+    expected = terms["ce"] + 0.5 * terms["ce_adv"] + 0.7 * terms["cons"]
+    assert terms["total"].item() == pytest.approx(expected.item(), rel=1e-6)
+    # The same numbers as Adv-DPNP's formula with PPA and NPR off, computed by the same function.
+    assert torch.equal(terms["cons"], losses.consistency(net(x), net(x_adv)))
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    stats = two_steps(cfg, net)
+    assert isinstance(net.head, torch.nn.Linear) and {"loss_ce", "loss_ce_adv", "loss_cons"} <= set(stats)
+    assert all(not torch.equal(before[n], p) for n, p in net.named_parameters())  # head and extractor train
+
+
+def test_proto_ce_is_adversarial_ce_on_prototype_logits_and_trains_the_prototypes():
+    x, y = batch(0)
+    x_adv, _ = batch(1)
+    cfg = cfg_of(method="proto_ce")  # prototype_update='clean' by default: the only branch must still train c
+    net = make_net()
+    _, terms = method_loss(DualBranchForward(net)(None, x_adv), y, cfg)
+    assert set(terms) == {"ce_adv", "total"}
+    assert terms["total"].item() == pytest.approx(losses.cross_entropy(net(x_adv), y).item(), rel=1e-6)
+    before = net.head.raw.detach().clone()
+    stats = two_steps(cfg, net)
+    assert "correct_clean" not in stats and not torch.equal(before, net.head.raw)
+    assert net.head.raw.grad.abs().sum() > 0
+
+
+def test_fixed_simplex_prototypes_never_change_while_the_extractor_trains():
+    cfg = cfg_of(prototype_mode="fixed_simplex", train_attack_steps=2)
+    torch.manual_seed(0)
+    net = build_model(backbone="small_cnn", num_classes=3, in_channels=1, mean=(0.5,), std=(0.5,),
+                      prototype_head=True, prototype_radius=2.0, prototype_mode="fixed_simplex")
+    simplex = net.head.prototypes().clone()
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    stats = two_steps(cfg, net)
+    assert torch.equal(net.head.prototypes(), simplex)
+    assert all(not n.startswith("head.") for n in before)  # the head holds no parameter at all
+    assert all(not torch.equal(before[n], p) for n, p in net.named_parameters())
+    assert {"loss_ce", "loss_ppa", "loss_ce_adv", "loss_cons"} <= set(stats)
+    # NPR of a regular simplex is at its minimum -2 C a^2 / (C - 1) and carries no gradient.
+    assert stats["loss_npr"].item() == pytest.approx(-2 * 3 * 2.0 ** 2 / 2, rel=1e-5)

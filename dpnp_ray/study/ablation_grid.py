@@ -29,6 +29,13 @@ ABLATION_VARIANTS.register("proto_adversarial")(AblationVariant({"prototype_upda
 ABLATION_VARIANTS.register("proto_both")(AblationVariant({"prototype_update": "both"}))
 ABLATION_VARIANTS.register("pgd_at")(AblationVariant({"method": "pgd_at"}))
 ABLATION_VARIANTS.register("trades")(AblationVariant({"method": "trades"}))
+ABLATION_VARIANTS.register("mart")(AblationVariant({"method": "mart"}))
+# Mechanism controls (docs/method.md#mechanism-controls). hybrid_linear has no prototypes, so PPA and NPR
+# cannot apply; its overrides say so, so that its rows do not claim terms it never computed.
+ABLATION_VARIANTS.register("fixed_simplex")(AblationVariant({"prototype_mode": "fixed_simplex"}, in_default_grid=False))
+ABLATION_VARIANTS.register("hybrid_linear")(
+    AblationVariant({"method": "hybrid_linear", "use_ppa": False, "use_npr": False}, in_default_grid=False))
+ABLATION_VARIANTS.register("proto_ce")(AblationVariant({"method": "proto_ce"}, in_default_grid=False))
 ABLATION_VARIANTS.register("dpnp_clean")(AblationVariant({"method": "dpnp"}, in_default_grid=False))
 # The feature head (docs/feature_head.md); the default is `linear`, so `head_linear` equals `full` today.
 ABLATION_VARIANTS.register("head_none")(AblationVariant({"feature_head": "none"}, in_default_grid=False))

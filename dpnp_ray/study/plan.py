@@ -376,13 +376,13 @@ class Plan:
             f"calibration: {cal.detail}: {cal.train_seconds_per_fe * 1e6:.3g} us per training FE, "
             f"{cal.eval_seconds_per_fe * 1e6:.3g} us per evaluation FE",
             "",
-            f"{'trial':28s} {'method':9s} {'FE/img/step':>11s} {'epochs':>6s} {'train MFE':>10s} "
+            f"{'trial':28s} {'method':13s} {'FE/img/step':>11s} {'epochs':>6s} {'train MFE':>10s} "
             f"{'val MFE':>8s} {'test MFE':>9s} {'est. s':>8s}",
         ]
         for group in _runs_of_equal_cost(self.trials):
             t = group[0]
             name = t.name if len(group) == 1 else f"{t.name} .. {group[-1].name} ({len(group)})"
-            lines.append(f"{name:28s} {t.cfg.method:9s} {train_step_cost(t.cfg):11d} {t.epochs:6.3g} "
+            lines.append(f"{name:28s} {t.cfg.method:13s} {train_step_cost(t.cfg):11d} {t.epochs:6.3g} "
                          f"{t.cost.train / 1e6:10.2f} {t.cost.validation / 1e6:8.2f} {t.cost.suite / 1e6:9.2f} "
                          f"{t.seconds:8.1f}")
         lines += [
