@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import secrets
 import shutil
 import socket
@@ -81,3 +82,37 @@ class TwoNodeCluster:
             subprocess.run(["pkill", f"-{sig}", "-f", self.tmp], capture_output=True)
             time.sleep(2)
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def session_members(sid: int) -> list[int]:
+    """PIDs of the live processes of session `sid` (a process started with start_new_session=True heads its own)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if fields[0] != "Z" and int(fields[3]) == sid:
+            members.append(int(entry))
+    return members
+
+
+def kill_study(proc: subprocess.Popen, timeout: float = 60) -> None:
+    """SIGKILL a study driver started with start_new_session=True and every process of its session (Ray's
+    workers run in their own process groups, so killpg alone leaves them training for a few seconds), by PID,
+    then wait until none is left."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + timeout
+    while members := session_members(proc.pid):
+        for pid in members:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"processes {members} of the killed study outlived SIGKILL")
+        time.sleep(0.1)  # SIGKILL is delivered asynchronously; poll its effect

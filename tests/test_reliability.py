@@ -19,7 +19,7 @@ import torch
 from dpnp_ray import results
 from dpnp_ray.provenance import redact
 
-from .raytools import PYTHON, REPO, run_script, study_env
+from .raytools import PYTHON, REPO, kill_study, run_script, study_env
 
 # ---------------------------------------------------------------------------------------------- no Ray
 
@@ -426,8 +426,7 @@ def test_driver_killed_then_resumed_finishes_without_rerunning(tmp_path, runner)
 
     proc = start()
     wait_for_records(1, proc)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, at once
-    proc.wait()
+    kill_study(proc)  # the driver and everything it started, at once
     first = _records(directory)
     assert 1 <= len(first) < 3
 
@@ -496,8 +495,7 @@ def test_search_resume_continues_the_optuna_study(tmp_path):
     while time.time() < deadline and len(_records(directory)) < 1:
         assert proc.poll() is None
         time.sleep(1)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_study(proc)
     done_before = set(_records(directory))
     assert done_before
 

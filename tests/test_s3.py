@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -19,7 +18,7 @@ import pytest
 from dpnp_ray import load_model, results
 from dpnp_ray.study.lock import LOCK_FILE, read_lock
 
-from .raytools import PYTHON, REPO, free_port, run_script, study_env
+from .raytools import PYTHON, REPO, free_port, kill_study, run_script, study_env
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 
@@ -144,8 +143,7 @@ def test_ablation_on_s3_survives_a_killed_driver_and_its_models_reevaluate_from_
     while not _records(s3, directory):
         assert driver.poll() is None and time.monotonic() < deadline, "the study ended before it was killed"
         time.sleep(1)
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and everything it started
-    driver.wait()
+    kill_study(driver)  # the driver and everything it started
     held = read_lock(results.join(directory, LOCK_FILE))
     assert held is not None and held["pid"] == driver.pid  # the killed driver's lock is left behind ...
 

@@ -47,6 +47,10 @@ def test_smoke_ablation_writes_documented_tables(smoke_study):
 
     epochs = results.read_table(directory, "epochs")
     assert epochs.groupby("trial_id")["epoch"].apply(sorted).tolist() == [[0, 1], [0, 1]]
+    for trial_id in trials["trial_id"]:  # what Tune (and every tracker) got: one report per epoch, one final
+        reports = [json.loads(line) for line in (directory / trial_id / "result.json").read_text().splitlines()]
+        assert [r.get("epochs_done") for r in reports] == [1, 2, None], trial_id
+        assert reports[-1]["trial_status"] == "completed" and "clean_acc" in reports[-1]
     assert epochs["val_robust_acc"].between(0, 1).all() and (epochs["images_per_s"] > 0).all()
     full = epochs[epochs["variant"] == "full"]
     assert full[["loss_ppa", "loss_npr", "loss_cons", "loss_ce_adv"]].notna().all().all()
@@ -95,6 +99,16 @@ def test_cluster_flag_without_cluster_fails_clearly(tmp_path):
     assert proc.returncode == 2
     assert "127.0.0.1:1" in proc.stderr and "ray start --head" in proc.stderr
     assert not (tmp_path / "ablation" / "trials").exists()  # nothing trained
+
+
+def test_a_local_two_worker_trial_is_a_ddp_torch_trainer(tmp_path):
+    """--workers 2 on the local instance: the default runner is train, two DDP ranks on the one node."""
+    proc = run_script("ablation.py", "--smoke", "--variants", "full", "--workers", "2", "--local-cpus", "2",
+                      "--storage", str(tmp_path), "--set", "eval_suite=basic")
+    assert "world_size=2" in proc.stdout + proc.stderr
+    trials = results.read_table(tmp_path / "ablation", "trials")
+    assert len(trials) == 1 and trials.loc[0, "status"] == "completed"
+    assert trials.loc[0, "runner"] == "train" and trials.loc[0, "num_workers"] == 2
 
 
 def test_two_node_cluster_runs_ddp_trial(tmp_path):

@@ -171,32 +171,38 @@ class TuneIO(TrialIO):
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory) if directory else None)
 
 
-def _run_in_train(context: StudyContext, spec: TrialSpec, run_name: str, **loop: Any) -> dict[str, Any]:
-    """A TorchTrainer run of the loop; the fields of the trial's record."""
+def _run_in_train(context: StudyContext, spec: TrialSpec, run_name: str, **loop: Any) -> tuple[dict[str, Any], bool]:
+    """A TorchTrainer run of the loop: the fields of the trial's record, and whether its final metrics already
+    reached Tune (Train forwards every report of rank 0 through TuneReportCallback, the final one included)."""
     trainer = make_trainer(spec.cfg, Scaling(**context.scaling), run_name=run_name,
                            storage_path=context.train_storage, **loop)
     try:
-        return read_final_record(trainer.fit())
+        return read_final_record(trainer.fit()), True
     except Exception as exc:  # Train gave up (worker failures beyond max_failures): record, let the study go on
         final = find_final_record(context.train_storage, run_name)  # finished before the failure reached us
-        return final if final is not None else context.failure(spec, one_line_error(exc), traceback.format_exc())
+        if final is not None:
+            return final, False
+        return context.failure(spec, one_line_error(exc), traceback.format_exc()), False
 
 
-def _run_in_tune(context: StudyContext, spec: TrialSpec, run_name: str, **loop: Any) -> dict[str, Any]:
-    """The loop right here, in the Tune trial. A crash is not caught: Tune retries the trial from its latest
-    checkpoint (FailureConfig), and when the retries are spent RecordErroredTrials records it."""
+def _run_in_tune(context: StudyContext, spec: TrialSpec, run_name: str, **loop: Any) -> tuple[dict[str, Any], bool]:
+    """The loop right here, in the Tune trial; its final report is the trial's. A crash is not caught: Tune retries
+    the trial from its latest checkpoint (FailureConfig), and when the retries are spent RecordErroredTrials
+    records it."""
     io = TuneIO(context.train_storage, run_name)
     run_loop(trial_loop_config(spec.cfg, Scaling(**context.scaling), run_name=run_name, **loop), io)
-    return io.final
+    return io.final, True
 
 
 TRIAL_RUNNERS = {"train": _run_in_train, "tune": _run_in_tune}
-"""Scaling.runner -> how a trial function runs the loop and returns its record's fields (ray_train.RUNNERS)."""
+"""Scaling.runner -> how a trial function runs the loop: (its record's fields, whether the loop's final report
+reached Tune) (ray_train.RUNNERS)."""
 
 
 def run_trial(params: dict[str, Any], *, context: StudyContext, log_level: str = "WARNING",
               progress_every_s: float = 0.0) -> None:
-    """Tune function trainable: the trial's loop in its runner, then the trial record. Never calls ray.train.*."""
+    """Tune function trainable: the trial's loop in its runner, then the trial record. Never calls ray.train.*.
+    Tune gets one report per epoch and one final report (the loop's own, or the outcome when the loop made none)."""
     spec = context.spec(params)
     existing = read_record(record_path(context.study_dir, spec.trial_id))
     if existing is not None and existing.get("status") in ENDED:
@@ -205,16 +211,18 @@ def run_trial(params: dict[str, Any], *, context: StudyContext, log_level: str =
     started = time.time()
     record = {**context.new_record(spec), "started_at": started}
     run = TRIAL_RUNNERS[context.scaling.get("runner") or "train"]
-    record.update(run(context, spec, train_run_name(context.study, spec.trial_id),
-                      stop_request=stop_request_path(context.study_dir, spec.trial_id) if context.kind == "search"
-                      else None, log_level=log_level, progress_every_s=progress_every_s,
-                      model_dir=model_path(context.study_dir, spec.trial_id),
-                      points_path=points_path(context.study_dir, spec.trial_id),
-                      trial={"study": context.study, "trial_id": spec.trial_id, "variant": spec.variant,
-                             "seed": spec.cfg.seed}))
+    fields, reported = run(context, spec, train_run_name(context.study, spec.trial_id),
+                           stop_request=stop_request_path(context.study_dir, spec.trial_id)
+                           if context.kind == "search" else None, log_level=log_level,
+                           progress_every_s=progress_every_s, model_dir=model_path(context.study_dir, spec.trial_id),
+                           points_path=points_path(context.study_dir, spec.trial_id),
+                           trial={"study": context.study, "trial_id": spec.trial_id, "variant": spec.variant,
+                                  "seed": spec.cfg.seed})
+    record.update(fields)
     record.update(finished_at=time.time(), wall_seconds=time.time() - started)
     write_record(context.study_dir, context.keep_traceback(record))
-    _report_outcome(record)
+    if not reported:
+        _report_outcome(record)
 
 
 def record_errored_trial(context: StudyContext, params: dict[str, Any], error: BaseException | None) -> None:
