@@ -71,6 +71,12 @@ class Study:
             return str(self.trials["study_kind"].dropna().iloc[0])
         return "search" if self.pareto is not None else "ablation"
 
+    @functools.cached_property
+    def points(self) -> pd.DataFrame | None:
+        """points.parquet (per-point correctness of every test evaluation), read when first asked for; None when
+        the study has none (studies older than it)."""
+        return _named_variants(read_table(self.directory, "points", required=False))
+
     @property
     def journal(self) -> str | None:
         """The search's Optuna storage if there is one to read (--optuna-storage, or <directory>/optuna.journal)."""
