@@ -193,3 +193,87 @@ def verdicts(study, plan: AnalysisPlan | None = None, n_boot: int = 2000) -> pd.
             row["verdict"] = _verdict(row["difference"], row["p_holm"], row["tost_p"], plan.alpha)
             rows.append(Verdict(**row).as_row())
     return pd.DataFrame(rows, columns=columns)
+
+
+# ------------------------------------------------------------------ shown in the markdown page and the HTML report
+
+
+def _points(value: float, signed: bool = False) -> str:
+    if value is None or not math.isfinite(value):
+        return "—"
+    text = f"{value:+.2f}" if signed else f"{value:.2f}"
+    return text.replace("-0.00", "0.00").replace("+0.00", "0.00")
+
+
+def _p(value: float) -> str:
+    return f"{value:.3g}" if value is not None and math.isfinite(value) else "—"
+
+
+def plan_text(plan: AnalysisPlan) -> list[str]:
+    """The plan as sentences: where it comes from, what decides and how."""
+    source = ("declared in the study's `analysis:` (study.yaml)" if plan.declared else
+              "the default plan (the study recorded no `analysis:`)")
+    endpoints = ", ".join(f"`{e}`" for e in plan.primary)
+    return [
+        f"Plan: {source}. Primary endpoints: {endpoints}; reference `{plan.reference}`; "
+        f"{len(plan.comparisons)} planned comparisons ({', '.join(f'`{c}`' for c in plan.comparisons)} against "
+        f"`{plan.reference}`); equivalence margin ±{plan.margin:g} points; alpha {plan.alpha:g}.",
+        f"Verdict: `better` / `worse` when the Holm-adjusted p ({HOLM_NAME}) is below alpha, by the sign of the "
+        f"difference; `equivalent` when TOST within ±{plan.margin:g} points has p below alpha; else `inconclusive`. "
+        f"p: {TEST_NAME}. The sign-flip p is exact over seeds (its floor with n seeds is 2/2^n: 0.0625 for 5). "
+        f"MDE: the smallest true difference the test detects with power {MDE_POWER:g} at Holm's first step "
+        "(alpha / comparisons), with this study's seeds (and test images when there are points).",
+    ]
+
+
+def interval_note(table: pd.DataFrame, test_images: int | None = None) -> str:
+    """What the intervals cover: seed-only (conditional on one test split) or seeds x test images."""
+    kinds = set(table["interval"]) if len(table) else set()
+    images = f" of {test_images} images" if test_images else ""
+    if kinds == {SEED_ONLY}:
+        return (f"The study has no per-point results (points.parquet) for these endpoints, so every interval is "
+                f"{stats.SEED_ONLY_INTERVAL_NAME}: it holds for this one fixed test split{images} and omits the "
+                "variation from drawing other test images.")
+    parts = []
+    if CROSSED in kinds:
+        parts.append(f"'{CROSSED}': {stats.MOMENTS_INTERVAL_NAME}; bootstrap: {stats.BOOTSTRAP_INTERVAL_NAME} "
+                     "(conservative)")
+    if SEED_ONLY in kinds:
+        parts.append(f"'{SEED_ONLY}': {stats.SEED_ONLY_INTERVAL_NAME}")
+    return "Intervals: " + "; ".join(parts) + "."
+
+
+def verdict_rows(table: pd.DataFrame, plan: AnalysisPlan, emphasis: bool = False) -> pd.DataFrame:
+    """The verdicts in display form: one row per comparison x endpoint (emphasis: the verdict in markdown bold)."""
+    confidence = f"{100 * (1 - plan.alpha):g}%"
+    return pd.DataFrame({
+        "comparison": [f"{v} − {r}" for v, r in zip(table["variant"], table["reference"])],
+        "endpoint": [figures.label(e) for e in table["endpoint"]],
+        "seeds × images": [f"{s} × {i}" if i else f"{s}" for s, i in zip(table["n_seeds"], table["n_images"])],
+        "difference (pp)": [_points(d, signed=True) for d in table["difference"]],
+        f"{confidence} interval (pp)": [f"[{_points(lo, True)}, {_points(hi, True)}]" if math.isfinite(lo) else "—"
+                                        for lo, hi in zip(table["low"], table["high"])],
+        "interval": table["interval"],
+        "bootstrap (pp)": [f"[{_points(lo, True)}, {_points(hi, True)}]" if math.isfinite(lo) else "—"
+                           for lo, hi in zip(table["bootstrap_low"], table["bootstrap_high"])],
+        "p (Holm)": [_p(p) for p in table["p_holm"]],
+        "sign-flip p": [_p(p) for p in table["sign_flip_p"]],
+        "CMH p": [_p(p) for p in table["cmh_p"]],
+        f"TOST p (±{plan.margin:g})": [_p(p) for p in table["tost_p"]],
+        "MDE (pp)": [_points(m) for m in table["mde"]],
+        "verdict": [f"**{v}**" if emphasis else v for v in table["verdict"]],
+        "note": table["note"],
+    })
+
+
+def test_split_size(study) -> int | None:
+    """The test split's size, from the clean evaluation rows of evals.parquet (one value), else None."""
+    evals = study.evals
+    if evals is None or evals.empty:
+        return None
+    sizes = set(evals[(evals["attack"] == "clean") & (evals["split"] == "test")]["n"].dropna().astype(int))
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+DESCRIPTIVE_NOTE = ("Everything after the verdicts is descriptive: other metrics, other variants' tables and their "
+                    "p-values (Holm over each table's own tests) describe the study and decide nothing.")

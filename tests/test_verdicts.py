@@ -191,3 +191,24 @@ def test_detectable_effect_is_the_paired_t_mde_at_se_and_df():
     z, chi = rng.standard_normal(20000), rng.chisquare(df, 20000)
     t = (effect / se + z) / np.sqrt(chi / df)
     assert np.mean(np.abs(t) > scipy.stats.t.ppf(0.995, df)) == pytest.approx(0.8, abs=0.015)
+
+
+def test_the_page_and_the_report_show_the_plan_and_verdicts_before_the_descriptive_tables(tmp_path):
+    from analysis import markdown, report
+
+    trials = trials_frame().assign(study_kind="ablation")
+    study = write(tmp_path / "s", trials)
+    page = markdown.study_markdown(study)
+    section = page[page.index("### Plan and verdicts"):page.index("### Per variant (descriptive)")]
+    assert "Plan: the default plan (the study recorded no `analysis:`)" in section
+    assert "every interval is t over seeds (conditional on this one test split" in section
+    rows = [line for line in section.splitlines() if line.startswith("| ") and " − full |" in line]
+    assert len(rows) == 3 * 2  # comparisons x primary endpoints
+    ahead = [r for r in rows if r.startswith("| ahead − full | worst case |")]
+    assert len(ahead) == 1 and "**better**" in ahead[0], rows
+    assert verdicts.DESCRIPTIVE_NOTE in section
+    html = report.render_html(study, report.make_figures(study, ()))
+    assert html.index("Plan and verdicts") < html.index("Per variant (accuracies")
+    table = verdicts.verdicts(study)
+    for verdict in verdicts.VERDICTS:
+        assert html.count(f"<td>{verdict}</td>") == (table["verdict"] == verdict).sum(), verdict
