@@ -217,9 +217,9 @@ def plan_text(plan: AnalysisPlan) -> list[str]:
     return [
         f"Plan: {source}. Primary endpoints: {endpoints}; reference `{plan.reference}`; "
         f"{len(plan.comparisons)} planned comparisons ({', '.join(f'`{c}`' for c in plan.comparisons)} against "
-        f"`{plan.reference}`); equivalence margin ±{plan.margin:g} points; alpha {plan.alpha:g}.",
+        f"`{plan.reference}`); equivalence margin ±{plan.margin:g} pp; alpha {plan.alpha:g}.",
         f"Verdict: `better` / `worse` when the Holm-adjusted p ({HOLM_NAME}) is below alpha, by the sign of the "
-        f"difference; `equivalent` when TOST within ±{plan.margin:g} points has p below alpha; else `inconclusive`. "
+        f"difference; `equivalent` when TOST within ±{plan.margin:g} pp has p below alpha; else `inconclusive` (also when the difference is the same on every seed, so its spread cannot be estimated). "
         f"p: {TEST_NAME}. The sign-flip p is exact over seeds (its floor with n seeds is 2/2^n: 0.0625 for 5). "
         f"MDE: the smallest true difference the test detects with power {MDE_POWER:g} at Holm's first step "
         "(alpha / comparisons), with this study's seeds (and test images when there are points).",
@@ -231,9 +231,9 @@ def interval_note(table: pd.DataFrame, test_images: int | None = None) -> str:
     kinds = set(table["interval"]) if len(table) else set()
     images = f" of {test_images} images" if test_images else ""
     if kinds == {SEED_ONLY}:
-        return (f"The study has no per-point results (points.parquet) for these endpoints, so every interval is "
-                f"{stats.SEED_ONLY_INTERVAL_NAME}: it holds for this one fixed test split{images} and omits the "
-                "variation from drawing other test images.")
+        return ("The study has no per-point results (points.parquet) for these endpoints, so every interval, p and "
+                f"MDE is seed-only: {stats.SEED_ONLY_INTERVAL_NAME}. It holds for this one fixed test split{images}; "
+                "another draw of test images would add its own variation, which these intervals omit.")
     parts = []
     if CROSSED in kinds:
         parts.append(f"'{CROSSED}': {stats.MOMENTS_INTERVAL_NAME}; bootstrap: {stats.BOOTSTRAP_INTERVAL_NAME} "

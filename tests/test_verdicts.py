@@ -201,7 +201,7 @@ def test_the_page_and_the_report_show_the_plan_and_verdicts_before_the_descripti
     page = markdown.study_markdown(study)
     section = page[page.index("### Plan and verdicts"):page.index("### Per variant (descriptive)")]
     assert "Plan: the default plan (the study recorded no `analysis:`)" in section
-    assert "every interval is t over seeds (conditional on this one test split" in section
+    assert "every interval, p and MDE is seed-only: t over seeds (conditional on this one test split" in section
     rows = [line for line in section.splitlines() if line.startswith("| ") and " − full |" in line]
     assert len(rows) == 3 * 2  # comparisons x primary endpoints
     ahead = [r for r in rows if r.startswith("| ahead − full | worst case |")]
