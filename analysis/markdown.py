@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # run as a script: `analysis` lives in the reposi
 
 import pandas as pd
 
-from analysis import figures, report
+from analysis import figures, report, verdicts
 from dpnp_ray.results import ResultsError
 
 BEGIN, END = "<!-- generated:begin -->", "<!-- generated:end -->"
@@ -235,16 +235,32 @@ def autoattack_standard_sections(study: report.Study) -> list[str]:
     return parts
 
 
+def plan_sections(study: report.Study) -> list[str]:
+    """The declared analysis plan and its verdicts (analysis/verdicts.py), then the note that the rest is
+    descriptive."""
+    plan = verdicts.study_plan(study)
+    table = verdicts.verdicts(study, plan)
+    parts = ["### Plan and verdicts", "", *(line for text in verdicts.plan_text(plan) for line in (text, ""))]
+    if table.empty:
+        return parts + [f"_No verdicts: the reference `{plan.reference}` has no completed trial._", "",
+                        verdicts.DESCRIPTIVE_NOTE, ""]
+    return parts + [verdicts.interval_note(table, verdicts.test_split_size(study)), "",
+                    markdown_table(verdicts.verdict_rows(table, plan, emphasis=True)), "", verdicts.DESCRIPTIVE_NOTE, ""]
+
+
 def variant_sections(study: report.Study) -> list[str]:
-    """Per-variant accuracies, paired differences, geometry and last-epoch losses of an ablation."""
+    """The plan's verdicts, then (descriptive) per-variant accuracies, paired differences, geometry and
+    last-epoch losses of an ablation."""
     trials = study.trials
-    parts = ["### Per variant", "",
+    parts = plan_sections(study)
+    parts += ["### Per variant (descriptive)", "",
               "Accuracies in percent on the test split: mean ± 95% t-interval half-width over seeds (n seeds).", "",
               markdown_table(report.variant_summary_table(trials, study.masking)), ""]
     differences = report.differences_table(trials)
-    parts += ["### Paired differences from the reference", "",
+    parts += ["### Paired differences from the reference (descriptive)", "",
               "Variant minus reference on matching seeds, in percentage points; "
-              f"test: {report.stats.PAIRED_TEST_NAME}; p (Holm): {report.stats.CORRECTION_NAME}.", "",
+              f"test: {report.stats.PAIRED_TEST_NAME}; p (Holm): {report.stats.CORRECTION_NAME}. "
+              "These p-values are not the plan's: they decide nothing.", "",
               markdown_table(differences, "no reference variant or a single variant: no paired comparison"), ""]
     parts += autoattack_standard_sections(study)
     geometry = geometry_table(study)

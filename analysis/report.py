@@ -71,6 +71,12 @@ class Study:
             return str(self.trials["study_kind"].dropna().iloc[0])
         return "search" if self.pareto is not None else "ablation"
 
+    @functools.cached_property
+    def points(self) -> pd.DataFrame | None:
+        """points.parquet (per-point correctness of every test evaluation), read when first asked for; None when
+        the study has none (studies older than it)."""
+        return _named_variants(read_table(self.directory, "points", required=False))
+
     @property
     def journal(self) -> str | None:
         """The search's Optuna storage if there is one to read (--optuna-storage, or <directory>/optuna.journal)."""
@@ -359,10 +365,12 @@ def render_html(study: Study, drawn: Figures) -> str:
                         for spec, reason in drawn.left_out)
         sections.append(f"<section id='left-out'><h2>Figures left out</h2><ul class='note'>{notes}</ul></section>")
     over = "seeds" if study.kind == "ablation" else "the variant's completed trials"
-    summary = [f"<h3>Per variant (accuracies in %, mean ± 95% t-interval over {over})</h3>"
+    descriptive = ", descriptive" if study.kind == "ablation" else ""
+    summary = [f"<h3>Per variant (accuracies in %, mean ± 95% t-interval over {over}{descriptive})</h3>"
                f"{_table_html(variant_summary_table(study.trials, study.masking))}"]
     if study.kind == "ablation":
-        summary.append(f"<h3>Difference from the full Adv-DPNP ({html.escape(stats.PAIRED_TEST_NAME)})</h3>"
+        summary.insert(0, plan_html(study))
+        summary.append(f"<h3>Difference from the full Adv-DPNP, descriptive ({html.escape(stats.PAIRED_TEST_NAME)})</h3>"
                        f"<p class='note'>p (Holm): {html.escape(stats.CORRECTION_NAME)}; read a difference as "
                        "significant at level a only where p (Holm) &lt;= a.</p>"
                        + _table_html(differences_table(study.trials),
@@ -390,6 +398,23 @@ def render_html(study: Study, drawn: Figures) -> str:
 {''.join(sections)}
 </body></html>
 """
+
+
+def plan_html(study: Study) -> str:
+    """The "Plan and verdicts" section of an ablation: the plan, one row per comparison x primary endpoint, and
+    the note that the rest of the report is descriptive (analysis/verdicts.py)."""
+    from analysis import verdicts
+
+    plan = verdicts.study_plan(study)
+    table = verdicts.verdicts(study, plan)
+    lines = "".join(f"<p>{html.escape(text)}</p>" for text in verdicts.plan_text(plan))
+    if table.empty:
+        body = f"<p class='note'>No verdicts: the reference {html.escape(plan.reference)!s} has no completed trial.</p>"
+    else:
+        body = (f"<p class='note'>{html.escape(verdicts.interval_note(table, verdicts.test_split_size(study)))}</p>"
+                + _table_html(verdicts.verdict_rows(table, plan)))
+    return (f"<h3 id='plan'>Plan and verdicts</h3>{lines}{body}"
+            f"<p class='note'>{html.escape(verdicts.DESCRIPTIVE_NOTE)}</p>")
 
 
 def recipe_html(recipe: str | None) -> str:

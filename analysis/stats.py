@@ -378,3 +378,27 @@ def seeds_needed(difference: float, sd_diff: float, alpha: float = 0.05, power: 
         if paired_t_power(difference, sd_diff, n, alpha) >= power:
             return n
     return None
+
+
+def t_power(difference: float, se: float, df: float, alpha: float = 0.05) -> float:
+    """Power of a two-sided t-test at level alpha of an estimate with standard error `se` and `df` degrees of
+    freedom (a crossed-design interval's Satterthwaite df, or n - 1 over seeds) to detect a true difference:
+    non-central t with noncentrality difference / se. paired_t_power is the case se = sd / sqrt(n), df = n - 1."""
+    if not (se > 0 and df >= 1):
+        return math.nan
+    nc = abs(difference) / se
+    t = scipy_stats.t.ppf(1 - alpha / 2, df)
+    return float(scipy_stats.nct.sf(t, df, nc) + np.nan_to_num(scipy_stats.nct.sf(t, df, -nc)))
+
+
+def detectable_effect(se: float, df: float, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true difference the two-sided t-test of `t_power` detects with `power` at level alpha;
+    same unit as se. minimal_detectable_effect(sd, n) == detectable_effect(sd / sqrt(n), n - 1)."""
+    if not (se > 0 and df >= 1):
+        return math.nan
+    from scipy.optimize import brentq
+
+    high = se
+    while t_power(high, se, df, alpha) < power:
+        high *= 2
+    return float(brentq(lambda d: t_power(d, se, df, alpha) - power, 0.0, high, xtol=1e-12))

@@ -259,3 +259,54 @@ def test_report_shows_the_study_file_and_command(ablation, tmp_path):
     html = build_report(tmp_path / "abl", log=None).read_text()
     assert "Study definition (study.yaml)" in html and "lr: 0.125" in html
     assert "--set lr=0.125" in html  # the command line, as given
+
+
+def test_the_analysis_plan_is_recorded_checked_and_fixed_on_resume(ablation, tmp_path):
+    """`analysis:` of a study file: defaults filled into study.yaml in its place, one-line errors naming the
+    field, its value and what is allowed, and a --resume that changes it is refused like any study key."""
+    common = ("--smoke", "--storage", str(tmp_path), "--name", "plan")
+    file = tmp_path / "plan.yaml"
+    file.write_text("variants: [full, pgd_at, no_npr]\nanalysis: {comparisons: [pgd_at], margin: 0.5}\n")
+    recipe = resolve(ablation, "ablation", *common, "--config", str(file))
+    assert recipe.study["analysis"] == {"primary": None, "reference": "full", "comparisons": ["pgd_at"],
+                                        "margin": 0.5, "alpha": 0.05}
+    recorded = yaml.safe_load(open(recipe.record()))
+    keys = list(recorded)
+    assert keys.index("seeds") < keys.index("analysis") < keys.index("scaling")
+    assert recorded["analysis"] == recipe.study["analysis"]
+    changed = tmp_path / "changed.yaml"
+    changed.write_text("analysis: {margin: 2.0}\n")
+    with pytest.raises(StudyError, match=r"analysis.margin: recorded 0.5, now 2.0"):
+        resolve(ablation, "ablation", *common, "--resume", "--config", str(changed))
+    assert resolve(ablation, "ablation", *common, "--resume").study["analysis"]["comparisons"] == ["pgd_at"]
+
+    for text, part in [("analysis: {margin: 0}", "analysis.margin 0: a number of accuracy points, 0 < margin < 100"),
+                       ("analysis: {alpha: 1.5}", "analysis.alpha 1.5: a number, 0 < alpha < 1"),
+                       ("analysis: {primary: [robust]}", "analysis.primary ['robust']: null (the default) or"),
+                       ("analysis: {reference: nobody}", "analysis.reference 'nobody': one of "),
+                       ("analysis: {comparisons: [trades]}", "analysis.comparisons ['trades']: null (every other"),
+                       ("analysis: {comparisons: [full]}", "analysis.comparisons ['full']"),
+                       ("analysis: {power: 0.8}", "analysis.power: unknown; allowed primary, reference")]:
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(f"variants: [full, pgd_at]\n{text}\n")
+        with pytest.raises(StudyError) as error:
+            resolve(ablation, "ablation", "--storage", str(tmp_path), "--name", "bad", "--config", str(bad))
+        assert part in str(error.value), (text, str(error.value))
+    bad.write_text("analysis: [margin]\n")
+    with pytest.raises(StudyError, match="'analysis' must be a mapping"):
+        resolve(ablation, "ablation", "--storage", str(tmp_path), "--name", "bad", "--config", str(bad))
+
+
+def test_a_record_older_than_the_analysis_plan_resumes_with_the_default_plan(ablation, tmp_path):
+    common = ("--smoke", "--storage", str(tmp_path), "--name", "old")
+    location = resolve(ablation, "ablation", *common).record()
+    old = yaml.safe_load(open(location))
+    del old["analysis"]
+    with open(location, "w") as handle:
+        yaml.safe_dump(old, handle)
+    resumed = resolve(ablation, "ablation", *common, "--resume")
+    assert resumed.grown == () and resumed.study["analysis"]["reference"] == "full"
+    file = tmp_path / "margin.yaml"
+    file.write_text("analysis: {margin: 2.0}\n")
+    with pytest.raises(StudyError, match=r"analysis.margin: recorded '\(absent\)', now 2.0"):
+        resolve(ablation, "ablation", *common, "--resume", "--config", str(file))

@@ -9,6 +9,12 @@ is optional:
     smoke: false                      # --smoke: the study's small preset under everything else
     variants: [full, no_npr, pgd_at]  # ablation: --variants
     seeds: [0, 1, 2]                  # ablation: --seeds
+    analysis:                         # ablation: the declared analysis plan (dpnp_ray/analysis_plan.py);
+      primary: null                   #   null: worst_case_acc (else aa_acc) and clean_acc
+      reference: full
+      comparisons: null               #   null: every other variant against the reference
+      margin: 1.0                     #   equivalence margin, accuracy points
+      alpha: 0.05
     trials: 20                        # search: --trials, --sampler, --seed, --objective, --scheduler,
     sampler: tpe                      #   --optuna-storage
     sampler_seed: 0
@@ -50,6 +56,7 @@ from typing import Any, Callable, Sequence
 import yaml
 
 from .. import results
+from ..analysis_plan import DEFAULT_ANALYSIS, analysis_problems, full_analysis
 from ..config import ConfigError, ExperimentConfig, parse_assignments
 from ..provenance import error_line, redact
 from .records import read_records
@@ -60,7 +67,7 @@ STUDY_FILE = "study.yaml"
 BEST_DIR = "best"
 KINDS = ("ablation", "search")
 KIND_KEYS: dict[str, tuple[str, ...]] = {
-    "ablation": ("variants", "seeds"),
+    "ablation": ("variants", "seeds", "analysis"),
     "search": ("trials", "sampler", "sampler_seed", "objective", "scheduler", "optuna_storage", "space"),
 }
 COMMON_KEYS = ("name", "storage", "smoke", "scaling", "max_concurrent", "max_failures", "log_to",
@@ -226,6 +233,8 @@ def resolve_study(parser: argparse.ArgumentParser, kind: str, *, defaults: dict[
         study = _merge(flag_defaults, defaults, recorded, file, flags, {k: fresh[k] for k in ("name", "storage")})
     study["config"] = _full_config(study.get("config") or {})
     study["log_to"] = list(parse_log_to(study.get("log_to")))  # one form in study.yaml: a list of names
+    if kind == "ablation" and isinstance(study.get("analysis"), (dict, type(None))):
+        study["analysis"] = full_analysis(study.get("analysis"))  # every key of the plan, defaults filled
     study = _ordered(study, kind)
     _check(study, kind)
 
@@ -304,7 +313,7 @@ def read_study_file(location: str, kind: str) -> dict[str, Any]:
                          f"file holds {', '.join(allowed)}")
     if data.get("kind", kind) != kind:
         raise StudyError(f"study file {location}: kind {data['kind']!r}, but this is studies/{kind}.py")
-    for key in ("config", "scaling", "space"):
+    for key in ("config", "scaling", "space", "analysis"):
         if key in data and not isinstance(data[key], dict):
             raise StudyError(f"study file {location}: {key!r} must be a mapping, got {data[key]!r}")
     return {k: v for k, v in data.items() if k not in ("kind", "command")}
@@ -354,6 +363,8 @@ def _check(study: dict[str, Any], kind: str) -> None:
             problems.append(f"variants {variants!r}: a non-empty list of {', '.join(ABLATION_VARIANTS.names())}")
         if not isinstance(seeds, list) or not seeds or not all(_is_int(s) and s >= 0 for s in seeds):
             problems.append(f"seeds {seeds!r}: a non-empty list of integers >= 0")
+        problems += analysis_problems(study.get("analysis", DEFAULT_ANALYSIS),
+                                      variants if isinstance(variants, list) else None, ABLATION_VARIANTS.names())
         if problems:
             raise StudyError("invalid study:\n  - " + "\n  - ".join(problems))
         return  # every trial's config is checked by run_ablation's preflight, with the other inputs
@@ -388,7 +399,9 @@ def _compare(recorded: dict[str, Any], study: dict[str, Any], location: str) -> 
     """The keys that grew; StudyError listing every key that changed otherwise."""
     before, after = _comparable(recorded), _comparable(study)
     # a config field newer than the record, at its default, is no change: the record predates the field
-    defaults = _comparable({"config": _plain({f.name: f.default for f in dataclasses.fields(ExperimentConfig)})})
+    # ... and so is an analysis plan at its defaults in a record older than the `analysis:` key
+    defaults = _comparable({"config": _plain({f.name: f.default for f in dataclasses.fields(ExperimentConfig)}),
+                            "analysis": DEFAULT_ANALYSIS})
     grown, changed = [], []
     for key in sorted(set(before) | set(after)):
         old, new = before.get(key, "(absent)"), after.get(key, "(absent)")
