@@ -73,3 +73,15 @@ def test_a_tiny_trial_trains_and_evaluates_on_the_real_files(tmp_path):
     model = json.loads((out / "model.json").read_text())
     assert model["config"]["dataset"] == "fashion_mnist" and model["config"]["train_subset"] == 200
     assert model["config"]["eps"] == pytest.approx(0.1)  # the data set's threat model
+
+
+@pytest.mark.parametrize("script", ["ablation.py", "search.py"])
+def test_both_study_scripts_plan_a_fashion_mnist_study_from_the_real_files(tmp_path, script):
+    """--dataset fashion_mnist through a study script's preflight and plan (which loads the data), offline."""
+    from .raytools import run_script
+
+    proc = run_script(script, "--dataset", "fashion_mnist", "--storage", str(tmp_path), "--dry-run",
+                      "--set", "train_subset=500", "val_fraction=0.02", *(["--trials", "2"] if script == "search.py"
+                                                                           else ["--variants", "full", "--seeds", "0"]))
+    assert "splits: train 500, val 1200, test 10000 (loaded)" in proc.stdout
+    assert not (tmp_path / "ablation").exists() and not (tmp_path / "search").exists()  # a plan trains nothing
