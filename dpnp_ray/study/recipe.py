@@ -52,8 +52,8 @@ import yaml
 from .. import results
 from ..config import ConfigError, ExperimentConfig, parse_assignments
 from ..provenance import error_line, redact
-from .records import read_records
-from .settings import StudyError
+from .records import checked_id, read_records
+from .settings import StudyError, name_problem
 from .trackers import parse_log_to
 
 STUDY_FILE = "study.yaml"
@@ -212,6 +212,8 @@ def resolve_study(parser: argparse.ArgumentParser, kind: str, *, defaults: dict[
 
     if credential_problems(fresh["storage"]):  # before any look at the storage
         raise PreflightError(credential_problems(fresh["storage"]))
+    if name_problem("--name", fresh["name"]):  # `..` would make the study directory the storage's parent
+        raise StudyError(name_problem("--name", fresh["name"]))
     directory = results.join(absolute_storage(fresh["storage"]), fresh["name"])
     location = results.join(directory, STUDY_FILE)
     recorded = None
@@ -460,7 +462,7 @@ def write_best_configs(study_dir: str, kind: str) -> str:
     directory = results.join(study_dir, BEST_DIR)
     names = set()
     for record in chosen:
-        name = f"{record['trial_id']}.yaml"
+        name = f"{checked_id(record['trial_id'])}.yaml"  # read_records left out ids that are no file name
         names.add(name)
         results.write_bytes_atomic(results.join(directory, name), best_config_yaml(record, kind, reason).encode())
     for stale in results.list_files(directory, ".yaml"):
