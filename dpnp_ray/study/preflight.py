@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import ConfigError, ExperimentConfig
+from ..config import SEED_MAX, ConfigError, ExperimentConfig
 from ..provenance import redact
 from ..ray_train import RUNNERS, Scaling
 from .cluster import check_storage_writable
 from .settings import StudyError, StudySettings, name_problem
 
-SEED_LIMIT = 2 ** 32  # numpy's, which Optuna's samplers use
+SEED_LIMIT = SEED_MAX + 1  # numpy's, which Optuna's samplers use
 DATA_CHECK_TIMEOUT_S = 300
 
 

@@ -50,7 +50,7 @@ from typing import Any, Callable, Sequence
 import yaml
 
 from .. import results
-from ..config import ConfigError, ExperimentConfig, parse_assignments
+from ..config import SEED_MAX, ConfigError, ExperimentConfig, parse_assignments
 from ..provenance import error_line, redact
 from .records import checked_id, read_records
 from .settings import StudyError, name_problem
@@ -202,6 +202,8 @@ def resolve_study(parser: argparse.ArgumentParser, kind: str, *, defaults: dict[
     flag_defaults = _from_flags(args, [d for d in vars(args) if d not in given])
     flags = _from_flags(args, [d for d in vars(args) if d in given])
     file = read_study_file(args.config, kind) if getattr(args, "config", None) else {}
+    if kind == "ablation":
+        _refuse_config_seed(flags, file, getattr(args, "config", None))
     wants_smoke = bool(flags.get("smoke", file.get("smoke", False)))
     defaults = dataset_defaults(defaults, flag_defaults, smoke if wants_smoke else {}, file, flags)
     fresh = _merge(flag_defaults, defaults, smoke if wants_smoke else {}, file, flags)
@@ -250,6 +252,22 @@ def resolve_study(parser: argparse.ArgumentParser, kind: str, *, defaults: dict[
         args.no_switches = not study["space"]["search_switches"]
     command = redact(shlex.join([Path(sys.executable).name, sys.argv[0], *argv]))
     return Recipe(kind, study, args, command, grown, trials_done)
+
+
+def _refuse_config_seed(flags: dict[str, Any], file: dict[str, Any], location: str | None) -> None:
+    """An ablation's trials take their seeds from `seeds` (--seeds), each overriding config.seed: a seed set with
+    --set (any value), or other than the default in a study file's config, would be ignored yet recorded."""
+    from ..config import ExperimentConfig
+
+    if "seed" in (flags.get("config") or {}):
+        seed = flags["config"]["seed"]
+        raise StudyError(f"--set seed={seed}: an ablation trains every variant at each seed of --seeds, which "
+                         f"replaces the config's seed; give --seeds {seed} instead")
+    seed = (file.get("config") or {}).get("seed", ExperimentConfig.seed)
+    if seed != ExperimentConfig.seed:
+        raise StudyError(f"study file {redact(str(location))}: config.seed {seed!r}: an ablation trains every variant "
+                         f"at each seed of its `seeds` (--seeds), which replaces the config's seed; give seeds: [{seed}] "
+                         f"(or --seeds {seed}) instead")
 
 
 STUDY_CONTENT = (STUDY_FILE, "trials", "optuna.journal", "tuner.pkl")
@@ -354,8 +372,8 @@ def _check(study: dict[str, Any], kind: str) -> None:
         variants, seeds = study["variants"], study["seeds"]
         if not isinstance(variants, list) or not variants or any(v not in ABLATION_VARIANTS for v in variants):
             problems.append(f"variants {variants!r}: a non-empty list of {', '.join(ABLATION_VARIANTS.names())}")
-        if not isinstance(seeds, list) or not seeds or not all(_is_int(s) and s >= 0 for s in seeds):
-            problems.append(f"seeds {seeds!r}: a non-empty list of integers >= 0")
+        if not isinstance(seeds, list) or not seeds or not all(_is_int(s) and 0 <= s <= SEED_MAX for s in seeds):
+            problems.append(f"seeds {seeds!r}: a non-empty list of integers in [0, {SEED_MAX}] (--seeds)")
         if problems:
             raise StudyError("invalid study:\n  - " + "\n  - ".join(problems))
         return  # every trial's config is checked by run_ablation's preflight, with the other inputs
