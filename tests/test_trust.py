@@ -231,3 +231,20 @@ def test_the_export_warning_reaches_the_console(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         line for line in proc.stderr.strip().splitlines() if "full-s1.json: not a readable trial record" in line]
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------------- point 5
+
+
+def test_a_non_finite_loss_in_python_m_dpnp_ray_is_one_line_and_exit_1(tmp_path):
+    # An enormous PPA weight overflows the Adv-DPNP loss at step 0 (as in test_reliability's study test).
+    out = tmp_path / "model"
+    proc = subprocess.run([sys.executable, "-m", "dpnp_ray", "lambda_ppa=1e38", "epochs=1", "train_attack_steps=1",
+                           "val_attack_steps=1", "eval_suite=basic", "--out", str(out)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-3000:])
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: training loss became non-finite at epoch 0, step 0 (method=adv_dpnp")
+    assert "no model was exported" in lines[0] and not out.exists()
