@@ -8,7 +8,8 @@ the selected model (weights, config, metrics, provenance) to a model directory.
                     as in a study's best/<trial_id>.yaml); key=value arguments override it
     --out DIR       the model directory (default: results/models/<method>-<dataset>-s<seed>-<time>)
 
---help lists the fields and, for fields with a fixed set, the allowed values.
+--help lists the fields and, for fields with a fixed set, the allowed values. Exit status: 0 when the model
+was exported, 2 for bad input, 1 when the training loss became non-finite (one line naming the epoch and step).
 """
 
 from __future__ import annotations
@@ -44,8 +45,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from .experiment import run_experiment
     from .model_export import export_model
+    from .training_loop import NonFiniteLossError
 
-    result = run_experiment(cfg)
+    try:
+        result = run_experiment(cfg)
+    except NonFiniteLossError as exc:  # the run diverged: one line and exit 1, as a study's failed trial
+        print(f"error: {exc}; no model was exported (a smaller lr or loss weight may help)",
+              file=sys.stderr)
+        return 1
     cfg = result.config
     out = options.out or f"results/models/{cfg.method}-{cfg.dataset}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     trial = {"study": "single", "trial_id": out.rstrip("/").rsplit("/", 1)[-1], "variant": cfg.method, "seed": cfg.seed}

@@ -261,7 +261,8 @@ def _pgd_early_stop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lo: torc
                 final_loss = loss_fn(logits, y_a, ref_a)
                 alive &= logits.argmax(1) == y_a
             better = ~alive | (final_loss > best_loss[index])
-            best_loss[index] = torch.where(alive, final_loss, best_loss[index])
+            # the highest final loss so far (not the last restart's): the rule plain pgd follows
+            best_loss[index] = torch.where(alive & better, final_loss, best_loss[index])
             best[index] = torch.where(better.view(view), x_adv, best[index])
         elif index.numel():
             best[index] = x_adv

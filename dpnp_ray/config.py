@@ -21,6 +21,11 @@ from typing import Any, Mapping
 from .methods import METHODS
 
 
+SEED_MAX = 2 ** 32 - 1
+"""The largest seed (seed, split_seed, a study's --seeds and --seed): numpy's generators take no larger one, and
+the seeds derived from it (per rank and stream, training_loop.py) stay within torch's 64-bit generator seeds."""
+
+
 class ConfigError(ValueError):
     """Invalid configuration. Lists every problem: field, value, what is allowed."""
 
@@ -58,7 +63,7 @@ class ExperimentConfig:
     data_root: str = "data"
     download: bool = False
     val_fraction: float = field(default=0.1, metadata=_range(0.0, 0.9, lo_open=True))
-    split_seed: int = field(default=0, metadata=_range(0))
+    split_seed: int = field(default=0, metadata=_range(0, SEED_MAX))
     # > 0: a stratified subset of this many training images, drawn by split_seed after the val hold-out
     train_subset: int = field(default=0, metadata=_range(0))
     # --- model
@@ -111,7 +116,7 @@ class ExperimentConfig:
     lr_gamma: float = field(default=0.1, metadata=_range(0.0, 1.0, lo_open=True))
     epochs: int = field(default=10, metadata=_range(1))
     batch_size: int = field(default=128, metadata=_range(1))
-    seed: int = field(default=0, metadata=_range(0))
+    seed: int = field(default=0, metadata=_range(0, SEED_MAX))
     # --- model selection on the validation split (never the test set)
     select_metric: str = field(default="val_robust", metadata=_choices("val_robust", "val_clean", "last"))
     early_stop_patience: int = field(default=0, metadata=_range(0))  # 0: never stop early

@@ -89,6 +89,12 @@ def read_model_metadata(path: str) -> dict[str, Any]:
     if metadata.get("format_version") != FORMAT_VERSION:
         raise ModelFileError(f"{redact(location)}: format version {metadata.get('format_version')!r}; this code "
                              f"reads version {FORMAT_VERSION}")
+    for key, what in (("config", "of config fields"), ("dataset", "of dataset facts"), ("trial", "of its keys")):
+        value = metadata.get(key)
+        if not isinstance(value, dict) and not (key == "trial" and value is None):
+            found = "it is missing" if key not in metadata else f"got a {type(value).__name__}"
+            raise ModelFileError(f"{redact(location)}: {key!r} must be a mapping {what} as export_model writes it, "
+                                 f"{found}; not a model this code can build")
     return metadata
 
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import ConfigError, ExperimentConfig
+from ..config import SEED_MAX, ConfigError, ExperimentConfig
 from ..provenance import redact
 from ..ray_train import RUNNERS, Scaling
 from .cluster import check_storage_writable
-from .settings import StudyError, StudySettings
+from .settings import StudyError, StudySettings, name_problem
 
-SEED_LIMIT = 2 ** 32  # numpy's, which Optuna's samplers use
+SEED_LIMIT = SEED_MAX + 1  # numpy's, which Optuna's samplers use
 DATA_CHECK_TIMEOUT_S = 300
 
 
@@ -49,8 +49,8 @@ def settings_problems(settings: StudySettings) -> list[str]:
     if not isinstance(settings.trial_retries, int) or settings.trial_retries < 0:
         problems.append(f"trial_retries {settings.trial_retries}: must be an integer >= 0")
     problems += credential_problems(settings.storage)
-    if not settings.name or "/" in settings.name:
-        problems.append(f"--name {settings.name!r}: must be a non-empty name without '/'")
+    if name_problem("--name", settings.name):
+        problems.append(name_problem("--name", settings.name))
     return problems
 
 

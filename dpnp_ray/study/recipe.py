@@ -57,10 +57,10 @@ import yaml
 
 from .. import results
 from ..analysis_plan import DEFAULT_ANALYSIS, analysis_problems, full_analysis
-from ..config import ConfigError, ExperimentConfig, parse_assignments
+from ..config import SEED_MAX, ConfigError, ExperimentConfig, parse_assignments
 from ..provenance import error_line, redact
-from .records import read_records
-from .settings import StudyError
+from .records import checked_id, read_records
+from .settings import StudyError, name_problem
 from .trackers import parse_log_to
 
 STUDY_FILE = "study.yaml"
@@ -209,6 +209,8 @@ def resolve_study(parser: argparse.ArgumentParser, kind: str, *, defaults: dict[
     flag_defaults = _from_flags(args, [d for d in vars(args) if d not in given])
     flags = _from_flags(args, [d for d in vars(args) if d in given])
     file = read_study_file(args.config, kind) if getattr(args, "config", None) else {}
+    if kind == "ablation":
+        _refuse_config_seed(flags, file, getattr(args, "config", None))
     wants_smoke = bool(flags.get("smoke", file.get("smoke", False)))
     defaults = dataset_defaults(defaults, flag_defaults, smoke if wants_smoke else {}, file, flags)
     fresh = _merge(flag_defaults, defaults, smoke if wants_smoke else {}, file, flags)
@@ -219,6 +221,8 @@ def resolve_study(parser: argparse.ArgumentParser, kind: str, *, defaults: dict[
 
     if credential_problems(fresh["storage"]):  # before any look at the storage
         raise PreflightError(credential_problems(fresh["storage"]))
+    if name_problem("--name", fresh["name"]):  # `..` would make the study directory the storage's parent
+        raise StudyError(name_problem("--name", fresh["name"]))
     directory = results.join(absolute_storage(fresh["storage"]), fresh["name"])
     location = results.join(directory, STUDY_FILE)
     recorded = None
@@ -257,6 +261,22 @@ def resolve_study(parser: argparse.ArgumentParser, kind: str, *, defaults: dict[
         args.no_switches = not study["space"]["search_switches"]
     command = redact(shlex.join([Path(sys.executable).name, sys.argv[0], *argv]))
     return Recipe(kind, study, args, command, grown, trials_done)
+
+
+def _refuse_config_seed(flags: dict[str, Any], file: dict[str, Any], location: str | None) -> None:
+    """An ablation's trials take their seeds from `seeds` (--seeds), each overriding config.seed: a seed set with
+    --set (any value), or other than the default in a study file's config, would be ignored yet recorded."""
+    from ..config import ExperimentConfig
+
+    if "seed" in (flags.get("config") or {}):
+        seed = flags["config"]["seed"]
+        raise StudyError(f"--set seed={seed}: an ablation trains every variant at each seed of --seeds, which "
+                         f"replaces the config's seed; give --seeds {seed} instead")
+    seed = (file.get("config") or {}).get("seed", ExperimentConfig.seed)
+    if seed != ExperimentConfig.seed:
+        raise StudyError(f"study file {redact(str(location))}: config.seed {seed!r}: an ablation trains every variant "
+                         f"at each seed of its `seeds` (--seeds), which replaces the config's seed; give seeds: [{seed}] "
+                         f"(or --seeds {seed}) instead")
 
 
 STUDY_CONTENT = (STUDY_FILE, "trials", "optuna.journal", "tuner.pkl")
@@ -361,8 +381,8 @@ def _check(study: dict[str, Any], kind: str) -> None:
         variants, seeds = study["variants"], study["seeds"]
         if not isinstance(variants, list) or not variants or any(v not in ABLATION_VARIANTS for v in variants):
             problems.append(f"variants {variants!r}: a non-empty list of {', '.join(ABLATION_VARIANTS.names())}")
-        if not isinstance(seeds, list) or not seeds or not all(_is_int(s) and s >= 0 for s in seeds):
-            problems.append(f"seeds {seeds!r}: a non-empty list of integers >= 0")
+        if not isinstance(seeds, list) or not seeds or not all(_is_int(s) and 0 <= s <= SEED_MAX for s in seeds):
+            problems.append(f"seeds {seeds!r}: a non-empty list of integers in [0, {SEED_MAX}] (--seeds)")
         problems += analysis_problems(study.get("analysis", DEFAULT_ANALYSIS),
                                       variants if isinstance(variants, list) else None, ABLATION_VARIANTS.names())
         if problems:
@@ -473,7 +493,7 @@ def write_best_configs(study_dir: str, kind: str) -> str:
     directory = results.join(study_dir, BEST_DIR)
     names = set()
     for record in chosen:
-        name = f"{record['trial_id']}.yaml"
+        name = f"{checked_id(record['trial_id'])}.yaml"  # read_records left out ids that are no file name
         names.add(name)
         results.write_bytes_atomic(results.join(directory, name), best_config_yaml(record, kind, reason).encode())
     for stale in results.list_files(directory, ".yaml"):

@@ -15,11 +15,14 @@ trial's record holds its error in one line; the full traceback is in `<study dir
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from .. import results
 from ..provenance import redact
-from .settings import StudyError
+from .settings import NAME_RULE, StudyError, name_problem
+
+log = logging.getLogger(__name__)
 
 #: tables with one row per entry of a record's list of that name (epochs: the record's "history")
 PER_RECORD_TABLES = ("epochs", "evals", "corruptions", "geometry", "masking")
@@ -60,32 +63,41 @@ def one_line_error(exc: BaseException) -> str:
     return redact(f"{type(cause).__name__}: {lines[0] if lines else ''}".strip())[:ERROR_CHARS]
 
 
+def checked_id(trial_id: Any) -> str:
+    """trial_id if it is one file name (settings.NAME_RULE), else StudyError: every path built from a trial's
+    id (its record, log, model, points, best config) stays inside its folder of the study directory."""
+    problem = name_problem("trial_id", trial_id)
+    if problem:
+        raise StudyError(problem)
+    return trial_id
+
+
 def write_error_log(study_dir: str, trial: str, text: str) -> str:
     """Keep a failed trial's full traceback; returns where (the record's error_log, credentials redacted)."""
-    location = results.join(study_dir, "logs", f"{trial}.log")
+    location = results.join(study_dir, "logs", f"{checked_id(trial)}.log")
     results.write_bytes_atomic(location, redact(text).encode())
     return redact(location)
 
 
 def record_path(study_dir: str, trial_id: str) -> str:
-    return results.join(study_dir, "trials", f"{trial_id}.json")
+    return results.join(study_dir, "trials", f"{checked_id(trial_id)}.json")
 
 
 def model_path(study_dir: str, trial_id: str) -> str:
     """Where a completed trial's selected model is exported (model_export.py)."""
-    return results.join(study_dir, "models", trial_id)
+    return results.join(study_dir, "models", checked_id(trial_id))
 
 
 def points_path(study_dir: str, trial_id: str) -> str:
     """Where a completed trial's per-point results are written (a Parquet file: they would bloat the record)."""
-    return results.join(study_dir, "points", f"{trial_id}.parquet")
+    return results.join(study_dir, "points", f"{checked_id(trial_id)}.parquet")
 
 
 def read_record(path: str) -> dict[str, Any] | None:
     """The record at path, or None if there is none yet or it cannot be read."""
     try:
         return json.loads(results.read_bytes(path))
-    except (FileNotFoundError, OSError, json.JSONDecodeError):
+    except (FileNotFoundError, OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
 
 
@@ -94,10 +106,37 @@ def write_record(study_dir: str, record: dict[str, Any]) -> None:
     results.write_bytes_atomic(record_path(study_dir, record["trial_id"]), json.dumps(record, default=str).encode())
 
 
+def scan_records(study_dir: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """(every valid trial record of a study in trial_id order, one line per file under trials/ that is not one).
+    A record is valid when it is a JSON mapping whose trial_id is a safe name (checked_id) equal to its file's
+    name: a truncated or tampered file is left out of everything built from the records, and said so."""
+    records, skipped = [], []
+    for path in results.list_files(results.join(study_dir, "trials"), ".json"):
+        stem = path.split("?", 1)[0].rsplit("/", 1)[-1][:-len(".json")]
+        try:
+            record = json.loads(results.read_bytes(path))
+        except FileNotFoundError:
+            continue  # removed since it was listed
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            skipped.append(f"{redact(path)}: not a readable trial record (truncated or corrupt: "
+                           f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+            continue
+        if not isinstance(record, dict):
+            skipped.append(f"{redact(path)}: not a trial record (a JSON {type(record).__name__}, not a mapping)")
+        elif record.get("trial_id") != stem or name_problem("trial_id", stem):
+            skipped.append(f"{redact(path)}: its trial_id {record.get('trial_id')!r} is not its file's name "
+                           f"{stem!r} (or not {NAME_RULE}); tampered or misplaced")
+        else:
+            records.append(record)
+    return records, skipped
+
+
 def read_records(study_dir: str) -> list[dict[str, Any]]:
-    """Every readable trial record of a study, in trial_id order."""
-    paths = results.list_files(results.join(study_dir, "trials"), ".json")
-    return [r for r in (read_record(p) for p in paths) if r is not None]
+    """Every valid trial record of a study, in trial_id order; a warning (logged) per file left out (scan_records)."""
+    records, skipped = scan_records(study_dir)
+    for line in skipped:
+        log.warning("warning: %s; it is left out of the study's tables and best configs", line)
+    return records
 
 
 def _flatten_record(record: dict[str, Any]) -> dict[str, Any]:
@@ -128,10 +167,14 @@ def _flatten_record(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def export(study_dir: str) -> dict[str, str]:
-    """Trial records -> Parquet tables (atomically). Returns table name -> location."""
-    records = read_records(study_dir)
+    """Trial records -> Parquet tables (atomically). Returns table name -> location. A file under trials/ that
+    is no valid record (scan_records) is in no table, and a warning line per such file says so."""
+    records, skipped = scan_records(study_dir)
+    for line in skipped:
+        log.warning("warning: export: %s; this trial is in none of the tables", line)
     if not records:
-        raise StudyError(f"{redact(study_dir)} has no trial records (trials/*.json); nothing to export")
+        unreadable = f" ({len(skipped)} file(s) there are not valid records, see above)" if skipped else ""
+        raise StudyError(f"{redact(study_dir)} has no trial records (trials/*.json){unreadable}; nothing to export")
     keys = lambda r: {"study": r["study"], "trial_id": r["trial_id"], "variant": r["variant"], "seed": r["seed"]}
     tables: dict[str, list[dict]] = {"trials": [], **{name: [] for name in PER_RECORD_TABLES}}
     for record in records:

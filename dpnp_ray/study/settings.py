@@ -12,6 +12,20 @@ class StudyError(RuntimeError):
     """A study cannot start or continue; the message says what to do."""
 
 
+NAME_RULE = "one directory name: not empty, not '.' or '..', without '/', '\\', '?', '#' or control characters"
+"""What a study's --name and a trial's id must be: a single path component, so that nothing built from them
+(the study directory, trials/<id>.json, best/<id>.yaml, models/<id>/) lies outside where it belongs, on a
+local disk or in a bucket (where '?' and '#' would start a URI's query or fragment)."""
+
+
+def name_problem(field: str, value: object) -> str | None:
+    """None if value is a safe name (NAME_RULE), else the one line naming the field, the value and the rule."""
+    if (isinstance(value, str) and value not in ("", ".", "..")
+            and not any(c in value for c in "/\\?#") and all(ord(c) >= 32 and ord(c) != 127 for c in value)):
+        return None
+    return f"{field} {value!r}: must be {NAME_RULE}"
+
+
 @dataclass(frozen=True)
 class StudySettings:
     name: str
