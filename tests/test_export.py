@@ -1,5 +1,5 @@
 """Exported models without Ray: export -> load gives the same logits, foreign or tampered files are refused,
-`python -m dpnp_ray` exports, `python -m dpnp_ray.evaluate` writes its rows next to the model."""
+`python -m dpnp_ray` exports, `python -m dpnp_ray.evaluate` writes its rows beside the model, never into it."""
 
 from __future__ import annotations
 
@@ -112,23 +112,46 @@ def test_foreign_directories_are_refused(exported, tmp_path):
         load_model(exported)
 
 
-def test_evaluate_writes_rows_next_to_the_model(trained, exported, digits):
-    from dpnp_ray.evaluate.__main__ import evaluation_config, main
+def test_evaluate_writes_rows_beside_the_model_never_into_it(trained, exported, digits, tmp_path):
+    import os
+
+    from dpnp_ray.evaluate.__main__ import default_out, evaluation_config, main
 
     full = evaluation_config(read_model_metadata(exported)["config"], "full")
     assert (full.eval_suite, full.eval_n, full.eval_aa_n) == ("full", 0, 0)  # AutoAttack standard, every point
+    model_files = sorted(os.listdir(exported))
     assert main([exported, "--suite", "basic", "--device", "cpu"]) == 0
-    evals = results.read_table(exported, "evals")
+    assert sorted(os.listdir(exported)) == model_files  # the model directory holds the model only
+    out = default_out(exported)
+    assert out == f"{exported.rstrip('/')}-evaluations"  # not a study's model: a sibling folder
+    evals = results.read_table(out, "evals")
     assert set(evals["suite"]) == {"basic"} and set(evals["trial_id"]) == {"full-s0"}
     assert (evals["n"] == len(digits.test)).all()  # the whole test set
     # the trial evaluated the whole test set in fp32 on this CPU too: the same clean and PGD accuracy
     by_attack = evals.set_index("attack")["accuracy"]
     assert by_attack["clean"] == trained.summary["clean_acc"] and by_attack["pgd"] == trained.summary["pgd_acc"]
-    summary = json.loads(open(f"{exported}/evaluation-basic.json").read())
+    summary = json.loads(open(f"{out}/evaluation-basic.json").read())
     assert summary["eval_precision"] == "fp32" and summary["trial_id"] == "full-s0"
-    # a second level keeps the first level's rows
+    measured = {row["attack"]: row["accuracy"] for row in summary["accuracies"]}  # every accuracy, clean included
+    assert measured == by_attack.to_dict() and set(measured) >= {"clean", "fgsm", "pgd", "cw_inf"}
+    # a second level keeps the first level's rows; --out puts them elsewhere; never into the model
     assert main([exported, "--suite", "basic", "--device", "cpu", "--set", "eval_n=50"]) == 0
-    assert results.read_table(exported, "evals")["n"].eq(50).all()  # same level: replaced, not duplicated
+    assert results.read_table(out, "evals")["n"].eq(50).all()  # same level: replaced, not duplicated
+    assert main([exported, "--suite", "basic", "--device", "cpu", "--set", "eval_n=20", "--out",
+                 str(tmp_path / "elsewhere")]) == 0
+    assert results.read_table(tmp_path / "elsewhere", "evals")["n"].eq(20).all()
+    assert main([exported, "--suite", "basic", "--device", "cpu", "--out", exported]) == 2
+    assert sorted(os.listdir(exported)) == model_files
+
+
+def test_a_study_models_evaluations_go_to_the_study():
+    from dpnp_ray.evaluate.__main__ import default_out
+
+    assert default_out("/r/abl/models/full-s0") == "/r/abl/evaluations/full-s0"
+    assert default_out("s3://b/studies/abl/models/full-s0/?endpoint_override=h:9") == \
+        "s3://b/studies/abl/evaluations/full-s0?endpoint_override=h:9"
+    assert default_out("results/models/single") == "results/evaluations/single"
+    assert default_out("/tmp/my-model") == "/tmp/my-model-evaluations"
 
 
 def test_evaluate_refuses_a_tampered_model(exported, capsys):

@@ -172,7 +172,8 @@ def test_ablation_on_s3_survives_a_killed_driver_and_its_models_reevaluate_from_
                           text=True, timeout=600)
     s3.outputs += [proc.stdout, proc.stderr]
     assert proc.returncode == 0, proc.stderr[-3000:]
-    evals = results.read_table(model, "evals")
+    evals = results.read_table(results.join(directory, "evaluations", "full-s0"), "evals")  # beside the model
+    assert results.read_table(model, "evals", required=False) is None
     clean = evals[evals["attack"] == "clean"]
     assert len(clean) == 1 and clean["n"].iloc[0] == 60 and clean["trial_id"].iloc[0] == "full-s0"
     s3.assert_no_credentials(uri_secret)

@@ -2,10 +2,12 @@
 
 Runs the robustness suite on the whole test set (eval_n = eval_aa_n = 0) in fp32, whatever precision the
 model was trained in: with `--suite full` that is AutoAttack `standard` on every test point, as
-RobustBench reports (docs/evaluation.md#suite-levels). The rows go next to the model, in the results
-schema: <model dir>/evals.parquet (and corruptions, geometry, masking, points .parquet), keyed by the trial's
-study, trial_id, variant and seed, plus evaluation-<suite>.json with the summary. Rows of other suite
-levels already there are kept. `--set FIELD=VALUE` changes evaluation fields (e.g. eval_n=1000 for a
+RobustBench reports (docs/evaluation.md#suite-levels). The rows go beside the model, never into its
+directory (which stays the model and nothing else): to `--out`, by default `<study>/evaluations/<trial_id>/`
+for a study's model (`<study>/models/<trial_id>`) and `<model dir>-evaluations/` for any other, in the results
+schema: evals.parquet (and corruptions, geometry, masking, points .parquet), keyed by the trial's study,
+trial_id, variant and seed, plus evaluation-<suite>.json with the summary and every accuracy measured. Rows
+of other suite levels already there are kept. `--set FIELD=VALUE` changes evaluation fields (e.g. eval_n=1000 for a
 quicker look, data_root=/data when the data moved).
 """
 
@@ -32,14 +34,35 @@ def evaluation_config(trained: dict[str, Any], suite: str, overrides: dict[str, 
     return ExperimentConfig.from_dict({**trained, **WHOLE_TEST_SET, "eval_suite": suite, **(overrides or {})})
 
 
+def default_out(model_dir: str) -> str:
+    """Where a re-evaluation of `model_dir` goes unless --out says: `<study>/evaluations/<trial_id>` for a study's
+    model (`<study>/models/<trial_id>`), else the sibling `<model dir>-evaluations`. Local paths and URIs alike."""
+    base, query = results.split_query(model_dir)
+    base = base.rstrip("/")
+    holder, name = results.parent(base), base.rsplit("/", 1)[-1]
+    if holder.rsplit("/", 1)[-1] == "models" and "/" in holder:
+        return results.join(results.parent(holder), "evaluations", name) + query
+    return f"{base}-evaluations{query}"
+
+
+def _same_location(a: str, b: str) -> bool:
+    if results.is_uri(a) or results.is_uri(b):
+        return results.split_query(a)[0].rstrip("/") == results.split_query(b)[0].rstrip("/")
+    return results.local_path(a).resolve() == results.local_path(b).resolve()
+
+
 def evaluate_model(directory: str, suite: str = "full", *, device: str = "auto",
-                   overrides: dict[str, Any] | None = None, log=print) -> dict[str, str]:
-    """Evaluate the model in `directory` and write its rows there; returns table name -> location."""
+                   overrides: dict[str, Any] | None = None, out: str | None = None, log=print) -> dict[str, str]:
+    """Evaluate the model in `directory` and write its rows to `out` (default_out); returns table name -> location."""
     from ..devices import Precision, resolve_device
     from ..distributed import LocalEnvironment
     from ..training_loop import load_data
     from .suite import check_inputs, run_suite
 
+    out = out or default_out(directory)
+    if _same_location(out, directory):
+        raise ValueError(f"--out {redact(out)}: is the model's own directory; the model directory holds the model "
+                         "only: choose another --out (default: beside it)")
     metadata = read_model_metadata(directory)
     cfg = evaluation_config(metadata["config"], suite, overrides)
     check_inputs(cfg)
@@ -58,16 +81,19 @@ def evaluate_model(directory: str, suite: str = "full", *, device: str = "auto",
         rows = [{**keys, **row} for row in getattr(result, table)]
         if not rows:
             continue
-        earlier = results.read_table(directory, table, required=False)
+        earlier = results.read_table(out, table, required=False)
         if earlier is not None:  # other suite levels' rows stay; this level's rows are replaced (last wins)
             rows = earlier.to_dict("records") + rows
-        written[table] = results.write_table(directory, table, rows)
-    written["points"] = _write_points(directory, results.points_frame(result.evals, result.points, keys))
-    summary = {**keys, "suite": suite, "eval_precision": precision.name, "device": str(env.device),
-               "eval_n": cfg.eval_n, "eval_aa_n": cfg.eval_aa_n, "seconds": seconds, **result.summary,
+        written[table] = results.write_table(out, table, rows)
+    written["points"] = _write_points(out, results.points_frame(result.evals, result.points, keys))
+    accuracies = [{k: row.get(k) for k in ("attack", "loss", "eps", "steps", "restarts", "n", "accuracy")}
+                  for row in result.evals]
+    summary = {**keys, "model": redact(directory), "suite": suite, "eval_precision": precision.name,
+               "device": str(env.device), "eval_n": cfg.eval_n, "eval_aa_n": cfg.eval_aa_n, "seconds": seconds,
+               "accuracies": accuracies, **result.summary,
                "config": {k: redact(v) if isinstance(v, str) else v for k, v in cfg.to_dict().items()},
                **provenance(str(env.device))}
-    location = results.join(directory, f"evaluation-{suite}.json")
+    location = results.join(out, f"evaluation-{suite}.json")
     results.write_bytes_atomic(location, json.dumps(json_safe(summary), indent=1).encode())
     written["summary"] = location
     if log is not None:
@@ -99,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suite", default="full", choices=["basic", "quick", "full"],
                         help="suite level (default: %(default)s: AutoAttack standard)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: %(default)s")
+    parser.add_argument("--out", default=None,
+                        help="where the tables go (default: <study>/evaluations/<trial_id> for a study's model, "
+                             "else <model dir>-evaluations); never the model directory")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="evaluation config fields, e.g. eval_n=1000 data_root=/data")
     args = parser.parse_args(argv)
@@ -110,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        written = evaluate_model(args.model, args.suite, device=args.device, overrides=parse_assignments(args.set))
+        written = evaluate_model(args.model, args.suite, device=args.device, overrides=parse_assignments(args.set),
+                                 out=args.out)
     except ValueError as exc:  # ModelFileError, ConfigError, DataError: a message, not a traceback
         print(f"error: {redact(str(exc))}", file=sys.stderr)
         return 2
