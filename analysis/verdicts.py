@@ -14,7 +14,8 @@ For a comparison (variant - reference, matched seeds) on an endpoint:
 Then: the exact sign-flip p over seeds; Holm over the planned comparisons of that endpoint only; TOST within
 +-margin (the same se and df); the minimal detectable effect (power 0.8) at Holm's first step (alpha / m) with
 the study's seeds (and test images, when there are points); and the verdict:
-`better` / `worse` (Holm p < alpha, by the sign of the difference), `equivalent` (TOST p < alpha), else
+`better` / `worse` (Holm p < alpha, by the sign of the difference), `equivalent` (TOST p, Holm-adjusted over the
+same family, < alpha), else
 `inconclusive`.
 """
 
@@ -163,16 +164,24 @@ def compare(trials: pd.DataFrame, points: pd.DataFrame | None, endpoint: str, va
                           for name in (variant, reference)], axis=1, join="inner").dropna()
     diffs = (per_seed[variant] - per_seed[reference]).to_numpy() if len(per_seed) else np.array([])
     n = len(diffs)
-    sd = float(diffs.std(ddof=1)) if n >= 2 else math.nan
-    se, df = (sd / math.sqrt(n), n - 1) if n >= 2 else (math.nan, math.nan)
-    tost = stats.tost(paired.mean_difference, se, df, plan.margin_fraction, plan.alpha) if n >= 2 else None
+    # the same difference on every seed (within rounding: differences of image counts are not exact in binary)
+    # has no spread to test or to bound; paired_difference says so in its note and p
+    spread = n >= 2 and not np.allclose(diffs, diffs[0], rtol=0, atol=1e-12)
+    sd = float(diffs.std(ddof=1)) if spread else math.nan
+    se, df = (sd / math.sqrt(n), n - 1) if spread else (math.nan, math.nan)
+    tost = stats.tost(paired.mean_difference, se, df, plan.margin_fraction, plan.alpha) if spread else None
+    half = paired.ci_half_width if spread else math.nan
     return {**base, "n_seeds": n, "n_images": 0, "difference": 100 * paired.mean_difference,
-            "low": 100 * (paired.mean_difference - paired.ci_half_width),
-            "high": 100 * (paired.mean_difference + paired.ci_half_width), "interval": SEED_ONLY,
+            "low": 100 * (paired.mean_difference - half),
+            "high": 100 * (paired.mean_difference + half), "interval": SEED_ONLY,
             "se": 100 * se, "df": df, "p_value": paired.p_value, "sign_flip_p": stats.sign_flip_p(diffs),
             "tost_p": tost.p_value if tost else math.nan,
-            "mde": 100 * stats.detectable_effect(se, df, plan.alpha / m, MDE_POWER) if n >= 2 else math.nan,
+            "mde": 100 * stats.detectable_effect(se, df, plan.alpha / m, MDE_POWER) if spread else math.nan,
             "note": paired.note}
+
+
+def _or_one(p: float) -> float:
+    return p if isinstance(p, (int, float)) and math.isfinite(p) else 1.0
 
 
 def verdicts(study, plan: AnalysisPlan | None = None, n_boot: int = 2000) -> pd.DataFrame:
@@ -188,8 +197,15 @@ def verdicts(study, plan: AnalysisPlan | None = None, n_boot: int = 2000) -> pd.
     for endpoint in plan.primary:
         group = [compare(trials, points, endpoint, variant, plan.reference, plan, n_boot)
                  for variant in plan.comparisons]
-        for row, adjusted in zip(group, stats.holm_adjust([g["p_value"] for g in group])):
-            row["p_holm"] = float(adjusted)
+        # Holm over every planned comparison of the endpoint, for the difference test and for TOST alike (an
+        # equivalence claim is a claim of the family too); a comparison without a test counts as p = 1, so the
+        # family never shrinks below the plan's
+        holm = stats.holm_adjust([_or_one(g["p_value"]) for g in group])
+        holm_tost = stats.holm_adjust([_or_one(g["tost_p"]) for g in group])
+        for row, adjusted, adjusted_tost in zip(group, holm, holm_tost):
+            untested = not math.isfinite(row["p_value"])
+            row["p_holm"] = math.nan if untested else float(adjusted)
+            row["tost_p"] = math.nan if not math.isfinite(row["tost_p"]) else float(adjusted_tost)
             row["verdict"] = _verdict(row["difference"], row["p_holm"], row["tost_p"], plan.alpha)
             rows.append(Verdict(**row).as_row())
     return pd.DataFrame(rows, columns=columns)
@@ -219,7 +235,9 @@ def plan_text(plan: AnalysisPlan) -> list[str]:
         f"{len(plan.comparisons)} planned comparisons ({', '.join(f'`{c}`' for c in plan.comparisons)} against "
         f"`{plan.reference}`); equivalence margin ±{plan.margin:g} pp; alpha {plan.alpha:g}.",
         f"Verdict: `better` / `worse` when the Holm-adjusted p ({HOLM_NAME}) is below alpha, by the sign of the "
-        f"difference; `equivalent` when TOST within ±{plan.margin:g} pp has p below alpha; else `inconclusive` (also when the difference is the same on every seed, so its spread cannot be estimated). "
+        f"difference; `equivalent` when TOST within ±{plan.margin:g} pp has a Holm-adjusted p (the same family) below "
+        "alpha; else `inconclusive` (also when the difference is the same on every seed, so its spread cannot be "
+        "estimated; a comparison without a test counts as p = 1 in Holm's family). "
         f"p: {TEST_NAME}. The sign-flip p is exact over seeds (its floor with n seeds is 2/2^n: 0.0625 for 5). "
         f"MDE: the smallest true difference the test detects with power {MDE_POWER:g} at Holm's first step "
         "(alpha / comparisons), with this study's seeds (and test images when there are points).",
@@ -259,7 +277,7 @@ def verdict_rows(table: pd.DataFrame, plan: AnalysisPlan, emphasis: bool = False
         "p (Holm)": [_p(p) for p in table["p_holm"]],
         "sign-flip p": [_p(p) for p in table["sign_flip_p"]],
         "CMH p": [_p(p) for p in table["cmh_p"]],
-        f"TOST p (±{plan.margin:g})": [_p(p) for p in table["tost_p"]],
+        f"TOST p (Holm, ±{plan.margin:g})": [_p(p) for p in table["tost_p"]],
         "MDE (pp)": [_points(m) for m in table["mde"]],
         "verdict": [f"**{v}**" if emphasis else v for v in table["verdict"]],
         "note": table["note"],

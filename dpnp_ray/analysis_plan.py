@@ -97,8 +97,8 @@ def default_primary(metrics: Iterable[str]) -> tuple[str, ...]:
 def concrete_plan(analysis: dict[str, Any] | None, variants: Sequence[str], metrics: Iterable[str]) -> AnalysisPlan:
     """The plan for a study with these variants (in study order) and trials.parquet metric columns.
     ValueError (the problems' lines) when the mapping is not a valid plan."""
-    declared = analysis is not None
     full = full_analysis(analysis)
+    declared = analysis is not None and full != full_analysis(None)  # study.yaml records the defaults in full
     problems = analysis_problems(full, list(variants))
     if problems:
         raise ValueError("invalid analysis plan:\n  - " + "\n  - ".join(problems))

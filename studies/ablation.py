@@ -55,28 +55,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def power_plan(plan, variants: list[str], seeds: list[int], args) -> list[str]:
-    """The dry run's power lines (analysis/power.py): the robust endpoint on the attack subset."""
+def power_plan(plan, study: dict, args) -> list[str]:
+    """The dry run's power lines (analysis/power.py) under the study's analysis plan (its comparisons, alpha and
+    reference): the robust endpoint, on the attack subset."""
     from analysis.power import ATTACK_OF, PowerPlan, discordance_from, seed_sd_from
+    from dpnp_ray.analysis_plan import concrete_plan
 
+    analysis = concrete_plan(study.get("analysis"), study["variants"], list(ATTACK_OF))
     cfg = plan.trials[0].cfg
     n = min(cfg.eval_n or plan.sizes.test, plan.sizes.test)
     n_robust = min(cfg.eval_aa_n, n) if cfg.eval_aa_n and cfg.eval_suite != "basic" else n
     known: dict = {}
     if args.power_from:
         trials = results.read_table(args.power_from, "trials")
-        sd, metric, count = seed_sd_from(trials)
+        sd, metric, count = seed_sd_from(trials, reference=analysis.reference)
         known.update(seed_sd=sd, seed_sd_source=f"{metric} of {count} paired seeds in {args.power_from}")
         points = results.read_table(args.power_from, "points", required=False)
         if points is not None:
-            known.update(discordance=discordance_from(points, ATTACK_OF[metric]),
+            known.update(discordance=discordance_from(points, ATTACK_OF[metric], reference=analysis.reference),
                          discordance_source=f"{ATTACK_OF[metric]} points of {args.power_from}")
         else:
             p = float(trials[metric].mean())
             known.update(discordance=2 * p * (1 - p), discordance_source=f"no points.parquet in {args.power_from}: "
                          f"independent errors at its mean {metric} {p:.1%}, an upper bound")
     difference = args.power_difference / 100 if args.power_difference is not None else None
-    return PowerPlan(len(seeds), n_robust, sum(v != "full" for v in variants) if "full" in variants else 0,
+    return PowerPlan(len(study["seeds"]), n_robust, len(analysis.comparisons), alpha=analysis.alpha,
                      difference=difference, **known).lines()
 
 
@@ -86,7 +89,7 @@ def main() -> int:
     if recipe.args.dry_run:
         plan = plan_ablation(recipe.config, recipe.study["variants"], recipe.study["seeds"], settings)
         print(plan.format())
-        print("\n".join(power_plan(plan, recipe.study["variants"], recipe.study["seeds"], recipe.args)))
+        print("\n".join(power_plan(plan, recipe.study, recipe.args)))
         return 0
     with recipe:  # holds the study's driver lock from recipe.record until the tables are written
         written = run_ablation(recipe.config, recipe.study["variants"], recipe.study["seeds"], settings,

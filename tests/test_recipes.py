@@ -161,8 +161,10 @@ def test_resume_with_a_changed_study_is_refused_listing_the_keys(ablation, tmp_p
     assert same.grown == () and same.args.resume and same.config["epochs"] == 2
     assert resolve(ablation, "ablation", *common, "--resume", "--smoke").grown == ()
     # a trial resumes from its own runner's checkpoints: the runner is part of the study
-    with pytest.raises(StudyError, match="scaling.runner: recorded .*, now 'train'"):
+    with pytest.raises(StudyError, match="scaling.runner: recorded 'tune', now 'train'"):  # the default, recorded
         resolve(ablation, "ablation", *common, "--resume", "--runner", "train")
+    # nor re-decided: resumed on a cluster, the study keeps the runner its checkpoints belong to
+    assert resolve(ablation, "ablation", *common, "--resume", "--address", "127.0.0.1:1").args.runner == "tune"
     pinned = ("--storage", str(tmp_path), "--name", "pinned")
     resolve(ablation, "ablation", "--smoke", *pinned, "--runner", "train").record()
     assert resolve(ablation, "ablation", *pinned, "--resume").args.runner == "train"  # kept from the record

@@ -124,8 +124,14 @@ def test_sign_flip_floor_and_brute_force():
     d = [0.3, -0.1, 0.7, 0.2]
     patterns = [abs(sum(sign * x for sign, x in zip(signs, d))) for signs in itertools.product([1, -1], repeat=4)]
     assert stats.sign_flip_p(d) == pytest.approx(np.mean(np.array(patterns) >= abs(sum(d)) - 1e-12))
-    with pytest.raises(ValueError, match="n=21"):
-        stats.sign_flip_p(np.ones(21))
+    # above 20 seeds a Monte-Carlo estimate: the same sign on all 24 seeds has exact p 2 / 2^24 ~ 1e-7, so the
+    # estimate is its floor 1 / (draws + 1); a symmetric set (half +1, half -1: exact p 1) estimates 1
+    assert stats.sign_flip_p(np.ones(24)) == pytest.approx(1 / (stats.SIGN_FLIP_DRAWS + 1))
+    assert stats.sign_flip_p([1.0, -1.0] * 12) == pytest.approx(1.0)
+    rng = np.random.default_rng(5)
+    d = rng.normal(0.3, 1.0, 22)  # the exact p by the normal approximation of the permutation distribution
+    z = abs(d.sum()) / math.sqrt((d ** 2).sum())
+    assert stats.sign_flip_p(d) == pytest.approx(2 * (1 - scipy.stats.norm.cdf(z)), abs=0.02)
 
 
 # ----------------------------------------------------------------------------------- McNemar / CMH

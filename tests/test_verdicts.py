@@ -78,7 +78,7 @@ def test_seed_only_verdicts_equal_hand_computations(tmp_path):
     assert list(table["endpoint"].unique()) == ["worst_case_acc", "clean_acc"]
     robust = table[table["endpoint"] == "worst_case_acc"].set_index("variant")
     assert (robust["interval"] == verdicts.SEED_ONLY).all() and (robust["n_images"] == 0).all()
-    raw = []
+    raw, raw_tost = [], []
     for variant in ("ahead", "same", "noisy"):
         d = 100 * np.array(OFFSETS[variant])  # points
         row = robust.loc[variant]
@@ -93,17 +93,20 @@ def test_seed_only_verdicts_equal_hand_computations(tmp_path):
         # TOST within +-1 point: the two one-sided t-tests
         lower = scipy.stats.ttest_1samp(d, -1.0, alternative="greater").pvalue
         upper = scipy.stats.ttest_1samp(d, 1.0, alternative="less").pvalue
-        assert row["tost_p"] == pytest.approx(max(lower, upper))
+        raw_tost.append(max(lower, upper))
         assert row["mde"] == pytest.approx(stats.minimal_detectable_effect(sd, n, 0.05 / 3))
         assert math.isnan(row["cmh_p"]) and math.isnan(row["bootstrap_low"])
-    # Holm by hand over the three planned comparisons of this endpoint only (not the six rows of the table)
-    order = np.argsort(raw)
-    holm = np.empty(3)
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (3 - rank) * raw[i]))
-        holm[i] = running
-    assert list(robust["p_holm"]) == pytest.approx(list(holm))
+    # Holm by hand over the three planned comparisons of this endpoint only (not the six rows of the table), for
+    # the difference test and for TOST alike
+    def holm_by_hand(ps):
+        adjusted, running = np.empty(len(ps)), 0.0
+        for rank, i in enumerate(np.argsort(ps)):
+            running = max(running, min(1.0, (len(ps) - rank) * ps[i]))
+            adjusted[i] = running
+        return list(adjusted)
+
+    assert list(robust["p_holm"]) == pytest.approx(holm_by_hand(raw))
+    assert list(robust["tost_p"]) == pytest.approx(holm_by_hand(raw_tost))
     assert robust.loc["ahead", "sign_flip_p"] == pytest.approx(2 / 32)  # same sign on 5 of 5 seeds: the floor
     assert robust["verdict"].to_dict() == {"ahead": "better", "same": "equivalent", "noisy": "inconclusive"}
     worse = verdicts.verdicts(write(tmp_path / "w", trials_frame(
@@ -141,6 +144,12 @@ def test_crossed_verdicts_read_the_endpoints_points_at_the_evaluation_eps(tmp_pa
     study = write(tmp_path, trials, pd.concat([at_eps, other_eps, other_attack, validation, clean]))
     table = verdicts.verdicts(study, n_boot=400)
     robust = table[table["endpoint"] == "worst_case_acc"].set_index("variant")
+    def crossed_tost(ok):
+        c = stats.crossed_variance(ok.astype(float) - full.astype(float))
+        return stats.tost(c.mean, c.se, c.df, 0.01).p_value
+
+    raw_tost = {"ahead": crossed_tost(ahead), "same": crossed_tost(same)}
+    tost_holm = dict(zip(raw_tost, stats.holm_adjust(list(raw_tost.values()))))  # the family of the two
     for variant, ok in (("ahead", ahead), ("same", same)):
         row = robust.loc[variant]
         d = ok.astype(float) - full.astype(float)
@@ -151,8 +160,7 @@ def test_crossed_verdicts_read_the_endpoints_points_at_the_evaluation_eps(tmp_pa
         assert row["p_value"] == pytest.approx(2 * scipy.stats.t.sf(abs(crossed.mean) / crossed.se, crossed.df))
         assert row["cmh_p"] == pytest.approx(stats.mcnemar_cmh(ok, full).p_value)
         assert row["sign_flip_p"] == pytest.approx(stats.sign_flip_p(d.mean(axis=1)))
-        tost = stats.tost(crossed.mean, crossed.se, crossed.df, 0.01)
-        assert row["tost_p"] == pytest.approx(tost.p_value)
+        assert row["tost_p"] == pytest.approx(tost_holm[variant])
         assert row["mde"] == pytest.approx(100 * stats.detectable_effect(crossed.se, crossed.df, 0.05 / 2))
         assert row["bootstrap_low"] < row["difference"] < row["bootstrap_high"]
     assert robust.loc["ahead", "verdict"] == "better"

@@ -239,6 +239,15 @@ def resolve_study(parser: argparse.ArgumentParser, kind: str, *, defaults: dict[
     study["log_to"] = list(parse_log_to(study.get("log_to")))  # one form in study.yaml: a list of names
     if kind == "ablation" and isinstance(study.get("analysis"), (dict, type(None))):
         study["analysis"] = full_analysis(study.get("analysis"))  # every key of the plan, defaults filled
+    scaling = study.get("scaling")
+    if recorded is None and isinstance(scaling, dict) and scaling.get("runner") is None \
+            and _is_int(scaling.get("workers")):
+        # the default runner, decided now and recorded: a --resume (with or without --cluster) keeps it, since a
+        # trial resumes from its own runner's checkpoints
+        from ..ray_train import default_runner
+
+        on_cluster = bool(getattr(args, "cluster", False) or getattr(args, "address", None))
+        scaling["runner"] = default_runner(scaling["workers"], on_cluster)
     study = _ordered(study, kind)
     _check(study, kind)
 
