@@ -250,3 +250,12 @@ def test_dry_run_prints_the_plan_and_trains_nothing(script, extra, tmp_path):
     assert not (tmp_path / "r").exists()
     assert "Started a local Ray instance" not in proc.stdout + proc.stderr
     assert math.isfinite(float(out.split("CPU-hours")[0].rsplit(",", 1)[1]))
+
+
+def test_split_sizes_without_the_data_use_the_official_sizes_and_the_training_subset(tmp_path):
+    """On a machine without the files (the cluster's nodes have them), the bill counts the official split sizes,
+    less the validation share, and at most train_subset training images."""
+    base = dict(dataset="cifar10", data_root=str(tmp_path / "absent"), val_fraction=0.1)
+    assert plan.split_sizes(ExperimentConfig.from_dict(base)) == plan.SplitSizes(
+        45_000, 5_000, 10_000, "official sizes (data not on this machine)")
+    assert plan.split_sizes(ExperimentConfig.from_dict({**base, "train_subset": 4_000})).train == 4_000

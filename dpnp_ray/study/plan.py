@@ -59,7 +59,8 @@ fill every core they slow the trials down. Measured as the machine's CPU time ov
 FIXED_STUDY_SECONDS = 20.0
 """Once per study: starting the local Ray instance and the Tuner, exporting the tables at the end."""
 
-OFFICIAL_SIZES = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000), "svhn": (73_257, 26_032)}
+OFFICIAL_SIZES = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000), "svhn": (73_257, 26_032),
+                  "fashion_mnist": (60_000, 10_000)}
 """(official train, test) sizes, used when the data are not on this machine (only on the cluster's nodes)."""
 
 AUTOATTACK_TARGETS = 9  # APGD-T / FAB-T target classes (at most C - 1)
@@ -108,7 +109,8 @@ def split_sizes(cfg: ExperimentConfig) -> SplitSizes:
             raise
     train, test = OFFICIAL_SIZES[cfg.dataset]
     val = round(cfg.val_fraction * train)
-    return SplitSizes(train - val, val, test, "official sizes (data not on this machine)")
+    kept = min(cfg.train_subset, train - val) if cfg.train_subset else train - val  # load_dataset refuses more
+    return SplitSizes(kept, val, test, "official sizes (data not on this machine)")
 
 
 def images_per_epoch(n_train: int, batch_size: int, workers: int) -> int:
