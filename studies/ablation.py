@@ -1,4 +1,4 @@
-r"""The Adv-DPNP ablation grid: every variant x seed, trained under Ray Train, run by Ray Tune.
+r"""The Adv-DPNP ablation grid: every variant x seed, one Ray Tune trial each (DDP ones through Ray Train).
 
     python studies/ablation.py                       # all variants, 3 seeds, digits, local Ray
     python studies/ablation.py --smoke               # 2 variants, 1 seed, 2 epochs: a few minutes on 2 CPUs
