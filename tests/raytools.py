@@ -51,11 +51,17 @@ class TwoNodeCluster:
         self.dashboard = f"http://127.0.0.1:{free_port()}"  # where `ray job submit` sends jobs
         self.env = study_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32),
                              RAY_TMPDIR=self.tmp)
+        self.sessions: list[int] = []  # the session ids of this cluster's `ray start` processes
 
     def _ray(self, *args: str, timeout: int = 120) -> None:
-        proc = subprocess.run([RAY, *args], env=self.env, capture_output=True, text=True, timeout=timeout)
+        # each `ray start` in a session of its own: the node's daemons (and the workers they start) stay in it, so
+        # the teardown ends exactly the processes this cluster started (end_session), by PID
+        proc = subprocess.Popen([RAY, *args], env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        self.sessions.append(proc.pid)
+        stdout, stderr = proc.communicate(timeout=timeout)
         if proc.returncode != 0:
-            raise RuntimeError(f"ray {' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+            raise RuntimeError(f"ray {' '.join(args)} failed:\n{stdout[-2000:]}\n{stderr[-2000:]}")
 
     def __enter__(self) -> "TwoNodeCluster":
         self._ray("start", "--head", "--num-cpus", "1", "--port", str(self.port), "--node-ip-address", "127.0.0.1",
@@ -76,11 +82,10 @@ class TwoNodeCluster:
         return self
 
     def __exit__(self, *exc) -> None:
-        # Stop only this cluster's processes (their command lines name its temp dir), not every Ray
-        # instance on the machine as `ray stop` would.
-        for sig in ("TERM", "KILL"):
-            subprocess.run(["pkill", f"-{sig}", "-f", self.tmp], capture_output=True)
-            time.sleep(2)
+        # Stop only this cluster's processes (the sessions its `ray start`s began), not every Ray instance on the
+        # machine as `ray stop` would; the worker node first, as `ray stop` orders it.
+        for sid in reversed(self.sessions):
+            end_session(sid)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -100,19 +105,29 @@ def session_members(sid: int) -> list[int]:
     return members
 
 
+def end_session(sid: int, grace: float = 10, timeout: float = 60) -> None:
+    """End every process of session `sid`, by PID: SIGTERM, then SIGKILL to what is left after `grace` seconds,
+    and wait until none is left (grace 0: SIGKILL at once)."""
+    started = time.monotonic()
+    signalled: set[tuple[int, int]] = set()
+    while members := session_members(sid):
+        sig = signal.SIGTERM if time.monotonic() - started < grace else signal.SIGKILL
+        for pid in members:
+            if (pid, sig) not in signalled:
+                signalled.add((pid, sig))
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"processes {members} of session {sid} outlived SIGKILL")
+        time.sleep(0.1)  # signals are delivered asynchronously; poll their effect
+
+
 def kill_study(proc: subprocess.Popen, timeout: float = 60) -> None:
     """SIGKILL a study driver started with start_new_session=True and every process of its session (Ray's
     workers run in their own process groups, so killpg alone leaves them training for a few seconds), by PID,
     then wait until none is left."""
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    deadline = time.monotonic() + timeout
-    while members := session_members(proc.pid):
-        for pid in members:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"processes {members} of the killed study outlived SIGKILL")
-        time.sleep(0.1)  # SIGKILL is delivered asynchronously; poll its effect
+    end_session(proc.pid, grace=0, timeout=timeout)
