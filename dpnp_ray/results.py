@@ -222,10 +222,21 @@ def write_table(directory: str | Path, table: str, rows: Iterable[dict] | pd.Dat
     if missing and len(frame):
         raise ResultsError(f"{table}.parquet would lack required columns {missing}")
     location = path_for(directory, table)
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False)
-    write_bytes_atomic(location, buffer.getvalue())
+    write_bytes_atomic(location, parquet_bytes(frame))
     return location
+
+
+def parquet_bytes(frame: pd.DataFrame) -> bytes:
+    """A frame as Parquet with a CRC-32 checksum on every page, which `parquet_frame` verifies: a flipped bit
+    in a data page then fails the read instead of reading back as a wrong accuracy."""
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False, write_page_checksum=True)
+    return buffer.getvalue()
+
+
+def parquet_frame(data: bytes) -> pd.DataFrame:
+    """Parquet bytes as a frame, every page checksum verified (pyarrow raises on a mismatch)."""
+    return pd.read_parquet(io.BytesIO(data), page_checksum_verification=True)
 
 
 def read_table(directory: str | Path, table: str, *, required: bool = True) -> pd.DataFrame | None:
@@ -239,7 +250,7 @@ def read_table(directory: str | Path, table: str, *, required: bool = True) -> p
                                ) from None
         return None
     try:
-        frame = pd.read_parquet(io.BytesIO(data))
+        frame = parquet_frame(data)
     except Exception as exc:  # pyarrow raises many types for truncated/foreign files
         raise ResultsError(f"{redact(path)}: not a readable Parquet file ({type(exc).__name__}: {redact(str(exc))}); "
                            "was it truncated or written by another program?") from None
@@ -295,16 +306,14 @@ def points_frame(evals: list[dict], points: Iterable[tuple[int, object, object]]
 
 def write_points_file(location: str, frame: pd.DataFrame) -> str:
     """One trial's per-point results (`points_frame`, without key columns) as a Parquet file, atomically."""
-    buffer = io.BytesIO()
-    compact_points(frame).to_parquet(buffer, index=False)
-    write_bytes_atomic(location, buffer.getvalue())
+    write_bytes_atomic(location, parquet_bytes(compact_points(frame)))
     return location
 
 
 def read_points_file(location: str) -> pd.DataFrame:
     """A file of `write_points_file`; a ResultsError names it when it is not one."""
     try:
-        frame = pd.read_parquet(io.BytesIO(read_bytes(location)))
+        frame = parquet_frame(read_bytes(location))
     except Exception as exc:  # pyarrow raises many types for truncated/foreign files
         raise ResultsError(f"{location}: not a readable per-point results file ({type(exc).__name__}: {exc})") from None
     missing = [c for c in POINT_EVAL_KEY + ["index", "correct"] if c not in frame.columns]
