@@ -199,3 +199,27 @@ def test_journal_of_a_study_on_object_storage_is_kept_locally_and_copied(tmp_pat
         f"{tmp_path}/n/optuna.journal", None)
     Path(local).unlink()
 
+
+
+def test_trials_left_running_by_a_killed_driver_are_settled_as_their_records_say(tmp_path):
+    from dpnp_ray.study.optuna_search import ORPHANED, settle_orphaned_trials
+
+    storage = make_storage(str(tmp_path / "optuna.journal"))
+    study = optuna.create_study(study_name="s", storage=storage, directions=["maximize", "maximize"])
+    told = study.ask()
+    study.tell(told, [0.9, 0.5])
+    ran, stopped, lost = study.ask(), study.ask(), study.ask()  # asked; then the driver was killed
+    for trial, status in ((ran, "completed"), (stopped, "stopped")):
+        records.write_record(str(tmp_path), {"trial_id": records.trial_id({"optuna_trial": trial.number}, "search"),
+                                             "status": status,
+                                             "final_metrics": {"val_clean_acc": 0.8, "val_robust_acc": 0.4}})
+    settled = settle_orphaned_trials(storage, "s", str(tmp_path), ["val_clean_acc", "val_robust_acc"])
+    assert settled == [ran.number, stopped.number, lost.number]
+    trials = {t.number: t for t in optuna.load_study(study_name="s", storage=storage).trials}
+    assert not [t for t in trials.values() if t.state == optuna.trial.TrialState.RUNNING]
+    assert trials[told.number].values == [0.9, 0.5]  # untouched
+    assert trials[ran.number].state == optuna.trial.TrialState.COMPLETE and trials[ran.number].values == [0.8, 0.4]
+    assert trials[stopped.number].state == optuna.trial.TrialState.PRUNED
+    assert trials[lost.number].state == optuna.trial.TrialState.FAIL
+    assert trials[lost.number].user_attrs["ended_by"] == ORPHANED
+    assert settle_orphaned_trials(storage, "s", str(tmp_path), ["val_clean_acc", "val_robust_acc"]) == []

@@ -26,7 +26,7 @@ from ..ray_train import STOP_LATENCY_EPOCHS, TIME_ATTR, find_final_record
 from ..registry import Registry
 from . import preflight
 from .cluster import plan_concurrency, prepare, resolve
-from .records import ENDED, train_run_name, trial_id
+from .records import ENDED, read_record, record_path, train_run_name, trial_id
 from .settings import StudyError, StudySettings
 from .tune import StopAtEpochEnd, build_tuner, finish
 
@@ -285,7 +285,9 @@ def run_search(base: dict[str, Any], settings: StudySettings, *, trials: int, sp
                                   metric=metric if single else None, mode=mode if single else None)
     tuner = build_tuner(settings, base, "search", tune_config=tune_config)
     try:
-        written = finish(tuner.fit(), settings, base, "search")
+        written = finish(tuner.fit(), settings, base, "search")  # raises when trials are left to --resume
+        settle_orphaned_trials(storage, settings.name, settings.directory,
+                               list(metric) if isinstance(metric, list) else [metric])
     finally:
         if journal_copy and Path(storage_location).exists():  # also when interrupted: --resume starts from it
             results.write_bytes_atomic(journal_copy, results.local_path(storage_location).read_bytes())
@@ -298,6 +300,36 @@ def run_search(base: dict[str, Any], settings: StudySettings, *, trials: int, sp
     written["pareto"] = results.write_table(settings.directory, "pareto", front[[c for c in keep if c in front]])
     written["optuna_storage"] = journal_copy or storage_location
     return written
+
+
+ORPHANED = ("proposed by Optuna but lost to Tune when the study's driver stopped: it never trained here, and "
+            "another trial took its place on --resume")
+"""the `ended_by` user attribute of an Optuna trial that settle_orphaned_trials failed"""
+
+
+def settle_orphaned_trials(storage, study_name: str, study_dir: str, objectives: list[str]) -> list[int]:
+    """After a search ended with every Tune trial ended, end the Optuna trials still RUNNING: they were asked
+    from Optuna just before a driver was killed, after Tune last saved its state, so no Tune trial will ever
+    report them. A trial whose record has ended (it trained, but its end never reached Optuna) gets that end:
+    completed -> COMPLETE with the record's objective values, stopped -> PRUNED, failed -> FAIL; any other
+    gets FAIL with user attribute `ended_by` (ORPHANED). Optuna then agrees with trials.parquet.
+    Returns the numbers of the trials settled."""
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    settled = []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        record = read_record(record_path(study_dir, trial_id({"optuna_trial": trial.number}, "search")))
+        status = (record or {}).get("status")
+        values = [(record.get("final_metrics") or {}).get(name) for name in objectives] if record else []
+        if status == "completed" and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            study.tell(trial.number, [float(v) for v in values])
+        elif status == "stopped":
+            study.tell(trial.number, state=optuna.trial.TrialState.PRUNED)
+        else:
+            if status != "failed":
+                study._storage.set_trial_user_attr(trial._trial_id, "ended_by", ORPHANED)
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        settled.append(trial.number)
+    return settled
 
 
 def journal_locations(settings: StudySettings, optuna_storage: str | None,
