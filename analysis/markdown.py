@@ -238,8 +238,7 @@ def autoattack_standard_sections(study: report.Study) -> list[str]:
 def plan_sections(study: report.Study) -> list[str]:
     """The declared analysis plan and its verdicts (analysis/verdicts.py), then the note that the rest is
     descriptive."""
-    plan = verdicts.study_plan(study)
-    table = verdicts.verdicts(study, plan)
+    plan, table = study.planned_verdicts
     parts = ["### Plan and verdicts", "", *(line for text in verdicts.plan_text(plan) for line in (text, ""))]
     if table.empty:
         return parts + [f"_No verdicts: the reference `{plan.reference}` has no completed trial._", "",
@@ -284,6 +283,7 @@ def study_markdown(study: report.Study, *, commands: Sequence[str] = (), figure_
     if commands:
         parts += ["**Command**", "", "```bash", *commands, "```", ""]
     code = ", ".join(dict.fromkeys(trials["code_version"].dropna().astype(str))) if "code_version" in trials else "—"
+    parts += [f"**Result.** {report.result_line(study)}", ""]
     parts += [f"**Study** `{study.name}`: {len(trials)} trials ({statuses}); {_settings_line(trials)} "
               f"Code version: {code}.", ""]
     if study.kind == "search":

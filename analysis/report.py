@@ -77,6 +77,14 @@ class Study:
         the study has none (studies older than it)."""
         return _named_variants(read_table(self.directory, "points", required=False))
 
+    @functools.cached_property
+    def planned_verdicts(self):
+        """(plan, verdict table) of an ablation (analysis/verdicts.py): computed once, read by every section."""
+        from analysis import verdicts
+
+        plan = verdicts.study_plan(self)
+        return plan, verdicts.verdicts(self, plan)
+
     @property
     def journal(self) -> str | None:
         """The search's Optuna storage if there is one to read (--optuna-storage, or <directory>/optuna.journal)."""
@@ -234,8 +242,24 @@ def ci_text(values: pd.Series) -> str:
     return f"{_pct(ci.mean)} (n=1)" if ci.n == 1 else f"{_pct(ci.mean)} ± {_pct(ci.half_width)} (n={ci.n})"
 
 
+POINT_COUNT_COLUMNS = {"aa_acc": "aa_n", "pgd_aa_gap": "aa_n", "worst_case_acc": "worst_case_n",
+                       "square_acc": "square_n", "corruption_acc": "corruption_n"}
+"""the trials.parquet column holding how many test points each accuracy was measured on (default: eval_n)"""
+
+
+def points_measured(trials: pd.DataFrame, metric: str) -> str:
+    """'359 test points' (or '100-359 test points' when trials differ) for an accuracy column; '' if unknown."""
+    column = POINT_COUNT_COLUMNS.get(metric, "eval_n")
+    values = sorted(set(pd.to_numeric(trials[column], errors="coerce").dropna().astype(int))) if column in trials else []
+    if not values:
+        return ""
+    count = f"{values[0]}" if len(values) == 1 else f"{values[0]}-{values[-1]}"
+    return f"{count} {'image x corruption pairs' if metric == 'corruption_acc' else 'test points'}"
+
+
 def variant_summary_table(trials: pd.DataFrame, masking: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per variant: seeds completed, trials not completed, accuracies (% mean ± 95% CI), PGD−AA gap, flags, time."""
+    """Per variant: seeds completed, trials not completed, accuracies (% mean ± 95% CI over seeds, the number of
+    test points each stands on in its header), PGD−AA gap, flags, time."""
     frame = trials.copy()
     if "pgd_aa_gap" not in frame.columns and {"pgd_acc", "aa_acc"} <= set(frame.columns):
         frame["pgd_aa_gap"] = frame["pgd_acc"] - frame["aa_acc"]
@@ -245,14 +269,19 @@ def variant_summary_table(trials: pd.DataFrame, masking: pd.DataFrame | None = N
         rows_v = frame[frame["variant"] == variant]
         done = figures.completed(rows_v)
         row = {"variant": variant, "completed": len(done), "not completed": len(rows_v) - len(done)}
-        row.update({f"{figures.label(m) if m != 'pgd_aa_gap' else 'PGD − AA gap'} (%)": ci_text(done[m])
-                    for m in metrics})
+        row.update({_summary_header(frame, m): ci_text(done[m]) for m in metrics})
         if masking is not None and len(masking) and "flagged" in masking.columns:
             flags = masking[masking["variant"] == variant]
             row["masking flags"] = f"{int(flags['flagged'].astype(bool).sum())} of {len(flags)}"
         row["wall s (mean)"] = f"{rows_v['wall_seconds'].mean():.0f}"
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _summary_header(trials: pd.DataFrame, metric: str) -> str:
+    name = figures.label(metric) if metric != "pgd_aa_gap" else "PGD − AA gap"
+    points = points_measured(figures.completed(trials), metric)
+    return f"{name} (%, {points})" if points else f"{name} (%)"
 
 
 def differences_table(trials: pd.DataFrame) -> pd.DataFrame | None:
@@ -308,6 +337,30 @@ def provenance_table(study: Study) -> pd.DataFrame:
              ("report packages", f"plotly {plotly.__version__}, pandas {pd.__version__}, "
                                  f"optuna {optuna_study.optuna.__version__}, scipy {scipy.__version__}")]
     return pd.DataFrame(rows, columns=["item", "value"])
+
+
+def result_line(study: Study) -> str:
+    """What the study found, in words, from its data: an ablation's planned verdicts (verdicts.result_sentence),
+    a search's outcome on validation data."""
+    if study.kind != "search":
+        from analysis import verdicts
+
+        return verdicts.result_sentence(study.planned_verdicts[1], study.planned_verdicts[0])
+    trials = study.trials
+    text = f"{len(trials)} trials (" + ", ".join(f"{n} {s}" for s, n in trials["status"].value_counts().items()) + ")."
+    done = figures.completed(trials)
+    if len(done) and "val_robust_acc" in done and done["val_robust_acc"].notna().any():
+        best = done.loc[done["val_robust_acc"].idxmax()]
+        text += (f" Highest validation robust accuracy: {_pct(best['val_robust_acc'])}% ({best['trial_id']}, "
+                 f"validation clean {_pct(best.get('val_clean_acc', math.nan))}%)")
+        if "clean_acc" in best and "pgd_acc" in best:
+            text += (f"; on the test split {_pct(best['clean_acc'])}% clean and {_pct(best['pgd_acc'])}% PGD "
+                     f"({points_measured(done, 'pgd_acc') or 'test points'}, one seed)")
+        text += "."
+    if study.pareto is not None:
+        text += f" {len(study.pareto)} trial(s) on the Pareto front of the objectives."
+    return text + (" A search selects on validation data and decides no comparison: run its chosen point against "
+                   "the baselines as an ablation with several seeds for that.")
 
 
 def pareto_trials_table(study: Study) -> pd.DataFrame | None:
@@ -386,6 +439,7 @@ def render_html(study: Study, drawn: Figures) -> str:
 <script type="text/javascript">{plotly.offline.get_plotlyjs()}</script>
 </head><body>
 <h1>{html.escape(title)}</h1>
+<p class="result"><b>Result.</b> {html.escape(result_line(study))}</p>
 <p>{len(drawn.drawn)} figures from <code>{html.escape(str(study.directory))}</code>.</p>
 <nav><ul>{''.join(toc)}</ul></nav>
 <section id="summary"><h2>Summary</h2>{''.join(summary)}</section>
@@ -405,8 +459,7 @@ def plan_html(study: Study) -> str:
     the note that the rest of the report is descriptive (analysis/verdicts.py)."""
     from analysis import verdicts
 
-    plan = verdicts.study_plan(study)
-    table = verdicts.verdicts(study, plan)
+    plan, table = study.planned_verdicts
     lines = "".join(f"<p>{html.escape(text)}</p>" for text in verdicts.plan_text(plan))
     if table.empty:
         body = f"<p class='note'>No verdicts: the reference {html.escape(plan.reference)!s} has no completed trial.</p>"

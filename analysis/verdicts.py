@@ -284,6 +284,40 @@ def verdict_rows(table: pd.DataFrame, plan: AnalysisPlan, emphasis: bool = False
     })
 
 
+def result_sentence(table: pd.DataFrame, plan: AnalysisPlan) -> str:
+    """The study's result in words, one sentence per primary endpoint, from the verdicts and nothing else:
+    decided comparisons with their difference and interval, equivalences with their margin, and how many are
+    inconclusive with the differences the study could have detected (MDE)."""
+    if table.empty:
+        return f"No verdicts: the reference `{plan.reference}` has no completed trial."
+    sentences = []
+    for endpoint in plan.primary:
+        rows = table[table["endpoint"] == endpoint]
+        if rows.empty:
+            continue
+        sizes = sorted({f"{s} seeds x {i} test images" if i else f"{s} seeds"
+                        for s, i in zip(rows["n_seeds"], rows["n_images"])})
+        said = []
+        for row in rows.itertuples():
+            if row.verdict in ("better", "worse"):
+                said.append(f"`{row.variant}` {row.verdict} than `{row.reference}` by "
+                            f"{_points(abs(row.difference))} pp (interval [{_points(row.low, True)}, "
+                            f"{_points(row.high, True)}])")
+        equivalent = [f"`{v}`" for v in rows.loc[rows["verdict"] == "equivalent", "variant"]]
+        if equivalent:
+            said.append(f"{', '.join(equivalent)} equivalent to `{plan.reference}` within ±{plan.margin:g} pp")
+        open_rows = rows[rows["verdict"] == "inconclusive"]
+        if len(open_rows):
+            mde = open_rows["mde"][np.isfinite(open_rows["mde"].astype(float))]
+            span = (_points(mde.min()) if len(mde) and _points(mde.min()) == _points(mde.max())
+                    else f"{_points(mde.min())}-{_points(mde.max())}" if len(mde) else "")
+            detectable = f"; this study detects differences of {span} pp with power {MDE_POWER:g}" if span else ""
+            said.append(f"{len(open_rows)} of {len(rows)} comparisons inconclusive "
+                        f"({', '.join(f'`{v}`' for v in open_rows['variant'])}{detectable})")
+        sentences.append(f"On {figures.label(endpoint)} ({', '.join(sizes)}): {'; '.join(said)}.")
+    return " ".join(sentences)
+
+
 def test_split_size(study) -> int | None:
     """The test split's size, from the clean evaluation rows of evals.parquet (one value), else None."""
     evals = study.evals

@@ -3,7 +3,7 @@
     python studies/autoattack_standard.py results/ablation_digits --variants full pgd_at trades --seeds 0 1 2 3 4
 
 Each trial's selected model (the best-validation weights its last epoch checkpoint holds) is rebuilt from
-<study>/train/<study>-<variant>-s<seed>/, its clean accuracy recomputed and checked against the trial's
+<study>/ray/train/<study>-<variant>-s<seed>/, its clean accuracy recomputed and checked against the trial's
 record (so the model is the one the study evaluated), then attacked with the original AutoAttack, version
 `standard`, at the trial's eval_eps in fp32. Rows go to <study>/autoattack_standard.csv (one per trial);
 `python -m analysis.markdown` shows them next to the study's own AutoAttack (`apgd` in the quick suite).
@@ -24,7 +24,8 @@ from dpnp_ray.config import ExperimentConfig
 from dpnp_ray.data import to_float
 from dpnp_ray.evaluate.external import autoattack, autoattack_code_version
 from dpnp_ray.ray_train import STATE_FILE
-from dpnp_ray.study.records import read_record, record_path
+from dpnp_ray.study.records import read_record, record_path, train_run_name
+from dpnp_ray.study.settings import ray_path
 from dpnp_ray.training_loop import load_data, model_from_config
 
 OUTPUT = "autoattack_standard.csv"
@@ -32,7 +33,7 @@ OUTPUT = "autoattack_standard.csv"
 
 def selected_weights(study_dir: Path, study: str, trial_id: str) -> tuple[dict, dict]:
     """(config, best-validation state_dict) from the trial's last epoch checkpoint."""
-    run = study_dir / "train" / f"{study}-{trial_id}"
+    run = Path(ray_path(str(study_dir), "train", train_run_name(study, trial_id)))
     epochs = sorted(run.glob("epoch_*/" + STATE_FILE))
     if not epochs:
         raise FileNotFoundError(f"{run}: no epoch_*/{STATE_FILE} checkpoint (was the study run with this storage?)")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import select
 import signal
 import secrets
 import shutil
@@ -107,11 +109,15 @@ def session_members(sid: int) -> list[int]:
 
 def end_session(sid: int, grace: float = 10, timeout: float = 60) -> None:
     """End every process of session `sid`, by PID: SIGTERM, then SIGKILL to what is left after `grace` seconds,
-    and wait until none is left (grace 0: SIGKILL at once)."""
+    and wait until none is left (grace 0: SIGKILL at once). Woken by each exit (wait_for_exit), not a timer."""
     started = time.monotonic()
     signalled: set[tuple[int, int]] = set()
     while members := session_members(sid):
-        sig = signal.SIGTERM if time.monotonic() - started < grace else signal.SIGKILL
+        now = time.monotonic()
+        if now - started > timeout:
+            raise AssertionError(f"processes {members} of session {sid} outlived SIGKILL")
+        term = now - started < grace
+        sig = signal.SIGTERM if term else signal.SIGKILL
         for pid in members:
             if (pid, sig) not in signalled:
                 signalled.add((pid, sig))
@@ -119,9 +125,92 @@ def end_session(sid: int, grace: float = 10, timeout: float = 60) -> None:
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     pass
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"processes {members} of session {sid} outlived SIGKILL")
-        time.sleep(0.1)  # signals are delivered asynchronously; poll their effect
+        wait_for_exit(members, (started + (grace if term else timeout)) - now)
+
+
+def wait_for_exit(pids: list[int], seconds: float) -> None:
+    """Return as soon as one of `pids` has exited (or is gone already), or after `seconds`: each PID's pidfd
+    becomes readable when the process ends (Linux >= 5.3)."""
+    fds = []
+    try:
+        for pid in pids:
+            try:
+                fds.append(os.pidfd_open(pid))
+            except ProcessLookupError:
+                return
+        select.select(fds, [], [], max(seconds, 0))
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def wait_for_line(proc: subprocess.Popen, predicate, timeout: float = 600, what: str = "") -> str:
+    """The first line of `proc`'s stdout (a text pipe) for which predicate(line) holds, read as it arrives (the
+    pipe wakes us); AssertionError if the output ends first or after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while (remaining := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([proc.stdout], [], [], remaining)
+        if not ready:
+            break
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"the output ended (exit {proc.wait()}) before {what or predicate}")
+        if predicate(line):
+            return line
+    raise AssertionError(f"not within {timeout} s: {what or predicate}")
+
+
+class FileEvents:
+    """Waits for a condition on the files under a folder, woken by the kernel's file events (inotify) and by
+    the exit of a watched process (its pidfd), never by a polling timer. Folders made later are watched as
+    they appear; the condition is checked after every wake-up, so nothing written meanwhile is missed."""
+
+    _MASK = 0x2 | 0x8 | 0x80 | 0x100 | 0x200  # IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self._fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
+        self._watched: set[str] = set()
+
+    def __enter__(self) -> "FileEvents":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.close(self._fd)
+
+    def _watch_tree(self) -> None:
+        for folder, _, _ in os.walk(self.root):
+            if folder not in self._watched and self._libc.inotify_add_watch(self._fd, os.fsencode(folder),
+                                                                            self._MASK) >= 0:
+                self._watched.add(folder)
+
+    def wait(self, condition, *, proc: subprocess.Popen | None = None, timeout: float = 600, what: str = ""):
+        """condition()'s first truthy value; AssertionError if `proc` ends first or after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        pidfd = os.pidfd_open(proc.pid) if proc is not None else None
+        try:
+            while True:
+                self._watch_tree()
+                value = condition()
+                if value:
+                    return value
+                if proc is not None and proc.poll() is not None:
+                    raise AssertionError(f"the process ended (exit {proc.returncode}) before {what or condition}")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"not within {timeout} s: {what or condition}")
+                select.select([self._fd] + ([pidfd] if pidfd is not None else []), [], [], remaining)
+                try:
+                    while os.read(self._fd, 65536):
+                        pass
+                except BlockingIOError:
+                    pass
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
 
 
 def kill_study(proc: subprocess.Popen, timeout: float = 60) -> None:

@@ -48,7 +48,8 @@ def test_smoke_ablation_writes_documented_tables(smoke_study):
     epochs = results.read_table(directory, "epochs")
     assert epochs.groupby("trial_id")["epoch"].apply(sorted).tolist() == [[0, 1], [0, 1]]
     for trial_id in trials["trial_id"]:  # what Tune (and every tracker) got: one report per epoch, one final
-        reports = [json.loads(line) for line in (directory / trial_id / "result.json").read_text().splitlines()]
+        reports = [json.loads(line) for line in (directory / "ray" / "tune" / trial_id / "result.json").read_text()
+                   .splitlines()]
         assert [r.get("epochs_done") for r in reports] == [1, 2, None], trial_id
         assert reports[-1]["trial_status"] == "completed" and "clean_acc" in reports[-1]
     assert epochs["val_robust_acc"].between(0, 1).all() and (epochs["images_per_s"] > 0).all()
@@ -70,6 +71,12 @@ def test_smoke_ablation_writes_documented_tables(smoke_study):
     assert {"eps_monotone", "pgd_aa_gap", "unbounded_eps"} <= set(masking["check"])
     geometry = results.read_table(directory, "geometry")
     assert set(geometry["variant"]) == {"full", "pgd_at"}
+    # the top of the study directory: the project's own outputs; Ray's files are in one subfolder
+    assert {p.name for p in directory.iterdir()} == {
+        "study.yaml", "trials", "models", "best", "points", "ray",
+        *(f"{table}.parquet" for table in ("trials", "epochs", "evals", "points", "masking", "geometry"))}
+    assert {p.name for p in (directory / "ray").iterdir()} <= {"tune", "train", "stop_requests"}
+    assert (directory / "ray" / "tune" / "tuner.pkl").is_file()
 
 
 def test_resume_of_finished_study_reruns_nothing_and_keeps_one_row_each(smoke_study):
@@ -173,7 +180,7 @@ def test_search_with_asha_records_each_trial_as_optuna_does_and_loses_no_work(tm
         else:  # stopped at or after ASHA's first rung, before its test evaluation
             assert len(trained) >= 1 and math.isnan(row["clean_acc"])
     # no completed work is lost: every final record in the Train runs' storage is in the table as it says
-    finals = list((directory / "train").glob("asha-*/final_*/final.json"))
+    finals = list((directory / "ray" / "train").glob("asha-*/final_*/final.json"))
     assert len({f.parent.parent for f in finals}) == len(trials)
     by_id = trials.set_index("trial_id")
     for final in finals:

@@ -220,3 +220,35 @@ def test_the_page_and_the_report_show_the_plan_and_verdicts_before_the_descripti
     table = verdicts.verdicts(study)
     for verdict in verdicts.VERDICTS:
         assert html.count(f"<td>{verdict}</td>") == (table["verdict"] == verdict).sum(), verdict
+
+
+def test_the_result_sentence_says_what_the_verdicts_say_and_no_more():
+    import math
+
+    import pandas as pd
+
+    from analysis.report import points_measured
+    from analysis.verdicts import result_sentence
+    from dpnp_ray.analysis_plan import AnalysisPlan
+
+    plan = AnalysisPlan(primary=("aa_acc",), reference="full", comparisons=("pgd_at", "no_npr", "no_ppa"), margin=1.0,
+                        alpha=0.05, declared=True)
+    table = pd.DataFrame({"variant": ["pgd_at", "no_npr", "no_ppa"], "reference": "full", "endpoint": "aa_acc",
+                          "n_seeds": 5, "n_images": 100, "difference": [-2.5, 0.1, 0.7], "low": [-3.9, -0.4, -1.2],
+                          "high": [-1.1, 0.6, 2.6], "mde": [1.5, 0.6, 2.25], "verdict": ["worse", "equivalent",
+                                                                                        "inconclusive"]})
+    sentence = result_sentence(table, plan)
+    assert sentence == ("On AutoAttack (5 seeds x 100 test images): `pgd_at` worse than `full` by 2.50 pp (interval "
+                        "[-3.90, -1.10]); `no_npr` equivalent to `full` within ±1 pp; 1 of 3 comparisons inconclusive "
+                        "(`no_ppa`; this study detects differences of 2.25 pp with power 0.8).")
+    assert "better" not in sentence
+    empty = result_sentence(table.iloc[0:0], plan)
+    assert empty == "No verdicts: the reference `full` has no completed trial."
+    # an inconclusive comparison without a spread (no MDE) says nothing about detectable differences
+    table.loc[2, "mde"] = math.nan
+    assert result_sentence(table, plan).endswith("1 of 3 comparisons inconclusive (`no_ppa`).")
+
+    trials = pd.DataFrame({"status": "completed", "eval_n": [359, 359, 200], "aa_n": [100, 100, 100]})
+    assert points_measured(trials, "clean_acc") == "200-359 test points"
+    assert points_measured(trials, "aa_acc") == "100 test points"
+    assert points_measured(trials, "worst_case_acc") == ""  # no worst_case_n column: nothing claimed

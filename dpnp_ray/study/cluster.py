@@ -98,6 +98,18 @@ def check_storage_writable(storage: str) -> None:
                          "can write to, or a shared URI (s3://...) on multi-node clusters") from None
 
 
+def keep_credentials_out_of_runtime_envs() -> None:
+    """Tune copies the driver's AWS_* credentials into every trial's runtime_env (ray.tune.execution.class_cache),
+    and Ray's runtime-env agent logs each runtime_env it creates verbatim, so the secret key ended up in the
+    session's logs/runtime_env_agent.log. A local instance's workers inherit this process's environment anyway
+    (its raylet is started from here), so on a local instance the copy is dropped. (On a cluster it is kept:
+    there it is how a trial on another node gets the driver's credentials; see docs/storage.md.)"""
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE = {name for name in class_cache.ENV_VARS_TO_PROPAGATE
+                                         if not name.startswith("AWS_")}
+
+
 def connect(settings: StudySettings) -> None:
     """Start a local Ray instance, or attach to the running cluster (--cluster / --address)."""
     import ray
@@ -127,6 +139,7 @@ def connect(settings: StudySettings) -> None:
                              "`ray start --head` (and `ray start --address <head>:6379` on the other nodes), "
                              f"or drop --cluster to run on a local instance{maybe_auth}") from None
         return
+    keep_credentials_out_of_runtime_envs()
     # The dashboard serves the state API that Ray Train's placement-group cleaner needs: without it,
     # the workers of a trial whose driver died keep their CPUs and later trials hang. It listens on
     # loopback only. The cleaner finds the state API by auto-detection (the newest Ray instance on the

@@ -60,7 +60,7 @@ from ..analysis_plan import DEFAULT_ANALYSIS, analysis_problems, full_analysis
 from ..config import SEED_MAX, ConfigError, ExperimentConfig, parse_assignments
 from ..provenance import error_line, redact
 from .records import checked_id, read_records
-from .settings import StudyError, name_problem
+from .settings import RAY_FOLDER, StudyError, name_problem
 from .trackers import parse_log_to
 
 STUDY_FILE = "study.yaml"
@@ -288,8 +288,9 @@ def _refuse_config_seed(flags: dict[str, Any], file: dict[str, Any], location: s
                          f"(or --seeds {seed}) instead")
 
 
-STUDY_CONTENT = (STUDY_FILE, "trials", "optuna.journal", "tuner.pkl")
-"""What makes a directory a study's: any of these there means a study ran (or started) in it."""
+STUDY_CONTENT = (STUDY_FILE, "trials", "optuna.journal", RAY_FOLDER, "tuner.pkl")
+"""What makes a directory a study's: any of these there means a study ran (or started) in it (`tuner.pkl` at
+the top: a study written before Ray's files moved into RAY_FOLDER)."""
 
 
 def _check_unclaimed(directory: str, study: dict[str, Any], kind: str) -> None:

@@ -7,7 +7,7 @@ turns those records into the Parquet tables of results.py; it runs at the end of
 can be re-run at any time (one row per trial and per trial-epoch, always).
 
 A trial's id names it everywhere: `<variant>-s<seed>` in an ablation, `optuna-<number>` (its Optuna
-trial number) in a search; its Train run is `<study>-<trial_id>` under `<study dir>/train/`. A failed
+trial number) in a search; its Train run is `<study>-<trial_id>` under `<study dir>/ray/train/`. A failed
 trial's record holds its error in one line; the full traceback is in `<study dir>/logs/<trial_id>.log`
 (the record's `error_log`).
 """

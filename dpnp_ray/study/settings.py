@@ -8,6 +8,21 @@ from .. import results
 from ..ray_train import Scaling
 
 
+RAY_FOLDER = "ray"
+"""The one subfolder of a study directory that holds Ray's own files: Tune's experiment (`ray/tune/`: its
+state, the searcher's, a folder per trial with the `tune` runner's checkpoints and TensorBoard's events),
+Train's runs (`ray/train/<study>-<trial_id>/`) and the scheduler's stop requests (`ray/stop_requests/`).
+Everything else at the top is the project's own output (docs: the study directory)."""
+
+
+TUNE_EXPERIMENT = "tune"
+
+
+def ray_path(study_dir: str, *parts: str) -> str:
+    """A location inside a study's RAY_FOLDER."""
+    return results.join(study_dir, RAY_FOLDER, *parts)
+
+
 class StudyError(RuntimeError):
     """A study cannot start or continue; the message says what to do."""
 
@@ -46,5 +61,14 @@ class StudySettings:
         return results.join(self.storage, self.name)
 
     @property
+    def tune_storage(self) -> str:
+        """Tune's storage_path: the experiment (RunConfig name TUNE_EXPERIMENT) lies in it."""
+        return ray_path(self.directory)
+
+    @property
+    def tune_experiment(self) -> str:
+        return ray_path(self.directory, TUNE_EXPERIMENT)
+
+    @property
     def train_storage(self) -> str:
-        return results.join(self.directory, "train")
+        return ray_path(self.directory, "train")

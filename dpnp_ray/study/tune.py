@@ -34,7 +34,7 @@ from ..ray_train import (FINAL_FILE, FINAL_PREFIX, Scaling, TrialIO, find_final_
 from .cluster import alive_nodes, trial_request
 from .records import (ENDED, export, model_path, one_line_error, points_path, read_record, record_path,
                       train_run_name, trial_id, write_error_log, write_record)
-from .settings import StudyError, StudySettings
+from .settings import RAY_FOLDER, TUNE_EXPERIMENT, StudyError, StudySettings, ray_path
 
 #: variant name -> config overrides; ablation studies pass theirs, a search has none
 VariantOverrides = dict[str, dict[str, Any]]
@@ -129,7 +129,7 @@ def describe_trial(context: StudyContext, params: dict[str, Any]):
 
 def stop_request_path(study_dir: str, trial: str) -> str:
     """Where the scheduler asks a trial to stop (ray_train.py looks after every epoch)."""
-    return results.join(study_dir, "stop_requests", trial)
+    return ray_path(study_dir, "stop_requests", trial)
 
 
 def _report_outcome(record: dict[str, Any]) -> None:
@@ -322,16 +322,20 @@ def build_tuner(settings: StudySettings, base: dict[str, Any], kind: str, *,
     bound = tune.with_parameters(run_trial, context=context, log_level="INFO" if settings.verbose else "WARNING",
                                  progress_every_s=PROGRESS_EVERY_S if sys.stdout.isatty() else 0.0)
     bound = tune.with_resources(bound, trial_request(settings.scaling, alive_nodes()))
-    experiment_path = results.join(settings.storage, settings.name)
+    experiment_path = settings.tune_experiment
     if settings.resume:
         if not tune.Tuner.can_restore(experiment_path):
+            if tune.Tuner.can_restore(settings.directory):
+                raise StudyError(f"--resume: {redact(settings.directory)} was written by an older dpnp_ray, with Ray's "
+                                 f"files at its top instead of in {RAY_FOLDER}/; resume it with that version, or start "
+                                 "it again under another --name")
             raise StudyError(f"--resume: no Tune experiment to restore at {redact(experiment_path)}; "
                              "check --storage and --name, or drop --resume to start afresh")
         return tune.Tuner.restore(experiment_path, trainable=bound, resume_errored=True)
     callbacks = tracker_callbacks(settings.log_to, study_dir=settings.directory, study=settings.name, kind=kind,
                                   mlflow_tracking_uri=settings.mlflow_tracking_uri,
                                   describe=functools.partial(describe_trial, context))
-    run_config = tune.RunConfig(name=settings.name, storage_path=settings.storage,
+    run_config = tune.RunConfig(name=TUNE_EXPERIMENT, storage_path=settings.tune_storage,
                                 failure_config=tune.FailureConfig(max_failures=tune_retries(settings)),
                                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),  # the `tune` runner's
                                 callbacks=[RecordErroredTrials(context), *callbacks]
