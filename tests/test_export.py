@@ -112,7 +112,7 @@ def test_foreign_directories_are_refused(exported, tmp_path):
         load_model(exported)
 
 
-def test_evaluate_writes_rows_beside_the_model_never_into_it(trained, exported, digits, tmp_path):
+def test_evaluate_writes_rows_beside_the_model_never_into_it(trained, exported, digits, tmp_path, capsys):
     import os
 
     from dpnp_ray.evaluate.__main__ import default_out, evaluation_config, main
@@ -121,6 +121,7 @@ def test_evaluate_writes_rows_beside_the_model_never_into_it(trained, exported, 
     assert (full.eval_suite, full.eval_n, full.eval_aa_n) == ("full", 0, 0)  # AutoAttack standard, every point
     model_files = sorted(os.listdir(exported))
     assert main([exported, "--suite", "basic", "--device", "cpu"]) == 0
+    assert "evaluate: threat_model (0s so far" in capsys.readouterr().out  # progress as each part starts
     assert sorted(os.listdir(exported)) == model_files  # the model directory holds the model only
     out = default_out(exported)
     assert out == f"{exported.rstrip('/')}-evaluations"  # not a study's model: a sibling folder
@@ -177,3 +178,20 @@ def test_main_exports_its_model_and_retrains_a_best_config(tmp_path, digits):
     assert metadata["config"]["seed"] == 3 and metadata["config"]["eval_n"] == 50  # the file, then key=value
     assert metadata["trial"]["trial_id"] == "single" and metadata["metrics"]["eval_n"] == 50
     assert load_model(str(out))(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_the_time_left_comes_from_the_study_evaluation_scaled_by_points_and_calibrated_as_parts_finish():
+    from dpnp_ray.config import ExperimentConfig
+    from dpnp_ray.evaluate.suite import _Timer, part_estimates
+
+    earlier = {"seconds_threat_model": 2.0, "seconds_autoattack": 5.0, "seconds_corruptions": 9.0, "eval_n": 100}
+    now = ExperimentConfig.from_dict({"eval_n": 0, "eval_aa_n": 0})  # the whole test split of 359 points
+    estimates = part_estimates(earlier, {"eval_n": 100, "eval_aa_n": 50}, now, 359)
+    # threat model: 100 -> 359 points; AutoAttack: its 50-point subset -> 359; corruptions: not scaled by these
+    assert estimates == {"threat_model": 2.0 * 359 / 100, "autoattack": 5.0 * 359 / 50}
+    timer = _Timer(estimates={"a": 10.0, "b": 20.0, "c": 30.0})
+    assert timer.time_left() == 60.0
+    timer.seconds["seconds_a"] = 20.0  # part a took twice its estimate: the rest will too
+    assert timer.time_left() == 100.0
+    timer.seconds.update(seconds_b=1.0, seconds_c=1.0)
+    assert timer.time_left() is None

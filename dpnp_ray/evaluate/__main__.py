@@ -7,7 +7,9 @@ directory (which stays the model and nothing else): to `--out`, by default `<stu
 for a study's model (`<study>/models/<trial_id>`) and `<model dir>-evaluations/` for any other, in the results
 schema: evals.parquet (and corruptions, geometry, masking, points .parquet), keyed by the trial's study,
 trial_id, variant and seed, plus evaluation-<suite>.json with the summary and every accuracy measured. Rows
-of other suite levels already there are kept. `--set FIELD=VALUE` changes evaluation fields (e.g. eval_n=1000 for a
+of other suite levels already there are kept. As each part of the suite starts it prints a line with the time
+so far and about how long the rest takes (the study's own evaluation of the model, part by part, scaled to the
+points evaluated now and recalibrated as parts finish). `--set FIELD=VALUE` changes evaluation fields (e.g. eval_n=1000 for a
 quicker look, data_root=/data when the data moved).
 """
 
@@ -57,7 +59,7 @@ def evaluate_model(directory: str, suite: str = "full", *, device: str = "auto",
     from ..devices import Precision, resolve_device
     from ..distributed import LocalEnvironment
     from ..training_loop import load_data
-    from .suite import check_inputs, run_suite
+    from .suite import check_inputs, part_estimates, run_suite
 
     out = out or default_out(directory)
     if _same_location(out, directory):
@@ -72,7 +74,9 @@ def evaluate_model(directory: str, suite: str = "full", *, device: str = "auto",
     # fp32 whatever the training precision: bf16/fp16 logits round attack gradients and margins.
     precision = Precision.choose("fp32", env.device)
     started = time.perf_counter()
-    result = run_suite(net, data, cfg, env, precision)
+    # progress with the time left, estimated from the study's own (smaller) evaluation of this model
+    estimates = part_estimates(metadata.get("metrics") or {}, metadata["config"], cfg, len(data.test))
+    result = run_suite(net, data, cfg, env, precision, log=log, estimates=estimates)
     seconds = time.perf_counter() - started
     trial = metadata.get("trial") or {}
     keys = {k: trial.get(k) for k in results.KEY_COLUMNS}

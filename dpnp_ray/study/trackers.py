@@ -9,7 +9,7 @@ the scheduler stopped, FAILED), and, for a local study directory, the exported m
 study.yaml are its artifacts. TensorBoard gets an HParams summary per trial (its HParams tab compares
 trials); W&B gets the same config.
 
-    tensorboard  event files in each trial's Tune directory, <storage>/<name>/<trial_id>/events.out.tfevents.*
+    tensorboard  event files in each trial's Tune directory, <storage>/<name>/ray/tune/<trial_id>/events.out.tfevents.*
                  (`tensorboard --logdir <storage>/<name>`); tensorboardX comes with ray[tune]
     mlflow       one MLflow experiment named after the study; by default a SQLite store
                  <storage>/<name>/mlflow.db (`mlflow ui --backend-store-uri sqlite:///<that file>`),
@@ -347,6 +347,6 @@ def tracker_locations(log_to: tuple[str, ...], *, study_dir: str, mlflow_trackin
         uri = resolve_mlflow_uri(study_dir, mlflow_tracking_uri)
         where["mlflow"] = f"mlflow ui --backend-store-uri {redact(uri)}"
     if "wandb" in log_to:
-        where["wandb"] = ("offline runs in each trial's directory: wandb sync " + f"{study_dir}/*/wandb/offline-run-*"
+        where["wandb"] = ("offline runs in each trial's directory: wandb sync " + f"{study_dir}/ray/tune/*/wandb/offline-run-*"
                           if wandb_offline() else f"W&B project {os.environ.get('WANDB_PROJECT', WANDB_PROJECT)}")
     return where
