@@ -3,7 +3,8 @@
 Images are stored un-normalized (uint8, or float32 in [0, 1]) because the threat model
 (L-inf eps) is defined on [0, 1] pixels; normalization lives in the model (see `DatasetInfo`).
 Loaders read the released files themselves, so nothing here unpickles arbitrary objects:
-CIFAR pickles go through `_RestrictedUnpickler`, which only rebuilds numpy arrays.
+CIFAR pickles are read by `safe_pickle`, which interprets their opcodes itself and builds only plain
+numeric arrays, never calling anything a pickle names.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import gzip
 import math
 import numbers
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from . import safe_pickle
 from .registry import Registry
 
 
@@ -285,50 +286,14 @@ def make_loader(
 
 # ---------------------------------------------------------------- pickles (CIFAR)
 
-# What numpy arrays inside dicts/lists need, across numpy 1.x/2.x and pickle protocols 0-5.
-_PICKLE_ALLOWED = frozenset(
-    {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.numeric", "_frombuffer"),  # protocol 5
-        ("numpy._core.numeric", "_frombuffer"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("_codecs", "encode"),  # bytes under protocol < 3 written by Python 3
-        *((mod, name) for mod in ("builtins", "__builtin__") for name in ("set", "frozenset", "bytearray")),
-    }
-)
-_NUMPY_CORE = "numpy._core" if int(np.__version__.split(".")[0]) >= 2 else "numpy.core"
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Resolves only the globals in _PICKLE_ALLOWED, so a tampered file cannot run code."""
-
-    def __init__(self, file, path: Path):
-        # encoding="bytes": the released files are Python 2 pickles whose str keys become bytes.
-        super().__init__(file, encoding="bytes")
-        self.path = path
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in _PICKLE_ALLOWED:
-            raise DataError(
-                f"{self.path}: pickle refers to {module}.{name}, which a dataset file never needs; "
-                "refusing to load it (the file is corrupt or tampered with; delete it and download again)"
-            )
-        # Files written under the other numpy major version name the other private module.
-        for prefix in ("numpy.core.", "numpy._core."):
-            if module.startswith(prefix):
-                module = f"{_NUMPY_CORE}.{module[len(prefix):]}"
-        return super().find_class(module, name)
-
-
 def _unpickle(path: Path) -> dict[str, object]:
     """A released CIFAR file as a dict with str keys (the files' keys are Python 2 byte strings)."""
     try:
-        with open(path, "rb") as f:
-            obj = _RestrictedUnpickler(f, path).load()
-    except (pickle.UnpicklingError, EOFError) as e:
-        raise DataError(f"{path}: not a readable pickle ({e}); delete it and download again") from e
+        obj = safe_pickle.loads(path.read_bytes())
+    except safe_pickle.RefusedPickle as e:
+        raise DataError(
+            f"{path}: {e}; refusing to load it (the file is corrupt or tampered with; delete it and download again)"
+        ) from None
     if not isinstance(obj, dict):
         raise DataError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
@@ -345,7 +310,10 @@ def _cifar_split(paths: list[Path], label_key: str, num_classes: int) -> Split:
     for path in paths:
         batch = _unpickle(path)
         data = np.asarray(_field(batch, "data", path))
-        y = np.asarray(_field(batch, label_key, path), dtype=np.int64)
+        try:
+            y = np.asarray(_field(batch, label_key, path), dtype=np.int64).reshape(-1)
+        except (TypeError, ValueError, OverflowError):
+            raise DataError(f"{path}: field {label_key!r} must be a list of int labels") from None
         if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(y) != len(data):
             raise DataError(
                 f"{path}: field 'data' must be uint8 (N, 3072) with N = len({label_key!r}) = {len(y)}, "

@@ -29,6 +29,7 @@ from dpnp_ray.data import (
     stratified_split,
     to_float,
 )
+from tests.test_safe_pickle import REFUSED
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -294,8 +295,8 @@ def test_val_fraction_outside_unit_interval_is_refused(bad):
 # ---------------------------------------------------------------- CIFAR and SVHN from released-format files
 
 
-# "py2": the release's own byte format; 2 and 5: files re-pickled by Python 3 (5 takes numpy's _frombuffer path).
-@pytest.mark.parametrize("protocol", ["py2", 2, 5])
+# "py2": the release's own byte format; 0-5: files re-pickled by Python 3 (5 takes numpy's _frombuffer path).
+@pytest.mark.parametrize("protocol", ["py2", 0, 2, 4, 5])
 def test_cifar10_reads_released_layout(tmp_path, protocol):
     write_cifar10(tmp_path, per_batch=4, n_test=3, protocol=protocol)
     splits = load_dataset("cifar10", tmp_path, val_fraction=0.5, split_seed=0)
@@ -587,7 +588,28 @@ def test_tampered_pickle_is_refused_without_running_it(tmp_path, nest):
 def test_corrupt_pickle_names_the_file(tmp_path):
     folder = write_cifar10(tmp_path)
     (folder / "test_batch").write_bytes(b"\x80\x02}q\x00")  # truncated
-    with pytest.raises(DataError, match="test_batch"):
+    with pytest.raises(DataError, match="test_batch.*truncated"):
+        load_dataset("cifar10", tmp_path)
+
+
+# Cases of tests/test_safe_pickle.py: a dtype state saying "object" (a crash under pickle), a real object array,
+# a call of os.system, a cut-off file.
+@pytest.mark.parametrize("case", ["dtype state with object flags", "object array, protocol 2", "os.system",
+                                  "truncated batch"])
+def test_crafted_pickles_are_refused_naming_the_file(tmp_path, case):
+    data, found = REFUSED[case]
+    folder = write_cifar10(tmp_path)
+    (folder / "data_batch_2").write_bytes(data)
+    with pytest.raises(DataError) as err:
+        load_dataset("cifar10", tmp_path)
+    msg = str(err.value)
+    assert msg.startswith(f"{folder / 'data_batch_2'}: ") and found in msg and "download again" in msg
+
+
+def test_labels_that_are_not_ints_name_the_file(tmp_path):
+    folder = write_cifar10(tmp_path)
+    dump({b"data": cifar_rows(0, 1), b"labels": [b"cat"]}, folder / "test_batch", 2)
+    with pytest.raises(DataError, match="test_batch: field 'labels' must be a list of int labels"):
         load_dataset("cifar10", tmp_path)
 
 

@@ -12,6 +12,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "dpnp_ray"
 #: modules that hold math on tensors only: no config, no Ray, no study machinery
 PURE = ("dpnp_ray.losses", "dpnp_ray.attacks", "dpnp_ray.models", "dpnp_ray.registry", "dpnp_ray.schedules",
         "dpnp_ray.evaluate.checks", "dpnp_ray.evaluate.geometry")
+#: module -> all it may import: the reader of untrusted pickles uses neither pickle, importlib nor the package
+LEAVES = {"dpnp_ray.safe_pickle": {"__future__", "__future__.annotations", "codecs", "math", "reprlib", "struct",
+                                   "numpy"}}
 #: (importer prefix, forbidden prefix): lower layers never import upper ones
 FORBIDDEN = [
     ("dpnp_ray", "analysis"), ("dpnp_ray", "studies"), ("dpnp_ray", "bench"),
@@ -92,3 +95,10 @@ def test_the_math_knows_no_config_ray_or_study(name):
     bad = [m for m in found if any(_within(m, p) for p in ("dpnp_ray.config", "ray", "dpnp_ray.study",
                                                           "dpnp_ray.ray_train", "dpnp_ray.results"))]
     assert not bad, f"{name} imports {bad}"
+
+
+@pytest.mark.parametrize("name", LEAVES)
+def test_leaves_import_only_what_they_list(name):
+    found = imports(MODULES[name], top_level_only=False)
+    assert found <= LEAVES[name], f"{name} imports {sorted(found - LEAVES[name])}"
+    assert "__import__" not in MODULES[name].read_text()
