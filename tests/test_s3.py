@@ -10,7 +10,6 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ import pytest
 from dpnp_ray import load_model, results
 from dpnp_ray.study.lock import LOCK_FILE, read_lock
 
-from .raytools import PYTHON, REPO, free_port, kill_study, run_script, study_env
+from .raytools import PYTHON, REPO, FileEvents, free_port, kill_study, run_script, study_env, wait_for_line
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 
@@ -43,8 +42,10 @@ class S3:
                              AWS_SECRET_ACCESS_KEY=self.secret, AWS_DEFAULT_REGION="us-east-1",
                              AWS_EC2_METADATA_DISABLED="true", TMPDIR=str(self.tmp))
         self.outputs: list[str] = []
-        self.proc = subprocess.Popen([str(Path(PYTHON).with_name("moto_server")), "-H", "127.0.0.1", "-p",
-                                      str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.log = self.tmp / "moto_server.log"  # where it says it listens (and logs every request)
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen([str(Path(PYTHON).with_name("moto_server")), "-H", "127.0.0.1", "-p",
+                                          str(self.port)], stdout=log, stderr=subprocess.STDOUT)
 
     def client(self):
         import boto3
@@ -54,20 +55,11 @@ class S3:
                             aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"])
 
     def wait_until_it_answers(self, limit_s: float = 60.0) -> None:
-        import botocore.exceptions
-
-        deadline = time.monotonic() + limit_s
-        while True:
-            try:
-                self.client().list_buckets()
-                return
-            except botocore.exceptions.EndpointConnectionError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto_server on port {self.port} did not start (exit {self.proc.poll()})")
-                try:
-                    self.proc.wait(timeout=0.2)  # returns at once if it died
-                except subprocess.TimeoutExpired:
-                    pass
+        """Until moto_server says it is running (woken by its log file's writes), then one request to be sure."""
+        with FileEvents(self.tmp) as events:
+            events.wait(lambda: b"Running on" in self.log.read_bytes(), proc=self.proc, timeout=limit_s,
+                        what=f"moto_server listening on port {self.port}")
+        self.client().list_buckets()
 
     def objects(self) -> dict[str, bytes]:
         client, found = self.client(), {}
