@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # run as a script: `analysis` lives in the reposi
 
 import pandas as pd
 
-from analysis import figures, report, verdicts
+from analysis import factorial, figures, report, verdicts
 from dpnp_ray.results import ResultsError
 
 BEGIN, END = "<!-- generated:begin -->", "<!-- generated:end -->"
@@ -247,6 +247,15 @@ def plan_sections(study: report.Study) -> list[str]:
                     markdown_table(verdicts.verdict_rows(table, plan, emphasis=True)), "", verdicts.DESCRIPTIVE_NOTE, ""]
 
 
+def factorial_sections(study: report.Study) -> list[str]:
+    """A factorial ablation's main effects and two-factor interactions (analysis/factorial.py), on the plan's
+    primary endpoints; nothing when the study holds no complete 2^k design."""
+    table = report.factorial_table(study)
+    if table is None:
+        return []
+    return ["### Factorial effects", "", report.FACTORIAL_NOTE, "", markdown_table(factorial.effects_rows(table)), ""]
+
+
 def variant_sections(study: report.Study) -> list[str]:
     """The plan's verdicts, then (descriptive) per-variant accuracies, paired differences, geometry and
     last-epoch losses of an ablation."""
@@ -261,6 +270,7 @@ def variant_sections(study: report.Study) -> list[str]:
               f"test: {report.stats.PAIRED_TEST_NAME}; p (Holm): {report.stats.CORRECTION_NAME}. "
               "These p-values are not the plan's: they decide nothing.", "",
               markdown_table(differences, "no reference variant or a single variant: no paired comparison"), ""]
+    parts += factorial_sections(study)
     parts += autoattack_standard_sections(study)
     geometry = geometry_table(study)
     if geometry is not None:

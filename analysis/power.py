@@ -133,3 +133,34 @@ class PowerPlan:
                        + (f"; it is below the one-seed test-image bound ({floor * pct:.2g} points): more test "
                           "images shrink that part" if self.difference < floor else ""))
         return out
+
+
+def cell_sd_from(trials: pd.DataFrame, metric: str | None = None, reference: str = "full") -> tuple[float, str, int]:
+    """(SD over seeds of one variant's endpoint, the endpoint, seeds): what one factorial cell varies by from seed
+    to seed, from an earlier study's reference variant (its completed trials)."""
+    done = trials[trials["status"] == "completed"] if "status" in trials else trials
+    metric = metric or next((m for m in PRIMARY_METRICS if m in done and done[m].notna().any()), None)
+    if metric is None:
+        raise ValueError(f"the earlier study has none of {', '.join(PRIMARY_METRICS)}")
+    values = done.loc[done["variant"] == reference, metric].dropna()
+    if len(values) < 2:
+        raise ValueError(f"the earlier study has {len(values)} completed {reference!r} trial(s); a SD needs 2")
+    return float(values.std(ddof=1)), metric, len(values)
+
+
+def factorial_lines(factors: int, seeds: int, alpha: float = 0.05, cell_sd: float | None = None,
+                    source: str = "") -> list[str]:
+    """The dry run's lines for a 2^k factorial: what it estimates and, with a cell SD, each effect's MDE."""
+    from .factorial import effect_mde
+
+    tests = factors + factors * (factors - 1) // 2
+    lines = [f"factorial: {factors} factors, {2 ** factors} cells x {seeds} seed(s) (each seed a block): {factors} "
+             f"main effects and {tests - factors} two-factor interactions, each from every trial; Holm over the "
+             f"{tests}, first step at alpha {alpha:g} / {tests}"]
+    if cell_sd is None or seeds < 2:
+        lines.append("  effects: the seed-to-seed SD of one cell is unknown; give --power-from <an earlier study>")
+    else:
+        mde = effect_mde(cell_sd, factors, seeds, alpha, tests)
+        lines.append(f"  effects: an effect below {100 * mde:.2f} points is missed more often than not (80% power), "
+                     f"with a cell SD of {100 * cell_sd:.2f} points ({source}), cells independent given the seed")
+    return lines

@@ -339,13 +339,30 @@ def provenance_table(study: Study) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["item", "value"])
 
 
+FACTORIAL_NOTE = ("Effects in accuracy points, each seed a block: a main effect is the mean with the factor at the "
+                  "paper's level minus the mean without it, over every cell; an interaction is half the difference "
+                  "of one factor's effect between the other's levels (Yates). p (Holm): Holm over every main effect "
+                  "and two-factor interaction of the endpoint; decided: p (Holm) below the plan's alpha.")
+
+
+def factorial_table(study: Study) -> pd.DataFrame | None:
+    """The factorial effects on the plan's primary endpoints, or None without a complete 2^k design."""
+    from analysis import factorial
+
+    plan = study.planned_verdicts[0]
+    table = factorial.effects_table(study.trials, study.points, list(plan.primary), plan.alpha)
+    return None if table.empty else table
+
+
 def result_line(study: Study) -> str:
     """What the study found, in words, from its data: an ablation's planned verdicts (verdicts.result_sentence),
     a search's outcome on validation data."""
     if study.kind != "search":
-        from analysis import verdicts
+        from analysis import factorial, verdicts
 
-        return verdicts.result_sentence(study.planned_verdicts[1], study.planned_verdicts[0])
+        text = verdicts.result_sentence(study.planned_verdicts[1], study.planned_verdicts[0])
+        effects = factorial_table(study)
+        return text if effects is None else f"{text} {factorial.effects_sentence(effects)}"
     trials = study.trials
     text = f"{len(trials)} trials (" + ", ".join(f"{n} {s}" for s, n in trials["status"].value_counts().items()) + ")."
     done = figures.completed(trials)
@@ -428,6 +445,12 @@ def render_html(study: Study, drawn: Figures) -> str:
                        "significant at level a only where p (Holm) &lt;= a.</p>"
                        + _table_html(differences_table(study.trials),
                                      "no comparison: needs a variant named 'full' or 'adv_dpnp' and another variant"))
+    effects = factorial_table(study) if study.kind == "ablation" else None
+    if effects is not None:
+        from analysis import factorial
+
+        summary.append(f"<h3>Factorial effects</h3><p class='note'>{html.escape(FACTORIAL_NOTE)}</p>"
+                       + _table_html(factorial.effects_rows(effects)))
     if study.kind == "search":
         summary.append("<h3>Pareto-optimal trials (pareto.parquet)</h3>"
                        + _table_html(pareto_trials_table(study), "pareto.parquet not in the study directory"))

@@ -89,21 +89,31 @@ def _per_seed_trials(trials: pd.DataFrame, variant: str) -> pd.Series:
 
 def point_matrices(points: pd.DataFrame | None, trials: pd.DataFrame, endpoint: str, variant: str, reference: str
                    ) -> tuple[np.ndarray, np.ndarray, list] | None:
-    """(variant_ok, reference_ok, seeds): seeds x images booleans of the endpoint's evaluation (test split, at
-    the trial's evaluation eps; clean at eps 0) on the images every trial of the matched seeds was evaluated
-    on; None when some matched seed lacks them (then the comparison is seed-only). A trial with several such
-    evaluations (suites, steps) uses the one with the most points."""
+    """(variant_ok, reference_ok, seeds): `variants_point_matrices` of the two."""
+    found = variants_point_matrices(points, trials, endpoint, [variant, reference])
+    if found is None:
+        return None
+    matrices, seeds = found
+    return matrices[variant], matrices[reference], seeds
+
+
+def variants_point_matrices(points: pd.DataFrame | None, trials: pd.DataFrame, endpoint: str, variants: list[str]
+                            ) -> tuple[dict[str, np.ndarray], list] | None:
+    """({variant: seeds x images booleans}, seeds) of the endpoint's evaluation (test split, at the trial's
+    evaluation eps; clean at eps 0), on the seeds every variant completed and the images every one of those
+    trials was evaluated on; None when some such trial lacks them (then comparisons are seed-only). A trial
+    with several such evaluations (suites, steps) uses the one with the most points."""
     attack = POINT_ATTACKS.get(endpoint)
     if points is None or attack is None or points.empty:
         return None
-    v_ids, r_ids = _per_seed_trials(trials, variant), _per_seed_trials(trials, reference)
-    seeds = sorted(set(v_ids.index) & set(r_ids.index))
+    ids = {v: _per_seed_trials(trials, v) for v in variants}
+    seeds = sorted(set.intersection(*(set(i.index) for i in ids.values())))
     if len(seeds) < 2:
         return None
     eval_eps = trials.set_index("trial_id")["cfg_eval_eps"] if "cfg_eval_eps" in trials.columns else None
     rows = points[(points["attack"] == attack) & (points["split"] == "test")]
     flags = {}
-    for trial_id in [*v_ids[seeds], *r_ids[seeds]]:
+    for trial_id in [t for v in variants for t in ids[v][seeds]]:
         mine = rows[rows["trial_id"] == trial_id]
         if attack != "clean":
             if eval_eps is None or not np.isfinite(eval_eps.get(trial_id, np.nan)):
@@ -120,9 +130,7 @@ def point_matrices(points: pd.DataFrame | None, trials: pd.DataFrame, endpoint: 
     common = sorted(set.intersection(*(set(f.index) for f in flags.values())))
     if len(common) < 2:
         return None
-    v = np.array([flags[t].loc[common].to_numpy() for t in v_ids[seeds]])
-    r = np.array([flags[t].loc[common].to_numpy() for t in r_ids[seeds]])
-    return v, r, seeds
+    return {v: np.array([flags[t].loc[common].to_numpy() for t in ids[v][seeds]]) for v in variants}, seeds
 
 
 def _verdict(difference: float, p_holm: float, tost_p: float, alpha: float) -> str:

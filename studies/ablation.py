@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from dpnp_ray import results
 from dpnp_ray.cli import (HelpFormatter, add_common_flags, config_epilog, console_summary, exit_code, print_locations,
                           run_cli, study_settings)
-from dpnp_ray.study.ablation_grid import ABLATION_VARIANTS, DEFAULT_VARIANTS, run_ablation
+from dpnp_ray.study.ablation_grid import DEFAULT_VARIANTS, LISTED_VARIANTS, run_ablation
+from dpnp_ray.study.factorial import FACTORIAL_PREFIX, FACTORS, design_factors
 from dpnp_ray.study.plan import plan_ablation
 from dpnp_ray.study.recipe import resolve_study, write_best_configs
 
@@ -40,8 +41,10 @@ SMOKE = {"config": {"epochs": 2, "train_attack_steps": 3, "val_attack_steps": 3,
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
                                      epilog=config_epilog({**DEFAULTS["config"], **DEFAULTS["config_for"]["digits"]}))
-    parser.add_argument("--variants", nargs="+", default=None, choices=ABLATION_VARIANTS.names(),
-                        help=f"subset of variants (default: {' '.join(DEFAULT_VARIANTS)})")
+    parser.add_argument("--variants", nargs="+", default=None, metavar="VARIANT",
+                        help=f"variants to run (default: {' '.join(DEFAULT_VARIANTS)}); known: "
+                             f"{' '.join(LISTED_VARIANTS)}; {FACTORIAL_PREFIX}F1,F2,... adds every cell of the 2^k "
+                             f"factorial over factors F among {' '.join(FACTORS)} (docs/method.md)")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds per variant (default: 0 1 2)")
     parser.add_argument("--smoke", action="store_true",
                         help="digits, small CNN, 2 epochs, 2 variants, 1 seed: the quick demonstration and CI run")
@@ -58,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 def power_plan(plan, study: dict, args) -> list[str]:
     """The dry run's power lines (analysis/power.py) under the study's analysis plan (its comparisons, alpha and
     reference): the robust endpoint, on the attack subset."""
-    from analysis.power import ATTACK_OF, PowerPlan, discordance_from, seed_sd_from
+    from analysis.power import ATTACK_OF, PowerPlan, cell_sd_from, discordance_from, factorial_lines, seed_sd_from
     from dpnp_ray.analysis_plan import concrete_plan
 
     analysis = concrete_plan(study.get("analysis"), study["variants"], list(ATTACK_OF))
@@ -79,8 +82,16 @@ def power_plan(plan, study: dict, args) -> list[str]:
             known.update(discordance=2 * p * (1 - p), discordance_source=f"no points.parquet in {args.power_from}: "
                          f"independent errors at its mean {metric} {p:.1%}, an upper bound")
     difference = args.power_difference / 100 if args.power_difference is not None else None
-    return PowerPlan(len(study["seeds"]), n_robust, len(analysis.comparisons), alpha=analysis.alpha,
-                     difference=difference, **known).lines()
+    lines = PowerPlan(len(study["seeds"]), n_robust, len(analysis.comparisons), alpha=analysis.alpha,
+                      difference=difference, **known).lines()
+    factors = design_factors(study["variants"])
+    if factors:
+        cell = {}
+        if args.power_from:
+            sd, metric, count = cell_sd_from(results.read_table(args.power_from, "trials"), reference=analysis.reference)
+            cell = {"cell_sd": sd, "source": f"{metric} of {count} seeds of {analysis.reference} in {args.power_from}"}
+        lines += factorial_lines(len(factors), len(study["seeds"]), analysis.alpha, **cell)
+    return lines
 
 
 def main() -> int:

@@ -112,7 +112,7 @@ def test_flags_override_the_file(search, tmp_path):
 @pytest.mark.parametrize("content, message", [
     ({"kind": "search"}, "kind 'search', but this is studies/ablation.py"),
     ({"variant": ["full"]}, "unknown key(s) variant"),
-    ({"variants": ["full", "nope"]}, "variants ['full', 'nope']"),
+    ({"variants": ["full", "nope"]}, "variants: unknown variant(s) ['nope']"),
     ({"seeds": [0, -1]}, "seeds [0, -1]"),
     ({"config": "epochs=3"}, "'config' must be a mapping"),
     ({"scaling": {"worker": 2}}, "scaling: unknown key(s) worker"),

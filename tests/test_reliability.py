@@ -128,7 +128,8 @@ def test_exported_rows_hold_no_home_paths_or_credentials(tmp_path):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["--variants", "full", "nope"], "invalid choice: 'nope'"),
+    (["--variants", "full", "nope"], "unknown variant(s) ['nope']; known: dpnp_clean"),
+    (["--variants", "factorial:ppa,nope"], "--variants factorial:ppa,nope: name distinct factors among ppa"),
     (["--dataset", "mnist"], "'dataset' = 'mnist'"),
     (["--set", "lambda_ppa=-1"], "'lambda_ppa' = -1.0"),
     (["--set", "eps=1.5"], "'eps' = 1.5"),
@@ -302,11 +303,11 @@ def test_every_ablation_variant_is_a_valid_config_and_the_default_grid_is_regist
 def test_unknown_variant_or_sampler_fails_naming_the_known_ones(tmp_path):
     import optuna
 
-    from dpnp_ray.study.ablation_grid import ABLATION_VARIANTS, run_ablation
+    from dpnp_ray.study.ablation_grid import LISTED_VARIANTS, run_ablation
     from dpnp_ray.study.optuna_search import SAMPLERS, make_sampler
     from dpnp_ray.study.settings import StudyError, StudySettings
 
-    known = ", ".join(ABLATION_VARIANTS.names())
+    known = ", ".join(LISTED_VARIANTS) + ", or the cells of factorial:"
     with pytest.raises(StudyError, match=r"unknown variant\(s\) \['nope'\]; known: " + known):
         run_ablation({}, ["full", "nope"], [0], StudySettings("x", storage=str(tmp_path)))
     assert not list(tmp_path.iterdir())  # failed before touching the storage

@@ -209,12 +209,12 @@ def test_tensorboard_and_mlflow_hold_every_report_of_the_trial(tmp_path):
 
     # TensorBoard: the trial's directory is named by its trial_id; one point per epoch at step = epoch, then
     # the test evaluation once, at the last epoch's step; an HParams summary of the resolved config
-    scalars = read_tensorboard_scalars(directory / "full-s0")
+    scalars = read_tensorboard_scalars(directory / "ray" / "tune" / "full-s0")
     robust = sorted(scalars["ray/tune/val_robust_acc"])
     assert [step for step, _ in robust] == list(epochs["epoch"])
     assert [v for _, v in robust] == pytest.approx(list(epochs["val_robust_acc"]), abs=1e-6)  # stored as float32
     assert scalars["ray/tune/clean_acc"] == [(epochs["epoch"].max(), pytest.approx(trial["clean_acc"], abs=1e-6))]
-    hparams = read_tensorboard_hparams(directory / "full-s0")
+    hparams = read_tensorboard_hparams(directory / "ray" / "tune" / "full-s0")
     assert hparams["lambda_npr"] == pytest.approx(trial["cfg_lambda_npr"]) and hparams["status"] == "completed"
 
     # MLflow: one experiment named after the study, one run named by trial_id, the same numbers

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..registry import Registry
+from .factorial import FACTORIAL_PREFIX, FACTORS, cell_name
 from . import preflight
 from .cluster import plan_concurrency, prepare, resolve
 from .settings import StudySettings
@@ -18,6 +19,7 @@ class AblationVariant:
 
     overrides: dict[str, Any] = field(default_factory=dict)
     in_default_grid: bool = True  # run when no --variants are given
+    listed: bool = True  # named in --help and errors (a factorial cell is not: FACTORIAL_PREFIX says how to ask)
 
 
 ABLATION_VARIANTS: Registry[AblationVariant] = Registry("ablation variant")
@@ -43,6 +45,15 @@ ABLATION_VARIANTS.register("head_linear")(AblationVariant({"feature_head": "line
 ABLATION_VARIANTS.register("head_no_final_relu")(
     AblationVariant({"feature_head": "no_final_relu"}, in_default_grid=False))
 
+
+for _code in range(1, 2 ** len(FACTORS)):  # code 0, every factor on, is `full`
+    _levels = {f: not (_code >> i) & 1 for i, f in enumerate(FACTORS)}
+    ABLATION_VARIANTS.register(cell_name(_levels))(AblationVariant(
+        {FACTORS[f].field: FACTORS[f].on if on else FACTORS[f].off for f, on in _levels.items()},
+        in_default_grid=False, listed=False))
+
+LISTED_VARIANTS: tuple[str, ...] = tuple(n for n in ABLATION_VARIANTS.names() if ABLATION_VARIANTS.get(n).listed)
+
 DEFAULT_VARIANTS: tuple[str, ...] = tuple(name for name in ABLATION_VARIANTS.in_registration_order()
                                           if ABLATION_VARIANTS.get(name).in_default_grid)
 
@@ -60,7 +71,8 @@ def run_ablation(base: dict[str, Any], variants: list[str], seeds: list[int], se
     from ray import tune
 
     unknown = [v for v in variants if v not in ABLATION_VARIANTS]
-    problems = [f"unknown variant(s) {unknown}; known: {', '.join(ABLATION_VARIANTS.names())}"] if unknown else []
+    problems = [f"unknown variant(s) {unknown}; known: {', '.join(LISTED_VARIANTS)}, or the cells of "
+                f"{FACTORIAL_PREFIX}<factors> ({', '.join(FACTORS)})"] if unknown else []
     if not variants or not seeds:
         problems.append(f"--variants {list(variants)} --seeds {list(seeds)}: need at least one of each")
     overrides = variant_overrides()  # all of them: a resumed study may hold variants not asked for this time

@@ -248,6 +248,13 @@ def resolve_study(parser: argparse.ArgumentParser, kind: str, *, defaults: dict[
 
         on_cluster = bool(getattr(args, "cluster", False) or getattr(args, "address", None))
         scaling["runner"] = default_runner(scaling["workers"], on_cluster)
+    if kind == "ablation" and isinstance(study.get("variants"), list):
+        from .factorial import expand_variants
+
+        try:  # `factorial:ppa,npr` stands for its cells: study.yaml records the cells
+            study["variants"] = expand_variants(study["variants"])
+        except ValueError as exc:
+            raise StudyError(f"--variants {exc}") from None
     study = _ordered(study, kind)
     _check(study, kind)
 
@@ -386,11 +393,17 @@ def _check(study: dict[str, Any], kind: str) -> None:
     if unknown:
         problems.append(f"scaling: unknown key(s) {', '.join(unknown)}; allowed {', '.join(SCALING_KEYS)}")
     if kind == "ablation":
-        from .ablation_grid import ABLATION_VARIANTS
+        from .ablation_grid import ABLATION_VARIANTS, LISTED_VARIANTS
+        from .factorial import FACTORIAL_PREFIX, FACTORS
 
         variants, seeds = study["variants"], study["seeds"]
-        if not isinstance(variants, list) or not variants or any(v not in ABLATION_VARIANTS for v in variants):
-            problems.append(f"variants {variants!r}: a non-empty list of {', '.join(ABLATION_VARIANTS.names())}")
+        known = (f"{', '.join(LISTED_VARIANTS)}, or {FACTORIAL_PREFIX}<factors> with factors among "
+                 f"{', '.join(FACTORS)}")
+        if not isinstance(variants, list) or not variants:
+            problems.append(f"variants {variants!r}: a non-empty list of {known}")
+        elif any(v not in ABLATION_VARIANTS for v in variants):
+            unknown = [v for v in variants if v not in ABLATION_VARIANTS]
+            problems.append(f"variants: unknown variant(s) {unknown}; known: {known}")
         if not isinstance(seeds, list) or not seeds or not all(_is_int(s) and 0 <= s <= SEED_MAX for s in seeds):
             problems.append(f"seeds {seeds!r}: a non-empty list of integers in [0, {SEED_MAX}] (--seeds)")
         problems += analysis_problems(study.get("analysis", DEFAULT_ANALYSIS),
