@@ -1,0 +1,84 @@
+"""The claim audit (analysis/audit.py): each claim's verdict follows its rule, untuned baselines cannot support
+a claim about tuned ones, and the anchor gate refuses verdicts when PGD-AT is off the published numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from analysis import audit, report
+from dpnp_ray.study.factorial import factorial_cells
+
+
+def _study(means: dict[str, tuple[float, float]], tuned: bool = True, seeds=range(6), noise=0.002, **cfg):
+    """A study whose variants have (clean, AutoAttack) means, a small seed noise, and its study.yaml."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for variant, (clean, robust) in means.items():
+        for seed in seeds:
+            rows.append({"study": "s", "trial_id": f"{variant}-s{seed}", "variant": variant, "seed": seed,
+                         "status": "completed", "clean_acc": clean + noise * rng.normal(),
+                         "aa_acc": robust + noise * rng.normal(), "cfg_dataset": cfg.get("dataset", "digits"),
+                         "cfg_model": cfg.get("model", "small_cnn"), "cfg_eval_eps": cfg.get("eps", 0.1),
+                         "cfg_epochs": 2, "cfg_eval_suite": "quick"})
+    recipe = {"kind": "ablation", "variants": list(means), "analysis": {"primary": ["aa_acc", "clean_acc"]}}
+    if tuned:
+        recipe["tuned_from"] = "results/tuning"
+    return report.Study(Path("."), pd.DataFrame(rows), recipe=yaml.safe_dump(recipe))
+
+
+def _verdicts(study) -> dict[str, str]:
+    results, _, _ = audit.audit(study)
+    return {str(r.number): r.verdict for r in results}
+
+
+def test_clean_and_robust_claims_follow_their_rules():
+    better = _study({"full": (0.90, 0.50), "pgd_at": (0.85, 0.50), "trades": (0.86, 0.505)})
+    found = _verdicts(better)
+    assert found["1"] == "supported"  # clean: higher than both, decided
+    assert found["2"] == "supported"  # AutoAttack: -0.5 pp against TRADES is within the 1 pp margin, shown
+    worse = _study({"full": (0.80, 0.45), "pgd_at": (0.85, 0.50), "mart": (0.84, 0.49)})
+    found = _verdicts(worse)
+    assert found["1"] == "contradicted" and found["2"] == "contradicted"  # 4-5 pp below, far past the margin
+    untuned = _study({"full": (0.90, 0.50), "pgd_at": (0.85, 0.50)}, tuned=False)
+    found = _verdicts(untuned)
+    assert found["1"] == "inconclusive" and found["2"] == "inconclusive"  # cannot support a claim about tuned ones
+    assert _verdicts(_study({"full": (0.80, 0.45), "pgd_at": (0.85, 0.50)}, tuned=False))["1"] == "contradicted"
+
+
+def test_a_component_is_supported_contradicted_or_inconclusive_by_its_effect():
+    study = _study({"full": (0.90, 0.55), "no_ppa": (0.90, 0.50), "no_npr": (0.90, 0.5502),
+                    "no_consistency": (0.90, 0.56)})
+    found = _verdicts(study)
+    assert found["3a"] == "supported"  # removing PPA costs 5 pp of AutoAttack
+    assert found["3b"] == "contradicted"  # NPR's effect lies within ±1 pp of zero on both endpoints
+    assert found["3c"] == "contradicted"  # removing consistency helps AutoAttack by 1 pp, decided
+    assert found["4"] == "not measured" and found["5"] == "not measured" and found["6"] == "not measured"
+    noisy = _study({"full": (0.90, 0.55), "no_ppa": (0.90, 0.54)}, noise=0.03, seeds=range(3))
+    result = next(r for r in audit.audit(noisy)[0] if r.number == "3a")
+    assert result.verdict == "inconclusive" and "MDE" in result.reason
+
+
+def test_a_factorial_answers_the_component_claims_with_its_main_effects():
+    means = {}
+    for cell in factorial_cells(["ppa", "npr"]):
+        ppa, npr = "ppa1" in cell or cell == "full", "npr1" in cell or cell == "full"
+        means[cell] = (0.9, 0.50 + 0.03 * ppa + 0.0 * npr)
+    result = {str(r.number): r for r in audit.audit(_study(means))[0]}
+    assert result["3a"].verdict == "supported" and "factorial main effect of `ppa`" in result["3a"].reason
+    assert result["3b"].verdict == "contradicted" and "factorial main effect of `npr`" in result["3b"].reason
+
+
+def test_the_anchor_gate_refuses_verdicts_when_pgd_at_is_off_the_published_numbers():
+    off = _study({"full": (0.86, 0.48), "pgd_at": (0.70, 0.40)}, dataset="cifar10", model="resnet18", eps=8 / 255)
+    results, refused, _ = audit.audit(off)
+    assert refused and "clean 69.9% (published 82-85%)" in refused and "AutoAttack 40.0% (published 47-49.5%)" in refused
+    assert {r.verdict for r in results} == {"refused"}
+    within = _study({"full": (0.86, 0.48), "pgd_at": (0.83, 0.48)}, dataset="cifar10", model="resnet18", eps=8 / 255)
+    assert audit.anchor_gate(within) is None
+    assert audit.anchor_gate(_study({"full": (0.9, 0.5), "pgd_at": (0.5, 0.2)})) is None  # no anchors for digits
+    page = audit.audit_markdown(off, ["python studies/ablation.py ..."])
+    assert "**No verdicts**" in page and "| 1. higher clean accuracy than adversarial training | **refused** |" in page
