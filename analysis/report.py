@@ -31,7 +31,7 @@ import plotly.io as pio
 import scipy
 
 from analysis import figures, optuna_study, stats
-from dpnp_ray.results import ResultsError, read_table
+from dpnp_ray.results import ResultsError, points_measured, read_table
 
 OPTIONAL_TABLES = ("epochs", "evals", "corruptions", "geometry", "masking", "pareto")
 PROVENANCE_COLUMNS = ("code_version", "torch_version", "ray_version", "optuna_version", "python_version",
@@ -240,21 +240,6 @@ def ci_text(values: pd.Series) -> str:
     if ci.n == 0:
         return "—"
     return f"{_pct(ci.mean)} (n=1)" if ci.n == 1 else f"{_pct(ci.mean)} ± {_pct(ci.half_width)} (n={ci.n})"
-
-
-POINT_COUNT_COLUMNS = {"aa_acc": "aa_n", "pgd_aa_gap": "aa_n", "worst_case_acc": "worst_case_n",
-                       "square_acc": "square_n", "corruption_acc": "corruption_n"}
-"""the trials.parquet column holding how many test points each accuracy was measured on (default: eval_n)"""
-
-
-def points_measured(trials: pd.DataFrame, metric: str) -> str:
-    """'359 test points' (or '100-359 test points' when trials differ) for an accuracy column; '' if unknown."""
-    column = POINT_COUNT_COLUMNS.get(metric, "eval_n")
-    values = sorted(set(pd.to_numeric(trials[column], errors="coerce").dropna().astype(int))) if column in trials else []
-    if not values:
-        return ""
-    count = f"{values[0]}" if len(values) == 1 else f"{values[0]}-{values[-1]}"
-    return f"{count} {'image x corruption pairs' if metric == 'corruption_acc' else 'test points'}"
 
 
 def variant_summary_table(trials: pd.DataFrame, masking: pd.DataFrame | None = None) -> pd.DataFrame:

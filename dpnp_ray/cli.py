@@ -147,6 +147,8 @@ def console_summary(trials, group: str = "variant") -> str:
     """Mean (and std over seeds) of the headline metrics per group, as fixed-width text."""
     import pandas as pd
 
+    from .results import points_measured
+
     metrics = [m for m in ("clean_acc", "pgd_acc", "cw_acc", "aa_acc", "corruption_acc", "val_robust_acc")
                if m in trials and trials[m].notna().any()]
     done = trials[trials["status"] == "completed"]
@@ -161,6 +163,8 @@ def console_summary(trials, group: str = "variant") -> str:
                 cells[m] = f"{row[(m, 'mean')]:.3f}" + ("" if pd.isna(std) else f"±{std:.3f}")
             rows.append(pd.Series(cells, name=name))
         lines.append(pd.DataFrame(rows).to_string())
+        measured = [f"{m} on {points_measured(done, m)}" for m in metrics if points_measured(done, m)]
+        lines.append(f"(mean±std over n seeds; {', '.join(measured)})" if measured else "(mean±std over n seeds)")
     for status, what in (("stopped", "stopped early by the scheduler"), ("failed", "failed (errors below)")):
         ids = trials.loc[trials["status"] == status, "trial_id"].tolist()
         if ids:

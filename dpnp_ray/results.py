@@ -334,3 +334,18 @@ def compact_points(frame: pd.DataFrame) -> pd.DataFrame:
         if column in frame:
             frame[column] = frame[column].astype(np.int32)
     return frame
+
+
+POINT_COUNT_COLUMNS = {"aa_acc": "aa_n", "pgd_aa_gap": "aa_n", "worst_case_acc": "worst_case_n",
+                       "square_acc": "square_n", "corruption_acc": "corruption_n"}
+"""the trials.parquet column holding how many test points each accuracy was measured on (default: eval_n)"""
+
+
+def points_measured(trials: pd.DataFrame, metric: str) -> str:
+    """'359 test points' (or '100-359 test points' when trials differ) for an accuracy column; '' if unknown."""
+    column = POINT_COUNT_COLUMNS.get(metric, "eval_n")
+    values = sorted(set(pd.to_numeric(trials[column], errors="coerce").dropna().astype(int))) if column in trials else []
+    if not values:
+        return ""
+    count = f"{values[0]}" if len(values) == 1 else f"{values[0]}-{values[-1]}"
+    return f"{count} {'image x corruption pairs' if metric == 'corruption_acc' else 'test points'}"

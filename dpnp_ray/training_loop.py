@@ -8,6 +8,7 @@ and `resume` set from the latest checkpoint.
 from __future__ import annotations
 
 import copy
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -273,7 +274,12 @@ def format_progress(epoch: int, batches_done: int, batches: int, images: int, se
 
 
 def format_epoch(record: dict[str, Any]) -> str:
+    """One console line per epoch; a training accuracy the method does not measure (PGD-AT trains on
+    adversarial examples only: no clean accuracy) is left out rather than shown as nan."""
+    train = " ".join(f"{label} {record[key]:.3f}" for label, key in (("clean", "train_clean_acc"),
+                                                                     ("adv", "train_adv_acc"))
+                     if isinstance(record.get(key), (int, float)) and math.isfinite(record[key]))
     return (f"epoch {record['epoch']:3d}  loss {record.get('loss_total', float('nan')):.4f}  "
-            f"train clean {record.get('train_clean_acc', float('nan')):.3f} adv {record.get('train_adv_acc', float('nan')):.3f}  "
-            f"val clean {record['val_clean_acc']:.3f} robust {record['val_robust_acc']:.3f}  "
+            + (f"train {train}  " if train else "")
+            + f"val clean {record['val_clean_acc']:.3f} robust {record['val_robust_acc']:.3f}  "
             f"eps {record['eps']:.4f} lr {record['lr']:.4g}  {record['images_per_s']:.0f} img/s {record['epoch_seconds']:.1f}s")

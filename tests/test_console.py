@@ -163,3 +163,22 @@ def test_a_study_prints_each_worker_line_once_and_one_line_per_trial(tmp_path):
     for chatter in ("finished iteration", "completed after", "Trial status:", "Reporting training result",
                     "Started a local Ray instance", "Attempting to start training worker group"):
         assert chatter not in output, chatter  # Tune's tables and Ray's INFO lines only with --verbose
+
+
+def test_epoch_lines_leave_out_what_the_method_does_not_measure_and_the_summary_says_its_points():
+    import pandas as pd
+
+    from dpnp_ray.cli import console_summary
+    from dpnp_ray.training_loop import format_epoch
+
+    base = {"epoch": 3, "loss_total": 0.5, "val_clean_acc": 0.9, "val_robust_acc": 0.5, "eps": 0.1, "lr": 0.05,
+            "images_per_s": 900.0, "epoch_seconds": 1.5}
+    pgd_at = format_epoch({**base, "train_adv_acc": 0.61, "train_clean_acc": float("nan")})
+    assert "nan" not in pgd_at and "train adv 0.610  val clean 0.900" in pgd_at
+    assert "train clean 0.800 adv 0.610" in format_epoch({**base, "train_adv_acc": 0.61, "train_clean_acc": 0.8})
+    trials = pd.DataFrame({"variant": ["full", "full"], "seed": [0, 1], "trial_id": ["full-s0", "full-s1"],
+                           "status": "completed", "clean_acc": [0.9, 0.92], "pgd_acc": [0.5, 0.52],
+                           "aa_acc": [0.45, 0.47], "eval_n": 359, "aa_n": 100})
+    summary = console_summary(trials)
+    assert ("(mean±std over n seeds; clean_acc on 359 test points, pgd_acc on 359 test points, aa_acc on 100 test "
+            "points)") in summary

@@ -227,7 +227,7 @@ def test_the_result_sentence_says_what_the_verdicts_say_and_no_more():
 
     import pandas as pd
 
-    from analysis.report import points_measured
+    from dpnp_ray.results import points_measured
     from analysis.verdicts import result_sentence
     from dpnp_ray.analysis_plan import AnalysisPlan
 
