@@ -16,6 +16,11 @@ from .provenance import redact
 from .ray_train import RUNNERS, Scaling
 from .study.settings import StudySettings
 
+# Ray's driver merges worker log lines that look alike across processes ("[repeated 3x across cluster]"): the
+# epoch lines of different trials look alike, so it hid some of them. The study scripts print each line once
+# themselves; set RAY_DEDUP_LOGS=1 to have Ray's merging back. Read when ray is first imported, hence here.
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """Descriptions and epilogs as written (their usage examples keep their line breaks), and every

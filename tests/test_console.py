@@ -182,3 +182,16 @@ def test_epoch_lines_leave_out_what_the_method_does_not_measure_and_the_summary_
     summary = console_summary(trials)
     assert ("(mean±std over n seeds; clean_acc on 359 test points, pgd_acc on 359 test points, aa_acc on 100 test "
             "points)") in summary
+
+
+def test_the_study_scripts_turn_off_rays_merging_of_look_alike_lines():
+    """Ray's driver merges look-alike worker lines across processes; epoch lines of different trials look alike,
+    so a resumed fast study lost most of them. dpnp_ray.cli (imported first by the scripts) turns it off."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_DEDUP_LOGS"}
+    out = subprocess.run([PYTHON, "-c", "import sys, dpnp_ray.cli; assert 'ray' not in sys.modules; "
+                          "import ray._private.ray_constants as c; print(c.RAY_DEDUP_LOGS)"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"
