@@ -411,7 +411,7 @@ def test_killed_worker_resumes_from_checkpoint_and_matches_undisturbed_run(tmp_p
     trial = results.read_table(directory, "trials").iloc[0]
     assert trial["status"] == "completed" and trial["runner"] == runner
     if runner == "tune":  # Tune's own history of the retried trial is continuous: epochs 1, 2, 3, one report each
-        reports = [json.loads(line) for line in (directory / "full-s0" / "result.json").read_text().splitlines()]
+        reports = [json.loads(line) for line in (directory / "ray" / "tune" / "full-s0" / "result.json").read_text().splitlines()]
         assert [r["epochs_done"] for r in reports if "epochs_done" in r] == [1, 2, 3]
         assert [r["training_iteration"] for r in reports] == list(range(1, len(reports) + 1))
 
