@@ -25,7 +25,7 @@ import pandas as pd
 
 from analysis import figures, stats
 from analysis.verdicts import CROSSED, MDE_POWER, SEED_ONLY, variants_point_matrices
-from dpnp_ray.study.factorial import FACTORS, cell_levels
+from dpnp_ray.study.factorial import cell_levels, design_factors
 
 HOLM_NAME = "Holm over every main effect and two-factor interaction of the endpoint"
 
@@ -38,7 +38,7 @@ def design(trials: pd.DataFrame) -> tuple[list[str], list[str]]:
     if len(cells) < 2:
         return [], []
     levels = {c: cell_levels(c) for c in cells}
-    varying = [f for f in FACTORS if len({levels[c][f] for c in cells}) == 2]
+    varying = design_factors(cells)
     combos = {tuple(levels[c][f] for f in varying) for c in cells}
     if not varying or len(combos) != 2 ** len(varying) or len(cells) != 2 ** len(varying):
         return [], []

@@ -168,7 +168,7 @@ def console_summary(trials, group: str = "variant") -> str:
                 cells[m] = f"{row[(m, 'mean')]:.3f}" + ("" if pd.isna(std) else f"±{std:.3f}")
             rows.append(pd.Series(cells, name=name))
         lines.append(pd.DataFrame(rows).to_string())
-        measured = [f"{m} on {points_measured(done, m)}" for m in metrics if points_measured(done, m)]
+        measured = [f"{m} on {points}" for m in metrics if (points := points_measured(done, m))]
         lines.append(f"(mean±std over n seeds; {', '.join(measured)})" if measured else "(mean±std over n seeds)")
     for status, what in (("stopped", "stopped early by the scheduler"), ("failed", "failed (errors below)")):
         ids = trials.loc[trials["status"] == status, "trial_id"].tolist()

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..registry import Registry
-from .factorial import FACTORIAL_PREFIX, FACTORS, cell_name
+from .factorial import FACTORIAL_PREFIX, FACTORS, cell_overrides, factorial_cells
 from . import preflight
 from .cluster import plan_concurrency, prepare, resolve
 from .settings import StudySettings
@@ -46,11 +46,8 @@ ABLATION_VARIANTS.register("head_no_final_relu")(
     AblationVariant({"feature_head": "no_final_relu"}, in_default_grid=False))
 
 
-for _code in range(1, 2 ** len(FACTORS)):  # code 0, every factor on, is `full`
-    _levels = {f: not (_code >> i) & 1 for i, f in enumerate(FACTORS)}
-    ABLATION_VARIANTS.register(cell_name(_levels))(AblationVariant(
-        {FACTORS[f].field: FACTORS[f].on if on else FACTORS[f].off for f, on in _levels.items()},
-        in_default_grid=False, listed=False))
+for _cell in factorial_cells(list(FACTORS))[1:]:  # the first, every factor on, is `full`
+    ABLATION_VARIANTS.register(_cell)(AblationVariant(cell_overrides(_cell), in_default_grid=False, listed=False))
 
 LISTED_VARIANTS: tuple[str, ...] = tuple(n for n in ABLATION_VARIANTS.names() if ABLATION_VARIANTS.get(n).listed)
 

@@ -57,6 +57,11 @@ def cell_levels(variant: str) -> dict[str, bool] | None:
     return levels
 
 
+def cell_overrides(variant: str) -> dict[str, Any]:
+    """The config overrides of a factorial cell: each factor's field at the cell's level."""
+    return {FACTORS[f].field: FACTORS[f].on if on else FACTORS[f].off for f, on in cell_levels(variant).items()}
+
+
 def factorial_cells(factors: list[str]) -> list[str]:
     """Every cell of the 2^k design over `factors`, the all-on cell (`full`, the paper's method) first."""
     unknown = [f for f in factors if f not in FACTORS]
