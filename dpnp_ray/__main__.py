@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run_experiment(cfg)
     except NonFiniteLossError as exc:  # the run diverged: one line and exit 1, as a study's failed trial
-        print(f"error: {exc}; no model was exported (a smaller lr or loss weight may help)",
+        print(f"error: {exc}; no model was exported (a smaller lr, loss weight or grad_clip_norm may help)",
               file=sys.stderr)
         return 1
     cfg = result.config

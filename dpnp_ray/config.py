@@ -111,6 +111,8 @@ class ExperimentConfig:
     momentum: float = field(default=0.9, metadata=_range(0.0, 1.0))
     nesterov: bool = False
     weight_decay: float = field(default=5e-4, metadata=_range(0.0))
+    # clip the global gradient L2 norm to this before each step; 0: never (docs/method.md#gradient-clipping)
+    grad_clip_norm: float = field(default=10.0, metadata=_range(0.0))
     lr_schedule: str = field(default="step", metadata=_registry_choices("schedules", "LR_SCHEDULES"))
     lr_milestones: tuple[float, ...] = field(default=(0.5, 0.75), metadata=_range(0.0, 1.0))
     lr_gamma: float = field(default=0.1, metadata=_range(0.0, 1.0, lo_open=True))

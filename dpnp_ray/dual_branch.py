@@ -181,7 +181,8 @@ def training_adversary(net: Classifier, x: torch.Tensor, y: torch.Tensor, cfg: E
 def train_step(forward: nn.Module, net: Classifier, x: torch.Tensor, y: torch.Tensor, cfg: ExperimentConfig, *,
                eps: float, optimizer: torch.optim.Optimizer, precision: Precision,
                generator: torch.Generator | None = None, scaler: Any = None) -> dict[str, torch.Tensor]:
-    """Attack, one forward through `forward` (a DualBranchForward, maybe DDP-wrapped), one backward, one step.
+    """Attack, one forward through `forward` (a DualBranchForward, maybe DDP-wrapped), one backward, the
+    gradient-norm clip (cfg.grad_clip_norm; docs/method.md#gradient-clipping), one step.
 
     Returns detached per-batch tensors (loss terms, correct counts); nothing is synced to the host.
     """
@@ -195,10 +196,15 @@ def train_step(forward: nn.Module, net: Classifier, x: torch.Tensor, y: torch.Te
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
+        if cfg.grad_clip_norm > 0:
+            scaler.unscale_(optimizer)  # clip the true gradient, not the scaled one
+            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip_norm)
         scaler.step(optimizer)
         scaler.update()
     else:
         loss.backward()
+        if cfg.grad_clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip_norm)
         optimizer.step()
     if net.has_prototypes:
         net.head.project_()

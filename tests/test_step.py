@@ -176,6 +176,39 @@ def test_projected_prototypes_stay_on_the_sphere():
     assert torch.allclose(normalized.head.prototypes().norm(dim=1), torch.full((3,), 2.0), atol=1e-5)
 
 
+
+def clipped_update(grad_clip_norm: float, scaler=None) -> list[torch.Tensor]:
+    """The parameter change of one train_step with plain SGD at lr 1 (the update is minus the used gradient)."""
+    cfg = cfg_of(grad_clip_norm=grad_clip_norm, train_attack_steps=1)
+    net = make_net()
+    before = [p.detach().clone() for p in net.parameters()]
+    x, y = batch(0)
+    train_step(DualBranchForward(net), net, x, y, cfg, eps=0.1, optimizer=torch.optim.SGD(net.parameters(), lr=1.0),
+               precision=FP32, generator=torch.Generator().manual_seed(0), scaler=scaler)
+    return [p.detach() - b for p, b in zip(net.parameters(), before)]
+
+
+def norm(tensors: list[torch.Tensor]) -> float:
+    return float(torch.sqrt(sum((t.double() ** 2).sum() for t in tensors)))
+
+
+def test_gradient_clip_bounds_the_step_and_keeps_its_direction():
+    free, never = clipped_update(0.0), clipped_update(1e30)
+    assert all(torch.equal(a, b) for a, b in zip(free, never)), "a clip above the norm changes nothing"
+    limit = norm(free) / 4
+    clipped = clipped_update(limit)
+    # clip_grad_norm_ scales by c / (|g| + 1e-6); the rest is fp32 rounding of the parameters' differences
+    assert norm(clipped) == pytest.approx(limit, rel=1e-4)
+    cosine = sum(float((a.double() * b.double()).sum()) for a, b in zip(clipped, free)) / (norm(clipped) * norm(free))
+    assert cosine == pytest.approx(1.0, abs=1e-6)
+
+
+def test_gradient_clip_acts_on_the_unscaled_gradient_under_a_grad_scaler():
+    """fp16's scaler multiplies the loss by 2^10 here: the clip must see the true gradient, so the step is c."""
+    limit = norm(clipped_update(0.0)) / 4
+    clipped = clipped_update(limit, scaler=torch.amp.GradScaler("cpu", init_scale=2.0 ** 10))
+    assert norm(clipped) == pytest.approx(limit, rel=1e-4)
+
 # ---------------------------------------------------------------------------- MART and the mechanism controls
 def two_steps(cfg, net):
     """Two real training steps (attack included); returns the last step's stats."""
