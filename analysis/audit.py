@@ -44,6 +44,7 @@ if __package__ in (None, ""):
 from analysis import factorial, figures, report, stats, verdicts  # noqa: E402
 from analysis.markdown import markdown_table, write_page  # noqa: E402
 from dpnp_ray.results import ResultsError  # noqa: E402
+from dpnp_ray.study.recipe import TUNED_PREFIX  # noqa: E402
 
 REFERENCE = "full"
 BASELINES = ("pgd_at", "trades", "mart")
@@ -138,17 +139,28 @@ def _present(study: report.Study, names: Sequence[str]) -> list[str]:
     return [n for n in names if n in done]
 
 
+def baseline_variants(study: report.Study) -> list[str]:
+    """The study's completed baselines, each at its tuned point (`tuned_<method>`, from `--tuned-from`) where
+    the study has it, else at the base config."""
+    done = set(figures.completed(study.trials)["variant"])
+    chosen = [f"{TUNED_PREFIX}{b}" if f"{TUNED_PREFIX}{b}" in done else b for b in BASELINES]
+    return [b for b in chosen if b in done]
+
+
 def baselines_tuned(study: report.Study) -> bool:
-    """Whether the study ran its baselines at points an equal-budget tuning chose (study.yaml `tuned_from`)."""
+    """Whether the study ran every baseline it compares at the point an equal-budget tuning chose (study.yaml
+    `tuned_from`, and only `tuned_<method>` baselines)."""
     recorded = yaml.safe_load(study.recipe) if study.recipe else None
-    return isinstance(recorded, dict) and bool(recorded.get("tuned_from"))
+    baselines = baseline_variants(study)
+    return (isinstance(recorded, dict) and bool(recorded.get("tuned_from")) and bool(baselines)
+            and all(b.startswith(TUNED_PREFIX) for b in baselines))
 
 
 def anchor_gate(study: report.Study) -> str | None:
     """Why verdicts are refused (the study's PGD-AT outside the published range for its data set and backbone),
     or None: no anchors apply, or PGD-AT lies within them."""
     trials = figures.completed(study.trials)
-    pgd = trials[trials["variant"] == "pgd_at"]
+    pgd = trials[trials["variant"] == next((b for b in baseline_variants(study) if b.endswith("pgd_at")), "pgd_at")]
     if pgd.empty or not {"cfg_dataset", "cfg_model", "cfg_eval_eps"} <= set(pgd.columns):
         return None
     key = (str(pgd["cfg_dataset"].iloc[0]), str(pgd["cfg_model"].iloc[0]))
@@ -167,7 +179,7 @@ def anchor_gate(study: report.Study) -> str | None:
 
 def claim_clean(study, plan, tuned: bool) -> ClaimResult:
     text = "higher clean accuracy than adversarial training"
-    baselines = _present(study, BASELINES)
+    baselines = baseline_variants(study)
     if REFERENCE not in _present(study, [REFERENCE]) or not baselines:
         return ClaimResult(1, text, NOT_MEASURED, f"needs `{REFERENCE}` and a baseline ({', '.join(BASELINES)})",
                            pd.DataFrame())
@@ -196,7 +208,7 @@ def _against_baselines(frame: pd.DataFrame, tuned: bool, against: bool, shown: b
 
 def claim_robust(study, plan, tuned: bool) -> ClaimResult:
     text = f"competitive robustness under AutoAttack (not worse by more than {plan.margin:g} pp)"
-    baselines = _present(study, BASELINES)
+    baselines = baseline_variants(study)
     if REFERENCE not in _present(study, [REFERENCE]) or not baselines or "aa_acc" not in study.trials:
         return ClaimResult(2, text, NOT_MEASURED, "needs `full`, a baseline and AutoAttack (eval_suite quick or full)",
                            pd.DataFrame())
@@ -255,7 +267,7 @@ def claim_corruptions(study, plan) -> ClaimResult:
     if "corruption_acc" not in trials or not trials["corruption_acc"].notna().any():
         return ClaimResult(5, text, NOT_MEASURED, "the study measured no corruption accuracy (the data set has no "
                            "corruption set here, or the suite level skipped it)", pd.DataFrame())
-    baselines = _present(study, BASELINES)
+    baselines = baseline_variants(study)
     frame = _comparisons(study, "corruption_acc", [(REFERENCE, b) for b in baselines], plan)
     decided = frame["p_holm"] < plan.alpha
     if (decided & (frame["difference"] < 0)).any():
@@ -276,7 +288,7 @@ def claim_geometry(study, plan) -> ClaimResult:
         return ClaimResult(6, text, NOT_MEASURED, "no geometry.parquet (eval_suite quick or full measures it)",
                            pd.DataFrame())
     clean = geometry[geometry["split"] == "test"].assign(status="completed")
-    baselines = [b for b in BASELINES if b in set(clean["variant"])]
+    baselines = [b for b in baseline_variants(study) if b in set(clean["variant"])]
     rows = []
     for b in baselines:
         c = stats.paired_difference(clean, metric, REFERENCE, b, confidence=1 - plan.alpha)

@@ -44,7 +44,7 @@ CURVE_LABELS = {
     "train_adv_acc": "train adversarial accuracy", "val_clean_acc": "val clean accuracy",
     "val_robust_acc": "val robust accuracy", "eps": "training eps", "lr": "learning rate",
 }
-EPS_CURVE_ATTACKS = ("pgd_eps_curve",)
+EPS_CURVE_ATTACKS = ("pgd_eps_curve", "apgd_eps_curve")  # the second (the `full` suite's) drawn dashed
 PERCENT_AXIS = dict(tickformat=".3~%")  # 97.25%: ticks 0.25 points apart stay distinct (".0%" repeated 97% 97% 98%)
 NONNEGATIVE = ("eps", "lr")  # quantities that cannot be below 0: their axes start at 0 (NPR losses can)
 
@@ -290,27 +290,33 @@ def learning_curves(epochs: pd.DataFrame, quantities: Sequence[str] = CURVE_QUAN
 
 
 def eps_curves(evals: pd.DataFrame, confidence: float = 0.95) -> go.Figure:
-    """Accuracy under PGD against the attack budget eps, per variant: mean over seeds with t-intervals."""
+    """Accuracy under PGD (and, where the `full` suite ran, APGD-CE + APGD-T: dashed, "<variant> (APGD)")
+    against the L-inf attack budget eps, per variant: mean over seeds with t-intervals."""
     frame = _require(evals, "evals", ["variant", "attack", "eps", "accuracy"])
     frame = frame[frame["attack"].isin(EPS_CURVE_ATTACKS)]
     if frame.empty:
         raise NoData(f"no {' / '.join(EPS_CURVE_ATTACKS)} rows in evals.parquet (eval_suite 'basic' records none)")
     if "split" in frame.columns and (frame["split"] == "test").any():
         frame = frame[frame["split"] == "test"]
-    per_trial = frame.groupby(["variant", "trial_id", "eps"], as_index=False)["accuracy"].mean()
+    per_trial = frame.groupby(["variant", "attack", "trial_id", "eps"], as_index=False)["accuracy"].mean()
     colors = variant_colors(frame["variant"])
     fig = go.Figure()
-    for variant in variant_order(frame["variant"]):
-        table = stats.t_intervals_by(per_trial[per_trial["variant"] == variant], "eps", "accuracy", confidence)
-        table = table.sort_values("eps")
+    for variant, attack in [(v, a) for a in EPS_CURVE_ATTACKS for v in variant_order(frame["variant"])]:
+        mine = per_trial[(per_trial["variant"] == variant) & (per_trial["attack"] == attack)]
+        if mine.empty:
+            continue
+        table = stats.t_intervals_by(mine, "eps", "accuracy", confidence).sort_values("eps")
+        apgd = attack == "apgd_eps_curve"
         fig.add_trace(go.Scatter(
-            name=variant, x=table["eps"], y=table["mean"], mode="lines+markers", line=dict(color=colors[variant]),
+            name=f"{variant} (APGD)" if apgd else variant, x=table["eps"], y=table["mean"], mode="lines+markers",
+            line=dict(color=colors[variant], dash="dash" if apgd else "solid"),
             error_y=dict(type="data", array=_none_if_nan(table["half_width"]), visible=True),
             customdata=np.stack([table["n"], table["eps"] * 255], axis=1),
-            hovertemplate=(f"{variant}<br>eps %{{x:.4g}} (%{{customdata[1]:.2f}}/255)<br>accuracy %{{y:.1%}}"
-                           "<br>n=%{customdata[0]} seeds<extra></extra>"),
+            hovertemplate=(f"{variant} {'APGD' if apgd else 'PGD'}<br>eps %{{x:.4g}} (%{{customdata[1]:.2f}}/255)"
+                           "<br>accuracy %{y:.1%}<br>n=%{customdata[0]} seeds<extra></extra>"),
         ))
-    fig.update_layout(title=f"Accuracy vs attack eps (PGD): mean over seeds, {confidence:.0%} t-interval",
+    fig.update_layout(title=f"Accuracy vs attack eps (PGD; dashed: APGD-CE + APGD-T): mean over seeds, "
+                            f"{confidence:.0%} t-interval",
                       xaxis_title="eps (L-inf, as recorded in evals.parquet)", yaxis_title="accuracy",
                       xaxis=dict(rangemode="tozero"), yaxis=PERCENT_AXIS, legend_title="variant")
     return fig

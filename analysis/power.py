@@ -43,6 +43,8 @@ def discordance_from(points: pd.DataFrame, attack: str, reference: str = "full")
     per-point results (points.parquet), pooled over the variants; the earlier study's own eps."""
     rows = points[(points["attack"] == attack) & (points["split"] == "test")] if "split" in points else \
         points[points["attack"] == attack]
+    if "norm" in rows:  # the threat model's L-inf ball, not the L2 one
+        rows = rows[rows["norm"].astype(str) == "Linf"]
     if rows.empty:
         raise ValueError(f"no {attack!r} rows in the earlier study's points.parquet")
     # one evaluation of the attack: the one with the most points (the study's own threat model, not the strong

@@ -112,6 +112,10 @@ def variants_point_matrices(points: pd.DataFrame | None, trials: pd.DataFrame, e
         return None
     eval_eps = trials.set_index("trial_id")["cfg_eval_eps"] if "cfg_eval_eps" in trials.columns else None
     rows = points[(points["attack"] == attack) & (points["split"] == "test")]
+    if "norm" in rows:  # the threat model's L-inf ball, not the L2 one (docs/evaluation.md#l2-threat-model)
+        rows = rows[rows["norm"].astype(str) == "Linf"]
+    else:  # points written before the L2 threat model: every one L-inf
+        rows = rows.assign(norm="Linf")
     flags = {}
     for trial_id in [t for v in variants for t in ids[v][seeds]]:
         mine = rows[rows["trial_id"] == trial_id]

@@ -140,6 +140,11 @@ class ExperimentConfig:
     eval_suite: str = field(default="quick", metadata=_choices("basic", "quick", "full"))
     eval_aa_n: int = field(default=1000, metadata=_range(0))  # 0: the whole (eval_n) test set
     eval_eps_curve: tuple[float, ...] = field(default=(0.0, 0.25, 0.5, 1.0, 1.5, 2.0), metadata=_range(0.0, 4.0))
+    # full: APGD-CE + APGD-T accuracy at eps = m * eval_eps for these m (docs/evaluation.md#robustness-curves)
+    eval_aa_eps_curve: tuple[float, ...] = field(default=(0.5, 1.0, 1.5, 2.0), metadata=_range(0.0, 4.0))
+    # full: the L2 threat model's radius on [0, 1] pixels; None: L2_EPS_AT_CIFAR scaled to the dataset
+    # (eval_l2_default: 0.5 on CIFAR-10 at 8/255; docs/evaluation.md#l2-threat-model)
+    eval_l2_eps: float | None = field(default=None, metadata=_range(0.0))
     eval_corruption_n: int = field(default=1000, metadata=_range(0))
     corruption_root: str = ""  # a directory of released CIFAR-10-C / CIFAR-100-C .npy files, if you have them
     # --- execution
@@ -218,14 +223,17 @@ class ExperimentConfig:
             raise ConfigError(problems)
 
     def resolved(self) -> "ExperimentConfig":
-        """Fill the dataset-dependent defaults (eps, eval_eps) so the config states every value used."""
-        if self.eps is not None and self.eval_eps is not None:
+        """Fill the dataset-dependent defaults (eps, eval_eps, eval_l2_eps) so the config states every value used."""
+        if self.eps is not None and self.eval_eps is not None and self.eval_l2_eps is not None:
             return self
         from .data import dataset_info
 
-        threat = float(dataset_info(self.dataset).default_eps)
-        return dataclasses.replace(self, eps=threat if self.eps is None else self.eps,
-                                   eval_eps=threat if self.eval_eps is None else self.eval_eps)
+        info = dataset_info(self.dataset)
+        threat = float(info.default_eps)
+        eval_eps = threat if self.eval_eps is None else self.eval_eps
+        l2 = eval_l2_default(eval_eps, info.image_shape) if self.eval_l2_eps is None else self.eval_l2_eps
+        return dataclasses.replace(self, eps=threat if self.eps is None else self.eps, eval_eps=eval_eps,
+                                   eval_l2_eps=l2)
 
     def replace(self, **changes: Any) -> "ExperimentConfig":
         """A validated copy with some fields changed."""
@@ -256,6 +264,22 @@ class ExperimentConfig:
         """PGD step for validation/test attacks: eval_eps/4 unless set."""
         assert self.eval_eps is not None, "call resolved() first"
         return self.eval_step_size if self.eval_step_size is not None else self.eval_eps / 4
+
+
+TEST_SUITE_FIELDS = ("eval_attack_steps", "eval_restarts", "eval_n", "eval_rival_targets", "eval_suite", "eval_aa_n",
+                     "eval_eps_curve", "eval_aa_eps_curve", "eval_l2_eps", "eval_corruption_n", "corruption_root")
+"""The fields only the test suite reads: training and validation (the model selection) never depend on them."""
+
+
+L2_EPS_AT_CIFAR = 0.5
+"""The L2 radius of the standard CIFAR-10 L2 threat model (RobustBench), paired there with L-inf 8/255."""
+
+
+def eval_l2_default(eval_eps: float, image_shape: tuple[int, ...]) -> float:
+    """The default L2 radius: CIFAR-10's 0.5, scaled as the L2 radius of the L-inf ball's corners
+    (eval_eps * sqrt(pixels)) scales from CIFAR-10 (8/255, 3x32x32) to this threat model and image size,
+    so that it is 0.5 at CIFAR-10's threat model: 0.230 on digits (0.1, 1x8x8)."""
+    return L2_EPS_AT_CIFAR * (eval_eps / (8 / 255)) * math.sqrt(math.prod(image_shape) / 3072)
 
 
 def _coerce(name: str, value: Any, annotation: Any, metadata: Mapping[str, Any]) -> Any:

@@ -4,16 +4,18 @@ A study directory `<storage>/<name>/` holds:
   trials.parquet       one row per trial: identity, status (error, error_log), config (cfg_* columns),
                        final metrics, provenance
   epochs.parquet       one row per (trial_id, epoch)
-  evals.parquet        one row per (trial_id, suite, attack, eps, steps, loss)
+  evals.parquet        one row per (trial_id, suite, split, attack, loss, norm, eps, steps, restarts)
   corruptions.parquet  one row per (trial_id, source, corruption, severity)
   geometry.parquet     one row per (trial_id, split)
   masking.parquet      one row per (trial_id, check): gradient-masking sanity checks
-  points.parquet       one row per (trial_id, suite, split, attack, loss, eps, steps, restarts, index): was the
+  points.parquet       one row per (trial_id, suite, split, attack, loss, norm, eps, steps, restarts, index): was the
                        model right on test point `index` (its position in the whole test split, so rows of
                        different trials pair) in that evaluation? One evaluation's mean of `correct` is its
                        evals.parquet `accuracy` exactly. Collected at export from `points/<trial_id>.parquet`,
                        which each trial's rank 0 writes (per-point results stay out of the JSON record).
   pareto.parquet       search studies: the non-dominated trials (`pareto_mask`)
+  transfer.parquet     one row per (source_trial, target_trial, attack, loss, eps, steps): a target model's
+                       accuracy on a source model's adversarial examples (`python -m dpnp_ray.evaluate.transfer`)
 Each file carries `schema_version` in its Parquet metadata and as a column.
 """
 
@@ -44,30 +46,50 @@ REQUIRED_COLUMNS: dict[str, list[str]] = {
         "epoch", "loss_total", "val_clean_acc", "val_robust_acc", "eps", "lr",
         "images_per_s", "epoch_seconds", "schema_version",
     ],
-    "evals": KEY_COLUMNS + ["suite", "split", "attack", "loss", "eps", "steps", "restarts", "n", "accuracy",
+    "evals": KEY_COLUMNS + ["suite", "split", "attack", "loss", "norm", "eps", "steps", "restarts", "n", "accuracy",
                             "schema_version"],
     "corruptions": KEY_COLUMNS + ["source", "corruption", "severity", "n", "accuracy", "schema_version"],
     "geometry": KEY_COLUMNS + ["split", "schema_version"],
     "masking": KEY_COLUMNS + ["check", "value", "threshold", "flagged", "detail", "schema_version"],
     "pareto": ["study", "trial_id", "schema_version"],
-    "points": KEY_COLUMNS + ["suite", "split", "attack", "loss", "eps", "steps", "restarts", "index", "correct",
-                             "schema_version"],
+    "points": KEY_COLUMNS + ["suite", "split", "attack", "loss", "norm", "eps", "steps", "restarts", "index",
+                             "correct", "schema_version"],
+    "transfer": ["study", "source_trial", "target_trial", "attack", "loss", "eps", "steps", "n", "accuracy",
+                 "code_version", "torch_version", "hardware", "schema_version"],
 }
 
 #: the natural key of each file: re-exporting after a resume keeps one row per key (the last)
 UNIQUE_KEYS: dict[str, list[str]] = {
     "trials": ["trial_id"],
     "epochs": ["trial_id", "epoch"],
-    "evals": ["trial_id", "suite", "split", "attack", "loss", "eps", "steps", "restarts"],
+    "evals": ["trial_id", "suite", "split", "attack", "loss", "norm", "eps", "steps", "restarts"],
     "corruptions": ["trial_id", "source", "corruption", "severity"],
     "geometry": ["trial_id", "split"],
     "masking": ["trial_id", "check"],
     "pareto": ["trial_id"],
-    "points": ["trial_id", "suite", "split", "attack", "loss", "eps", "steps", "restarts", "index"],
+    "points": ["trial_id", "suite", "split", "attack", "loss", "norm", "eps", "steps", "restarts", "index"],
+    "transfer": ["source_trial", "target_trial", "attack", "loss", "eps", "steps"],
 }
 
 #: the columns of points.parquet that name the evaluation a point belongs to (evals.parquet's key, less trial_id)
-POINT_EVAL_KEY = ["suite", "split", "attack", "loss", "eps", "steps", "restarts"]
+POINT_EVAL_KEY = ["suite", "split", "attack", "loss", "norm", "eps", "steps", "restarts"]
+
+
+#: columns added after a table's first files: their value in rows written before them (filled on read and write)
+COLUMN_DEFAULTS: dict[str, dict[str, object]] = {
+    "evals": {"norm": "Linf"},  # every evaluation was L-inf before the L2 threat model came
+    "points": {"norm": "Linf"},
+}
+
+
+def _with_defaults(table: str, frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with COLUMN_DEFAULTS filled in where a column is absent or null."""
+    for column, value in COLUMN_DEFAULTS.get(table, {}).items():
+        if column not in frame:
+            frame[column] = value
+        elif frame[column].isna().any():
+            frame[column] = frame[column].astype(object).fillna(value)
+    return frame
 
 
 class ResultsError(ValueError):
@@ -85,6 +107,7 @@ def normalize(table: str, rows: Iterable[dict] | pd.DataFrame) -> pd.DataFrame:
     """Rows -> DataFrame with the schema version set and duplicates (by natural key) removed, last wins."""
     frame = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
     frame["schema_version"] = SCHEMA_VERSION
+    frame = _with_defaults(table, frame)
     keys = [k for k in UNIQUE_KEYS[table] if k in frame.columns]
     if keys and len(frame):
         frame = frame.drop_duplicates(subset=keys, keep="last").reset_index(drop=True)
@@ -254,6 +277,7 @@ def read_table(directory: str | Path, table: str, *, required: bool = True) -> p
     except Exception as exc:  # pyarrow raises many types for truncated/foreign files
         raise ResultsError(f"{redact(path)}: not a readable Parquet file ({type(exc).__name__}: {redact(str(exc))}); "
                            "was it truncated or written by another program?") from None
+    frame = _with_defaults(table, frame)
     missing = [c for c in REQUIRED_COLUMNS[table] if c not in frame.columns]
     if missing and len(frame):
         raise ResultsError(f"{redact(path)}: missing columns {missing}; not a dpnp_ray {table} table")
@@ -316,6 +340,7 @@ def read_points_file(location: str) -> pd.DataFrame:
         frame = parquet_frame(read_bytes(location))
     except Exception as exc:  # pyarrow raises many types for truncated/foreign files
         raise ResultsError(f"{location}: not a readable per-point results file ({type(exc).__name__}: {exc})") from None
+    frame = _with_defaults("points", frame)
     missing = [c for c in POINT_EVAL_KEY + ["index", "correct"] if c not in frame.columns]
     if missing:
         raise ResultsError(f"{location}: missing columns {missing}; not a dpnp_ray per-point results file")

@@ -7,6 +7,7 @@ r"""The Adv-DPNP ablation grid: every variant x seed, one Ray Tune trial each (D
         --workers 2 --gpus-per-worker 1 --storage s3://bucket/studies --seeds 0 1 2
     python studies/ablation.py --config study.yaml --epochs 20   # a study file; flags override it
     python studies/ablation.py --resume --seeds 0 1 2 3 4        # grow a recorded study by two seeds
+    python studies/ablation.py --tuned-from results/tuned --seeds 0 1 2 3 4  # each method at its tuned point
 Results: <storage>/<name>/{trials,epochs,evals,...}.parquet (schema in README.md), study.yaml (the
 resolved study), models/<trial_id>/ (each trial's model), best/<variant's best trial>.yaml.
 """
@@ -48,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds per variant (default: 0 1 2)")
     parser.add_argument("--smoke", action="store_true",
                         help="digits, small CNN, 2 epochs, 2 variants, 1 seed: the quick demonstration and CI run")
+    parser.add_argument("--tuned-from", default=None, metavar="COMPARISON_DIR",
+                        help="an equal-budget comparison (studies/search.py --methods): start from its base config "
+                             "(less the test suite's fields) and run each method at its chosen point, as the variant "
+                             "tuned_<method>, after those of --variants (default: none)")
     add_common_flags(parser, default_name="ablation", defaults=DEFAULTS["config"])
     p = parser.add_argument_group("power (with --dry-run)")
     p.add_argument("--power-from", metavar="STUDY_DIR", default=None,
@@ -98,13 +103,14 @@ def main() -> int:
     recipe = resolve_study(build_parser(), "ablation", defaults=DEFAULTS, smoke=SMOKE)
     settings = study_settings(recipe.args)
     if recipe.args.dry_run:
-        plan = plan_ablation(recipe.config, recipe.study["variants"], recipe.study["seeds"], settings)
+        plan = plan_ablation(recipe.config, recipe.study["variants"], recipe.study["seeds"], settings,
+                             extra_variants=recipe.study.get("tuned"))
         print(plan.format())
         print("\n".join(power_plan(plan, recipe.study, recipe.args)))
         return 0
     with recipe:  # holds the study's driver lock from recipe.record until the tables are written
         written = run_ablation(recipe.config, recipe.study["variants"], recipe.study["seeds"], settings,
-                               before_training=recipe.record)
+                               before_training=recipe.record, extra_variants=recipe.study.get("tuned"))
         written["best"] = write_best_configs(settings.directory, "ablation")
     trials = results.read_table(results.parent(written["trials"]), "trials")
     print("\n" + console_summary(trials))

@@ -3,6 +3,7 @@ a claim about tuned ones, and the anchor gate refuses verdicts when PGD-AT is of
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,10 @@ from dpnp_ray.study.factorial import factorial_cells
 
 
 def _study(means: dict[str, tuple[float, float]], tuned: bool = True, seeds=range(6), noise=0.002, **cfg):
-    """A study whose variants have (clean, AutoAttack) means, a small seed noise, and its study.yaml."""
+    """A study whose variants have (clean, AutoAttack) means, a small seed noise, and its study.yaml; `tuned`:
+    from `--tuned-from`, so its baselines are named tuned_<method>."""
+    if tuned:
+        means = {f"tuned_{v}" if v in audit.BASELINES else v: m for v, m in means.items()}
     rng = np.random.default_rng(0)
     rows = []
     for variant, (clean, robust) in means.items():
@@ -82,3 +86,15 @@ def test_the_anchor_gate_refuses_verdicts_when_pgd_at_is_off_the_published_numbe
     assert audit.anchor_gate(_study({"full": (0.9, 0.5), "pgd_at": (0.5, 0.2)})) is None  # no anchors for digits
     page = audit.audit_markdown(off, ["python studies/ablation.py ..."])
     assert "**No verdicts**" in page and "| 1. higher clean accuracy than adversarial training | **refused** |" in page
+
+
+def test_the_audit_compares_the_tuned_baselines_and_calls_only_them_tuned():
+    both = _study({"full": (0.90, 0.50), "pgd_at": (0.80, 0.45), "tuned_pgd_at": (0.95, 0.55)}, tuned=False)
+    recipe = yaml.safe_dump({"kind": "ablation", "tuned_from": "results/tuning",
+                             "analysis": {"primary": ["aa_acc", "clean_acc"]}})
+    both = dataclasses.replace(both, recipe=recipe)
+    assert audit.baseline_variants(both) == ["tuned_pgd_at"] and audit.baselines_tuned(both)
+    assert _verdicts(both)["1"] == "contradicted"  # judged against the tuned PGD-AT (0.95), not the untuned one
+    untuned = _study({"full": (0.90, 0.50), "pgd_at": (0.85, 0.50)}, tuned=False)
+    untuned = dataclasses.replace(untuned, recipe=recipe)  # tuned_from recorded, but the baseline it compares ran at the base config
+    assert audit.baseline_variants(untuned) == ["pgd_at"] and not audit.baselines_tuned(untuned)

@@ -90,7 +90,7 @@ def evaluate_model(directory: str, suite: str = "full", *, device: str = "auto",
             rows = earlier.to_dict("records") + rows
         written[table] = results.write_table(out, table, rows)
     written["points"] = _write_points(out, results.points_frame(result.evals, result.points, keys))
-    accuracies = [{k: row.get(k) for k in ("attack", "loss", "eps", "steps", "restarts", "n", "accuracy")}
+    accuracies = [{k: row.get(k) for k in ("attack", "loss", "norm", "eps", "steps", "restarts", "n", "accuracy")}
                   for row in result.evals]
     summary = {**keys, "model": redact(directory), "suite": suite, "eval_precision": precision.name,
                "device": str(env.device), "eval_n": cfg.eval_n, "eval_aa_n": cfg.eval_aa_n, "seconds": seconds,

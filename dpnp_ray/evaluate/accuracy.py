@@ -77,6 +77,11 @@ def fraction(flags: torch.Tensor) -> float:
 # ------------------------------------------------------------------------ per-point correctness
 
 
+def attack_generator(device: torch.device, seed: int, rank: int = 0) -> torch.Generator:
+    """The generator of the evaluation attacks' random starts on one rank (one per call, batches in order)."""
+    return torch.Generator(device=device).manual_seed(seed * 7919 + rank)
+
+
 def correct_per_point(net: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Attack | None, *,
                       env: LocalEnvironment, batch_size: int, precision: Precision, seed: int = 0,
                       features: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -87,7 +92,7 @@ def correct_per_point(net: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: 
     large as you like: a batch that runs out of device memory is retried at half the size (same
     random state), so evaluation runs at the largest size that fits.
     """
-    generator = torch.Generator(device=env.device).manual_seed(seed * 7919 + env.rank)
+    generator = attack_generator(env.device, seed, env.rank)
     flags, feats = [], []
     lo = 0
     while lo < len(x):
@@ -229,13 +234,14 @@ def worst_case(flags: Mapping[str, PointFlags], n: int) -> torch.Tensor:
 
 
 def eval_row(attack: str, *, eps: float, steps: int, restarts: int, n: int, accuracy: float, split: str = "test",
-             loss: str = "ce", suite: str = "basic", **extra: Any) -> dict[str, Any]:
-    """One row of evals.parquet, without the key columns (study, trial_id, variant, seed).
+             loss: str = "ce", suite: str = "basic", norm: str = "Linf", **extra: Any) -> dict[str, Any]:
+    """One row of evals.parquet, without the key columns (study, trial_id, variant, seed). `norm`: the
+    threat model's norm (eps is its radius): Linf, or L2.
 
     `extra` adds columns some attacks have: `version` (AutoAttack), `step_size` (PGD at a scaled eps).
     """
     return {"attack": attack, "eps": float(eps), "steps": int(steps), "restarts": int(restarts), "n": int(n),
-            "accuracy": float(accuracy), "split": split, "loss": loss, "suite": suite, **extra}
+            "accuracy": float(accuracy), "split": split, "loss": loss, "suite": suite, "norm": norm, **extra}
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ AUTOATTACK_VERSIONS: dict[str, tuple[str, ...]] = {
     "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
 }
 AUTOATTACK_ITERATIONS = 100  # APGD and FAB iterations in both versions (AutoAttack's defaults)
+AUTOATTACK_NORMS = ("Linf", "L2")  # the threat models the suite runs AutoAttack under (its `norm`)
 
 
 @contextlib.contextmanager
@@ -63,8 +64,9 @@ def autoattack_code_version() -> str:
 
 
 def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, version: str, seed: int,
-               batch_size: int, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """L-inf AutoAttack (Croce & Hein 2020) with the original code; returns (x_adv, robust, warnings).
+               batch_size: int, num_classes: int, norm: str = "Linf") -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """AutoAttack (Croce & Hein 2020) with the original code, in the `norm` ball of radius eps (L-inf by
+    default, or L2); returns (x_adv, robust, warnings).
 
     `robust[i]` is True when no attack of the cascade broke point i (False also for points the model
     misclassifies clean). The caller puts the model in eval mode; it runs in fp32 on x's device.
@@ -74,12 +76,14 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
 
     if version not in AUTOATTACK_VERSIONS:
         raise ValueError(f"AutoAttack version {version!r}; known: {', '.join(AUTOATTACK_VERSIONS)}")
+    if norm not in AUTOATTACK_NORMS:
+        raise ValueError(f"AutoAttack norm {norm!r}; known: {', '.join(AUTOATTACK_NORMS)}")
     if num_classes < 4:
         raise ValueError(f"AutoAttack's targeted DLR loss needs at least 4 classes, got {num_classes}")
     if version == "standard":
-        attack = AutoAttack(model, version="standard", norm="Linf", eps=eps, seed=seed, device=x.device)
+        attack = AutoAttack(model, version="standard", norm=norm, eps=eps, seed=seed, device=x.device)
     else:
-        attack = AutoAttack(model, attacks=list(AUTOATTACK_VERSIONS[version]), version="custom", norm="Linf",
+        attack = AutoAttack(model, attacks=list(AUTOATTACK_VERSIONS[version]), version="custom", norm=norm,
                             eps=eps, seed=seed, device=x.device)
         attack.apgd.n_restarts = 1  # what _set_version('standard') sets for APGD-CE / APGD-T
         attack.apgd_targeted.n_restarts = 1

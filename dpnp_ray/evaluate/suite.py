@@ -26,12 +26,16 @@ quick   basic, plus on the "attack subset" (cfg.eval_aa_n points drawn from thos
         at eval_eps on the subset's points ("worst_case", `_worst_case`).
 full    quick with AutoAttack `standard` (APGD-CE, APGD-T, FAB-T, Square 5000 queries: AutoAttack's
         cascade, the per-point worst case) instead of `apgd`, PGD-50 with 10 restarts on the eval_n
-        points, and Square with 5000 queries on the whole attack subset.
+        points, and Square with 5000 queries on the whole attack subset; on the attack subset an
+        APGD-CE + APGD-T accuracy-vs-eps curve ("apgd_eps_curve", AutoAttack `apgd` at eps = m *
+        cfg.eval_eps for m in cfg.eval_aa_eps_curve) and the L2 threat model: AutoAttack `apgd` in the L2
+        ball of radius cfg.eval_l2_eps ("autoattack" row with norm "L2"). Neither enters the worst case
+        (other threat models than eval_eps L-inf).
 
 Rows of evals.parquet carry suite = the level that ran; "autoattack" rows add `version` (apgd /
-standard) and name the cascade in `loss`; "feature_margin" and "targeted_rivals" rows add `scores`
-(prototype_distance / logits), targeted_rivals also `targets` (k); the "worst_case" row lists its
-attacks in `loss`; "square" rows put the query budget in `steps`; eps-curve
+standard) and name the cascade in `loss`; every row has `norm` (Linf, or L2); "feature_margin" and
+"targeted_rivals" rows add `scores` (prototype_distance / logits), targeted_rivals also `targets` (k); the
+"worst_case" row lists its attacks in `loss`; "square" rows put the query budget in `steps`; eps-curve
 and unbounded rows add `step_size`. The summary holds clean/fgsm/pgd/cw (via experiment.summary_metrics),
 aa_acc, aa_version, aa_n, pgd_aa_gap (PGD-k CE minus AutoAttack on the attack subset), aa_warnings,
 worst_case_acc, worst_case_n, worst_case_attacks (the attacks it is the worst case of), square_acc, corruption_acc (mean over corruptions x severities), corruption_clean_acc (same points),
@@ -94,7 +98,14 @@ class SuiteLevel:
     square_n: int = 0  # points of the attack subset it runs on; 0: all of them
     square_rescale_schedule: bool = True  # Square's own option: fit its p schedule to few queries
     unbounded_steps: int = 50  # PGD at eps = 1 with step 2.5 / steps (Madry et al.'s rule)
+    aa_eps_curve: bool = False  # APGD-CE + APGD-T at eps = m * eval_eps, m in cfg.eval_aa_eps_curve
+    l2: bool = False  # APGD-CE + APGD-T in the L2 ball of radius cfg.eval_l2_eps
     steps_factor: int = 2  # the steps check compares PGD-k with PGD-(factor * k)
+
+    @property
+    def attack_subset(self) -> bool:
+        """Whether anything runs on the attack subset (cfg.eval_aa_n points)."""
+        return self.autoattack is not None or self.diagnostics or self.adaptive or self.aa_eps_curve or self.l2
 
 
 SUITE_LEVELS: Registry[SuiteLevel] = Registry("eval suite level")
@@ -104,7 +115,8 @@ SUITE_LEVELS.register("quick")(SuiteLevel(
     square_queries=1000, square_n=500))
 SUITE_LEVELS.register("full")(SuiteLevel(
     "full", autoattack="standard", adaptive=True, diagnostics=True, geometry=True, corruptions=True, strong_pgd=(50, 10),
-    square_queries=5000, square_n=0, square_rescale_schedule=False, unbounded_steps=100))
+    square_queries=5000, square_n=0, square_rescale_schedule=False, unbounded_steps=100, aa_eps_curve=True,
+    l2=True))
 
 
 def check_inputs(cfg: ExperimentConfig) -> None:
@@ -146,7 +158,8 @@ class SuiteResult:
         self.evals.append(row)
 
 
-SUBSET_PARTS = ("pgd_subset", "autoattack", "adaptive", "eps_curve", "steps_check", "unbounded", "square", "geometry")
+SUBSET_PARTS = ("pgd_subset", "autoattack", "other_threat_models", "adaptive", "eps_curve", "steps_check", "unbounded",
+                "square", "geometry")
 """the suite's parts that run on the attack subset (eval_aa_n points); the others run on eval_n points
 (corruptions: on eval_corruption_n)"""
 
@@ -285,7 +298,7 @@ def run_suite(net: Classifier, data: DatasetSplits, cfg: ExperimentConfig, env: 
         if level.strong_pgd is not None:
             with ctx.timer("strong_pgd"):
                 test_flags.update(_strong_pgd(ctx, test, test_index, acc["pgd"], result))
-        if level.autoattack is not None or level.diagnostics or level.adaptive:
+        if level.attack_subset:
             _attack_subset(ctx, test, test_index, test_flags, result)
         if level.corruptions:
             with ctx.timer("corruptions"):
@@ -366,6 +379,9 @@ def _attack_subset(ctx: SuiteContext, test: Split, test_index: torch.Tensor, tes
     flags["pgd_subset"] = PointFlags(everywhere, subset.pgd_ok)  # PGD-k again: other random starts on these points
     if ctx.level.autoattack is not None:
         flags["autoattack"] = PointFlags(everywhere, _autoattack(ctx, subset, result))
+    if ctx.level.aa_eps_curve or ctx.level.l2:
+        with ctx.timer("other_threat_models"):
+            _other_threat_models(ctx, subset, result)
     if ctx.level.adaptive:
         with ctx.timer("adaptive"):
             flags.update({name: PointFlags(everywhere, ok) for name, ok in _adaptive(ctx, subset, result).items()})
@@ -391,25 +407,56 @@ def _clean_and_pgd(ctx: SuiteContext, points: Split, split_index: torch.Tensor) 
 
 def _autoattack(ctx: SuiteContext, subset: _AttackSubset, result: SuiteResult) -> torch.Tensor:
     """AutoAttack at the level's version on the subset; returns per point: did the point survive it?"""
-    cfg, env, n, x, eps = ctx.cfg, ctx.env, subset.n, subset.x, ctx.cfg.eval_eps
-    version = ctx.level.autoattack
+    eps, version = ctx.cfg.eval_eps, ctx.level.autoattack
     with ctx.timer("autoattack"):
-        aa_local = torch.zeros(0, dtype=torch.bool, device=env.device)
-        warnings: list[str] = []
-        if len(x):
-            x_adv, aa_local, warnings = autoattack(ctx.net, x, subset.y, eps=eps, version=version, seed=cfg.seed,
-                                                   batch_size=cfg.eval_batch_size, num_classes=ctx.info.num_classes)
-            excess = float((x_adv - x).abs().amax()) - eps
-            if excess > 1e-5 or float(x_adv.min()) < 0 or float(x_adv.max()) > 1:
-                raise RuntimeError(f"AutoAttack returned points outside the threat model (L-inf excess "
-                                   f"{excess:.2e}, range [{float(x_adv.min())}, {float(x_adv.max())}])")
-        aa_ok = gather_flags(aa_local, n, env)
-    aa_acc, pgd_acc = fraction(aa_ok), fraction(subset.pgd_ok)
+        aa_ok, warnings = _run_autoattack(ctx, subset, eps=eps, version=version, norm="Linf")
+    n, aa_acc, pgd_acc = subset.n, fraction(aa_ok), fraction(subset.pgd_ok)
     result.add_eval(ctx.row("autoattack", eps=eps, steps=AUTOATTACK_ITERATIONS, restarts=1, n=n, accuracy=aa_acc,
                             loss="+".join(AUTOATTACK_VERSIONS[version]), version=version), subset.split_index, aa_ok)
     result.summary.update(aa_acc=aa_acc, aa_version=version, aa_n=n, pgd_aa_gap=pgd_acc - aa_acc,
                           aa_code=autoattack_code_version(), aa_warnings=" | ".join(dict.fromkeys(warnings)))
     return aa_ok
+
+
+def _run_autoattack(ctx: SuiteContext, subset: _AttackSubset, *, eps: float, version: str, norm: str
+                    ) -> tuple[torch.Tensor, list[str]]:
+    """AutoAttack `version` in the `norm` ball of radius eps on this rank's share of the subset, its output
+    checked to lie in the threat model; returns (per point of the whole subset: survived?, its warnings)."""
+    cfg, env, x = ctx.cfg, ctx.env, subset.x
+    local = torch.zeros(0, dtype=torch.bool, device=env.device)
+    warnings: list[str] = []
+    if len(x):
+        x_adv, local, warnings = autoattack(ctx.net, x, subset.y, eps=eps, version=version, seed=cfg.seed,
+                                            batch_size=cfg.eval_batch_size, num_classes=ctx.info.num_classes,
+                                            norm=norm)
+        delta = (x_adv - x).flatten(1)
+        size = delta.abs().amax() if norm == "Linf" else delta.norm(dim=1).amax()
+        excess = float(size) - eps
+        if excess > 1e-5 or float(x_adv.min()) < 0 or float(x_adv.max()) > 1:
+            raise RuntimeError(f"AutoAttack returned points outside the threat model ({norm} excess "
+                               f"{excess:.2e}, range [{float(x_adv.min())}, {float(x_adv.max())}])")
+    return gather_flags(local, subset.n, env), warnings
+
+
+def _other_threat_models(ctx: SuiteContext, subset: _AttackSubset, result: SuiteResult) -> None:
+    """APGD-CE + APGD-T (AutoAttack `apgd`) on the subset at other budgets than the threat model's: the L-inf
+    curve at eps = m * eval_eps (m in cfg.eval_aa_eps_curve; m = 0 is clean accuracy, no attack) and the L2
+    ball of radius cfg.eval_l2_eps. Summary: aa_l2_acc, aa_l2_eps."""
+    cfg, n, version = ctx.cfg, subset.n, "apgd"
+    loss = "+".join(AUTOATTACK_VERSIONS[version])
+    if ctx.level.aa_eps_curve:
+        for m in sorted(set(cfg.eval_aa_eps_curve)):
+            eps = m * cfg.eval_eps
+            ok = subset.clean_ok if eps == 0 else _run_autoattack(ctx, subset, eps=eps, version=version,
+                                                                  norm="Linf")[0]
+            result.add_eval(ctx.row("apgd_eps_curve", eps=eps, steps=AUTOATTACK_ITERATIONS, restarts=1, n=n,
+                                    accuracy=fraction(ok), loss=loss, version=version), subset.split_index, ok)
+    if ctx.level.l2:
+        ok = subset.clean_ok if cfg.eval_l2_eps == 0 else _run_autoattack(ctx, subset, eps=cfg.eval_l2_eps,
+                                                                         version=version, norm="L2")[0]
+        result.add_eval(ctx.row("autoattack", eps=cfg.eval_l2_eps, steps=AUTOATTACK_ITERATIONS, restarts=1, n=n,
+                                accuracy=fraction(ok), loss=loss, version=version, norm="L2"), subset.split_index, ok)
+        result.summary.update(aa_l2_acc=fraction(ok), aa_l2_eps=cfg.eval_l2_eps)
 
 
 def _adaptive(ctx: SuiteContext, subset: _AttackSubset, result: SuiteResult) -> dict[str, torch.Tensor]:

@@ -61,18 +61,21 @@ def variant_overrides() -> dict[str, dict[str, Any]]:
 
 
 def run_ablation(base: dict[str, Any], variants: list[str], seeds: list[int], settings: StudySettings, *,
-                 before_training: Callable[[], Any] | None = None) -> dict[str, str]:
+                 before_training: Callable[[], Any] | None = None,
+                 extra_variants: dict[str, dict[str, Any]] | None = None) -> dict[str, str]:
     """The ablation grid: every variant x seed, as a Ray Tune grid. Returns the Parquet locations.
 
-    `before_training` runs once the inputs passed the preflight, before any trial (e.g. writing study.yaml)."""
+    `before_training` runs once the inputs passed the preflight, before any trial (e.g. writing study.yaml).
+    `extra_variants`: variants beyond the registry, name -> overrides (`--tuned`: each method at its chosen point)."""
     from ray import tune
 
-    unknown = [v for v in variants if v not in ABLATION_VARIANTS]
-    problems = [f"unknown variant(s) {unknown}; known: {', '.join(LISTED_VARIANTS)}, or the cells of "
-                f"{FACTORIAL_PREFIX}<factors> ({', '.join(FACTORS)})"] if unknown else []
+    # all of them: a resumed study may hold variants not asked for this time
+    overrides = {**variant_overrides(), **(extra_variants or {})}
+    unknown = [v for v in variants if v not in overrides]
+    problems = [f"unknown variant(s) {unknown}; known: {', '.join([*LISTED_VARIANTS, *(extra_variants or {})])}, "
+                f"or the cells of {FACTORIAL_PREFIX}<factors> ({', '.join(FACTORS)})"] if unknown else []
     if not variants or not seeds:
         problems.append(f"--variants {list(variants)} --seeds {list(seeds)}: need at least one of each")
-    overrides = variant_overrides()  # all of them: a resumed study may hold variants not asked for this time
     config_problems, configs = preflight.config_problems(
         base, [{**overrides[v], "seed": s} for v in variants if v in overrides for s in seeds])
     settings = resolve(settings)

@@ -21,6 +21,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from .. import results
 from ..config import ExperimentConfig, field_choices
+from ..methods import METHODS, loss_weights
 from ..provenance import redact
 from ..ray_train import STOP_LATENCY_EPOCHS, TIME_ATTR, find_final_record
 from ..registry import Registry
@@ -46,6 +47,11 @@ class SearchSpace:
     eps_fraction: tuple[float, float] = (0.5, 1.0)
     warmup_fraction: tuple[float, float] = (0.1, 0.5)  # of the epochs
     search_switches: bool = True
+    # searched only in an equal-budget comparison of methods (sample_method): the optimiser, the baselines' weights
+    lr: tuple[float, float] = (0.01, 0.2)
+    weight_decay: tuple[float, float] = (1e-5, 1e-3)
+    trades_beta: tuple[float, float] = (1.0, 12.0)
+    mart_beta: tuple[float, float] = (1.0, 12.0)
 
     def sample(self, trial, threat_eps: float, epochs: int) -> None:
         """Suggest every parameter on an Optuna trial (define-by-run)."""
@@ -63,8 +69,11 @@ class SearchSpace:
         if schedule != "constant":
             lo, hi = self.warmup_fraction
             trial.suggest_float("eps_warmup_epochs", max(lo * epochs, 0.1), max(hi * epochs, 0.2))
-        lo, hi = self.eps_fraction
-        trial.suggest_float("eps", lo * threat_eps, hi * threat_eps)
+        trial.suggest_float("eps", *self.eps_range(threat_eps))
+
+    def eps_range(self, threat_eps: float) -> tuple[float, float]:
+        """The searched training eps: eps_fraction of the threat model's eps."""
+        return self.eps_fraction[0] * threat_eps, self.eps_fraction[1] * threat_eps
 
     def default_point(self, base: ExperimentConfig) -> dict[str, Any]:
         """The base config expressed as a point of this space: the first trial evaluates it."""
@@ -83,8 +92,35 @@ class SearchSpace:
         point["eps_schedule"] = base.eps_schedule
         if base.eps_schedule != "constant":
             point["eps_warmup_epochs"] = base.eps_warmup_epochs
-        point["eps"] = min(max(base.eps, self.eps_fraction[0] * base.eval_eps), self.eps_fraction[1] * base.eval_eps)
+        lo, hi = self.eps_range(base.eval_eps)
+        point["eps"] = min(max(base.eps, lo), hi)
         return point
+
+    def method_params(self, cfg: ExperimentConfig) -> tuple[tuple[str, tuple[float, float], bool], ...]:
+        """(field, bounds, log-uniform) of what a comparison of methods searches for cfg.method, in this order:
+        SHARED_PARAMS and, for an adversarial method, the training eps (eps_range), the same for every method,
+        then the loss weights its loss reads (methods.loss_weights under cfg's switches)."""
+        shared = [(name, getattr(self, name), True) for name in SHARED_PARAMS]
+        eps = [("eps", self.eps_range(cfg.eval_eps), False)] if cfg.is_adversarial else []
+        own = [(name, getattr(self, name), name not in LINEAR_PARAMS)
+               for name in loss_weights(cfg.method, cfg.to_dict())]
+        return tuple(shared + eps + own)
+
+    def sample_method(self, trial, cfg: ExperimentConfig) -> None:
+        """Suggest one trial of cfg.method's search in a comparison of methods (define-by-run, no switches)."""
+        for name, (lo, hi), log in self.method_params(cfg):
+            trial.suggest_float(name, lo, hi, log=log)
+
+    def method_default_point(self, cfg: ExperimentConfig) -> dict[str, Any]:
+        """cfg as a point of cfg.method's space (clamped into it): each method's first trial."""
+        return {name: min(max(getattr(cfg, name), lo), hi) for name, (lo, hi), _ in self.method_params(cfg)}
+
+
+SHARED_PARAMS = ("lr", "weight_decay")
+"""What a comparison of methods searches log-uniformly for every method, in the same ranges (and the training eps,
+uniformly, for an adversarial one)."""
+LINEAR_PARAMS = ("beta_adv",)
+"""Loss weights sampled uniformly; every other one log-uniformly."""
 
 
 @dataclass(frozen=True)
@@ -208,6 +244,7 @@ class _DefineByRun:
     threat_eps: float
     epochs: int
     metric_names: tuple[str, ...] = ()
+    method_config: ExperimentConfig | None = None  # a comparison of methods: its method's space (sample_method)
 
     def __call__(self, trial) -> dict[str, int]:
         if self.metric_names and trial.study.metric_names is None:
@@ -215,16 +252,22 @@ class _DefineByRun:
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 trial.study.set_metric_names(list(self.metric_names))  # the trials.parquet column names
         trial.set_user_attr("trial_id", trial_id({"optuna_trial": trial.number}, "search"))  # joins trials.parquet
-        self.space.sample(trial, self.threat_eps, self.epochs)
+        if self.method_config is None:
+            self.space.sample(trial, self.threat_eps, self.epochs)
+        else:
+            self.space.sample_method(trial, self.method_config)
         return {"optuna_trial": trial.number}  # a constant of the config, not a searched parameter
 
 
 def run_search(base: dict[str, Any], settings: StudySettings, *, trials: int, space: SearchSpace = SearchSpace(),
                sampler: str = "tpe", objective: str = "multi", scheduler: str = "asha", seed: int = 0,
                optuna_storage: str | None = None, extend: bool = False,
-               before_training: Callable[[], Any] | None = None) -> dict[str, str]:
+               before_training: Callable[[], Any] | None = None, method: str | None = None) -> dict[str, str]:
     """Search, then export every table and the Pareto front. Returns the Parquet locations.
     `before_training` runs once the inputs passed the preflight, before any trial (e.g. writing study.yaml).
+
+    method: search that method (set in the base config) in its space of an equal-budget comparison of methods
+    (SearchSpace.sample_method) instead of Adv-DPNP's space (SearchSpace.sample).
 
     extend: a new Tune run of `trials` more trials that continues the study's existing Optuna study
     (growing a finished search, recipe.py); the base config is not evaluated again."""
@@ -239,9 +282,16 @@ def run_search(base: dict[str, Any], settings: StudySettings, *, trials: int, sp
         problems.append(f"--sampler {sampler!r}: allowed {', '.join(SAMPLERS.names())}")
     problems += preflight.count_problem("--trials", trials, 1)
     problems += preflight.count_problem("--seed", seed, 0, preflight.SEED_LIMIT - 1)
+    if method is not None:
+        if method not in METHODS:
+            problems.append(f"--methods {method!r}: allowed {', '.join(METHODS.names())}")
+            method = None
+        else:
+            base = {**base, "method": method}
     config_problems, configs = preflight.config_problems(base, [{}])
     if configs:
-        more, _ = preflight.config_problems(base, [space.default_point(configs[0])])
+        point = space.default_point(configs[0]) if method is None else space.method_default_point(configs[0])
+        more, _ = preflight.config_problems(base, [point])
         config_problems += [p for p in more if p not in config_problems]
     settings = resolve(settings)
     storage_problems, storage = preflight.optuna_storage_problems(optuna_storage) if optuna_storage else ([], None)
@@ -262,9 +312,10 @@ def run_search(base: dict[str, Any], settings: StudySettings, *, trials: int, sp
     concurrent = plan_concurrency(settings.scaling, settings.max_concurrent)
     metric, mode = OBJECTIVES[objective]
     searcher = PruningAwareOptunaSearch(
-        space=_DefineByRun(space, cfg.eval_eps, cfg.epochs, tuple(metric) if isinstance(metric, list) else (metric,)),
+        space=_DefineByRun(space, cfg.eval_eps, cfg.epochs, tuple(metric) if isinstance(metric, list) else (metric,),
+                           cfg if method is not None else None),
         metric=metric, mode=mode,
-        points_to_evaluate=None if settings.resume or extend else [space.default_point(cfg)],
+        points_to_evaluate=None if settings.resume or extend else [point],
         sampler=make_sampler(sampler, seed), study_name=settings.name, storage=storage, seed=seed,
         study=settings.name, train_storage=settings.train_storage,
         intermediate=AshaSettings.metric if isinstance(metric, list) else metric,  # the scheduler's scalar

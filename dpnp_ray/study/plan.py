@@ -140,15 +140,22 @@ def suite_cost(cfg: ExperimentConfig, n_test: int, num_classes: int, survival: f
     parts = {"threat_model": n * (1 + 3 + 2 * pgd)}  # clean, FGSM (a step and a forward), PGD-k, CW-inf
     if level.strong_pgd is not None and tuple(level.strong_pgd) != (k, r):
         parts["strong_pgd"] = n * attack_cost(*level.strong_pgd, survival)
-    if level.autoattack is not None or level.diagnostics:
+    if level.attack_subset:
         parts["pgd_subset"] = m * (1 + pgd)
+    targets = min(AUTOATTACK_TARGETS, num_classes - 1)
+    stages = {"apgd-ce": 2 * AUTOATTACK_ITERATIONS, "apgd-t": 2 * AUTOATTACK_ITERATIONS * targets,
+              "fab-t": FAB_STEP_COST * AUTOATTACK_ITERATIONS * targets, "square": 5000}
+
+    def cascade(version: str) -> float:  # the first stage attacks every point, each later one only what is left
+        return m * sum(stages[a] * (1 if i == 0 else survival) for i, a in enumerate(AUTOATTACK_VERSIONS[version]))
+
     if level.autoattack is not None:
-        targets = min(AUTOATTACK_TARGETS, num_classes - 1)
-        stages = {"apgd-ce": 2 * AUTOATTACK_ITERATIONS, "apgd-t": 2 * AUTOATTACK_ITERATIONS * targets,
-                  "fab-t": FAB_STEP_COST * AUTOATTACK_ITERATIONS * targets, "square": 5000}
-        # the first stage attacks every point, each later one only what is left
-        parts["autoattack"] = m * sum(stages[a] * (1 if i == 0 else survival)
-                                      for i, a in enumerate(AUTOATTACK_VERSIONS[level.autoattack]))
+        parts["autoattack"] = cascade(level.autoattack)
+    # APGD-CE + T over the eps curve (m = 0 is clean: no attack) and in the L2 ball
+    runs = (level.aa_eps_curve * sum(1 for x in set(cfg.eval_aa_eps_curve) if x > 0)
+            + level.l2 * (cfg.eval_l2_eps != 0))
+    if runs:
+        parts["other_threat_models"] = runs * cascade("apgd")
     if level.diagnostics:
         curve = len(set(cfg.eval_eps_curve) | {1.0}) - 1  # eps = 1 x eval_eps is the PGD-k above
         parts["diagnostics"] = m * (curve * pgd + attack_cost(level.steps_factor * k, r, survival)
@@ -329,6 +336,7 @@ class Plan:
     sizes: SplitSizes
     cpus: float  # the CPUs of the nodes the trials run on
     notes: list[str] = field(default_factory=list)
+    runs: int = 1  # Tune runs one after another, each of an equal share of the trials (one per compared method)
 
     @property
     def cpu_seconds(self) -> float:
@@ -340,8 +348,10 @@ class Plan:
 
     @property
     def slot_seconds(self) -> float:
-        """The trials packed into the slots that run at once."""
-        return makespan([t.seconds for t in self.trials], self.concurrent)
+        """The trials packed into the slots that run at once, run after run."""
+        size = -(-len(self.trials) // self.runs)
+        return sum(makespan([t.seconds for t in self.trials[i:i + size]], self.concurrent)
+                   for i in range(0, len(self.trials), size))
 
     @property
     def cpu_bound(self) -> bool:
@@ -354,8 +364,8 @@ class Plan:
 
     @property
     def study_seconds(self) -> float:
-        """Once per study: FIXED_STUDY_SECONDS, and for `tune` the start of the slots' actors (in parallel)."""
-        return FIXED_STUDY_SECONDS + (TUNE_ACTOR_START_SECONDS if self.scaling.runner == "tune" else 0.0)
+        """Once per Tune run: FIXED_STUDY_SECONDS, and for `tune` the start of the slots' actors (in parallel)."""
+        return self.runs * (FIXED_STUDY_SECONDS + (TUNE_ACTOR_START_SECONDS if self.scaling.runner == "tune" else 0.0))
 
     @property
     def device_hours(self) -> float:
@@ -391,7 +401,8 @@ class Plan:
             "",
             f"estimate: wall {_duration(self.wall_seconds)}, {self.device_hours:.3g} {unit}-hours "
             f"(incl. {FIXED_TRIAL_SECONDS[s.runner]:g} s start-up + tear-down per trial and {self.study_seconds:g} s "
-            f"per study; attacks at {SURVIVAL:g} of their length, docs/evaluation.md#cost-model)",
+            f"per study{f' ({self.runs} Tune runs)' if self.runs > 1 else ''}; attacks at {SURVIVAL:g} of their "
+            "length, docs/evaluation.md#cost-model)",
         ]
         if self.cpu_bound:
             lines.append(f"note: CPU-bound: {self.cpu_seconds:.0f} CPU-seconds of work "
@@ -434,7 +445,7 @@ def cluster_view(settings: StudySettings) -> tuple[list[dict[str, float]], str]:
 
 
 def _make_plan(kind: str, named: list[tuple[str, ExperimentConfig, float, float]], settings: StudySettings,
-               calibration: Calibration | None, notes: list[str]) -> Plan:
+               calibration: Calibration | None, notes: list[str], runs: int = 1) -> Plan:
     nodes, where = cluster_view(settings)
     settings = with_runner(settings)
     driver = trial_driver(settings.scaling, nodes)
@@ -453,15 +464,16 @@ def _make_plan(kind: str, named: list[tuple[str, ExperimentConfig, float, float]
                      "far too long; run the dry run where a GPU is visible for a GPU estimate")
     cpus = sum(n.get("CPU", 0.0) for n in nodes)
     return Plan(settings.name, kind, trials, settings.scaling, driver, concurrent, where, calibration, sizes, cpus,
-                notes)
+                notes, runs)
 
 
 def plan_ablation(base: dict[str, Any], variants: list[str], seeds: list[int], settings: StudySettings,
-                  calibration: Calibration | None = None) -> Plan:
-    """The plan of `run_ablation(base, variants, seeds, settings)`: every variant x seed, in Tune's order."""
+                  calibration: Calibration | None = None, extra_variants: dict[str, dict] | None = None) -> Plan:
+    """The plan of `run_ablation(base, variants, seeds, settings, extra_variants=...)`: every variant x seed, in
+    Tune's order."""
     from .ablation_grid import variant_overrides
 
-    overrides = variant_overrides()
+    overrides = {**variant_overrides(), **(extra_variants or {})}
     named = []
     for variant in variants:  # Tune's grid order: the seed varies fastest
         for seed in seeds:
@@ -472,15 +484,20 @@ def plan_ablation(base: dict[str, Any], variants: list[str], seeds: list[int], s
 
 
 def plan_search(base: dict[str, Any], settings: StudySettings, *, trials: int, scheduler: str = "asha",
-                calibration: Calibration | None = None) -> Plan:
+                calibration: Calibration | None = None, methods: list[str] | None = None, space=None) -> Plan:
     """The plan of `run_search(base, settings, trials=..., scheduler=...)`: `trials` trials of the base
     config's cost (the searched fields do not change it); with ASHA each trains the expected epochs
-    of its rungs and reaches the test suite with the chance of surviving them."""
-    from .optuna_search import asha_settings
+    of its rungs and reaches the test suite with the chance of surviving them. `methods`: an equal-budget
+    comparison (`--methods`): `trials` trials of each method, one method after another, with a note per method
+    of its budget and of what it searches in `space` (an optuna_search.SearchSpace)."""
+    from .optuna_search import SearchSpace, asha_settings
 
-    cfg = ExperimentConfig.from_dict(base)
+    configs = [(f"{m} ", ExperimentConfig.from_dict({**base, "method": m})) for m in methods or []]
+    configs = configs or [("", ExperimentConfig.from_dict(base))]
+    cfg = configs[0][1]
     epochs, evaluated = float(cfg.epochs), 1.0
-    notes = [f"search budget {trials}"]
+    notes = [f"search budget {trials}" + (f" per method ({len(configs)} methods, one after another)" if methods
+                                          else "")]
     if scheduler == "asha":
         asha = asha_settings(cfg.epochs)
         rungs = asha_rungs(asha.grace_period, asha.reduction_factor, asha.max_t) if asha else []
@@ -489,5 +506,12 @@ def plan_search(base: dict[str, Any], settings: StudySettings, *, trials: int, s
         notes[0] += (f"; ASHA decides after {', '.join(f'{r:g}' for r in rungs) or 'no'} epoch(s)"
                      + (f" keeping 1/{asha.reduction_factor:g}" if asha else "")
                      + f": about {epochs:.3g} of {cfg.epochs} epochs per trial")
-    named = [(f"trial {i}", cfg, epochs, evaluated) for i in range(trials)]
-    return _make_plan("search", named, settings, calibration, notes)
+    space = space or SearchSpace()
+    for _, config in configs if methods else []:
+        ranges = [f"{name} [{lo:.4g}, {hi:.4g}]{' log' if log else ''}" for name, (lo, hi), log
+                  in space.method_params(config)]
+        notes.append(f"budget of {config.method}: {trials} trial(s) of {config.epochs} epochs; searches "
+                     + ", ".join(ranges))
+    named = [(f"{prefix}{i}" if methods else f"trial {i}", config, epochs, evaluated)
+             for prefix, config in configs for i in range(trials)]
+    return _make_plan("search", named, settings, calibration, notes, runs=len(configs))

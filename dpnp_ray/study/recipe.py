@@ -22,6 +22,9 @@ is optional:
     scheduler: asha
     optuna_storage: null
     space: {lambda_ppa: [0.001, 1.0], eps_fraction: [0.5, 1.0], search_switches: true}  # search: bounds
+    methods: [adv_dpnp, pgd_at, trades, mart]  # search: --methods, one equal-budget search each (see below)
+    tuned: {tuned_pgd_at: {method: pgd_at, lr: 0.03}}  # ablation: --tuned-from <comparison>, its chosen points
+    tuned_from: results/tuned                          #   (and where they came from)
     scaling: {workers: 1, cpus_per_worker: 1.0, gpus_per_worker: 0.0, runner: null}   # runner null: the default
     max_concurrent: 0
     max_failures: 2
@@ -39,6 +42,13 @@ with the differing keys listed. The resolved study and the exact command line ar
 
 After a study, `write_best_configs` writes `<study>/best/<trial_id>.yaml` (per variant for an ablation,
 the Pareto front for a search): `python -m dpnp_ray --config best/<trial_id>.yaml` retrains one.
+
+An equal-budget comparison (`studies/search.py --methods ...`) searches each method in a search of its own,
+`<study>/<name>-<method>/` (the same trials, epochs, sampler and seed, objective, scheduler and shared ranges),
+and writes each method's chosen point to `<study>/best/<method>.yaml` by one rule (`write_chosen_points`).
+`studies/ablation.py --tuned-from <study>` then starts from the comparison's base config at Adv-DPNP's point
+(so `full` and its switches run there) and runs each other method at its point as the variant `tuned_<method>`
+(`comparison_layer`; study.yaml records the points under `tuned`).
 """
 
 from __future__ import annotations
@@ -57,7 +67,8 @@ import yaml
 
 from .. import results
 from ..analysis_plan import DEFAULT_ANALYSIS, analysis_problems, full_analysis
-from ..config import SEED_MAX, ConfigError, ExperimentConfig, parse_assignments
+from ..config import SEED_MAX, TEST_SUITE_FIELDS, ConfigError, ExperimentConfig, parse_assignments
+from ..methods import METHODS
 from ..provenance import error_line, redact
 from .records import checked_id, read_records
 from .settings import RAY_FOLDER, StudyError, name_problem
@@ -67,15 +78,16 @@ STUDY_FILE = "study.yaml"
 BEST_DIR = "best"
 KINDS = ("ablation", "search")
 KIND_KEYS: dict[str, tuple[str, ...]] = {
-    "ablation": ("variants", "seeds", "analysis"),
-    "search": ("trials", "sampler", "sampler_seed", "objective", "scheduler", "optuna_storage", "space"),
+    "ablation": ("variants", "seeds", "analysis", "tuned", "tuned_from"),
+    "search": ("trials", "sampler", "sampler_seed", "objective", "scheduler", "optuna_storage", "space", "methods"),
 }
 COMMON_KEYS = ("name", "storage", "smoke", "scaling", "max_concurrent", "max_failures", "log_to",
                "mlflow_tracking_uri", "config")
 SCALING_KEYS = ("workers", "cpus_per_worker", "gpus_per_worker", "runner")
-RUN_KEYS = ("command", "name", "storage", "max_concurrent", "max_failures", "log_to", "mlflow_tracking_uri")
-"""Keys that may change on --resume: where the study is, how many trials run or retry at once, and where
-they are logged."""
+RUN_KEYS = ("command", "name", "storage", "max_concurrent", "max_failures", "log_to", "mlflow_tracking_uri",
+            "tuned_from")
+"""Keys that may change on --resume: where the study is (and the comparison it took its points from), how many
+trials run or retry at once, and where they are logged."""
 
 FLAG_KEYS: dict[str, str] = {
     "name": "name", "storage": "storage", "smoke": "smoke", "max_concurrent": "max_concurrent",
@@ -83,10 +95,13 @@ FLAG_KEYS: dict[str, str] = {
     "gpus_per_worker": "scaling.gpus_per_worker", "runner": "scaling.runner", "dataset": "config.dataset", "model": "config.model",
     "epochs": "config.epochs", "data_root": "config.data_root", "eval_suite": "config.eval_suite",
     "variants": "variants", "seeds": "seeds", "trials": "trials", "sampler": "sampler", "seed": "sampler_seed",
-    "objective": "objective", "scheduler": "scheduler", "optuna_storage": "optuna_storage",
+    "objective": "objective", "scheduler": "scheduler", "optuna_storage": "optuna_storage", "methods": "methods",
     "log_to": "log_to", "mlflow_tracking_uri": "mlflow_tracking_uri",
 }
-"""Flag (argparse dest) -> the study key it sets; `--set` sets config.<field>, `--no-switches` space.search_switches."""
+"""Flag (argparse dest) -> the study key it sets; `--set` sets config.<field>, `--no-switches` space.search_switches,
+`--tuned-from DIR` what `comparison_layer` reads from DIR."""
+TUNED_PREFIX = "tuned_"
+"""`--tuned-from`: method m at its chosen point is the ablation variant tuned_<m>."""
 
 
 # ------------------------------------------------------------------------------------ YAML
@@ -211,9 +226,16 @@ def resolve_study(parser: argparse.ArgumentParser, kind: str, *, defaults: dict[
     file = read_study_file(args.config, kind) if getattr(args, "config", None) else {}
     if kind == "ablation":
         _refuse_config_seed(flags, file, getattr(args, "config", None))
+    tuned: dict[str, Any] = {}  # --tuned-from: the comparison's base config, under the file and the flags
+    if getattr(args, "tuned_from", None):
+        tuned = comparison_layer(args.tuned_from)
+        points = tuned.pop("tuned")  # ... and its points as variants, after those of --variants
+        # no --variants: Adv-DPNP at its point against the baselines at theirs
+        asked = flags.get("variants") or file.get("variants") or ["full"]
+        flags.update(tuned=points, tuned_from=tuned.pop("tuned_from"), variants=[*asked, *points])
     wants_smoke = bool(flags.get("smoke", file.get("smoke", False)))
-    defaults = dataset_defaults(defaults, flag_defaults, smoke if wants_smoke else {}, file, flags)
-    fresh = _merge(flag_defaults, defaults, smoke if wants_smoke else {}, file, flags)
+    defaults = dataset_defaults(defaults, flag_defaults, smoke if wants_smoke else {}, tuned, file, flags)
+    fresh = _merge(flag_defaults, defaults, smoke if wants_smoke else {}, tuned, file, flags)
     fresh["smoke"] = wants_smoke
 
     from .cluster import absolute_storage
@@ -234,7 +256,8 @@ def resolve_study(parser: argparse.ArgumentParser, kind: str, *, defaults: dict[
         recorded = _check_recorded(recorded, kind, location)
     study = fresh
     if recorded is not None:  # the record is the base; where it lies is where the study is, moved or not
-        study = _merge(flag_defaults, defaults, recorded, file, flags, {k: fresh[k] for k in ("name", "storage")})
+        study = _merge(flag_defaults, defaults, recorded, tuned, file, flags,
+                       {k: fresh[k] for k in ("name", "storage")})
     study["config"] = _full_config(study.get("config") or {})
     study["log_to"] = list(parse_log_to(study.get("log_to")))  # one form in study.yaml: a list of names
     if kind == "ablation" and isinstance(study.get("analysis"), (dict, type(None))):
@@ -396,18 +419,23 @@ def _check(study: dict[str, Any], kind: str) -> None:
         from .ablation_grid import ABLATION_VARIANTS, LISTED_VARIANTS
         from .factorial import FACTORIAL_PREFIX, FACTORS
 
-        variants, seeds = study["variants"], study["seeds"]
-        known = (f"{', '.join(LISTED_VARIANTS)}, or {FACTORIAL_PREFIX}<factors> with factors among "
-                 f"{', '.join(FACTORS)}")
+        variants, seeds, tuned = study["variants"], study["seeds"], study.get("tuned") or {}
+        if not isinstance(tuned, dict) or not all(isinstance(k, str) and k.startswith(TUNED_PREFIX)
+                                                  and isinstance(v, dict) for k, v in tuned.items()):
+            problems.append(f"tuned {tuned!r}: a mapping of {TUNED_PREFIX}<method> -> config overrides "
+                            "(--tuned-from writes it)")
+            tuned = {}
+        known = (*ABLATION_VARIANTS.names(), *tuned)
+        allowed = (f"{', '.join([*LISTED_VARIANTS, *tuned])}, or {FACTORIAL_PREFIX}<factors> with factors among "
+                   f"{', '.join(FACTORS)}")
         if not isinstance(variants, list) or not variants:
-            problems.append(f"variants {variants!r}: a non-empty list of {known}")
-        elif any(v not in ABLATION_VARIANTS for v in variants):
-            unknown = [v for v in variants if v not in ABLATION_VARIANTS]
-            problems.append(f"variants: unknown variant(s) {unknown}; known: {known}")
+            problems.append(f"variants {variants!r}: a non-empty list of {allowed}")
+        elif any(v not in known for v in variants):
+            problems.append(f"variants: unknown variant(s) {[v for v in variants if v not in known]}; known: {allowed}")
         if not isinstance(seeds, list) or not seeds or not all(_is_int(s) and 0 <= s <= SEED_MAX for s in seeds):
             problems.append(f"seeds {seeds!r}: a non-empty list of integers in [0, {SEED_MAX}] (--seeds)")
         problems += analysis_problems(study.get("analysis", DEFAULT_ANALYSIS),
-                                      variants if isinstance(variants, list) else None, ABLATION_VARIANTS.names())
+                                      variants if isinstance(variants, list) else None, known)
         if problems:
             raise StudyError("invalid study:\n  - " + "\n  - ".join(problems))
         return  # every trial's config is checked by run_ablation's preflight, with the other inputs
@@ -417,6 +445,15 @@ def _check(study: dict[str, Any], kind: str) -> None:
     # run_search's preflight, which names the flag and reports every problem at once.
     if study["optuna_storage"] is not None and not isinstance(study["optuna_storage"], str):
         problems.append(f"optuna_storage {study['optuna_storage']!r}: a journal path, an RDB URL or null")
+    methods = study.get("methods")
+    if methods is not None:
+        if (not isinstance(methods, list) or not methods or len(set(map(str, methods))) != len(methods)
+                or any(m not in METHODS for m in methods)):
+            problems.append(f"methods {methods!r} (--methods): a non-empty list without repeats of "
+                            f"{', '.join(METHODS.names())}")
+        if study["optuna_storage"] is not None:
+            problems.append(f"optuna_storage {redact(str(study['optuna_storage']))!r} with methods (--optuna-storage "
+                            "with --methods): each method's search keeps its own journal in its directory; drop it")
     bounds = {f.name for f in dataclasses.fields(SearchSpace)} - {"search_switches"}
     for key, value in study["space"].items():
         if key == "search_switches":
@@ -442,9 +479,14 @@ def _compare(recorded: dict[str, Any], study: dict[str, Any], location: str) -> 
     """The keys that grew; StudyError listing every key that changed otherwise."""
     before, after = _comparable(recorded), _comparable(study)
     # a config field newer than the record, at its default, is no change: the record predates the field
-    # ... and so is an analysis plan at its defaults in a record older than the `analysis:` key
+    # ... and so is an analysis plan at its defaults in a record older than the `analysis:` key, or a search
+    # space bound newer than the record at its default
     defaults = _comparable({"config": _plain({f.name: f.default for f in dataclasses.fields(ExperimentConfig)}),
                             "analysis": DEFAULT_ANALYSIS})
+    if "space" in study:
+        from .optuna_search import SearchSpace
+
+        defaults.update(_comparable({"space": _plain(dataclasses.asdict(SearchSpace()))}))
     grown, changed = [], []
     for key in sorted(set(before) | set(after)):
         old, new = before.get(key, "(absent)"), after.get(key, "(absent)")
@@ -472,7 +514,13 @@ def _finished_trials(study: dict[str, Any], recorded: dict[str, Any], location: 
     """A growing search: how many trials already ended; all the recorded ones must have."""
     from .cluster import absolute_storage
 
-    done = len(read_records(results.join(absolute_storage(study["storage"]), study["name"])))
+    directory = results.join(absolute_storage(study["storage"]), study["name"])
+    counts = {len(read_records(method_study_dir(directory, study["name"], m))) for m in study.get("methods") or []}
+    if len(counts) > 1:
+        raise StudyError(f"--resume --trials {study['trials']}: the methods' searches in {redact(directory)} ended "
+                         f"different numbers of trials ({sorted(counts)}); finish them first (--resume --trials "
+                         f"{recorded['trials']}), then grow the study")
+    done = counts.pop() if counts else len(read_records(directory))
     if done < recorded["trials"]:
         raise StudyError(f"--resume --trials {study['trials']}: only {done} of the {recorded['trials']} trials "
                          f"recorded in {redact(location)} have ended; finish them first (--resume --trials "
@@ -525,17 +573,93 @@ def write_best_configs(study_dir: str, kind: str) -> str:
     return directory
 
 
-def best_config_yaml(record: dict[str, Any], kind: str, reason: str) -> str:
-    """A trial's config as a runnable file (`python -m dpnp_ray --config`), with where it came from."""
+# ------------------------------------------------------------------ equal-budget comparison of methods
+
+
+def method_study_dir(study_dir: str, name: str, method: str) -> str:
+    """Where `method`'s search of the comparison `name` lies: the study <study>/<name>-<method>/, whose name (in
+    its tables, Optuna and the trackers) says both."""
+    return results.join(study_dir, method_study_name(name, method))
+
+
+def method_study_name(name: str, method: str) -> str:
+    return f"{name}-{method}"
+
+
+CHOICE_RULES: dict[str, tuple[str, ...]] = {"multi": ("val_robust_acc", "val_clean_acc"),
+                                            "robust": ("val_robust_acc", "val_clean_acc"),
+                                            "clean": ("val_clean_acc", "val_robust_acc")}
+"""A comparison's objective -> the validation metrics that choose each method's point, highest first (the most
+robust point of the Pareto front for `multi`); the earliest trial wins a tie."""
+
+
+def chosen_record(records: Sequence[dict[str, Any]], objective: str) -> dict[str, Any] | None:
+    """The completed trial CHOICE_RULES[objective] chooses among `records` (trial_id order); None if none."""
+    done = [r for r in records if r.get("status") == "completed"]
+    return max(done, key=lambda r: tuple(_metric(r, m) for m in CHOICE_RULES[objective]), default=None)
+
+
+def write_chosen_points(study_dir: str, name: str, methods: Sequence[str], objective: str) -> str:
+    """<study>/best/<method>.yaml: each method's chosen point (`chosen_record`) from its search. StudyError naming
+    the methods whose search has no completed trial (after writing the others). Returns the directory."""
+    directory, empty = results.join(study_dir, BEST_DIR), []
+    rule = f"chosen by the validation split's {', then '.join(CHOICE_RULES[objective])} (objective {objective})"
+    for method in methods:
+        sub = method_study_dir(study_dir, name, method)
+        record = chosen_record(read_records(sub), objective)
+        if record is None:
+            empty.append(method)
+            continue
+        text = best_config_yaml(record, "search", rule, retrain=results.join(BEST_DIR, f"{method}.yaml"),
+                                model=results.join(method_study_name(name, method), "models", record["trial_id"]))
+        results.write_bytes_atomic(results.join(directory, f"{method}.yaml"), text.encode())
+    if empty:
+        raise StudyError(f"no completed trial in the search of {', '.join(empty)} in {redact(study_dir)}: no chosen "
+                         f"point for {'it' if len(empty) == 1 else 'them'}")
+    return directory
+
+
+def comparison_layer(comparison_dir: str) -> dict[str, Any]:
+    """`--tuned-from DIR`: what an ablation takes from the equal-budget comparison in DIR: its base config less the
+    test suite's own fields (TEST_SUITE_FIELDS), the seed and the method (the ablation's own), with Adv-DPNP's
+    chosen parameters on top when it was tuned; `tuned` (tuned_<method> -> every other method and its chosen
+    parameters, from best/<method>.yaml) and `tuned_from`. StudyError when DIR holds no finished comparison."""
+    where = redact(comparison_dir)
+    study = read_yaml(results.join(comparison_dir, STUDY_FILE), "--tuned-from: the comparison's study file")
+    methods = study.get("methods") if isinstance(study, dict) and study.get("kind") == "search" else None
+    if not methods or not isinstance(study.get("config"), dict):
+        raise StudyError(f"--tuned-from {where}: not an equal-budget comparison (its {STUDY_FILE} records no search "
+                         "with `methods`); run studies/search.py --methods first")
+    tuned = {}
+    for method in methods:
+        chosen = read_yaml(results.join(comparison_dir, BEST_DIR, f"{method}.yaml"),
+                           f"--tuned-from {where}: {method}'s chosen point", missing_ok=True)
+        params = chosen.get("params") if isinstance(chosen, dict) else None
+        if not isinstance(params, dict) or (chosen.get("config") or {}).get("method") != method:
+            raise StudyError(f"--tuned-from {where}: no chosen point of {method} ({BEST_DIR}/{method}.yaml); finish "
+                             f"the comparison first (studies/search.py --resume --storage ... --name "
+                             f"{study.get('name')})")
+        tuned[f"{TUNED_PREFIX}{method}"] = {"method": method, **params}
+    config = {k: v for k, v in study["config"].items() if k not in (*TEST_SUITE_FIELDS, "seed", "method")}
+    # Adv-DPNP's point is the base: `full`, its single switches and factorial cells all run at it
+    config.update({k: v for k, v in tuned.pop(f"{TUNED_PREFIX}adv_dpnp", {}).items() if k != "method"})
+    return {"config": config, "tuned": tuned, "tuned_from": comparison_dir}
+
+
+def best_config_yaml(record: dict[str, Any], kind: str, reason: str, *, retrain: str | None = None,
+                     model: str | None = None) -> str:
+    """A trial's config as a runnable file (`python -m dpnp_ray --config`), with where it came from. `retrain`,
+    `model`: where the file and the trial's model lie in the study (default best/<trial_id>.yaml, models/<trial_id>)."""
     summary = record.get("summary") or {}
     trial_id = record["trial_id"]
     header = (f"Trial {trial_id} of the {kind} study {record.get('study')!r}: {reason}.\n"
-              f"Retrain it: python -m dpnp_ray --config <study>/{BEST_DIR}/{trial_id}.yaml\n"
-              f"Its trained model: <study>/models/{trial_id}/ (dpnp_ray.load_model)")
+              f"Retrain it: python -m dpnp_ray --config <study>/{retrain or f'{BEST_DIR}/{trial_id}.yaml'}\n"
+              f"Its trained model: <study>/{model or f'models/{trial_id}'}/ (dpnp_ray.load_model)")
     document = {
         "trial": {k: record.get(k) for k in ("study", "trial_id", "variant", "seed")},
         "validation": {k: summary.get(k) for k in ("val_clean_acc", "val_robust_acc", "best_epoch")},
         "test": {k: summary[k] for k in ("clean_acc", "pgd_acc", "cw_acc", "aa_acc") if k in summary},
+        "params": _plain(record.get("params") or {}),  # what the searcher chose (empty in an ablation)
         "config": _plain(record.get("config") or {}),
     }
     return dump_yaml(_redacted(document), header)
