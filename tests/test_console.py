@@ -161,7 +161,8 @@ def test_a_study_prints_each_worker_line_once_and_one_line_per_trial(tmp_path):
                           re.MULTILINE)
     assert sorted(finished) == ["full-s0", "pgd_at-s0"]
     for chatter in ("finished iteration", "completed after", "Trial status:", "Reporting training result",
-                    "Started a local Ray instance", "Attempting to start training worker group"):
+                    "Started a local Ray instance", "Attempting to start training worker group",
+                    "Token authentication is enabled"):
         assert chatter not in output, chatter  # Tune's tables and Ray's INFO lines only with --verbose
 
 
@@ -195,3 +196,20 @@ def test_the_study_scripts_turn_off_rays_merging_of_look_alike_lines():
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "False"
+
+
+def test_the_default_token_auth_notice_is_dropped_and_the_disabled_warning_kept(caplog):
+    """Ray's own notice functions, through the filter a local study installs before ray.init."""
+    from ray._private.authentication import authentication_token_setup as setup
+
+    from dpnp_ray.study.cluster import quiet_default_token_auth_warning
+
+    quiet_default_token_auth_warning()
+    quiet_default_token_auth_warning()  # once is enough; twice adds nothing
+    with caplog.at_level("WARNING", logger=setup.logger.name):
+        setup._warn_token_auth_enabled()
+        setup._warn_token_auth_disabled()
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if m.startswith("Token authentication is enabled")]
+    assert [m for m in messages if m.startswith("Token authentication is disabled")]  # a real risk still shows
+    assert len(setup.logger.filters) == 1

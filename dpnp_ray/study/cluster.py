@@ -147,6 +147,8 @@ def connect(settings: StudySettings) -> None:
     # points it at this instance's own dashboard instead.
     resources = local_resources(settings)
     cpus = int(resources.pop("CPU"))
+    if not settings.verbose:
+        quiet_default_token_auth_warning()
     for attempt in range(3):
         port = free_port()
         try:
@@ -198,6 +200,24 @@ def _is_auth_failure(exc: BaseException | None) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+class _DropDefaultTokenAuthNotice(logging.Filter):
+    """Drops Ray's 'Token authentication is enabled ... set RAY_AUTH_MODE=disabled to opt out' notice: on the
+    loopback instance a study starts for itself the default (auth on) is right and nothing is to be done."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled")
+
+
+def quiet_default_token_auth_warning() -> None:
+    """Install the filter once (a warning that auth is *disabled* still shows)."""
+    logger = logging.getLogger(TOKEN_AUTH_LOGGER)
+    if not any(isinstance(f, _DropDefaultTokenAuthNotice) for f in logger.filters):
+        logger.addFilter(_DropDefaultTokenAuthNotice())
 
 
 def _ray_log_level(settings: StudySettings) -> int:
