@@ -29,14 +29,14 @@ from dpnp_ray.study.settings import StudySettings  # noqa: E402
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def run_searcher(journal: Path, n: int = 8, prune: tuple[int, ...] = (5,)) -> list[dict]:
+def run_searcher(journal: Path, n: int = 8, prune: tuple[int, ...] = (5,), sampler: str = "random") -> list[dict]:
     """Ask the project's searcher for n trials and tell it made-up results, as Tune would.
 
     Returns one dict per trial: its Tune trial id, the sampled params and the objectives."""
     cfg = ExperimentConfig.from_dict({"epochs": 8})
     metric, mode = OBJECTIVES["multi"]
     searcher = PruningAwareOptunaSearch(space=_DefineByRun(SearchSpace(), cfg.eval_eps, cfg.epochs, tuple(metric)),
-                                        metric=metric, mode=mode, sampler=make_sampler("random", 0),
+                                        metric=metric, mode=mode, sampler=make_sampler(sampler, 0),
                                         study_name="journal_study", storage=make_storage(str(journal)), seed=0,
                                         study="journal_study", train_storage=str(journal.parent / "train"),
                                         intermediate="val_robust_acc")
@@ -91,20 +91,31 @@ def test_journal_names_its_objectives_and_joins_trials_parquet(tmp_path):
 
 
 def test_every_epoch_reaches_optuna_stopped_trials_included(tmp_path):
-    """Intermediate values at step = epoch for a multi-objective search (Trial.report refuses those), and
-    each objective's latest validation value as user attributes: a stopped trial is not blank."""
+    """The scheduler's metric per epoch as a curve user attribute in a multi-objective search (no intermediate
+    values: its TPE cannot rank a pruned trial with them), and each objective's latest validation value as
+    user attributes: a stopped trial is not blank."""
     journal = tmp_path / "optuna.journal"
     trials = run_searcher(journal)
     study = optuna.load_study(study_name="journal_study", storage=make_storage(str(journal)))
     for frozen, trial in zip(study.trials, trials):
         epochs = trial["epochs"]
         expected = {e: trial["val_robust_acc"] - 0.1 * (epochs - e) for e in range(epochs)}
-        assert frozen.intermediate_values == pytest.approx(expected)
+        assert {int(e): v for e, v in frozen.user_attrs["curve_val_robust_acc"].items()} == pytest.approx(expected)
+        assert frozen.intermediate_values == {}
         assert frozen.user_attrs["last_epoch"] == epochs - 1
         assert frozen.user_attrs["last_val_clean_acc"] == pytest.approx(trial["val_clean_acc"] - 0.1)
         assert frozen.user_attrs["last_val_robust_acc"] == pytest.approx(trial["val_robust_acc"] - 0.1)
     stopped = study.trials[5]
-    assert stopped.state.name == "PRUNED" and stopped.intermediate_values and stopped.values is None
+    assert stopped.state.name == "PRUNED" and stopped.user_attrs["curve_val_robust_acc"] and stopped.values is None
+
+
+def test_tpe_keeps_sampling_a_multi_objective_search_past_its_startup_trials_with_stopped_ones(tmp_path):
+    """TPE's own sampling starts after 10 trials; with pruned trials that had intermediate values it raised
+    'A single direction cannot be retrieved from a multi-objective study' (the digits tuning of record, trial 11)."""
+    trials = run_searcher(tmp_path / "optuna.journal", n=14, prune=(1, 4, 7, 9, 11), sampler="tpe")
+    study = optuna.load_study(study_name="journal_study", storage=make_storage(str(tmp_path / "optuna.journal")))
+    assert len(study.trials) == 14 and [t.state.name for t in study.trials].count("PRUNED") == 5
+    assert len({tuple(sorted(t["params"].items())) for t in trials}) == 14  # every trial sampled, none repeated
 
 
 def test_report_reads_the_journal_not_a_rebuild(tmp_path):

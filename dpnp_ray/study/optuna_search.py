@@ -181,10 +181,12 @@ class PruningAwareOptunaSearch(OptunaSearch):
     its Train run's storage if there is one, else FAIL.
 
     Every epoch report reaches Optuna as it arrives, at step = epoch (from 0): `intermediate` (the
-    scheduler's metric) as the trial's intermediate value, single- and multi-objective alike, so
-    optuna-dashboard draws every trial's curve, stopped ones included; and each objective's latest value
-    as user attributes `last_<metric>`, with `last_epoch`. Optuna's `Trial.report` refuses multi-objective
-    studies, so the value goes through the trial's storage, the call `report` itself makes.
+    scheduler's metric) as the trial's intermediate value in a single-objective study (optuna-dashboard
+    draws every trial's curve, stopped ones included), as the user attribute `curve_<intermediate>`
+    ({"epoch": value}) in a multi-objective one, whose TPE cannot rank a PRUNED trial that has
+    intermediate values (it asks the study for its one direction: optuna/optuna#5260's kind; Trial.report
+    refuses multi-objective studies for the same reason); and each objective's latest value as user
+    attributes `last_<metric>`, with `last_epoch`.
     Overrides public OptunaSearch methods only: suggest, on_trial_result, on_trial_complete. (The
     objectives' names and each Optuna trial's project trial_id are set through the public Optuna trial in
     `_DefineByRun`.)
@@ -210,7 +212,11 @@ class PruningAwareOptunaSearch(OptunaSearch):
         epoch = int(result["epoch"])
         value = result.get(self.intermediate)
         if isinstance(value, (int, float)) and math.isfinite(value):
-            ot_trial.storage.set_trial_intermediate_value(ot_trial._trial_id, epoch, float(value))
+            if isinstance(self.metric, list) and len(self.metric) > 1:
+                curve = {**ot_trial.user_attrs.get(f"curve_{self.intermediate}", {}), str(epoch): float(value)}
+                ot_trial.set_user_attr(f"curve_{self.intermediate}", curve)
+            else:  # Trial.report's own call (report itself refuses a trial Tune, not Optuna, runs)
+                ot_trial.storage.set_trial_intermediate_value(ot_trial._trial_id, epoch, float(value))
         ot_trial.set_user_attr("last_epoch", epoch)
         for name in self.metric if isinstance(self.metric, list) else [self.metric]:
             if isinstance(result.get(name), (int, float)):
