@@ -193,6 +193,21 @@ def test_the_comparison_runs_every_method_at_its_chosen_point(search, ablation, 
     assert grown.grown == ("seeds",) and grown.study["variants"] == study["variants"]
 
 
+def test_the_comparisons_own_study_file_does_not_undo_the_chosen_point(search, ablation, tmp_path):
+    """The audit of record tuned from a study file that sets eps and then ran the ablation from the same file:
+    the file's eps must not replace the eps Adv-DPNP's tuning chose (flags given on the command line still win)."""
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(yaml.safe_dump({"config": {"eps": 0.1, "eval_eps": 0.1}}))
+    directory = _comparison(search, tmp_path, ("adv_dpnp", "pgd_at"), "--config", str(recipe_file))
+    recipe = resolve(ablation, "ablation", "--config", str(recipe_file), "--tuned-from", directory, "--seeds", "0",
+                     "--storage", str(tmp_path), "--name", "final")
+    assert (recipe.config["lr"], recipe.config["eps"], recipe.config["eval_eps"]) == (0.03, 0.08, 0.1)
+    assert recipe.study["tuned"]["tuned_pgd_at"]["eps"] == 0.08
+    forced = resolve(ablation, "ablation", "--config", str(recipe_file), "--tuned-from", directory, "--seeds", "0",
+                     "--set", "eps=0.09", "--storage", str(tmp_path), "--name", "forced")
+    assert forced.config["eps"] == 0.09
+
+
 def test_test_suite_fields_change_neither_training_nor_validation():
     """What --tuned-from leaves to the ablation never changes the trained model or the chosen epoch."""
     from dpnp_ray.distributed import LocalEnvironment

@@ -226,16 +226,20 @@ def resolve_study(parser: argparse.ArgumentParser, kind: str, *, defaults: dict[
     file = read_study_file(args.config, kind) if getattr(args, "config", None) else {}
     if kind == "ablation":
         _refuse_config_seed(flags, file, getattr(args, "config", None))
-    tuned: dict[str, Any] = {}  # --tuned-from: the comparison's base config, under the file and the flags
+    # --tuned-from: the comparison's base config under the file and the flags; Adv-DPNP's chosen point over the
+    # file (the comparison's own study file would otherwise undo what the tuning chose), under the flags
+    tuned: dict[str, Any] = {}
+    point: dict[str, Any] = {}
     if getattr(args, "tuned_from", None):
         tuned = comparison_layer(args.tuned_from)
+        point = {"config": tuned.pop("point")}
         points = tuned.pop("tuned")  # ... and its points as variants, after those of --variants
         # no --variants: Adv-DPNP at its point against the baselines at theirs
         asked = flags.get("variants") or file.get("variants") or ["full"]
         flags.update(tuned=points, tuned_from=tuned.pop("tuned_from"), variants=[*asked, *points])
     wants_smoke = bool(flags.get("smoke", file.get("smoke", False)))
-    defaults = dataset_defaults(defaults, flag_defaults, smoke if wants_smoke else {}, tuned, file, flags)
-    fresh = _merge(flag_defaults, defaults, smoke if wants_smoke else {}, tuned, file, flags)
+    defaults = dataset_defaults(defaults, flag_defaults, smoke if wants_smoke else {}, tuned, file, point, flags)
+    fresh = _merge(flag_defaults, defaults, smoke if wants_smoke else {}, tuned, file, point, flags)
     fresh["smoke"] = wants_smoke
 
     from .cluster import absolute_storage
@@ -256,7 +260,7 @@ def resolve_study(parser: argparse.ArgumentParser, kind: str, *, defaults: dict[
         recorded = _check_recorded(recorded, kind, location)
     study = fresh
     if recorded is not None:  # the record is the base; where it lies is where the study is, moved or not
-        study = _merge(flag_defaults, defaults, recorded, tuned, file, flags,
+        study = _merge(flag_defaults, defaults, recorded, tuned, file, point, flags,
                        {k: fresh[k] for k in ("name", "storage")})
     study["config"] = _full_config(study.get("config") or {})
     study["log_to"] = list(parse_log_to(study.get("log_to")))  # one form in study.yaml: a list of names
@@ -622,8 +626,9 @@ def write_chosen_points(study_dir: str, name: str, methods: Sequence[str], objec
 def comparison_layer(comparison_dir: str) -> dict[str, Any]:
     """`--tuned-from DIR`: what an ablation takes from the equal-budget comparison in DIR: its base config less the
     test suite's own fields (TEST_SUITE_FIELDS), the seed and the method (the ablation's own), with Adv-DPNP's
-    chosen parameters on top when it was tuned; `tuned` (tuned_<method> -> every other method and its chosen
-    parameters, from best/<method>.yaml) and `tuned_from`. StudyError when DIR holds no finished comparison."""
+    chosen parameters as `point` when it was tuned (the caller lays it over the study file, which may be the very
+    file the comparison started from); `tuned` (tuned_<method> -> every other method and its chosen parameters,
+    from best/<method>.yaml) and `tuned_from`. StudyError when DIR holds no finished comparison."""
     where = redact(comparison_dir)
     study = read_yaml(results.join(comparison_dir, STUDY_FILE), "--tuned-from: the comparison's study file")
     methods = study.get("methods") if isinstance(study, dict) and study.get("kind") == "search" else None
@@ -641,9 +646,9 @@ def comparison_layer(comparison_dir: str) -> dict[str, Any]:
                              f"{study.get('name')})")
         tuned[f"{TUNED_PREFIX}{method}"] = {"method": method, **params}
     config = {k: v for k, v in study["config"].items() if k not in (*TEST_SUITE_FIELDS, "seed", "method")}
-    # Adv-DPNP's point is the base: `full`, its single switches and factorial cells all run at it
-    config.update({k: v for k, v in tuned.pop(f"{TUNED_PREFIX}adv_dpnp", {}).items() if k != "method"})
-    return {"config": config, "tuned": tuned, "tuned_from": comparison_dir}
+    # Adv-DPNP's point: `full`, its single switches and factorial cells all run at it
+    point = {k: v for k, v in tuned.pop(f"{TUNED_PREFIX}adv_dpnp", {}).items() if k != "method"}
+    return {"config": config, "point": point, "tuned": tuned, "tuned_from": comparison_dir}
 
 
 def best_config_yaml(record: dict[str, Any], kind: str, reason: str, *, retrain: str | None = None,
