@@ -198,8 +198,10 @@ def run_loop(loop_config: dict[str, Any], io: TrialIO) -> None:
     """One trial's training loop (`loop_config` from `trial_loop_config`), whichever runner calls it."""
     from .training_loop import ConsoleLog
 
-    # Ray Train logs some of its INFO messages (every report) through loggers its LoggingConfig does not filter
-    logging.getLogger().setLevel(loop_config.get("log_level", "INFO"))
+    # Ray Train logs some of its INFO messages (every report, every checkpoint) through loggers its
+    # LoggingConfig does not filter; "ray" sets its own level, so its train loggers need theirs
+    for name in ("", "ray.train"):
+        logging.getLogger(name).setLevel(loop_config.get("log_level", "INFO"))
     cfg = ExperimentConfig.from_dict(loop_config["experiment"])
     log = ConsoleLog(_line_writer(loop_config["run_name"]),
                      progress_every_s=float(loop_config.get("progress_every_s", 0.0))) if io.rank == 0 else None

@@ -367,7 +367,11 @@ POINT_COUNT_COLUMNS = {"aa_acc": "aa_n", "pgd_aa_gap": "aa_n", "worst_case_acc":
 
 
 def points_measured(trials: pd.DataFrame, metric: str) -> str:
-    """'359 test points' (or '100-359 test points' when trials differ) for an accuracy column; '' if unknown."""
+    """'359 test points' (or '100-359 test points' when trials differ) for an accuracy column; '' if unknown.
+
+    Validation metrics (val_*) are measured on the validation split, never on test points."""
+    if metric.startswith("val_"):
+        return "the validation split"
     column = POINT_COUNT_COLUMNS.get(metric, "eval_n")
     values = sorted(set(pd.to_numeric(trials[column], errors="coerce").dropna().astype(int))) if column in trials else []
     if not values:

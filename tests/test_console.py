@@ -162,7 +162,8 @@ def test_a_study_prints_each_worker_line_once_and_one_line_per_trial(tmp_path):
     assert sorted(finished) == ["full-s0", "pgd_at-s0"]
     for chatter in ("finished iteration", "completed after", "Trial status:", "Reporting training result",
                     "Started a local Ray instance", "Attempting to start training worker group",
-                    "Token authentication is enabled"):
+                    "Token authentication is enabled", "Checkpoint successfully created",
+                    "Experiment state snapshotting"):
         assert chatter not in output, chatter  # Tune's tables and Ray's INFO lines only with --verbose
 
 

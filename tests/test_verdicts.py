@@ -252,3 +252,4 @@ def test_the_result_sentence_says_what_the_verdicts_say_and_no_more():
     assert points_measured(trials, "clean_acc") == "200-359 test points"
     assert points_measured(trials, "aa_acc") == "100 test points"
     assert points_measured(trials, "worst_case_acc") == ""  # no worst_case_n column: nothing claimed
+    assert points_measured(trials, "val_robust_acc") == "the validation split"  # not the test points

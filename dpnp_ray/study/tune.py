@@ -318,6 +318,8 @@ def build_tuner(settings: StudySettings, base: dict[str, Any], kind: str, *,
 
     if not settings.verbose:
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's classic output engine prints nothing at verbose=0
+        # Tune's hint to checkpoint less often: every epoch checkpoints on purpose (a kill loses at most one)
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     context = StudyContext.of(settings, base, kind, variant_overrides)
     bound = tune.with_parameters(run_trial, context=context, log_level="INFO" if settings.verbose else "WARNING",
                                  progress_every_s=PROGRESS_EVERY_S if sys.stdout.isatty() else 0.0)
