@@ -34,7 +34,8 @@ def main() -> None:
     from dpnp_ray.devices import Precision
     from dpnp_ray.distributed import LocalEnvironment
     from dpnp_ray.evaluate import run_suite
-    from dpnp_ray.training_loop import load_data, train
+    from dpnp_ray.factory import load_data
+    from dpnp_ray.training_loop import train
 
     device = torch.device("cuda")
     base = dict(dataset="digits", model="small_cnn", epochs=args.epochs, lr=0.05, batch_size=64, device="cuda",

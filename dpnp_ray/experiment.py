@@ -15,7 +15,8 @@ from .data import DatasetSplits
 from .devices import Precision, resolve_device
 from .distributed import LocalEnvironment
 from .evaluate import check_inputs, run_suite
-from .training_loop import EpochCallback, TrainResult, load_data, train
+from .factory import load_data
+from .training_loop import EpochCallback, TrainResult, train
 
 
 @dataclass

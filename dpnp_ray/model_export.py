@@ -104,7 +104,7 @@ def load_model(path: str, *, device: str | torch.device = "cpu") -> nn.Module:
     Raises ModelFileError when the directory is not a dpnp_ray model, the weights do not match the
     checksum recorded at export (modified or corrupted), or the file holds anything but tensors.
     """
-    from .training_loop import model_from_config
+    from .factory import model_from_config
 
     directory = _model_directory(path)
     metadata = read_model_metadata(directory)

@@ -18,13 +18,13 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from .config import ExperimentConfig
-from .data import DatasetInfo, DatasetSplits, Split, augment, load_dataset, to_float
+from .data import DatasetInfo, DatasetSplits, Split, augment, to_float
 from .devices import DeviceLoader, Precision, configure_backend, fits_on_device, resolve_device
 from .distributed import LocalEnvironment
 from .dual_branch import DualBranchForward, train_step
 from .evaluate import correct_counts, pgd_attack
-from .models import Classifier, build_model
-from .optimizers import OPTIMIZERS
+from .factory import load_data, make_optimizer, model_from_config
+from .models import Classifier
 from .schedules import make_eps_schedule, make_lr_scheduler
 
 CHECKPOINT_VERSION = 1
@@ -70,27 +70,6 @@ class TrainResult:
     stopped_early: bool
     info: DatasetInfo
     precision: str
-
-
-def model_from_config(cfg: ExperimentConfig, info: DatasetInfo) -> Classifier:
-    return build_model(
-        backbone=cfg.model, num_classes=info.num_classes, in_channels=info.image_shape[0], mean=info.mean,
-        std=info.std, prototype_head=cfg.uses_prototypes, feature_dim=cfg.feature_dim,
-        prototype_radius=cfg.prototype_radius, logit_form=cfg.logit_form, logit_scale=cfg.logit_scale,
-        prototype_constraint=cfg.prototype_constraint, feature_head=cfg.feature_head,
-        prototype_mode=cfg.prototype_mode,
-    )
-
-
-def make_optimizer(cfg: ExperimentConfig, net: torch.nn.Module) -> torch.optim.Optimizer:
-    """The optimizer cfg.optimizer (a name in optimizers.OPTIMIZERS) over all of net's parameters."""
-    return OPTIMIZERS.get(cfg.optimizer)(net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                         nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
-
-
-def load_data(cfg: ExperimentConfig) -> DatasetSplits:
-    return load_dataset(cfg.dataset, cfg.data_root, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed,
-                        download=cfg.download, train_subset=cfg.train_subset)
 
 
 def train_loader(split: Split, cfg: ExperimentConfig, env: LocalEnvironment) -> DataLoader | DeviceLoader:

@@ -26,7 +26,7 @@ from dpnp_ray.evaluate.external import autoattack, autoattack_code_version
 from dpnp_ray.ray_train import STATE_FILE
 from dpnp_ray.study.records import read_record, record_path, train_run_name
 from dpnp_ray.study.settings import ray_path
-from dpnp_ray.training_loop import load_data, model_from_config
+from dpnp_ray.factory import load_data, model_from_config
 
 OUTPUT = "autoattack_standard.csv"
 

@@ -21,7 +21,7 @@ from dpnp_ray.data import DATASETS, DataError, dataset_info, to_float
 from dpnp_ray.devices import Precision
 from dpnp_ray.dual_branch import DualBranchForward, train_step
 from dpnp_ray.models import BACKBONES
-from dpnp_ray.training_loop import make_optimizer, model_from_config
+from dpnp_ray.factory import make_optimizer, model_from_config
 
 STEPS = 3  # with the clip off every ResNet and WRN case exceeds the bound within these (step 1 or 2)
 BATCH = 2  # BatchNorm needs 2 images where a backbone's last map is 1x1 (ResNets at 8x8)

@@ -172,7 +172,7 @@ def test_every_bad_search_input_is_one_line_before_ray_starts(tmp_path):
 
 
 def test_optuna_storage_problems_name_the_flag_the_value_and_what_is_allowed(tmp_path):
-    from dpnp_ray.study.preflight import optuna_storage_problems
+    from dpnp_ray.study.optuna_storage import optuna_storage_problems
 
     journal = tmp_path / "j" / "study.journal"
     assert optuna_storage_problems(str(journal))[0] == [] and journal.exists()

@@ -139,7 +139,8 @@ def test_resume_of_a_study_that_never_ran_is_refused_and_writes_nothing(ablation
 def test_a_new_search_does_not_add_to_an_optuna_study_of_the_same_name(tmp_path):
     import optuna
 
-    from dpnp_ray.study.optuna_search import make_storage, run_search
+    from dpnp_ray.study.optuna_search import run_search
+    from dpnp_ray.study.optuna_storage import make_storage
     from dpnp_ray.study.preflight import PreflightError
     from dpnp_ray.study.settings import StudySettings
 

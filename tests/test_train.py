@@ -8,7 +8,8 @@ from dpnp_ray.distributed import LocalEnvironment
 from dpnp_ray.evaluate import correct_counts, pgd_attack
 from dpnp_ray.devices import Precision
 from dpnp_ray.optimizers import OPTIMIZERS
-from dpnp_ray.training_loop import make_optimizer, model_from_config, train
+from dpnp_ray.factory import make_optimizer, model_from_config
+from dpnp_ray.training_loop import train
 
 CHANCE = 0.1
 

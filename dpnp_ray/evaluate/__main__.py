@@ -58,7 +58,7 @@ def evaluate_model(directory: str, suite: str = "full", *, device: str = "auto",
     """Evaluate the model in `directory` and write its rows to `out` (default_out); returns table name -> location."""
     from ..devices import Precision, resolve_device
     from ..distributed import LocalEnvironment
-    from ..training_loop import load_data
+    from ..factory import load_data
     from .suite import check_inputs, part_estimates, run_suite
 
     out = out or default_out(directory)

@@ -77,7 +77,7 @@ def run_transfer(study_dir: str, *, n: int = 1000, steps: int | None = None, dev
     from ..data import to_float
     from ..devices import resolve_device
     from ..model_export import load_model, read_model_metadata
-    from ..training_loop import load_data
+    from ..factory import load_data
 
     if n < 0 or (steps is not None and steps < 1):
         raise ValueError(f"--n {n} --steps {steps}: n >= 0 (0: the whole test set), steps >= 1")

@@ -22,7 +22,8 @@ import optuna
 import pandas as pd
 
 from .. import results
-from .optuna_search import OBJECTIVES, make_storage
+from .optuna_search import OBJECTIVES
+from .optuna_storage import make_storage
 from .settings import StudyError
 
 JOURNAL = "optuna.journal"

@@ -8,9 +8,7 @@ trial's config also carries its Optuna trial number (`optuna_trial`), which name
 
 from __future__ import annotations
 
-import hashlib
 import math
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ from ..ray_train import STOP_LATENCY_EPOCHS, TIME_ATTR, find_final_record
 from ..registry import Registry
 from . import preflight
 from .cluster import plan_concurrency, prepare, resolve
+from .optuna_storage import journal_locations, make_storage, optuna_storage_problems
 from .records import ENDED, read_record, record_path, train_run_name, trial_id
 from .settings import StudyError, StudySettings
 from .tune import StopAtEpochEnd, build_tuner, finish
@@ -162,17 +161,6 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     return SAMPLERS.get(name)(seed)
 
 
-def make_storage(location: str):
-    """An Optuna storage from a journal file path or an RDB URL (sqlite:///..., postgresql://...)."""
-    if "://" in location and not location.startswith("file://"):
-        return optuna.storages.RDBStorage(location)
-    from optuna.storages.journal import JournalFileBackend
-
-    path = results.local_path(location)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-
-
 class PruningAwareOptunaSearch(OptunaSearch):
     """Tells Optuna each trial's outcome as its record has it: completed -> COMPLETE (with its objective
     values), stopped by the scheduler -> PRUNED, failed -> FAIL. (Plain OptunaSearch records a stopped
@@ -300,7 +288,7 @@ def run_search(base: dict[str, Any], settings: StudySettings, *, trials: int, sp
         more, _ = preflight.config_problems(base, [point])
         config_problems += [p for p in more if p not in config_problems]
     settings = resolve(settings)
-    storage_problems, storage = preflight.optuna_storage_problems(optuna_storage) if optuna_storage else ([], None)
+    storage_problems, storage = optuna_storage_problems(optuna_storage) if optuna_storage else ([], None)
     preflight.check(settings, configs, problems + config_problems + storage_problems)
     storage_location, journal_copy = journal_locations(settings, optuna_storage, restore=settings.resume or extend)
     if storage is None:  # the default journal: in the study directory checked above, or kept locally
@@ -389,29 +377,3 @@ def settle_orphaned_trials(storage, study_name: str, study_dir: str, objectives:
     return settled
 
 
-def journal_locations(settings: StudySettings, optuna_storage: str | None,
-                      restore: bool | None = None) -> tuple[str, str | None]:
-    """(the Optuna storage the search uses, where a copy of its journal goes when the study ends).
-
-    By default the journal is <study dir>/optuna.journal. A study directory on object storage
-    (s3://...) cannot hold a file that is appended to, so the journal is kept on this machine at a
-    path fixed by the study directory (a restored searcher reopens that path) and copied to
-    <study dir>/optuna.journal when the study ends or stops; `restore` (default: --resume; also a search
-    that grows) first copies it back.
-    """
-    restore = settings.resume if restore is None else restore
-    if optuna_storage:
-        return optuna_storage, None
-    journal = results.join(settings.directory, "optuna.journal")
-    if not results.is_uri(settings.directory):
-        return journal, None
-    digest = hashlib.sha256(settings.directory.encode()).hexdigest()[:16]
-    local = Path(tempfile.gettempdir()) / "dpnp_ray_optuna" / f"{settings.name}-{digest}.journal"
-    local.parent.mkdir(parents=True, exist_ok=True)
-    local.unlink(missing_ok=True)  # a fresh study starts empty; a resumed one from the copy in storage
-    if restore:
-        try:
-            local.write_bytes(results.read_bytes(journal))
-        except OSError:  # no copy yet: the study stopped before its first end
-            pass
-    return str(local), journal

@@ -99,7 +99,7 @@ def split_sizes(cfg: ExperimentConfig) -> SplitSizes:
     """The sizes of cfg's splits: loaded (digits is always here), else the official sizes less the
     validation share."""
     from ..data import DataError
-    from ..training_loop import load_data
+    from ..factory import load_data
 
     try:
         data = load_data(cfg)
@@ -260,7 +260,7 @@ def calibrate(cfg: ExperimentConfig, threads: int, steps: int = 3) -> Calibratio
     from ..data import dataset_info
     from ..devices import Precision, resolve_device
     from ..dual_branch import DualBranchForward, train_step
-    from ..training_loop import make_optimizer, model_from_config
+    from ..factory import make_optimizer, model_from_config
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -108,7 +108,7 @@ def _data_key(cfg: ExperimentConfig) -> tuple:
 def data_problems(configs: list[ExperimentConfig], where: str = "") -> list[str]:
     """Load each distinct dataset the configs name, as a trial would; a line per one that does not load."""
     from ..evaluate import check_inputs
-    from ..training_loop import load_data
+    from ..factory import load_data
 
     problems = []
     for cfg in {_data_key(c): c for c in configs}.values():
@@ -120,22 +120,6 @@ def data_problems(configs: list[ExperimentConfig], where: str = "") -> list[str]
                 message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 problems.append(redact(field + message))
     return problems
-
-
-def optuna_storage_problems(location: str) -> tuple[list[str], Any]:
-    """([], the opened storage) or ([the line saying why it cannot be used], None)."""
-    from .optuna_search import make_storage
-
-    try:
-        return [], make_storage(location)
-    except ImportError as exc:  # the URL's DB driver (psycopg2, pymysql, ...) is not installed
-        reason = f"its database driver is not installed ({exc})"
-    except OSError as exc:
-        reason = f"the journal file cannot be written ({exc})"
-    except Exception as exc:  # SQLAlchemy: an unknown dialect, an unparseable URL, a database it cannot open
-        reason = f"cannot be opened ({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''})"
-    return [f"--optuna-storage {redact(location)!r}: {redact(reason)}; allowed: a journal file path, or an RDB URL "
-            "whose driver is installed (sqlite:///study.db, postgresql+psycopg2://host/db, ...)"], None
 
 
 def check(settings: StudySettings, configs: list[ExperimentConfig], problems: list[str]) -> None:
