@@ -44,7 +44,7 @@ if __package__ in (None, ""):
 from analysis import factorial, figures, report, stats, verdicts  # noqa: E402
 from analysis.markdown import markdown_table, write_page  # noqa: E402
 from dpnp_ray.results import ResultsError  # noqa: E402
-from dpnp_ray.study.recipe import TUNED_PREFIX  # noqa: E402
+from dpnp_ray.study.study_file import TUNED_PREFIX  # noqa: E402
 
 REFERENCE = "full"
 BASELINES = ("pgd_at", "trades", "mart")

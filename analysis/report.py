@@ -37,7 +37,7 @@ OPTIONAL_TABLES = ("epochs", "evals", "corruptions", "geometry", "masking", "par
 PROVENANCE_COLUMNS = ("code_version", "torch_version", "ray_version", "optuna_version", "python_version",
                       "aa_version", "hardware", "platform", "num_workers", "use_gpu")
 NO_VARIANT = "(no variant)"
-STUDY_FILE = "study.yaml"  # dpnp_ray.study.recipe.STUDY_FILE; importing that module would import torch
+STUDY_FILE = "study.yaml"  # dpnp_ray.study.study_file.STUDY_FILE; importing that module would import torch
 BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 
 

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out")
     parser.add_argument("assignments", nargs="*")
     options = parser.parse_intermixed_args(arguments)
-    from .study.recipe import config_from_file
+    from .study.study_file import config_from_file
 
     try:
         values = config_from_file(options.config) if options.config else {}

@@ -8,7 +8,7 @@ r"""The Adv-DPNP ablation grid: every variant x seed, one Ray Tune trial each (D
     python studies/ablation.py --config study.yaml --epochs 20   # a study file; flags override it
     python studies/ablation.py --resume --seeds 0 1 2 3 4        # grow a recorded study by two seeds
     python studies/ablation.py --tuned-from results/tuned --seeds 0 1 2 3 4  # each method at its tuned point
-Results: <storage>/<name>/{trials,epochs,evals,...}.parquet (schema in README.md), study.yaml (the
+Results: <storage>/<name>/{trials,epochs,evals,...}.parquet (schema in docs/results.md), study.yaml (the
 resolved study), models/<trial_id>/ (each trial's model), best/<variant's best trial>.yaml.
 """
 
@@ -24,12 +24,13 @@ from dpnp_ray.cli import (HelpFormatter, add_common_flags, config_epilog, consol
 from dpnp_ray.study.ablation_grid import DEFAULT_VARIANTS, LISTED_VARIANTS, run_ablation
 from dpnp_ray.study.factorial import FACTORIAL_PREFIX, FACTORS, design_factors
 from dpnp_ray.study.plan import plan_ablation
-from dpnp_ray.study.recipe import resolve_study, write_best_configs
+from dpnp_ray.study.best_configs import write_best_configs
+from dpnp_ray.study.recipe import resolve_study
 
 # The ablation's defaults on digits: small enough for a laptop, large enough to separate variants.
 DEFAULTS = {"config": {"dataset": "digits", "model": "small_cnn", "epochs": 8, "lr": 0.05, "batch_size": 64},
             # the digits search of record chose these (docs/search_digits.md; 3 significant digits): for digits
-            # studies only; on any other data set the library's defaults hold (config.py, README "Defaults")
+            # studies only; on any other data set the library's defaults hold (config.py, docs/method.md "Defaults and open choices")
             "config_for": {"digits": {"lambda_ppa": 0.0286, "lambda_npr": 0.0554, "lambda_cons": 2.23,
                                       "beta_adv": 1.31, "prototype_radius": 1.1, "eps_schedule": "constant",
                                       "eps": 0.0997}},

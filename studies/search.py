@@ -32,8 +32,9 @@ from dpnp_ray.methods import METHODS
 from dpnp_ray.provenance import redact
 from dpnp_ray.study.optuna_search import OBJECTIVES, SAMPLERS, SearchSpace, run_search
 from dpnp_ray.study.plan import plan_search
-from dpnp_ray.study.recipe import (method_study_name, read_yaml, resolve_study, write_best_configs,
-                                   write_chosen_points)
+from dpnp_ray.study.best_configs import method_study_name, write_best_configs, write_chosen_points
+from dpnp_ray.study.recipe import resolve_study
+from dpnp_ray.study.study_file import read_yaml
 from dpnp_ray.study.settings import StudyError
 
 DEFAULTS = {"config": {"dataset": "digits", "model": "small_cnn", "epochs": 8, "lr": 0.05, "batch_size": 64,

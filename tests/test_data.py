@@ -719,7 +719,7 @@ def test_the_digits_eps_0_2_recipe_trains_and_evaluates_at_0_2():
     """studies/recipes/digits_eps02.yaml: one named choice sets training and evaluation eps together, inside
     the separation bound (2 eps < 7/16); its PGD step follows eps (eps / 4)."""
     from dpnp_ray.config import ExperimentConfig
-    from dpnp_ray.study.recipe import config_from_file
+    from dpnp_ray.study.study_file import config_from_file
 
     cfg = ExperimentConfig.from_dict(config_from_file(str(REPO / "studies" / "recipes" / "digits_eps02.yaml")))
     assert (cfg.dataset, cfg.eps, cfg.eval_eps) == ("digits", 0.2, 0.2)
@@ -730,7 +730,7 @@ def test_the_digits_eps_0_2_recipe_trains_and_evaluates_at_0_2():
 @pytest.mark.parametrize("recipe", sorted((REPO / "studies" / "recipes").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_recipe_in_the_repository_is_a_valid_config(recipe):
     from dpnp_ray.config import ExperimentConfig
-    from dpnp_ray.study.recipe import config_from_file
+    from dpnp_ray.study.study_file import config_from_file
 
     cfg = ExperimentConfig.from_dict(config_from_file(str(recipe)))
     if cfg.dataset == "fashion_mnist":

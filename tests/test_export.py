@@ -166,7 +166,7 @@ def test_evaluate_refuses_a_tampered_model(exported, capsys):
 
 def test_main_exports_its_model_and_retrains_a_best_config(tmp_path, digits):
     from dpnp_ray.__main__ import main
-    from dpnp_ray.study.recipe import best_config_yaml
+    from dpnp_ray.study.best_configs import best_config_yaml
 
     cfg = ExperimentConfig.from_dict({**TINY, "seed": 3}).to_dict()
     best = tmp_path / "best.yaml"

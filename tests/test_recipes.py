@@ -14,7 +14,9 @@ import yaml
 from dpnp_ray import results
 from dpnp_ray.cli import study_settings
 from dpnp_ray.config import ConfigError, ExperimentConfig
-from dpnp_ray.study.recipe import (STUDY_FILE, config_from_file, read_yaml, resolve_study, write_best_configs)
+from dpnp_ray.study.best_configs import write_best_configs
+from dpnp_ray.study.recipe import resolve_study
+from dpnp_ray.study.study_file import STUDY_FILE, config_from_file, read_yaml
 from dpnp_ray.study.records import write_record
 from dpnp_ray.study.settings import StudyError
 

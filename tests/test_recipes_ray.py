@@ -12,7 +12,7 @@ import torch
 from dpnp_ray import load_model, results
 from dpnp_ray.config import ExperimentConfig
 from dpnp_ray.model_export import read_model_metadata
-from dpnp_ray.study.recipe import config_from_file, read_yaml
+from dpnp_ray.study.study_file import config_from_file, read_yaml
 from dpnp_ray.study.records import read_records
 
 from .test_recipes import load_script

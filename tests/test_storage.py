@@ -11,7 +11,7 @@ import pytest
 from dpnp_ray import results
 from dpnp_ray.provenance import SECRET_NAMES, redact
 from dpnp_ray.study.lock import LOCK_FILE, acquire, read_lock
-from dpnp_ray.study.recipe import STUDY_FILE
+from dpnp_ray.study.study_file import STUDY_FILE
 from dpnp_ray.study.settings import StudyError
 
 from .raytools import REPO

@@ -186,7 +186,8 @@ def test_trackers_show_the_resolved_config_tags_status_and_artifacts(tmp_path):
 
 
 def test_log_to_is_part_of_the_recipe(tmp_path):
-    from dpnp_ray.study.recipe import FLAG_KEYS, RUN_KEYS
+    from dpnp_ray.study.recipe import FLAG_KEYS
+    from dpnp_ray.study.study_file import RUN_KEYS
 
     assert FLAG_KEYS["log_to"] == "log_to" and "log_to" in RUN_KEYS  # recorded; may change on --resume
     assert trackers.parse_log_to(["tensorboard", "MLflow"]) == ("tensorboard", "mlflow")  # as study.yaml holds it

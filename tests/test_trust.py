@@ -13,7 +13,7 @@ import pytest
 
 from dpnp_ray import results
 from dpnp_ray.study.preflight import settings_problems
-from dpnp_ray.study.recipe import write_best_configs
+from dpnp_ray.study.best_configs import write_best_configs
 from dpnp_ray.study.records import export, model_path, points_path, record_path, scan_records, write_error_log
 from dpnp_ray.study.settings import StudyError, StudySettings
 

@@ -19,8 +19,8 @@ from dpnp_ray.dual_branch import BranchOutputs, method_loss
 from dpnp_ray.methods import METHODS, WEIGHT_SWITCHES, loss_weights
 from dpnp_ray.study import plan
 from dpnp_ray.study.optuna_search import SHARED_PARAMS, SearchSpace
-from dpnp_ray.study.recipe import (STUDY_FILE, chosen_record, comparison_layer, method_study_dir,
-                                   write_chosen_points)
+from dpnp_ray.study.best_configs import chosen_record, comparison_layer, method_study_dir, write_chosen_points
+from dpnp_ray.study.study_file import STUDY_FILE
 from dpnp_ray.study.records import write_record
 from dpnp_ray.study.settings import StudyError, StudySettings
 from dpnp_ray.study.tune import trial_config
