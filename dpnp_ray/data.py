@@ -19,7 +19,6 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
 
 from . import safe_pickle
 from .registry import Registry
@@ -94,10 +93,6 @@ def register_dataset(info: DatasetInfo) -> Callable[[Loader], Loader]:
         return fn
 
     return decorator
-
-
-def dataset_names() -> tuple[str, ...]:
-    return DATASETS.names()
 
 
 def dataset_info(name: str) -> DatasetInfo:
@@ -260,28 +255,6 @@ def augment(x: torch.Tensor, kind: str, generator: torch.Generator | None = None
     if x.dim() != 4:
         raise DataError(f"augment expects a batch (N, C, H, W), got shape {tuple(x.shape)}")
     return fn(x, generator)
-
-
-def make_loader(
-    split: Split,
-    batch_size: int,
-    *,
-    shuffle: bool,
-    seed: int,
-    drop_last: bool = False,
-    num_workers: int = 0,
-    pin_memory: bool = False,
-) -> DataLoader:
-    """Batches (images, labels) in the stored dtype; the order depends only on `seed` and the epoch."""
-    return DataLoader(
-        TensorDataset(split.images, split.labels),
-        batch_size=batch_size,
-        shuffle=shuffle,
-        generator=torch.Generator().manual_seed(seed),
-        drop_last=drop_last,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-    )
 
 
 # ---------------------------------------------------------------- pickles (CIFAR)

@@ -22,9 +22,7 @@ from dpnp_ray.data import (
     Split,
     augment,
     dataset_info,
-    dataset_names,
     load_dataset,
-    make_loader,
     register_dataset,
     stratified_split,
     to_float,
@@ -161,13 +159,13 @@ def write_fashion_mnist(root: Path, n_train: int = 20, n_test: int = 10, gz: boo
 
 
 def test_registry_lists_the_datasets_and_their_threat_models():
-    assert dataset_names() == ("cifar10", "cifar100", "digits", "fashion_mnist", "svhn")
+    assert DATASETS.names() == ("cifar10", "cifar100", "digits", "fashion_mnist", "svhn")
     assert dataset_info("fashion_mnist").default_eps == 0.1 and dataset_info("fashion_mnist").augmentation == "none"
     assert dataset_info("cifar10").default_eps == pytest.approx(8 / 255)
     assert dataset_info("svhn").augmentation == "crop"
     assert dataset_info("cifar100").augmentation == "crop_flip"
     assert dataset_info("digits").augmentation == "none" and dataset_info("digits").default_eps == 0.1
-    for name in dataset_names():
+    for name in DATASETS.names():
         info = dataset_info(name)
         assert info.name == name and info.augmentation in AUGMENTATIONS
         assert len(info.mean) == len(info.std) == info.image_shape[0]
@@ -178,7 +176,7 @@ WRITERS = {"cifar10": write_cifar10, "cifar100": write_cifar100, "svhn": write_s
            "fashion_mnist": write_fashion_mnist}
 
 
-@pytest.mark.parametrize("name", dataset_names())
+@pytest.mark.parametrize("name", DATASETS.names())
 def test_every_registered_dataset_loads_in_its_declared_shape(tmp_path, name):
     assert name in WRITERS, f"add a writer of {name!r}'s released files to WRITERS"
     WRITERS[name](tmp_path)
@@ -196,7 +194,7 @@ def test_unknown_dataset_name_lists_known_names():
     with pytest.raises(DataError) as err:
         load_dataset("imagenet")
     msg = str(err.value)
-    assert msg == f"unknown dataset 'imagenet'; known: {', '.join(dataset_names())}"
+    assert msg == f"unknown dataset 'imagenet'; known: {', '.join(DATASETS.names())}"
     assert isinstance(err.value, ValueError)
     with pytest.raises(DataError, match="imagenet"):
         dataset_info("imagenet")
@@ -682,37 +680,6 @@ def test_augment_refuses_unknown_kind_and_unbatched_input():
         augment(torch.zeros(1, 1, 4, 4), "cutout")
     with pytest.raises(DataError, match="N, C, H, W"):
         augment(torch.zeros(1, 4, 4), "crop")
-
-
-# ---------------------------------------------------------------- make_loader
-
-
-def indexed_split(n: int = 100) -> Split:
-    images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 2, 2).contiguous()
-    return Split(images, torch.arange(n))
-
-
-def epochs(loader, count: int = 2) -> list[list[int]]:
-    return [torch.cat([y for _, y in loader]).tolist() for _ in range(count)]
-
-
-def test_make_loader_is_deterministic_and_covers_each_example_once():
-    split = indexed_split()
-    first = epochs(make_loader(split, 16, shuffle=True, seed=7))
-    assert first == epochs(make_loader(split, 16, shuffle=True, seed=7))
-    assert first != epochs(make_loader(split, 16, shuffle=True, seed=8))
-    for order in first:
-        assert sorted(order) == list(range(100))
-    assert first[0] != first[1] and first[0] != list(range(100))  # reshuffled each epoch
-    x, y = next(iter(make_loader(split, 16, shuffle=True, seed=7)))
-    assert x.dtype == torch.uint8 and torch.equal(x[:, 0, 0, 0].long(), y)  # pairs stay together
-
-
-def test_make_loader_without_shuffle_and_with_drop_last():
-    split = indexed_split()
-    assert epochs(make_loader(split, 16, shuffle=False, seed=0), 1) == [list(range(100))]
-    loader = make_loader(split, 16, shuffle=True, seed=0, drop_last=True)
-    assert len(loader) == 6 and all(len(y) == 16 for _, y in loader)
 
 
 def test_the_digits_eps_0_2_recipe_trains_and_evaluates_at_0_2():

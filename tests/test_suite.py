@@ -23,7 +23,8 @@ from dpnp_ray.config import ExperimentConfig
 from dpnp_ray.data import DatasetSplits, Split, to_float
 from dpnp_ray.devices import Precision
 from dpnp_ray.distributed import LocalEnvironment
-from dpnp_ray.evaluate.accuracy import evaluate_attack, fgsm_attack, fraction, pgd_attack, subsample, worst_case
+from dpnp_ray.evaluate.accuracy import (EvalResult, correct_counts, fgsm_attack, fraction, pgd_attack, subsample,
+                                        worst_case)
 from dpnp_ray.evaluate.checks import noise_tolerance
 from dpnp_ray.evaluate.corruptions import GENERATED_BENCHMARK, SEVERITIES
 from dpnp_ray.evaluate.external import autoattack, square
@@ -118,6 +119,12 @@ def rgb32(net, data):
     info = dataclasses.replace(data.info, image_shape=(3, 32, 32))
     test = Split(upsample(data.test.images), data.test.labels)
     return with_input_layer(net, DigitsFromRGB32()), DatasetSplits(info, data.train, data.val, test)
+
+
+def evaluate_attack(net, split, *, name, attack, eps, steps, restarts, env, batch_size, precision, loss="ce", seed=0):
+    """Accuracy on the whole split under `attack` (None: clean), as a row: the reference the suite must match."""
+    correct, total = correct_counts(net, split, attack, env=env, batch_size=batch_size, precision=precision, seed=seed)
+    return EvalResult(name, eps, steps, restarts, total, correct / max(total, 1), "test", loss)
 
 
 def reference_threat_model_rows(net, data, cfg, env, precision):

@@ -8,15 +8,14 @@ corruptions  common corruptions: the released CIFAR-C files, the offline generat
 geometry     latent-space geometry of prototype classifiers
 """
 
-from .accuracy import (EvalResult, PointFlags, correct_counts, correct_per_point, eval_row, evaluate_attack,
+from .accuracy import (EvalResult, PointFlags, correct_counts, correct_per_point, eval_row, 
                        fgsm_attack, pgd_attack, prototype_margin_attack, shard, subsample, targeted_rivals_attack,
                        worst_case)
 from .external import autoattack, square
-from .suite import SUITE_LEVELS, SuiteLevel, SuiteResult, check_inputs, run_suite, threat_model_evals
+from .suite import SUITE_LEVELS, SuiteLevel, SuiteResult, check_inputs, run_suite
 
 __all__ = [
-    "EvalResult", "PointFlags", "correct_counts", "correct_per_point", "eval_row", "evaluate_attack", "fgsm_attack",
+    "EvalResult", "PointFlags", "correct_counts", "correct_per_point", "eval_row", "fgsm_attack",
     "pgd_attack", "prototype_margin_attack", "shard", "subsample", "targeted_rivals_attack", "worst_case",
     "autoattack", "square", "SUITE_LEVELS", "SuiteLevel", "SuiteResult", "check_inputs", "run_suite",
-    "threat_model_evals",
 ]

@@ -246,7 +246,7 @@ def eval_row(attack: str, *, eps: float, steps: int, restarts: int, n: int, accu
 
 @dataclass(frozen=True)
 class EvalResult:
-    """An attack at one eps on n points: what `evaluate_attack` measures, one row of evals.parquet."""
+    """An attack at one eps on n points (accuracy = correct / n): one row of evals.parquet."""
 
     attack: str
     eps: float
@@ -263,10 +263,3 @@ class EvalResult:
         return eval_row(self.attack, eps=self.eps, steps=self.steps, restarts=self.restarts, n=self.n,
                         accuracy=self.accuracy, split=self.split, loss=self.loss, suite=suite or self.suite)
 
-
-def evaluate_attack(net: nn.Module, split: Split, *, name: str, attack: Attack | None, eps: float, steps: int,
-                    restarts: int, env: LocalEnvironment, batch_size: int, precision: Precision,
-                    split_name: str = "test", loss: str = "ce", seed: int = 0) -> EvalResult:
-    """Accuracy on the whole split under `attack` (None: clean), recorded with the attack's settings."""
-    correct, total = correct_counts(net, split, attack, env=env, batch_size=batch_size, precision=precision, seed=seed)
-    return EvalResult(name, eps, steps, restarts, total, correct / max(total, 1), split_name, loss)

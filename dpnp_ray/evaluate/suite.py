@@ -6,7 +6,7 @@ key columns, which the caller adds) and flat scalars for trials.parquet. What ru
 `SuiteLevel`, looked up by `cfg.eval_suite` in `SUITE_LEVELS`:
 
 basic   clean, FGSM, PGD-k (cfg.eval_attack_steps / eval_step / eval_restarts) and CW-inf (PGD on
-        the C&W margin) on cfg.eval_n test points (`threat_model_evals`).
+        the C&W margin) on cfg.eval_n test points (`_threat_model`).
 quick   basic, plus on the "attack subset" (cfg.eval_aa_n points drawn from those eval_n):
         AutoAttack `apgd` (APGD-CE then APGD-T, 9 targets, 100 iterations, 1 restart: standard's
         settings for those two attacks) from the original code (`external.autoattack`), in fp32;
@@ -311,16 +311,10 @@ def run_suite(net: Classifier, data: DatasetSplits, cfg: ExperimentConfig, env: 
     return result
 
 
-def threat_model_evals(net: Classifier, test: Split, cfg: ExperimentConfig, env: LocalEnvironment,
-                       precision: Precision) -> list[EvalResult]:
-    """Clean, FGSM, PGD-k (CE) and CW-inf (PGD on the C&W margin) at the threat model's eps: the
-    basic level, and the first four rows of every level."""
-    return _threat_model(net, test, cfg, env, precision)[0]
-
-
 def _threat_model(net: Classifier, test: Split, cfg: ExperimentConfig, env: LocalEnvironment, precision: Precision
                   ) -> tuple[list[EvalResult], dict[str, torch.Tensor]]:
-    """`threat_model_evals` and each attack's per-point results on the test points (all ranks)."""
+    """Clean, FGSM, PGD-k (CE) and CW-inf (PGD on the C&W margin) at the threat model's eps (the basic level,
+    and the first four rows of every level), and each attack's per-point results on the test points (all ranks)."""
     eps, step, k, restarts = cfg.eval_eps, cfg.eval_step, cfg.eval_attack_steps, cfg.eval_restarts
     attacks = [  # name, attack, eps, steps, restarts, loss
         ("clean", None, 0.0, 0, 0, "ce"),

@@ -140,8 +140,8 @@ def asha_settings(epochs: int) -> AshaSettings | None:
     at least one epoch untrained (a later one is dropped by the trial, ray_train.honours_stop). None
     (no early stopping) when no rung fits, i.e. under 3 epochs. Expected share
     of the epochs of the full search (dpnp_ray.study.plan.asha_expected_epochs): 39% at 8 epochs, 28%
-    at 100; rungs every 2x from epochs // 4 (the earlier rule) gave 59% at 8 epochs. Measured by
-    bench/asha.py (bench/README.md)."""
+    at 100, against 59% at 8 epochs for rungs every 2x from epochs // 4. Measured by bench/asha.py
+    (bench/README.md)."""
     grace, last = max(1, epochs // 8), epochs - 1 - STOP_LATENCY_EPOCHS
     return AshaSettings(grace_period=grace, reduction_factor=3, max_t=last) if last >= grace else None
 

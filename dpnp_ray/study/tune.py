@@ -287,7 +287,7 @@ class StopAtEpochEnd(ASHAScheduler):
         return TrialScheduler.CONTINUE
 
 
-PROGRESS_EVERY_S = 30.0
+TRIAL_PROGRESS_EVERY_S = 30.0
 """Seconds between progress lines inside an epoch from each trial, when the study's output is a terminal."""
 
 
@@ -322,7 +322,7 @@ def build_tuner(settings: StudySettings, base: dict[str, Any], kind: str, *,
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     context = StudyContext.of(settings, base, kind, variant_overrides)
     bound = tune.with_parameters(run_trial, context=context, log_level="INFO" if settings.verbose else "WARNING",
-                                 progress_every_s=PROGRESS_EVERY_S if sys.stdout.isatty() else 0.0)
+                                 progress_every_s=TRIAL_PROGRESS_EVERY_S if sys.stdout.isatty() else 0.0)
     bound = tune.with_resources(bound, trial_request(settings.scaling, alive_nodes()))
     experiment_path = settings.tune_experiment
     if settings.resume:
