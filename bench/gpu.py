@@ -6,7 +6,7 @@
 
 Each variant builds a fresh ResNet-18 Adv-DPNP model and runs what train() runs per step: a batch
 gathered from a device-resident uint8 split (DeviceLoader, --n-data images), crop+flip augmentation
-on the device, channels_last where asked, then dpnp_ray.dual_branch.train_step (PGD-k attack, clean and
+on the device, channels_last where asked, then dpnp_ray.steps.train_step (PGD-k attack, clean and
 adversarial branch, one backward, SGD). Warm-up steps (cudnn.benchmark, compilation) are timed
 separately; then --iters steps are timed as one block between two synchronisations.
 
@@ -53,7 +53,7 @@ def run_variant(name: str, args, device: torch.device) -> dict:
     from dpnp_ray.config import ExperimentConfig
     from dpnp_ray.data import augment, to_float
     from dpnp_ray.devices import DeviceLoader, Precision
-    from dpnp_ray.dual_branch import DualBranchForward, train_step
+    from dpnp_ray.steps import DualBranchForward, train_step
     from dpnp_ray.models import build_model
     from torch.utils.data import RandomSampler
 

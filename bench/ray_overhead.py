@@ -11,12 +11,12 @@ points) on the same config with one torch thread, each in a fresh process: the b
 child process, the Ray sides inside dpnp_ray.ray_train.run_loop (reports and a checkpoint every
 epoch, as in a study), stamped where the loop starts and ends. Each Ray side starts its own local
 instance the way a study does (dpnp_ray.study.cluster.connect; not timed) and runs --trials trials one
-after another through a Tuner whose trial function mirrors dpnp_ray.study.tune.run_trial, with
+after another through a Tuner whose trial function mirrors dpnp_ray.study.tuner.run_trial, with
 build_tuner's resources and Tune settings:
 
   train    the trial's Tune actor is a driver (the driver resource) that runs a TorchTrainer
            (dpnp_ray.ray_train.make_trainer) and reads its final record
-  tune     the trial's Tune actor holds the worker's CPUs and runs the loop itself (study.tune.TuneIO)
+  tune     the trial's Tune actor holds the worker's CPUs and runs the loop itself (study.tuner.TuneIO)
 
 epoch seconds   the loop's own epoch time (history "epoch_seconds"): the target is ray / bare <= 1.05
 start-up        the trial's slot comes free (the Tuner starts, or the previous trial's function returned)
@@ -61,11 +61,11 @@ def stamped_loop(loop_config: dict) -> None:
 
 
 def stamped_trial(params: dict, *, experiment: dict, scaling: dict, storage: str, stamps: str) -> None:
-    """A Tune trial like dpnp_ray.study.tune.run_trial: the loop in the trial's runner (a TorchTrainer for
+    """A Tune trial like dpnp_ray.study.tuner.run_trial: the loop in the trial's runner (a TorchTrainer for
     `train`, this Tune actor for `tune`: TuneIO), its final record read."""
     from dpnp_ray.config import ExperimentConfig
     from dpnp_ray.ray_train import Scaling, make_trainer, read_final_record, run_loop, trial_loop_config
-    from dpnp_ray.study.tune import TuneIO
+    from dpnp_ray.study.tuner import TuneIO
 
     stamp = str(Path(stamps) / f"trial_{params['trial']}.jsonl")
     _stamp(stamp, "driver_entered")
@@ -132,7 +132,7 @@ def run_ray(runner: str, cfg, threads: int, trials: int, cpus: int) -> dict:
 
     from dpnp_ray.ray_train import Scaling
     from dpnp_ray.study.cluster import alive_nodes, trial_request
-    from dpnp_ray.study.tune import tune_settings
+    from dpnp_ray.study.tuner import tune_settings
 
     start_ray(cpus)
     with tempfile.TemporaryDirectory() as storage:

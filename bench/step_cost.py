@@ -7,8 +7,8 @@
 reference   torchattacks.PGD (eps, alpha, k, random start; it puts the model in eval mode for the
             attack) + cross-entropy + SGD on the same backbone with a softmax linear head: PGD-AT
             "written the plain way".
-pgd_at      dpnp_ray.dual_branch.train_step, method=pgd_at (same model, same k).
-adv_dpnp    dpnp_ray.dual_branch.train_step, method=adv_dpnp (prototype head, clean + adversarial branch).
+pgd_at      dpnp_ray.steps.train_step, method=pgd_at (same model, same k).
+adv_dpnp    dpnp_ray.steps.train_step, method=adv_dpnp (prototype head, clean + adversarial branch).
 
 All three see the same batch, k and precision; they run alternately (the order rotates every
 repeat), after one warm-up step each. The table gives medians of wall time and, on the CPU, of
@@ -31,10 +31,10 @@ import torch
 import torch.nn.functional as F
 
 from dpnp_ray.config import ExperimentConfig
-from dpnp_ray.dual_branch import DualBranchForward
+from dpnp_ray.steps import DualBranchForward
 from dpnp_ray.models import build_model
 from dpnp_ray.devices import Precision
-from dpnp_ray.dual_branch import train_step
+from dpnp_ray.steps import train_step
 
 SHAPES = {"cifar": (3, 32, 32), "digits": (1, 8, 8)}
 EPS, ALPHA = 8 / 255, 2 / 255

@@ -129,7 +129,7 @@ def run_cli(main: Callable[[], int]) -> None:
     """Run a study's main; known user errors become one line on stderr and exit code 2."""
     from .results import ResultsError
     from .study.settings import StudyError
-    from .study.tune import StudyInterrupted
+    from .study.tuner import StudyInterrupted
 
     # Ctrl-C ends the driver at once (KeyboardInterrupt) instead of Tune's graceful stop, which reports
     # unfinished trials as ended; Tune's experiment state is saved as it goes, so --resume continues.

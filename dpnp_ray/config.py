@@ -2,7 +2,7 @@
 
 Every field is flat so that Ray Tune / Optuna search spaces and Parquet columns map onto
 it one to one. Defaults follow docs/method.md#defaults; where the paper gives no value
-the default is this project's choice and says so in README.md ("Defaults and choices").
+the default is this project's choice and says so in docs/method.md ("Defaults and open choices").
 Fields that name a registered thing (dataset, model, method, optimizer, schedules) accept
 exactly the names in that registry.
 """

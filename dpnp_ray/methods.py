@@ -1,7 +1,7 @@
 """The training methods by name: what each one trains and which loss it minimises.
 
 Imports no torch, so the config validates `method` and derives `uses_prototypes` cheaply;
-each method's loss is registered in `dual_branch.LOSSES` under `Method.loss`
+each method's loss is registered in `steps.LOSSES` under `Method.loss`
 (see docs/method.md#losses).
 """
 
@@ -15,7 +15,7 @@ from .registry import Registry
 
 @dataclass(frozen=True)
 class Method:
-    loss: str  # a name in dual_branch.LOSSES
+    loss: str  # a name in steps.LOSSES
     prototype_head: bool  # DPNP prototype head; otherwise a linear softmax head
     adversarial: bool = True  # trains on the training adversary's PGD examples
     clean_branch: bool = True  # the clean batch also goes through the network

@@ -5,8 +5,8 @@ rank 0, resumes from the latest checkpoint after a restart, and ends with one re
 holds `final.json`: the trial's whole record. Where it runs is a runner (`Scaling.runner`): `train`, a
 TorchTrainer whose workers run it with a DistributedEnvironment (DDP through
 `ray.train.torch.prepare_model`, each rank its own shard of every split); `tune`, the trial's own Tune
-actor, one process (study/tune.py). The loop talks to its runner through a `TrialIO` only: `TrainIO`
-here, `TuneIO` in study/tune.py. Both keep the final record at the same place,
+actor, one process (study/tuner.py). The loop talks to its runner through a `TrialIO` only: `TrainIO`
+here, `TuneIO` in study/tuner.py. Both keep the final record at the same place,
 `<train storage>/<run name>/final_<time ns>/final.json` (`find_final_record`).
 
 A trial's status is decided here, once, and written into that record: `completed`, `failed`

@@ -21,7 +21,7 @@ from .config import ExperimentConfig
 from .data import DatasetInfo, DatasetSplits, Split, augment, to_float
 from .devices import DeviceLoader, Precision, configure_backend, fits_on_device, resolve_device
 from .distributed import LocalEnvironment
-from .dual_branch import DualBranchForward, train_step
+from .steps import DualBranchForward, train_step
 from .evaluate import correct_counts, pgd_attack
 from .factory import load_data, make_optimizer, model_from_config
 from .models import Classifier

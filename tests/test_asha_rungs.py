@@ -30,7 +30,7 @@ def test_the_scheduler_never_asks_for_a_stop_that_would_land_on_the_last_epoch(e
     """StopAtEpochEnd with the search's rule: 9 trials report every epoch in lockstep, best first, so
     ASHA stops some at each rung. Every stop request, whether the trial sees it after the epoch it was
     decided on or one epoch later, stops the trial with an epoch left; the best trial trains them all."""
-    from dpnp_ray.study.tune import StopAtEpochEnd, stop_request_path
+    from dpnp_ray.study.tuner import StopAtEpochEnd, stop_request_path
 
     rule = asha_settings(epochs)
     asha = StopAtEpochEnd(str(tmp_path), time_attr="epochs_done", metric=rule.metric, mode="max", max_t=rule.max_t,

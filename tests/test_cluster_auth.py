@@ -53,7 +53,7 @@ def test_study_without_the_token_says_what_to_export(tmp_path):
 
 
 class ReadmeCluster(TwoNodeCluster):
-    """README's "On a cluster" commands, in a HOME of their own and with no RAY_AUTH_* set beforehand."""
+    """docs/cluster.md's cluster commands, in a HOME of their own and with no RAY_AUTH_* set beforehand."""
 
     def __init__(self, home: Path):
         super().__init__()

@@ -19,7 +19,7 @@ import torch
 from dpnp_ray.config import ExperimentConfig
 from dpnp_ray.data import DATASETS, DataError, dataset_info, to_float
 from dpnp_ray.devices import Precision
-from dpnp_ray.dual_branch import DualBranchForward, train_step
+from dpnp_ray.steps import DualBranchForward, train_step
 from dpnp_ray.models import BACKBONES
 from dpnp_ray.factory import make_optimizer, model_from_config
 

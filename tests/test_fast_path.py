@@ -12,10 +12,10 @@ from dpnp_ray.config import ExperimentConfig
 from dpnp_ray.data import Split
 from dpnp_ray.distributed import LocalEnvironment
 from dpnp_ray.evaluate import correct_counts, pgd_attack
-from dpnp_ray.dual_branch import DualBranchForward
+from dpnp_ray.steps import DualBranchForward
 from dpnp_ray.models import build_model
 from dpnp_ray.devices import DeviceLoader, Precision, configure_backend
-from dpnp_ray.dual_branch import PROTOTYPE_DETACH, method_loss, train_step
+from dpnp_ray.steps import PROTOTYPE_DETACH, method_loss, train_step
 from dpnp_ray import training_loop as train_module
 
 CPU = torch.device("cpu")
@@ -368,7 +368,7 @@ def test_evaluation_uses_early_exit_and_training_does_not(trained_digits, digits
                               batch_size=100, precision=FP32)
     assert early <= plain
 
-    import dpnp_ray.dual_branch as step_module
+    import dpnp_ray.steps as step_module
 
     calls = []
     real = step_module.pgd

@@ -24,7 +24,7 @@ FORBIDDEN = [
     # loading a model or re-evaluating one never pulls the training stack in: the factories have their own file
     ("dpnp_ray.evaluate", "dpnp_ray.training_loop"), ("dpnp_ray.evaluate", "dpnp_ray.experiment"),
     ("dpnp_ray.model_export", "dpnp_ray.training_loop"), ("dpnp_ray.factory", "dpnp_ray.training_loop"),
-    ("dpnp_ray.factory", "dpnp_ray.evaluate"), ("dpnp_ray.factory", "dpnp_ray.dual_branch"),
+    ("dpnp_ray.factory", "dpnp_ray.evaluate"), ("dpnp_ray.factory", "dpnp_ray.steps"),
     # the Optuna storage has its own file: preflight checks it without importing the search (no circle)
     ("dpnp_ray.study.preflight", "dpnp_ray.study.optuna_search"),
     ("dpnp_ray.study.optuna_storage", "dpnp_ray.study.optuna_search"),

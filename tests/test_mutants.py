@@ -10,7 +10,7 @@ from torch import nn
 
 from dpnp_ray import losses
 from dpnp_ray.attacks import pgd
-from dpnp_ray.dual_branch import PROTOTYPE_DETACH, DualBranchForward, method_loss
+from dpnp_ray.steps import PROTOTYPE_DETACH, DualBranchForward, method_loss
 
 from .test_step import batch, cfg_of, make_net
 

@@ -324,7 +324,7 @@ def test_asha_stops_by_request_and_never_kills_a_trial(tmp_path):
 
     from ray.tune.schedulers import TrialScheduler
 
-    from dpnp_ray.study.tune import StopAtEpochEnd, stop_request_path
+    from dpnp_ray.study.tuner import StopAtEpochEnd, stop_request_path
 
     asha = StopAtEpochEnd(str(tmp_path), time_attr="epochs_done", metric="val_robust_acc", mode="max", max_t=3,
                           grace_period=1, reduction_factor=2, stop_last_trials=False)

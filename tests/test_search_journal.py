@@ -45,7 +45,7 @@ def run_searcher(journal: Path, n: int = 8, prune: tuple[int, ...] = (5,), sampl
     for i in range(n):
         tune_trial_id = f"a1b2c_{i:05d}"
         params = dict(searcher.suggest(tune_trial_id))
-        trial_id = records.trial_id(params, "search")  # the project's id, from the Optuna trial number
+        trial_id = records.trial_id_of(params, "search")  # the project's id, from the Optuna trial number
         params.pop("optuna_trial")
         clean = 0.9 - 0.1 * params.get("lambda_ppa", 0.0) - 0.01 * i
         robust = 0.5 + 0.05 * params["beta_adv"] + 0.002 * i
@@ -222,7 +222,7 @@ def test_trials_left_running_by_a_killed_driver_are_settled_as_their_records_say
     study.tell(told, [0.9, 0.5])
     ran, stopped, lost = study.ask(), study.ask(), study.ask()  # asked; then the driver was killed
     for trial, status in ((ran, "completed"), (stopped, "stopped")):
-        records.write_record(str(tmp_path), {"trial_id": records.trial_id({"optuna_trial": trial.number}, "search"),
+        records.write_record(str(tmp_path), {"trial_id": records.trial_id_of({"optuna_trial": trial.number}, "search"),
                                              "status": status,
                                              "final_metrics": {"val_clean_acc": 0.8, "val_robust_acc": 0.4}})
     settled = settle_orphaned_trials(storage, "s", str(tmp_path), ["val_clean_acc", "val_robust_acc"])

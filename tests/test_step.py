@@ -5,10 +5,10 @@ import torch
 
 from dpnp_ray import losses
 from dpnp_ray.config import ExperimentConfig
-from dpnp_ray.dual_branch import DualBranchForward
+from dpnp_ray.steps import DualBranchForward
 from dpnp_ray.models import build_model
 from dpnp_ray.devices import Precision
-from dpnp_ray.dual_branch import LOSSES, PROTOTYPE_DETACH, method_loss, train_step
+from dpnp_ray.steps import LOSSES, PROTOTYPE_DETACH, method_loss, train_step
 from dpnp_ray.methods import METHODS
 
 FP32 = Precision.choose("fp32", torch.device("cpu"))
@@ -222,7 +222,7 @@ def two_steps(cfg, net):
 
 
 def test_mart_terms_and_its_attack_is_pgd_on_ce_whatever_train_attack_loss_says():
-    from dpnp_ray.dual_branch import training_adversary
+    from dpnp_ray.steps import training_adversary
 
     x, y = batch(0)
     net = make_net(prototypes=False)

@@ -15,7 +15,7 @@ import yaml
 
 from dpnp_ray import results
 from dpnp_ray.config import TEST_SUITE_FIELDS, ExperimentConfig, config_fields
-from dpnp_ray.dual_branch import BranchOutputs, method_loss
+from dpnp_ray.steps import BranchOutputs, method_loss
 from dpnp_ray.methods import METHODS, WEIGHT_SWITCHES, loss_weights
 from dpnp_ray.study import plan
 from dpnp_ray.study.optuna_search import SHARED_PARAMS, SearchSpace
@@ -23,7 +23,7 @@ from dpnp_ray.study.best_configs import chosen_record, comparison_layer, method_
 from dpnp_ray.study.study_file import STUDY_FILE
 from dpnp_ray.study.records import write_record
 from dpnp_ray.study.settings import StudyError, StudySettings
-from dpnp_ray.study.tune import trial_config
+from dpnp_ray.study.tuner import trial_config
 
 from .raytools import PYTHON, REPO, run_script, study_env
 from .test_plan import STUB

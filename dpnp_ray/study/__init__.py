@@ -3,7 +3,7 @@
     settings        StudySettings, StudyError
     cluster         storage checks, the Ray connection, how many trials fit at once
     records         trial records (trials/<trial_id>.json) and `export` to the Parquet tables
-    tune            the Tune glue: one trial, the Tuner, recording and exporting when a study ends
+    tuner           the Tune glue: one trial, the Tuner, recording and exporting when a study ends
     ablation_grid   the ablation variants and `run_ablation`
     optuna_search   the Optuna search space, samplers and `run_search`
     console         what a study prints: one line per finished trial, the running trials now and then

@@ -10,7 +10,7 @@ from .factorial import FACTORIAL_PREFIX, FACTORS, cell_overrides, factorial_cell
 from . import preflight
 from .cluster import plan_concurrency, prepare, resolve
 from .settings import StudySettings
-from .tune import build_tuner, finish
+from .tuner import build_tuner, finish
 
 
 @dataclass(frozen=True)

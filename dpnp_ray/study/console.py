@@ -12,15 +12,15 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
-from .records import trial_id
+from .records import trial_id_of
 
 STATUS_EVERY_S = 300.0
 """Seconds between two tables of the running trials."""
 
 
 def trial_label(config: dict[str, Any], tune_trial_id: str) -> str:
-    """The project's trial_id (records.trial_id: `<variant>-s<seed>`, `optuna-<number>`), else Tune's id."""
-    return trial_id(config, "ablation" if "variant" in config else "search") or tune_trial_id
+    """The project's trial_id (records.trial_id_of: `<variant>-s<seed>`, `optuna-<number>`), else Tune's id."""
+    return trial_id_of(config, "ablation" if "variant" in config else "search") or tune_trial_id
 
 
 def tune_trial_name(trial) -> str:

@@ -26,9 +26,9 @@ from ..registry import Registry
 from . import preflight
 from .cluster import plan_concurrency, prepare, resolve
 from .optuna_storage import journal_locations, make_storage, optuna_storage_problems
-from .records import ENDED, read_record, record_path, train_run_name, trial_id
+from .records import ENDED, read_record, record_path, train_run_name, trial_id_of
 from .settings import StudyError, StudySettings
-from .tune import StopAtEpochEnd, build_tuner, finish
+from .tuner import StopAtEpochEnd, build_tuner, finish
 
 OBJECTIVES = {"multi": (["val_clean_acc", "val_robust_acc"], ["max", "max"]),
               "robust": ("val_robust_acc", "max"), "clean": ("val_clean_acc", "max")}
@@ -226,7 +226,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
         number = self.optuna_numbers.get(tune_trial_id)
         if number is None:
             return None
-        name = train_run_name(self.study, trial_id({"optuna_trial": number}, "search"))
+        name = train_run_name(self.study, trial_id_of({"optuna_trial": number}, "search"))
         return find_final_record(self.train_storage, name)
 
 
@@ -245,7 +245,7 @@ class _DefineByRun:
             with warnings.catch_warnings():  # set_metric_names is marked experimental
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 trial.study.set_metric_names(list(self.metric_names))  # the trials.parquet column names
-        trial.set_user_attr("trial_id", trial_id({"optuna_trial": trial.number}, "search"))  # joins trials.parquet
+        trial.set_user_attr("trial_id", trial_id_of({"optuna_trial": trial.number}, "search"))  # joins trials.parquet
         if self.method_config is None:
             self.space.sample(trial, self.threat_eps, self.epochs)
         else:
@@ -362,7 +362,7 @@ def settle_orphaned_trials(storage, study_name: str, study_dir: str, objectives:
     study = optuna.load_study(study_name=study_name, storage=storage)
     settled = []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        record = read_record(record_path(study_dir, trial_id({"optuna_trial": trial.number}, "search")))
+        record = read_record(record_path(study_dir, trial_id_of({"optuna_trial": trial.number}, "search")))
         status = (record or {}).get("status")
         values = [(record.get("final_metrics") or {}).get(name) for name in objectives] if record else []
         if status == "completed" and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):

@@ -259,7 +259,7 @@ def calibrate(cfg: ExperimentConfig, threads: int, steps: int = 3) -> Calibratio
     from ..attacks import eval_mode, pgd
     from ..data import dataset_info
     from ..devices import Precision, resolve_device
-    from ..dual_branch import DualBranchForward, train_step
+    from ..steps import DualBranchForward, train_step
     from ..factory import make_optimizer, model_from_config
 
     previous = torch.get_num_threads()

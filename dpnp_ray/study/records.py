@@ -31,7 +31,7 @@ ENDED = ("completed", "stopped", "failed")
 ERROR_CHARS = 300
 
 
-def trial_id(params: dict[str, Any], kind: str) -> str | None:
+def trial_id_of(params: dict[str, Any], kind: str) -> str | None:
     """A trial's id from what Tune chose for it; None if Tune's config does not say (see the module doc)."""
     if kind == "ablation":
         return f"{params['variant']}-s{params['seed']}" if "variant" in params and "seed" in params else None

@@ -314,7 +314,7 @@ def _no_identity(params: dict[str, Any]) -> TrialIdentity | None:
 def tracker_callbacks(log_to: tuple[str, ...], *, study_dir: str, study: str, kind: str,
                       mlflow_tracking_uri: str | None = None, describe: Describe = _no_identity) -> list[Any]:
     """The Tune logger callbacks for `--log-to`; raises StudyError for a missing package or store.
-    `describe` maps a Tune trial config to the trial's identity (study/tune.py passes the study's)."""
+    `describe` maps a Tune trial config to the trial's identity (study/tuner.py passes the study's)."""
     check_installed(log_to)
     def state() -> StudyTrackerState:  # one per tracker: each logs every report once
         return StudyTrackerState(study=study, kind=kind, study_dir=study_dir, describe=describe)

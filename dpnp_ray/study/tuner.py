@@ -33,7 +33,7 @@ from ..ray_train import (FINAL_FILE, FINAL_PREFIX, Scaling, TrialIO, find_final_
                          read_final_record, run_loop, trial_loop_config)
 from .cluster import alive_nodes, trial_request
 from .records import (ENDED, export, model_path, one_line_error, points_path, read_record, record_path,
-                      train_run_name, trial_id, write_error_log, write_record)
+                      train_run_name, trial_id_of, write_error_log, write_record)
 from .settings import RAY_FOLDER, TUNE_EXPERIMENT, StudyError, StudySettings, ray_path
 
 #: variant name -> config overrides; ablation studies pass theirs, a search has none
@@ -67,7 +67,7 @@ def trial_config(params: dict[str, Any], base: dict[str, Any], variant_overrides
                  kind: str) -> TrialSpec:
     """The base config, then the variant's overrides, then Tune's choices."""
     params = dict(params)
-    name = trial_id(params, kind)
+    name = trial_id_of(params, kind)
     variant = params.pop("variant", "search")
     number = params.pop("optuna_trial", None)
     cfg = ExperimentConfig.from_dict({**base, **variant_overrides.get(variant, {}), **params})
@@ -278,7 +278,7 @@ class StopAtEpochEnd(ASHAScheduler):
         decision = super().on_trial_result(tune_controller, trial, result)
         if decision != TrialScheduler.STOP:
             return decision
-        name = trial_id(dict(trial.config or {}), self.kind)
+        name = trial_id_of(dict(trial.config or {}), self.kind)
         if name is None:
             return decision
         request = f"stopped by ASHA at epochs_done={result.get('epochs_done')}"
