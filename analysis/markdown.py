@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as a script: `analysis` lives in the reposi
 import pandas as pd
 
 from analysis import factorial, figures, report, verdicts
-from dpnp_ray.results import ResultsError
+from dpnp_ray.results import ResultsError, read_table
 
 BEGIN, END = "<!-- generated:begin -->", "<!-- generated:end -->"
 
@@ -205,29 +205,53 @@ def paired_rows(table: pd.DataFrame) -> pd.DataFrame:
         "p (Holm)": [f"{p:.3g}" if math.isfinite(p) else "—" for p in table["p_adjusted"]], "note": table["note"]})
 
 
-#: rows of `studies/autoattack_standard.py`, if the study directory holds them
-AA_STANDARD_FILE = "autoattack_standard.csv"
+REEVALUATIONS = "evaluations"
+"""<study>/evaluations/<trial_id>/: what `python -m dpnp_ray.evaluate <study> --suite full` wrote, in the schema"""
+
+
+def autoattack_standard_rows(directory: Path) -> pd.DataFrame | None:
+    """Per re-evaluated trial: trial_id, n and aa_standard_acc (AutoAttack `standard`, L-inf, test split) from
+    <study>/evaluations/*/evals.parquet, with the AutoAttack code that ran (`aa_code` of its evaluation-*.json);
+    None when no re-evaluation holds a standard row."""
+    import json
+
+    rows = []
+    for folder in sorted((directory / REEVALUATIONS).glob("*/")):
+        evals = read_table(folder, "evals", required=False)
+        if evals is None:
+            continue
+        test = evals[(evals["split"] == "test") & (evals.get("norm", "Linf") == "Linf")]
+        standard = test[(test["attack"] == "autoattack") & (test.get("version") == "standard")]
+        if standard.empty:
+            continue
+        code = ""
+        summary = folder / "evaluation-full.json"
+        if summary.exists():
+            code = str(json.loads(summary.read_text()).get("aa_code") or "")
+        row = standard.iloc[-1]
+        rows.append({"trial_id": row["trial_id"], "n": int(row["n"]), "aa_standard_acc": float(row["accuracy"]),
+                     "aa_code": code or "AutoAttack"})
+    return pd.DataFrame(rows) if rows else None
 
 
 def autoattack_standard_sections(study: report.Study) -> list[str]:
     """AutoAttack `standard` on the whole test split for the re-evaluated trials, next to the study's
     own numbers for the same trials, and paired against the reference variant."""
-    path = study.directory / AA_STANDARD_FILE
-    if not path.exists():
+    standard = autoattack_standard_rows(study.directory)
+    if standard is None:
         return []
-    standard = pd.read_csv(path)
     recorded = [c for c in ("clean_acc", "aa_acc", "worst_case_acc") if c in study.trials.columns]
-    merged = standard.drop(columns=["clean_acc", "variant", "seed", "study"], errors="ignore").merge(
+    merged = standard.merge(
         study.trials[["trial_id", "variant", "seed", *recorded]], on="trial_id", how="left")
     metrics = ["aa_standard_acc", *[c for c in recorded if c != "clean_acc"]]
     rows = [{"variant": v, "trials": len(g), "clean (%)": report.ci_text(g["clean_acc"]),
              **{f"{m} (%)": report.ci_text(g[m]) for m in metrics}}
             for v in figures.variant_order(merged["variant"]) for g in [merged[merged["variant"] == v]]]
     parts = ["### AutoAttack standard on the whole test split", "",
-             f"`studies/autoattack_standard.py` on the selected models of this study ({len(standard)} trials, "
-             f"n = {', '.join(map(str, sorted(set(standard['n']))))} test points, "
-             f"{', '.join(sorted(set(standard['aa_version'].astype(str))))}); clean accuracy recomputed from the "
-             "checkpoint and checked against trials.parquet. Percent, mean ± 95% t-interval half-width.", "",
+             f"`python -m dpnp_ray.evaluate <study> --suite full` on the selected models of this study "
+             f"({len(standard)} trials, n = {', '.join(map(str, sorted(set(standard['n']))))} test points, "
+             f"{', '.join(sorted(set(standard['aa_code'].astype(str))))}; rows in evaluations/<trial_id>/). "
+             "Percent, mean ± 95% t-interval half-width; clean as the study measured it.", "",
              markdown_table(pd.DataFrame(rows)), ""]
     if report.stats.reference_variant(merged["variant"]) is not None and merged["variant"].nunique() > 1:
         table = report.stats.differences_from_reference(merged, ["aa_standard_acc"])

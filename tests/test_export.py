@@ -155,6 +155,69 @@ def test_a_study_models_evaluations_go_to_the_study():
     assert default_out("/tmp/my-model") == "/tmp/my-model-evaluations"
 
 
+def test_evaluating_a_study_evaluates_its_models_into_its_evaluations_and_the_report_reads_them(trained, tmp_path,
+                                                                                                 capsys):
+    """One AutoAttack-standard route: `python -m dpnp_ray.evaluate <study>` over the study's exported models,
+    rows in <study>/evaluations/<trial_id>/, the page's AutoAttack-standard section from those rows."""
+    import pandas as pd
+
+    from analysis import markdown
+    from dpnp_ray.evaluate.__main__ import main, study_models
+
+    study = tmp_path / "abl"
+    rows = []
+    for variant, seed in (("full", 0), ("full", 1), ("pgd_at", 0)):
+        trial_id = f"{variant}-s{seed}"
+        export_model(str(study / "models" / trial_id), trained.train.net, trained.config, trained.train.info,
+                     metrics=trained.summary, trial={"study": "abl", "trial_id": trial_id, "variant": variant,
+                                                     "seed": seed})
+        rows.append({"study": "abl", "trial_id": trial_id, "variant": variant, "seed": seed, "status": "completed"})
+    rows.append({"study": "abl", "trial_id": "full-s2", "variant": "full", "seed": 2, "status": "failed"})
+    provenance = {"error": "", "clean_acc": 0.9, "pgd_acc": 0.5, "wall_seconds": 1.0, "num_workers": 1, "use_gpu": False,
+                  "hardware": "cpu", "code_version": "x", "torch_version": "x", "ray_version": "x", "python_version": "x"}
+    rows = [{**provenance, **row} for row in rows]
+    results.write_table(study, "trials", pd.DataFrame(rows))
+    assert [p.rsplit("/", 1)[-1] for p in study_models(str(study))] == ["full-s0", "full-s1", "pgd_at-s0"]
+    assert [p.rsplit("/", 1)[-1] for p in study_models(str(study), ["full"], [1])] == ["full-s1"]
+    assert main([str(study), "--variants", "nope", "--device", "cpu"]) == 2
+    assert "no exported model of a completed trial of variants ['nope']" in capsys.readouterr().err
+    assert main([str(study), "--suite", "basic", "--seeds", "0", "--device", "cpu"]) == 0
+    assert sorted(p.name for p in (study / "evaluations").iterdir()) == ["full-s0", "pgd_at-s0"]
+    assert main([str(study), "--out", str(tmp_path / "x"), "--device", "cpu"]) == 2  # one place per model
+    # the report reads AutoAttack standard from there (rows as a full-suite re-evaluation writes them)
+    assert markdown.autoattack_standard_rows(study) is None  # basic: no AutoAttack row yet
+    for trial_id, accuracy in (("full-s0", 0.6), ("pgd_at-s0", 0.4)):
+        evals = results.read_table(study / "evaluations" / trial_id, "evals")
+        standard = {**evals.iloc[0].to_dict(), "attack": "autoattack", "version": "standard", "accuracy": accuracy,
+                    "suite": "full"}
+        results.write_table(study / "evaluations" / trial_id, "evals",
+                            [*evals.drop(columns="schema_version").to_dict("records"), standard])
+    table = markdown.autoattack_standard_rows(study).set_index("trial_id")["aa_standard_acc"]
+    assert table.to_dict() == {"full-s0": 0.6, "pgd_at-s0": 0.4}
+
+
+def test_the_retired_scripts_csv_migrates_into_evaluations(tmp_path):
+    import pandas as pd
+
+    from analysis import markdown
+    from dpnp_ray.study.migrate import AA_STANDARD_CSV, main
+
+    study = tmp_path / "abl"
+    study.mkdir()
+    pd.DataFrame({"study": "abl", "trial_id": ["full-s0", "pgd_at-s0"], "variant": ["full", "pgd_at"], "seed": 0,
+                  "n": 359, "eps": 0.1, "clean_acc": 0.98, "aa_standard_acc": [0.89, 0.88],
+                  "aa_version": "pyautoattack 0.2.0", "seconds": 100.0, "warnings": ""}).to_csv(
+        study / AA_STANDARD_CSV, index=False)
+    assert main([str(study)]) == 0 and not (study / AA_STANDARD_CSV).exists()
+    table = markdown.autoattack_standard_rows(study)
+    assert table.set_index("trial_id")["aa_standard_acc"].to_dict() == {"full-s0": 0.89, "pgd_at-s0": 0.88}
+    assert set(table["aa_code"]) == {"pyautoattack 0.2.0"} and set(table["n"]) == {359}
+    evals = results.read_table(study / "evaluations" / "full-s0", "evals")
+    assert evals[["attack", "version", "norm", "split", "suite"]].iloc[0].tolist() == \
+        ["autoattack", "standard", "Linf", "test", "full"]
+    assert main([str(study)]) == 0  # nothing left to do: already current
+
+
 def test_evaluate_refuses_a_tampered_model(exported, capsys):
     from dpnp_ray.evaluate.__main__ import main
 

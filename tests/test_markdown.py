@@ -129,17 +129,23 @@ def test_importances_come_from_the_journal_and_sum_to_one_per_objective(tmp_path
 
 
 def test_autoattack_standard_rows_are_shown_with_the_study_numbers_and_paired(tmp_path):
+    from dpnp_ray import results
+
     tables = ablation_tables()
     directory = write_study(tmp_path / "abl", tables)
     done = tables["trials"].query("status == 'completed' and variant in ['full', 'no_ppa']")
-    pd.DataFrame({"study": done["study"], "trial_id": done["trial_id"], "variant": done["variant"],
-                  "seed": done["seed"], "n": 359, "eps": 0.1, "clean_acc": done["clean_acc"],
-                  "aa_standard_acc": done["aa_acc"] - 0.02, "aa_version": "pyautoattack 0.2.0", "seconds": 1.0,
-                  "warnings": ""}).to_csv(directory / markdown.AA_STANDARD_FILE, index=False)
+    for row in done.to_dict("records"):  # as `python -m dpnp_ray.evaluate <study> --suite full` writes them
+        results.write_table(directory / "evaluations" / row["trial_id"], "evals", [{
+            "study": row["study"], "trial_id": row["trial_id"], "variant": row["variant"], "seed": row["seed"],
+            "attack": "autoattack", "version": "standard", "eps": 0.1, "steps": 100, "restarts": 1, "n": 359,
+            "accuracy": row["aa_acc"] - 0.02, "split": "test", "loss": "apgd-ce+apgd-t+fab-t+square",
+            "suite": "full", "norm": "Linf"}])
+        (directory / "evaluations" / row["trial_id"] / "evaluation-full.json").write_text(
+            '{"aa_code": "pyautoattack 0.2.0"}')
     page = markdown.study_markdown(load_study(directory))
     section = page[page.index("### AutoAttack standard"):]
     full = done.query("variant == 'full'")
-    assert "(6 trials, n = 359 test points, pyautoattack 0.2.0)" in section
+    assert "(6 trials, n = 359 test points, pyautoattack 0.2.0;" in section
     assert f"| full | 3 | {report_ci(full['clean_acc'])} | {report_ci(full['aa_acc'] - 0.02)} |" in section
     assert "| no_ppa | full | aa_standard_acc | 3 |" in section
 

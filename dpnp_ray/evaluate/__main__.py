@@ -1,4 +1,8 @@
-"""Re-evaluate an exported model: `python -m dpnp_ray.evaluate <model dir> --suite full`.
+"""Re-evaluate exported models: `python -m dpnp_ray.evaluate <model dir or study dir> --suite full`.
+
+Given a study directory (one with models/), every exported model of the study is evaluated in turn (or those
+of `--variants` / `--seeds`); a study's AutoAttack `standard` numbers come from here and nowhere else, and the
+report reads them from `<study>/evaluations/*/` (analysis/markdown.py).
 
 Runs the robustness suite on the whole test set (eval_n = eval_aa_n = 0) in fp32, whatever precision the
 model was trained in: with `--suite full` that is AutoAttack `standard` on every test point, as
@@ -122,10 +126,37 @@ def _write_points(directory: str, points) -> str:
     return results.write_table(directory, "points", points)
 
 
+def study_models(study_dir: str, variants: list[str] | None = None, seeds: list[int] | None = None) -> list[str]:
+    """The exported model directories of a study's completed trials (<study>/models/<trial_id>/, from its
+    trials.parquet, in trial_id order), those of `variants` and `seeds` only when given. ValueError when none."""
+    trials = results.read_table(study_dir, "trials")
+    done = trials[trials["status"] == "completed"].sort_values("trial_id")
+    if variants is not None:
+        done = done[done["variant"].isin(variants)]
+    if seeds is not None:
+        done = done[done["seed"].isin(seeds)]
+    chosen = [results.join(study_dir, "models", str(t)) for t in done["trial_id"]]
+    chosen = [d for d in chosen if results.exists(results.join(d, "model.json"))]
+    if not chosen:
+        asked = (f" of variants {variants}" if variants else "") + (f" of seeds {seeds}" if seeds else "")
+        raise ValueError(f"{redact(study_dir)}: no exported model of a completed trial{asked} under models/")
+    return chosen
+
+
+def is_study_dir(location: str) -> bool:
+    """A study directory (trials.parquet inside) rather than one model's directory."""
+    return results.exists(results.join(location, "trials.parquet"))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dpnp_ray.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="an exported model directory (<study>/models/<trial_id>)")
+    parser.add_argument("model", help="an exported model directory (<study>/models/<trial_id>), or a study "
+                                      "directory: every model it exported")
+    parser.add_argument("--variants", nargs="*", default=None, help="with a study directory: only these variants "
+                                                                      "(default: all)")
+    parser.add_argument("--seeds", nargs="*", type=int, default=None, help="with a study directory: only these "
+                                                                           "seeds (default: all)")
     parser.add_argument("--suite", default="full", choices=["basic", "quick", "full"],
                         help="suite level (default: %(default)s: AutoAttack standard)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: %(default)s")
@@ -143,13 +174,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        written = evaluate_model(args.model, args.suite, device=args.device, overrides=parse_assignments(args.set),
-                                 out=args.out)
+        study = is_study_dir(args.model)
+        if study and args.out:
+            raise ValueError("--out with a study directory: each model's rows go to <study>/evaluations/<trial_id>/")
+        if not study and (args.variants or args.seeds):
+            raise ValueError(f"--variants / --seeds: {redact(args.model)} is one model's directory, not a study's")
+        models = study_models(args.model, args.variants, args.seeds) if study else [args.model]
+        overrides = parse_assignments(args.set)
+        for number, model in enumerate(models, 1):
+            if study:
+                print(f"[{number}/{len(models)}] {redact(model)}", flush=True)
+            written = evaluate_model(model, args.suite, device=args.device, overrides=overrides, out=args.out)
+            for table, location in written.items():
+                print(f"  {table:12s} {redact(location)}")
     except ValueError as exc:  # ModelFileError, ConfigError, DataError: a message, not a traceback
         print(f"error: {redact(str(exc))}", file=sys.stderr)
         return 2
-    for table, location in written.items():
-        print(f"  {table:12s} {redact(location)}")
     return 0
 
 

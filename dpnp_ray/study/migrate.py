@@ -1,4 +1,4 @@
-"""Bring a search study written by older code to what the current code and docs describe.
+"""Bring a study written by older code to what the current code and docs describe.
 
 Searches before the Optuna journal carried the project's trial ids have Optuna trials without a
 `trial_id` user attribute, a study without objective names, and a trials.parquet without the
@@ -8,7 +8,13 @@ the trial, bit for bit), then rewrites the journal with those attributes (Optuna
 finished trials in place, so the trials are copied into a fresh journal, states, values, parameters,
 distributions and intermediate values unchanged) and adds the column. Trial ids stay as they were.
 
+An ablation re-evaluated by the retired `studies/autoattack_standard.py` holds its AutoAttack `standard`
+numbers in `autoattack_standard.csv`; `migrate_autoattack_csv` writes them where `python -m dpnp_ray.evaluate
+<study> --suite full` writes its own, `evaluations/<trial_id>/evals.parquet` (one `autoattack` row, version
+standard, per trial) with an evaluation-full.json saying where the row came from, and removes the CSV.
+
     python -m dpnp_ray.study.migrate docs/data/search_digits
+    python -m dpnp_ray.study.migrate docs/data/ablation_digits
 """
 
 from __future__ import annotations
@@ -89,11 +95,44 @@ def migrate_search(study_dir: str) -> bool:
     return True
 
 
+AA_STANDARD_CSV = "autoattack_standard.csv"
+
+
+def migrate_autoattack_csv(study_dir: str) -> bool:
+    """autoattack_standard.csv -> evaluations/<trial_id>/evals.parquet + evaluation-full.json; False if no CSV."""
+    import json
+
+    from ..evaluate.accuracy import eval_row
+    from ..evaluate.external import AUTOATTACK_ITERATIONS, AUTOATTACK_VERSIONS
+
+    csv = results.join(study_dir, AA_STANDARD_CSV)
+    if not results.exists(csv):
+        return False
+    frame = pd.read_csv(results.local_path(csv))
+    for row in frame.to_dict("records"):
+        keys = {k: row[k] for k in results.KEY_COLUMNS}
+        out = results.join(study_dir, "evaluations", str(row["trial_id"]))
+        version = str(row["aa_version"])
+        evals = [{**keys, **eval_row("autoattack", eps=row["eps"], steps=AUTOATTACK_ITERATIONS, restarts=1,
+                                     n=row["n"], accuracy=row["aa_standard_acc"], suite="full",
+                                     loss="+".join(AUTOATTACK_VERSIONS["standard"]), version="standard")}]
+        results.write_table(out, "evals", evals)
+        summary = {**keys, "suite": "full", "aa_acc": row["aa_standard_acc"], "aa_version": "standard",
+                   "aa_n": int(row["n"]), "aa_code": version, "clean_acc_checked": row["clean_acc"],
+                   "seconds": row["seconds"],
+                   "converted_from": f"{AA_STANDARD_CSV} of the retired studies/autoattack_standard.py"}
+        results.write_bytes_atomic(results.join(out, "evaluation-full.json"), json.dumps(summary, indent=1).encode())
+    results.delete(csv)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dpnp_ray.study.migrate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("study_dir", help="a search study's directory (its optuna.journal and trials.parquet)")
+    parser.add_argument("study_dir", help="a study's directory")
     args = parser.parse_args(argv)
-    changed = migrate_search(args.study_dir)
+    search = results.exists(results.join(args.study_dir, "optuna.journal"))
+    changed = migrate_search(args.study_dir) if search else False
+    changed = migrate_autoattack_csv(args.study_dir) or changed
     print(f"{args.study_dir}: {'migrated' if changed else 'already current'}")
     return 0
 
