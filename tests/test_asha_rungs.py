@@ -7,7 +7,7 @@ import pytest
 
 from dpnp_ray.ray_train import STOP_LATENCY_EPOCHS, honours_stop
 from dpnp_ray.study.optuna_search import asha_settings
-from dpnp_ray.study.plan import asha_rungs
+from dpnp_ray.study.cost import asha_rungs
 
 
 @pytest.mark.parametrize("epochs, rungs", [(2, None), (3, [1]), (4, [1]), (10, [1, 3])])

@@ -10,14 +10,14 @@ import pytest
 
 from dpnp_ray.config import ExperimentConfig
 from dpnp_ray.ray_train import Scaling
-from dpnp_ray.study import plan
+from dpnp_ray.study import cost, plan
 from dpnp_ray.study.cluster import (DRIVER_CPU, DRIVER_RESOURCE, driver_request, local_resources, plan_concurrency,
                                     trial_env_vars)
 from dpnp_ray.study.settings import StudyError, StudySettings
 
 from .raytools import run_script
 
-DIGITS = plan.SplitSizes(train=1295, val=143, test=359, source="by hand")
+DIGITS = cost.SplitSizes(train=1295, val=143, test=359, source="by hand")
 
 
 def digits(**fields) -> ExperimentConfig:
@@ -30,32 +30,32 @@ def digits(**fields) -> ExperimentConfig:
 @pytest.mark.parametrize("k", [1, 3, 10])
 def test_train_step_cost_is_the_documented_cost_model(k):
     # docs/evaluation.md#cost-model: PGD-AT 2k+3, Adv-DPNP 2k+6, TRADES 2k+7, clean DPNP one training pass
-    assert plan.train_step_cost(digits(method="pgd_at", train_attack_steps=k)) == 2 * k + 3
-    assert plan.train_step_cost(digits(method="adv_dpnp", train_attack_steps=k)) == 2 * k + 6
-    assert plan.train_step_cost(digits(method="trades", train_attack_steps=k)) == 2 * k + 7
-    assert plan.train_step_cost(digits(method="dpnp", train_attack_steps=k)) == 3
+    assert cost.train_step_cost(digits(method="pgd_at", train_attack_steps=k)) == 2 * k + 3
+    assert cost.train_step_cost(digits(method="adv_dpnp", train_attack_steps=k)) == 2 * k + 6
+    assert cost.train_step_cost(digits(method="trades", train_attack_steps=k)) == 2 * k + 7
+    assert cost.train_step_cost(digits(method="dpnp", train_attack_steps=k)) == 3
 
 
 def test_attack_cost_by_hand():
-    assert plan.attack_cost(10, 1, survival=1.0) == 21  # the upper bound 2k + 1
-    assert plan.attack_cost(10, 2, survival=0.5) == 2 * (10 + 1)
-    assert plan.attack_cost(3, 1, survival=0.5) == 4
+    assert cost.attack_cost(10, 1, survival=1.0) == 21  # the upper bound 2k + 1
+    assert cost.attack_cost(10, 2, survival=0.5) == 2 * (10 + 1)
+    assert cost.attack_cost(3, 1, survival=0.5) == 4
 
 
 def test_images_per_epoch_drops_each_ranks_last_partial_batch():
-    assert plan.images_per_epoch(1295, 64, 1) == 20 * 64
-    assert plan.images_per_epoch(1295, 64, 2) == 2 * 10 * 64  # 647 per rank: 10 full batches each
-    assert plan.images_per_epoch(100, 128, 1) == 100  # fewer than a batch: one short batch
+    assert cost.images_per_epoch(1295, 64, 1) == 20 * 64
+    assert cost.images_per_epoch(1295, 64, 2) == 2 * 10 * 64  # 647 per rank: 10 full batches each
+    assert cost.images_per_epoch(100, 128, 1) == 100  # fewer than a batch: one short batch
 
 
 def test_suite_cost_by_hand():
     s = 0.5
     basic = digits(eval_suite="basic", eval_n=100, eval_attack_steps=10)
     # clean 1 + FGSM 3 + PGD-10 and CW-10 at 2 * 10 * s + 1 = 11 each, on 100 points
-    assert plan.suite_cost(basic, 359, 10, s) == {"threat_model": 100 * (1 + 3 + 11 + 11)}
+    assert cost.suite_cost(basic, 359, 10, s) == {"threat_model": 100 * (1 + 3 + 11 + 11)}
 
     quick = digits(eval_suite="quick", eval_n=0, eval_aa_n=100, eval_attack_steps=10)
-    parts = plan.suite_cost(quick, 359, 10, s)
+    parts = cost.suite_cost(quick, 359, 10, s)
     assert parts["threat_model"] == 359 * 26
     assert parts["pgd_subset"] == 100 * (1 + 11)
     # APGD-CE: 100 iterations x 2 on every point; APGD-T: 9 targets x 100 x 2 on the surviving half
@@ -66,46 +66,46 @@ def test_suite_cost_by_hand():
     assert "corruptions" not in parts  # 8x8 digits get no corruption rows
 
     cifar = ExperimentConfig.from_dict({"dataset": "cifar10", "eval_suite": "quick", "eval_corruption_n": 100})
-    assert plan.suite_cost(cifar, 10_000, 10, s)["corruptions"] == 100 * (14 * 5 + 1)  # generated sets + clean
+    assert cost.suite_cost(cifar, 10_000, 10, s)["corruptions"] == 100 * (14 * 5 + 1)  # generated sets + clean
 
 
 def test_trial_cost_and_seconds_by_hand():
     cfg = digits(epochs=2, batch_size=64, train_attack_steps=3, val_attack_steps=3, eval_suite="basic",
                  eval_n=100, eval_attack_steps=10)
-    cost = plan.trial_cost(cfg, DIGITS, workers=1, survival=0.5)
-    assert cost.train == 2 * 1280 * (2 * 3 + 6)
-    assert cost.validation == 2 * 143 * (1 + 4)
-    assert cost.suite == 100 * 26
-    rates = plan.Calibration(train_seconds_per_fe=2e-4, eval_seconds_per_fe=1e-4, device="cpu", threads=1, detail="")
+    trial = cost.trial_cost(cfg, DIGITS, workers=1, survival=0.5)
+    assert trial.train == 2 * 1280 * (2 * 3 + 6)
+    assert trial.validation == 2 * 143 * (1 + 4)
+    assert trial.suite == 100 * 26
+    rates = cost.Calibration(train_seconds_per_fe=2e-4, eval_seconds_per_fe=1e-4, device="cpu", threads=1, detail="")
     for runner in ("train", "tune"):
-        assert cost.seconds(rates, workers=1, runner=runner) == pytest.approx(
-            cost.train * 2e-4 + (cost.validation + cost.suite) * 1e-4 + plan.FIXED_TRIAL_SECONDS[runner])
-    assert cost.seconds(rates, workers=2) == pytest.approx(
-        (cost.train * 2e-4 + (cost.validation + cost.suite) * 1e-4) / 2 + plan.FIXED_TRIAL_SECONDS["train"])
-    half = plan.trial_cost(cfg, DIGITS, workers=1, epochs=1, evaluated=0.25, survival=0.5)
-    assert (half.train, half.validation, half.suite) == (cost.train / 2, cost.validation / 2, cost.suite / 4)
+        assert trial.seconds(rates, workers=1, runner=runner) == pytest.approx(
+            trial.train * 2e-4 + (trial.validation + trial.suite) * 1e-4 + cost.FIXED_TRIAL_SECONDS[runner])
+    assert trial.seconds(rates, workers=2) == pytest.approx(
+        (trial.train * 2e-4 + (trial.validation + trial.suite) * 1e-4) / 2 + cost.FIXED_TRIAL_SECONDS["train"])
+    half = cost.trial_cost(cfg, DIGITS, workers=1, epochs=1, evaluated=0.25, survival=0.5)
+    assert (half.train, half.validation, half.suite) == (trial.train / 2, trial.validation / 2, trial.suite / 4)
 
 
 def test_asha_rungs_and_expected_epochs_by_hand():
     # Tune's rungs: grace x rf^j for j < int(log2(7 / 1) + 1) = 3: after 1, 2 and 4 epochs (max_t = 8 - 1)
-    assert plan.asha_rungs(1, 2, 7) == [1, 2, 4]
-    assert plan.asha_rungs(2, 2, 7) == [2, 4]  # int(log2(3.5) + 1) = 2
-    assert plan.asha_rungs(1, 3, 7) == [1, 3]  # int(log3(7) + 1) = 2
-    expected, finished = plan.asha_expected_epochs(8, [2, 4], 2)
+    assert cost.asha_rungs(1, 2, 7) == [1, 2, 4]
+    assert cost.asha_rungs(2, 2, 7) == [2, 4]  # int(log2(3.5) + 1) = 2
+    assert cost.asha_rungs(1, 3, 7) == [1, 3]  # int(log3(7) + 1) = 2
+    expected, finished = cost.asha_expected_epochs(8, [2, 4], 2)
     # half stop at the rung after 2 epochs and train one more (the stop arrives during it), a quarter
     # at the rung after 4 (5 epochs), a quarter train all 8
-    assert plan.STOP_LATENCY_EPOCHS == 1
+    assert cost.STOP_LATENCY_EPOCHS == 1
     assert expected == pytest.approx(0.5 * 3 + 0.25 * 5 + 0.25 * 8)
     assert finished == pytest.approx(0.25)
-    assert plan.asha_expected_epochs(8, [], 2) == (8, 1.0)
-    expected, finished = plan.asha_expected_epochs(8, [1, 3], 3)
+    assert cost.asha_expected_epochs(8, [], 2) == (8, 1.0)
+    expected, finished = cost.asha_expected_epochs(8, [1, 3], 3)
     assert expected == pytest.approx(2 / 3 * 2 + 2 / 9 * 4 + 1 / 9 * 8) and finished == pytest.approx(1 / 9)
 
 
 def test_makespan_packs_trials_on_the_first_free_slot():
-    assert plan.makespan([10, 10, 10], 2) == 20
-    assert plan.makespan([5, 3, 3, 3], 2) == 8  # 5 | 3, 3 | then 3 after the 5
-    assert plan.makespan([4, 4], 8) == 4
+    assert cost.makespan([10, 10, 10], 2) == 20
+    assert cost.makespan([5, 3, 3, 3], 2) == 8  # 5 | 3, 3 | then 3 after the 5
+    assert cost.makespan([4, 4], 8) == 4
 
 
 # -------------------------------------------------------------------------------- trials at once
@@ -149,7 +149,7 @@ def test_trial_env_vars(monkeypatch):
 # ------------------------------------------------------------------------------------- the plan
 
 
-STUB = plan.Calibration(train_seconds_per_fe=1e-4, eval_seconds_per_fe=1e-4, device="cpu", threads=1, detail="stub")
+STUB = cost.Calibration(train_seconds_per_fe=1e-4, eval_seconds_per_fe=1e-4, device="cpu", threads=1, detail="stub")
 
 
 def test_ablation_plan_lists_the_grid_and_its_bill_without_ray(tmp_path):
@@ -165,15 +165,15 @@ def test_ablation_plan_lists_the_grid_and_its_bill_without_ray(tmp_path):
     assert [t.cfg.method for t in p.trials] == ["adv_dpnp"] * 2 + ["pgd_at"] * 2 + ["adv_dpnp"] * 2
     # a local 1-worker study runs its trials in their Tune actors (runner tune): no driver besides the worker
     assert p.concurrent == 2 and p.driver == {} and p.scaling.runner == "tune"
-    fixed, fixed_cpu = plan.FIXED_TRIAL_SECONDS["tune"], plan.FIXED_TRIAL_CPU_SECONDS["tune"]
+    fixed, fixed_cpu = cost.FIXED_TRIAL_SECONDS["tune"], cost.FIXED_TRIAL_CPU_SECONDS["tune"]
     full = p.trials[0]
     expected = (2 * 1280 * 12 + 2 * 143 * 5 + 100 * 26) * 1e-4 + fixed
     assert full.seconds == pytest.approx(expected)
     assert p.trials[2].cost.train == 2 * 1280 * 9  # PGD-AT: 2k + 3
-    slots = plan.makespan([t.seconds for t in p.trials], 2)
+    slots = cost.makespan([t.seconds for t in p.trials], 2)
     cpu_work = sum(t.seconds - fixed + fixed_cpu for t in p.trials)
     assert p.cpu_seconds == pytest.approx(cpu_work) and p.cpus == 2
-    study = plan.FIXED_STUDY_SECONDS + plan.TUNE_ACTOR_START_SECONDS
+    study = cost.FIXED_STUDY_SECONDS + cost.TUNE_ACTOR_START_SECONDS
     assert p.wall_seconds == pytest.approx(study + max(slots, cpu_work / 2))
     assert p.device_hours == pytest.approx(sum(t.seconds for t in p.trials) / 3600)
     text = p.format()
@@ -184,7 +184,7 @@ def test_ablation_plan_lists_the_grid_and_its_bill_without_ray(tmp_path):
     on_train = plan.plan_ablation(base, ["full"], [0], replace(settings, scaling=Scaling(runner="train")),
                                   calibration=STUB)
     assert on_train.driver == {DRIVER_RESOURCE: 1.0} and "1 dpnp_trial_driver for its Tune driver" in on_train.format()
-    assert on_train.trials[0].seconds == pytest.approx(expected - fixed + plan.FIXED_TRIAL_SECONDS["train"])
+    assert on_train.trials[0].seconds == pytest.approx(expected - fixed + cost.FIXED_TRIAL_SECONDS["train"])
     assert "full-s0 .. full-s1 (2)" in text and "pgd_at-s0 .. pgd_at-s1 (2)" in text
     assert "CPU-hours" in text and "estimate: wall" in text
 
@@ -196,7 +196,7 @@ def test_wall_time_is_the_slots_or_the_cpu_work_whichever_is_longer(monkeypatch)
     settings = StudySettings("abl", local_cpus=2)
     monkeypatch.setattr(plan, "FIXED_TRIAL_CPU_SECONDS", {"tune": 0.0})
     light = plan.plan_ablation(base, ["full", "pgd_at"], [0], settings, calibration=STUB)
-    compute = [t.seconds - plan.FIXED_TRIAL_SECONDS["tune"] for t in light.trials]
+    compute = [t.seconds - cost.FIXED_TRIAL_SECONDS["tune"] for t in light.trials]
     assert light.wall_seconds == pytest.approx(light.study_seconds + max(t.seconds for t in light.trials))
     assert "CPU-bound" not in light.format()
     monkeypatch.setattr(plan, "FIXED_TRIAL_CPU_SECONDS", {"tune": 100.0})
@@ -218,8 +218,8 @@ def test_search_plan_counts_the_asha_budget():
     from dpnp_ray.study.optuna_search import asha_settings
 
     rule = asha_settings(8)
-    rungs = plan.asha_rungs(rule.grace_period, rule.reduction_factor, rule.max_t)
-    epochs, finished = plan.asha_expected_epochs(8, rungs, rule.reduction_factor)
+    rungs = cost.asha_rungs(rule.grace_period, rule.reduction_factor, rule.max_t)
+    epochs, finished = cost.asha_expected_epochs(8, rungs, rule.reduction_factor)
     assert with_asha.trials[0].epochs == pytest.approx(epochs) and epochs < 8
     assert with_asha.trials[0].cost.suite == pytest.approx(finished * without.trials[0].cost.suite)
     assert with_asha.wall_seconds < without.wall_seconds
@@ -256,6 +256,6 @@ def test_split_sizes_without_the_data_use_the_official_sizes_and_the_training_su
     """On a machine without the files (the cluster's nodes have them), the bill counts the official split sizes,
     less the validation share, and at most train_subset training images."""
     base = dict(dataset="cifar10", data_root=str(tmp_path / "absent"), val_fraction=0.1)
-    assert plan.split_sizes(ExperimentConfig.from_dict(base)) == plan.SplitSizes(
+    assert cost.split_sizes(ExperimentConfig.from_dict(base)) == cost.SplitSizes(
         45_000, 5_000, 10_000, "official sizes (data not on this machine)")
-    assert plan.split_sizes(ExperimentConfig.from_dict({**base, "train_subset": 4_000})).train == 4_000
+    assert cost.split_sizes(ExperimentConfig.from_dict({**base, "train_subset": 4_000})).train == 4_000

@@ -234,4 +234,6 @@ def test_trials_left_running_by_a_killed_driver_are_settled_as_their_records_say
     assert trials[stopped.number].state == optuna.trial.TrialState.PRUNED
     assert trials[lost.number].state == optuna.trial.TrialState.FAIL
     assert trials[lost.number].user_attrs["ended_by"] == ORPHANED
+    for number in settled:  # asked, then killed before the objective named it: the settled trial joins its row
+        assert trials[number].user_attrs["trial_id"] == records.trial_id_of({"optuna_trial": number}, "search")
     assert settle_orphaned_trials(storage, "s", str(tmp_path), ["val_clean_acc", "val_robust_acc"]) == []

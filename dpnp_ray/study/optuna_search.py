@@ -139,7 +139,7 @@ def asha_settings(epochs: int) -> AshaSettings | None:
     epochs, and the last rung is at most epochs - 1 - STOP_LATENCY_EPOCHS epochs done: every stop leaves
     at least one epoch untrained (a later one is dropped by the trial, ray_train.honours_stop). None
     (no early stopping) when no rung fits, i.e. under 3 epochs. Expected share
-    of the epochs of the full search (dpnp_ray.study.plan.asha_expected_epochs): 39% at 8 epochs, 28%
+    of the epochs of the full search (dpnp_ray.study.cost.asha_expected_epochs): 39% at 8 epochs, 28%
     at 100, against 59% at 8 epochs for rungs every 2x from epochs // 4. Measured by bench/asha.py
     (bench/README.md)."""
     grace, last = max(1, epochs // 8), epochs - 1 - STOP_LATENCY_EPOCHS
@@ -357,12 +357,16 @@ def settle_orphaned_trials(storage, study_name: str, study_dir: str, objectives:
     from Optuna just before a driver was killed, after Tune last saved its state, so no Tune trial will ever
     report them. A trial whose record has ended (it trained, but its end never reached Optuna) gets that end:
     completed -> COMPLETE with the record's objective values, stopped -> PRUNED, failed -> FAIL; any other
-    gets FAIL with user attribute `ended_by` (ORPHANED). Optuna then agrees with trials.parquet.
+    gets FAIL with user attribute `ended_by` (ORPHANED); each gets its `trial_id` user attribute if the kill
+    came before the objective set it. Optuna then agrees with trials.parquet.
     Returns the numbers of the trials settled."""
     study = optuna.load_study(study_name=study_name, storage=storage)
     settled = []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        record = read_record(record_path(study_dir, trial_id_of({"optuna_trial": trial.number}, "search")))
+        trial_id = trial_id_of({"optuna_trial": trial.number}, "search")
+        if "trial_id" not in trial.user_attrs:  # killed between Optuna's ask and the objective's first line
+            study._storage.set_trial_user_attr(trial._trial_id, "trial_id", trial_id)
+        record = read_record(record_path(study_dir, trial_id))
         status = (record or {}).get("status")
         values = [(record.get("final_metrics") or {}).get(name) for name in objectives] if record else []
         if status == "completed" and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
