@@ -157,8 +157,10 @@ class ExperimentConfig:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any] | None = None, **overrides: Any) -> "ExperimentConfig":
-        """Build and validate a config from a flat dict (Tune / Optuna / CLI output).
+    def from_dict(cls, values: Mapping[str, Any] | None = None, *, resolve: bool = True,
+                  **overrides: Any) -> "ExperimentConfig":
+        """Build and validate a config from a flat dict (Tune / Optuna / CLI output); with `resolve`, the
+        dataset-dependent defaults filled (`resolved`), else left None (a study's base config).
 
         Raises ConfigError listing every unknown key, wrong type and out-of-range value.
         """
@@ -178,11 +180,11 @@ class ExperimentConfig:
         if problems:
             raise ConfigError(problems)
         config = cls(**coerced)
-        config._check_combinations()
-        return config.resolved()
+        return config.resolved() if resolve else config
 
     def __post_init__(self) -> None:
-        # Direct construction gets the same per-field checks as from_dict.
+        # The one entrance of every construction (from_dict, direct, dataclasses.replace): the per-field
+        # checks, then the combinations of fields.
         hints = typing.get_type_hints(type(self))
         problems = []
         for f in dataclasses.fields(self):
@@ -192,6 +194,7 @@ class ExperimentConfig:
                 problems.append(str(exc))
         if problems:
             raise ConfigError(problems)
+        self._check_combinations()
 
     def _check_combinations(self) -> None:
         problems = []

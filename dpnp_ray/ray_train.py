@@ -37,6 +37,7 @@ from . import results
 from .config import ExperimentConfig
 from .distributed import DistributedEnvironment, LocalEnvironment
 from .provenance import provenance
+from .train_logs import _controller_callbacks
 
 STATE_FILE = "state.pt"
 FINAL_FILE = "final.json"
@@ -202,7 +203,7 @@ def run_loop(loop_config: dict[str, Any], io: TrialIO) -> None:
     # LoggingConfig does not filter; "ray" sets its own level, so its train loggers need theirs
     for name in ("", "ray.train"):
         logging.getLogger(name).setLevel(loop_config.get("log_level", "INFO"))
-    cfg = ExperimentConfig.from_dict(loop_config["experiment"])
+    cfg = loop_config["experiment"]  # built and checked where the trial began (the study spec)
     log = ConsoleLog(_line_writer(loop_config["run_name"]),
                      progress_every_s=float(loop_config.get("progress_every_s", 0.0))) if io.rank == 0 else None
     # Per trial, not per process: a reused actor (Tune's reuse_actors) keeps the last trial's thread count.
@@ -333,56 +334,10 @@ def trial_loop_config(cfg: ExperimentConfig, scaling: Scaling, *, run_name: str,
     rank 0 exports the selected model there, labelled with `trial` (study, trial_id, ...); with `points_path`,
     rank 0 writes the test evaluations' per-point results there (records.points_path).
     """
-    return {"experiment": cfg.to_dict(), "threads": max(1, int(scaling.cpus_per_worker)),
+    return {"experiment": cfg, "threads": max(1, int(scaling.cpus_per_worker)),
             "gpus_per_worker": scaling.gpus_per_worker, "runner": scaling.runner or "train", "run_name": run_name,
             "stop_request": stop_request, "progress_every_s": progress_every_s, "log_level": log_level,
             "model_dir": model_dir, "points_path": points_path, "trial": trial}
-
-
-CLEANER_LOGGER = "ray.train.v2._internal.callbacks.placement_group_callback"
-CLEANER_STOP_FAILED = "Failed to stop PlacementGroupCleaner gracefully."
-OVERLOADED_CLEANER = ("Ray Train's placement-group cleaner did not confirm its stop in time: the machine is "
-                      "overloaded (the cleaner was waiting on Ray's state API). Harmless: the trial and its results "
-                      "are unaffected, and the cleaner exits by itself.")
-
-
-class OverloadedCleanerLine(logging.Filter):
-    """Turns Ray Train's harmless 'Failed to stop PlacementGroupCleaner gracefully' GetTimeoutError traceback
-    into one line (OVERLOADED_CLEANER). Why it happens: when a run ends, the controller waits
-    max(2, 2 * 1 + 10) = 12 s for the cleaner actor's stop(), and stop() itself joins the cleaner's monitor
-    thread for those same 12 s while that thread may be inside a state-API call of up to 10 s; under CPU load
-    the two race and the outer wait loses. Ray has no setting for that timeout."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.getMessage() == CLEANER_STOP_FAILED and record.exc_info:
-            import ray.exceptions
-
-            if isinstance(record.exc_info[1], ray.exceptions.GetTimeoutError):
-                record.msg, record.args, record.exc_info, record.exc_text = OVERLOADED_CLEANER, (), None, None
-                record.levelno, record.levelname = logging.WARNING, "WARNING"
-        return True
-
-
-def _controller_callbacks():
-    """Train callbacks of ours: Train v2 runs a RunConfig's callbacks inside its controller actor, which is where
-    the cleaner's traceback is logged; unpickling this one there installs OverloadedCleanerLine."""
-    from ray.train.v2.api.callback import UserCallback
-
-    class ControllerLogFilter(UserCallback):
-        def __getstate__(self):
-            return {"filter": True}
-
-        def __setstate__(self, state):
-            install_cleaner_filter()
-
-    return [ControllerLogFilter()]
-
-
-def install_cleaner_filter() -> None:
-    """Install OverloadedCleanerLine on Ray Train's cleaner logger in this process (once)."""
-    logger = logging.getLogger(CLEANER_LOGGER)
-    if not any(isinstance(f, OverloadedCleanerLine) for f in logger.filters):
-        logger.addFilter(OverloadedCleanerLine())
 
 
 def make_trainer(cfg: ExperimentConfig, scaling: Scaling, *, run_name: str, storage_path: str,

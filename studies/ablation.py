@@ -21,10 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from dpnp_ray import results
 from dpnp_ray.cli import (HelpFormatter, add_common_flags, config_epilog, console_summary, exit_code, print_locations,
                           run_cli, study_settings)
-from dpnp_ray.study.ablation_grid import DEFAULT_VARIANTS, LISTED_VARIANTS, run_ablation
-from dpnp_ray.study.factorial import FACTORIAL_PREFIX, FACTORS, design_factors
-from dpnp_ray.study.plan import plan_ablation
+from dpnp_ray.study import plan_ablation, run_ablation
 from dpnp_ray.study.best_configs import write_best_configs
+from dpnp_ray.study.factorial import FACTORIAL_PREFIX, FACTORS, design_factors
+from dpnp_ray.study.variants import DEFAULT_VARIANTS, LISTED_VARIANTS
 from dpnp_ray.study.recipe import resolve_study
 
 # The ablation's defaults on digits: small enough for a laptop, large enough to separate variants.
@@ -103,15 +103,14 @@ def power_plan(plan, study: dict, args) -> list[str]:
 def main() -> int:
     recipe = resolve_study(build_parser(), "ablation", defaults=DEFAULTS, smoke=SMOKE)
     settings = study_settings(recipe.args)
+    spec = recipe.spec()
     if recipe.args.dry_run:
-        plan = plan_ablation(recipe.config, recipe.study["variants"], recipe.study["seeds"], settings,
-                             extra_variants=recipe.study.get("tuned"))
+        plan = plan_ablation(spec, settings)
         print(plan.format())
         print("\n".join(power_plan(plan, recipe.study, recipe.args)))
         return 0
     with recipe:  # holds the study's driver lock from recipe.record until the tables are written
-        written = run_ablation(recipe.config, recipe.study["variants"], recipe.study["seeds"], settings,
-                               before_training=recipe.record, extra_variants=recipe.study.get("tuned"))
+        written = run_ablation(spec, settings, before_training=recipe.record)
         written["best"] = write_best_configs(settings.directory, "ablation")
     trials = results.read_table(results.parent(written["trials"]), "trials")
     print("\n" + console_summary(trials))

@@ -30,12 +30,11 @@ from dpnp_ray.cli import (HelpFormatter, add_common_flags, config_epilog, consol
                           run_cli, study_settings)
 from dpnp_ray.methods import METHODS
 from dpnp_ray.provenance import redact
-from dpnp_ray.study.optuna_search import OBJECTIVES, SAMPLERS, SearchSpace, run_search
-from dpnp_ray.study.plan import plan_search
+from dpnp_ray.study import StudyError, plan_search, run_search
 from dpnp_ray.study.best_configs import method_study_name, write_best_configs, write_chosen_points
 from dpnp_ray.study.recipe import resolve_study
+from dpnp_ray.study.search_space import OBJECTIVES, SAMPLERS, SearchSpace
 from dpnp_ray.study.study_file import read_yaml
-from dpnp_ray.study.settings import StudyError
 
 DEFAULTS = {"config": {"dataset": "digits", "model": "small_cnn", "epochs": 8, "lr": 0.05, "batch_size": 64,
                        "eval_suite": "basic"},
@@ -81,17 +80,14 @@ def main() -> int:
     recipe = resolve_study(build_parser(), "search", defaults=DEFAULTS, smoke=SMOKE)
     settings = study_settings(recipe.args)
     study = recipe.study
+    spec = recipe.spec()
     if recipe.args.dry_run:
-        print(plan_search(recipe.config, settings, trials=recipe.trials_to_run, scheduler=study["scheduler"],
-                          methods=study["methods"], space=recipe.search_space()).format())
+        print(plan_search(spec, settings, methods=study["methods"]).format())
         return 0
     if study["methods"]:
-        return compare_methods(recipe, settings)
+        return compare_methods(recipe, spec, settings)
     with recipe:  # holds the study's driver lock from recipe.record until the tables are written
-        written = run_search(recipe.config, settings, trials=recipe.trials_to_run, space=recipe.search_space(),
-                             sampler=study["sampler"], objective=study["objective"], scheduler=study["scheduler"],
-                             seed=study["sampler_seed"], optuna_storage=study["optuna_storage"],
-                             extend="trials" in recipe.grown, before_training=recipe.record)
+        written = run_search(spec, settings, before_training=recipe.record)
         written["best"] = write_best_configs(settings.directory, "search")
     directory = results.parent(written["trials"])
     trials = results.read_table(directory, "trials")
@@ -103,7 +99,7 @@ def main() -> int:
     return exit_code(trials)  # 1 when a trial failed
 
 
-def compare_methods(recipe, settings) -> int:
+def compare_methods(recipe, spec, settings) -> int:
     """--methods: one search per method (its own study in the comparison's directory, the same budget and rules,
     one after another), then each method's chosen point in <study>/best/<method>.yaml."""
     from ray import tune
@@ -115,11 +111,10 @@ def compare_methods(recipe, settings) -> int:
                                       name=method_study_name(settings.name, method))
             # --resume: a method's search the interrupted run never reached starts afresh
             sub = dataclasses.replace(sub, resume=settings.resume and tune.Tuner.can_restore(sub.tune_experiment))
-            print(f"\n=== {method}: {recipe.trials_to_run} trial(s) in {redact(sub.directory)} ===")
-            written = run_search(recipe.config, sub, trials=recipe.trials_to_run, space=recipe.search_space(),
-                                 sampler=study["sampler"], objective=study["objective"], scheduler=study["scheduler"],
-                                 seed=study["sampler_seed"], extend="trials" in recipe.grown,
-                                 before_training=recipe.record, method=method)
+            print(f"\n=== {method}: {spec.n_trials} trial(s) in {redact(sub.directory)} ===")
+            # each method's Optuna study lives in its own study directory's journal
+            written = run_search(dataclasses.replace(spec, method=method, optuna_storage=None), sub,
+                                 before_training=recipe.record)
             write_best_configs(sub.directory, "search")
             trials = results.read_table(results.parent(written["trials"]), "trials")
             print("\n" + console_summary(trials, group="trial_id"))

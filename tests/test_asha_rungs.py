@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 from dpnp_ray.ray_train import STOP_LATENCY_EPOCHS, honours_stop
-from dpnp_ray.study.optuna_search import asha_settings
+from dpnp_ray.study.search_space import asha_settings
 from dpnp_ray.study.cost import asha_rungs
 
 

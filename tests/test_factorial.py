@@ -13,7 +13,7 @@ import pytest
 from analysis import factorial
 from analysis.power import factorial_lines
 from dpnp_ray.config import ExperimentConfig
-from dpnp_ray.study.ablation_grid import ABLATION_VARIANTS, LISTED_VARIANTS, variant_overrides
+from dpnp_ray.study.variants import ABLATION_VARIANTS, LISTED_VARIANTS, variant_overrides
 from dpnp_ray.study.factorial import FACTORS, cell_levels, design_factors, expand_variants, factorial_cells
 
 

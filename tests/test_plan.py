@@ -10,7 +10,7 @@ import pytest
 
 from dpnp_ray.config import ExperimentConfig
 from dpnp_ray.ray_train import Scaling
-from dpnp_ray.study import cost, plan
+from dpnp_ray.study import AblationSpec, SearchSpec, cost, plan
 from dpnp_ray.study.cluster import (DRIVER_CPU, DRIVER_RESOURCE, driver_request, local_resources, plan_concurrency,
                                     trial_env_vars)
 from dpnp_ray.study.settings import StudyError, StudySettings
@@ -158,7 +158,7 @@ def test_ablation_plan_lists_the_grid_and_its_bill_without_ray(tmp_path):
     base = dict(dataset="digits", epochs=2, batch_size=64, train_attack_steps=3, val_attack_steps=3,
                 eval_suite="basic", eval_n=100, eval_attack_steps=10)
     settings = StudySettings("abl", storage=str(tmp_path / "results"), local_cpus=2)
-    p = plan.plan_ablation(base, ["full", "pgd_at", "no_npr"], [0, 1], settings, calibration=STUB)
+    p = plan.plan_ablation(AblationSpec(base, ["full", "pgd_at", "no_npr"], [0, 1]), settings, calibration=STUB)
     assert not ray.is_initialized()
     assert not (tmp_path / "results").exists()
     assert [t.name for t in p.trials] == ["full-s0", "full-s1", "pgd_at-s0", "pgd_at-s1", "no_npr-s0", "no_npr-s1"]
@@ -181,8 +181,8 @@ def test_ablation_plan_lists_the_grid_and_its_bill_without_ray(tmp_path):
     assert "at once: 2 trial(s) on a local Ray instance with 2 CPUs" in text
     assert "1 worker(s) x (1 CPU), nothing else (its Tune trial is its worker); runner tune" in text
     # the same study through TorchTrainers: a driver per trial, and Ray Train's start-up in every trial
-    on_train = plan.plan_ablation(base, ["full"], [0], replace(settings, scaling=Scaling(runner="train")),
-                                  calibration=STUB)
+    on_train = plan.plan_ablation(AblationSpec(base, ["full"], [0]),
+                                  replace(settings, scaling=Scaling(runner="train")), calibration=STUB)
     assert on_train.driver == {DRIVER_RESOURCE: 1.0} and "1 dpnp_trial_driver for its Tune driver" in on_train.format()
     assert on_train.trials[0].seconds == pytest.approx(expected - fixed + cost.FIXED_TRIAL_SECONDS["train"])
     assert "full-s0 .. full-s1 (2)" in text and "pgd_at-s0 .. pgd_at-s1 (2)" in text
@@ -195,12 +195,12 @@ def test_wall_time_is_the_slots_or_the_cpu_work_whichever_is_longer(monkeypatch)
                 eval_suite="basic", eval_n=100, eval_attack_steps=10)
     settings = StudySettings("abl", local_cpus=2)
     monkeypatch.setattr(plan, "FIXED_TRIAL_CPU_SECONDS", {"tune": 0.0})
-    light = plan.plan_ablation(base, ["full", "pgd_at"], [0], settings, calibration=STUB)
+    light = plan.plan_ablation(AblationSpec(base, ["full", "pgd_at"], [0]), settings, calibration=STUB)
     compute = [t.seconds - cost.FIXED_TRIAL_SECONDS["tune"] for t in light.trials]
     assert light.wall_seconds == pytest.approx(light.study_seconds + max(t.seconds for t in light.trials))
     assert "CPU-bound" not in light.format()
     monkeypatch.setattr(plan, "FIXED_TRIAL_CPU_SECONDS", {"tune": 100.0})
-    heavy = plan.plan_ablation(base, ["full", "pgd_at"], [0], settings, calibration=STUB)
+    heavy = plan.plan_ablation(AblationSpec(base, ["full", "pgd_at"], [0]), settings, calibration=STUB)
     assert heavy.cpu_seconds == pytest.approx(sum(compute) + 200.0)
     assert heavy.wall_seconds == pytest.approx(heavy.study_seconds + (sum(compute) + 200.0) / 2)
     assert "note: CPU-bound: " in heavy.format()
@@ -211,11 +211,11 @@ def test_wall_time_is_the_slots_or_the_cpu_work_whichever_is_longer(monkeypatch)
 def test_search_plan_counts_the_asha_budget():
     settings = StudySettings("s", local_cpus=1)
     base = dict(dataset="digits", epochs=8, eval_suite="basic")
-    with_asha = plan.plan_search(base, settings, trials=10, scheduler="asha", calibration=STUB)
-    without = plan.plan_search(base, settings, trials=10, scheduler="none", calibration=STUB)
+    with_asha = plan.plan_search(SearchSpec(base, 10, scheduler="asha"), settings, calibration=STUB)
+    without = plan.plan_search(SearchSpec(base, 10, scheduler="none"), settings, calibration=STUB)
     assert len(with_asha.trials) == len(without.trials) == 10 and with_asha.concurrent == 1
     assert without.trials[0].epochs == 8
-    from dpnp_ray.study.optuna_search import asha_settings
+    from dpnp_ray.study.search_space import asha_settings
 
     rule = asha_settings(8)
     rungs = cost.asha_rungs(rule.grace_period, rule.reduction_factor, rule.max_t)
@@ -229,10 +229,11 @@ def test_search_plan_counts_the_asha_budget():
 def test_gpu_plan(monkeypatch):
     settings = StudySettings("g", local_cpus=2, scaling=Scaling(gpus_per_worker=0.25))
     with pytest.raises(StudyError, match="GPU"):  # a local CPU instance has no GPU: nothing fits
-        plan.plan_search(dict(dataset="digits", epochs=2), settings, trials=2, scheduler="none", calibration=STUB)
+        plan.plan_search(SearchSpec(dict(dataset="digits", epochs=2), 2, scheduler="none"), settings,
+                         calibration=STUB)
     gpu_node = [{"CPU": 8.0, "GPU": 1.0, DRIVER_RESOURCE: 64.0}]
     monkeypatch.setattr(plan, "cluster_view", lambda settings: (gpu_node, "a node with one GPU"))
-    p = plan.plan_search(dict(dataset="digits", epochs=2), settings, trials=8, scheduler="none", calibration=STUB)
+    p = plan.plan_search(SearchSpec(dict(dataset="digits", epochs=2), 8, scheduler="none"), settings, calibration=STUB)
     assert p.concurrent == 4  # four quarter-GPU trials share the GPU
     assert p.device_hours == pytest.approx(sum(t.seconds for t in p.trials) * 0.25 / 3600)
     text = p.format()

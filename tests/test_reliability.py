@@ -263,7 +263,8 @@ def test_the_searcher_tells_optuna_what_the_record_says(tmp_path):
     import optuna
 
     from dpnp_ray.ray_train import FINAL_FILE
-    from dpnp_ray.study.optuna_search import PruningAwareOptunaSearch, SearchSpace, _DefineByRun
+    from dpnp_ray.study.optuna_search import PruningAwareOptunaSearch, _DefineByRun
+    from dpnp_ray.study.search_space import SearchSpace
 
     train, storage = tmp_path / "train", optuna.storages.InMemoryStorage()
     searcher = PruningAwareOptunaSearch(
@@ -292,7 +293,7 @@ def test_the_searcher_tells_optuna_what_the_record_says(tmp_path):
 
 def test_every_ablation_variant_is_a_valid_config_and_the_default_grid_is_registered():
     from dpnp_ray.config import ExperimentConfig
-    from dpnp_ray.study.ablation_grid import ABLATION_VARIANTS, DEFAULT_VARIANTS
+    from dpnp_ray.study.variants import ABLATION_VARIANTS, DEFAULT_VARIANTS
 
     for name in ABLATION_VARIANTS:
         ExperimentConfig.from_dict(ABLATION_VARIANTS.get(name).overrides)  # raises ConfigError naming the field
@@ -303,13 +304,14 @@ def test_every_ablation_variant_is_a_valid_config_and_the_default_grid_is_regist
 def test_unknown_variant_or_sampler_fails_naming_the_known_ones(tmp_path):
     import optuna
 
-    from dpnp_ray.study.ablation_grid import LISTED_VARIANTS, run_ablation
-    from dpnp_ray.study.optuna_search import SAMPLERS, make_sampler
+    from dpnp_ray.study import AblationSpec, run_ablation
+    from dpnp_ray.study.variants import LISTED_VARIANTS
+    from dpnp_ray.study.search_space import SAMPLERS, make_sampler
     from dpnp_ray.study.settings import StudyError, StudySettings
 
     known = ", ".join(LISTED_VARIANTS) + ", or the cells of factorial:"
     with pytest.raises(StudyError, match=r"unknown variant\(s\) \['nope'\]; known: " + known):
-        run_ablation({}, ["full", "nope"], [0], StudySettings("x", storage=str(tmp_path)))
+        run_ablation(AblationSpec({}, ["full", "nope"], [0]), StudySettings("x", storage=str(tmp_path)))
     assert not list(tmp_path.iterdir())  # failed before touching the storage
     with pytest.raises(StudyError, match="--sampler 'cmaes': allowed gp, nsga2, random, tpe"):
         make_sampler("cmaes", 0)
@@ -546,7 +548,7 @@ def test_the_cleaners_harmless_timeout_is_one_line_in_the_controller():
     import ray.cloudpickle
     import ray.exceptions
 
-    from dpnp_ray.ray_train import CLEANER_LOGGER, CLEANER_STOP_FAILED, OVERLOADED_CLEANER, _controller_callbacks
+    from dpnp_ray.train_logs import CLEANER_LOGGER, CLEANER_STOP_FAILED, OVERLOADED_CLEANER, _controller_callbacks
 
     class Keep(logging.Handler):
         def __init__(self):

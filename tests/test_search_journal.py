@@ -22,8 +22,8 @@ from dpnp_ray import results  # noqa: E402
 from dpnp_ray.config import ExperimentConfig  # noqa: E402
 from dpnp_ray.ray_train import TIME_ATTR  # noqa: E402
 from dpnp_ray.study import records  # noqa: E402
-from dpnp_ray.study.optuna_search import (OBJECTIVES, PruningAwareOptunaSearch, SearchSpace, _DefineByRun,  # noqa: E402
-                                          make_sampler)
+from dpnp_ray.study.optuna_search import PruningAwareOptunaSearch, _DefineByRun  # noqa: E402
+from dpnp_ray.study.search_space import OBJECTIVES, SearchSpace, make_sampler  # noqa: E402
 from dpnp_ray.study.optuna_storage import journal_locations, make_storage  # noqa: E402
 from dpnp_ray.study.settings import StudySettings  # noqa: E402
 

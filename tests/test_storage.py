@@ -139,7 +139,7 @@ def test_resume_of_a_study_that_never_ran_is_refused_and_writes_nothing(ablation
 def test_a_new_search_does_not_add_to_an_optuna_study_of_the_same_name(tmp_path):
     import optuna
 
-    from dpnp_ray.study.optuna_search import run_search
+    from dpnp_ray.study import SearchSpec, run_search
     from dpnp_ray.study.optuna_storage import make_storage
     from dpnp_ray.study.preflight import PreflightError
     from dpnp_ray.study.settings import StudySettings
@@ -147,6 +147,6 @@ def test_a_new_search_does_not_add_to_an_optuna_study_of_the_same_name(tmp_path)
     journal = str(tmp_path / "elsewhere.journal")
     optuna.create_study(study_name="s", storage=make_storage(journal))
     with pytest.raises(PreflightError, match="already holds a study of that name.*--resume.*--name"):
-        run_search({"dataset": "digits", "epochs": 1}, StudySettings(name="s", storage=str(tmp_path)), trials=1,
-                   optuna_storage=journal)
+        run_search(SearchSpec({"dataset": "digits", "epochs": 1}, 1, optuna_storage=journal),
+                   StudySettings(name="s", storage=str(tmp_path)))
     assert len(optuna.load_study(study_name="s", storage=make_storage(journal)).trials) == 0

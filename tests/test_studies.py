@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from dpnp_ray import results
-from dpnp_ray.study.optuna_search import SearchSpace
+from dpnp_ray.study.search_space import SearchSpace
 
 from .raytools import TwoNodeCluster, run_script
 

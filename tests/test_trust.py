@@ -168,11 +168,11 @@ def test_an_ablation_seed_beyond_the_limit_is_refused_naming_seeds(ablation, tmp
 
 
 def test_a_search_seed_beyond_the_limit_is_refused_naming_seed(tmp_path):
-    from dpnp_ray.study.optuna_search import run_search
+    from dpnp_ray.study import SearchSpec, run_search
     from dpnp_ray.study.preflight import PreflightError
 
     with pytest.raises(PreflightError, match=r"--seed 4294967296: must be an integer in \[0, 4294967295\]"):
-        run_search({"epochs": 1}, StudySettings(name="s", storage=str(tmp_path)), trials=1, seed=2 ** 32)
+        run_search(SearchSpec({"epochs": 1}, 1, seed=2 ** 32), StudySettings(name="s", storage=str(tmp_path)))
 
 
 @pytest.mark.parametrize("value", ["5", "0"])

@@ -17,13 +17,12 @@ from dpnp_ray import results
 from dpnp_ray.config import TEST_SUITE_FIELDS, ExperimentConfig, config_fields
 from dpnp_ray.steps import BranchOutputs, method_loss
 from dpnp_ray.methods import METHODS, WEIGHT_SWITCHES, loss_weights
-from dpnp_ray.study import plan
-from dpnp_ray.study.optuna_search import SHARED_PARAMS, SearchSpace
+from dpnp_ray.study import SearchSpec, plan
+from dpnp_ray.study.search_space import SHARED_PARAMS, SearchSpace
 from dpnp_ray.study.best_configs import chosen_record, comparison_layer, method_study_dir, write_chosen_points
 from dpnp_ray.study.study_file import STUDY_FILE
 from dpnp_ray.study.records import write_record
 from dpnp_ray.study.settings import StudyError, StudySettings
-from dpnp_ray.study.tuner import trial_config
 
 from .raytools import PYTHON, REPO, run_script, study_env
 from .test_plan import STUB
@@ -105,8 +104,8 @@ def test_each_methods_first_point_is_the_base_config_clamped_into_its_space():
 def test_the_dry_run_states_each_methods_budget(tmp_path):
     methods = ["adv_dpnp", "pgd_at", "trades", "mart"]
     settings, base = StudySettings("cmp", local_cpus=1), {"dataset": "digits", "epochs": 8}
-    p = plan.plan_search(base, settings, trials=5, scheduler="asha", calibration=STUB, methods=methods)
-    one = plan.plan_search(base, settings, trials=5, scheduler="asha", calibration=STUB)
+    p = plan.plan_search(SearchSpec(base, 5, scheduler="asha"), settings, calibration=STUB, methods=methods)
+    one = plan.plan_search(SearchSpec(base, 5, scheduler="asha"), settings, calibration=STUB)
     assert [t.cfg.method for t in p.trials] == [m for m in methods for _ in range(5)]
     assert len({t.epochs for t in p.trials}) == 1  # the same expected epochs for every trial
     text = p.format()
@@ -170,7 +169,8 @@ def test_the_comparison_runs_every_method_at_its_chosen_point(search, ablation, 
     assert study.get("analysis", {}).get("reference", "full") == "full"
     # Adv-DPNP's chosen point is the base config: `full` (and every switch of it) runs there
     assert (recipe.config["lr"], recipe.config["eps"]) == (0.03, 0.08)
-    assert trial_config({"variant": "full", "seed": 0}, recipe.config, study["tuned"], "ablation").cfg.lr == 0.03
+    spec = recipe.spec()
+    assert spec.trial({"variant": "full", "seed": 0}).cfg.lr == 0.03
     # the base config is the comparison's (its --set, not the ablation's digits defaults), its test suite fields
     # the ablation's own (the search's `basic` suite does not carry over)
     searched = yaml.safe_load(open(f"{directory}/{STUDY_FILE}"))["config"]
@@ -180,10 +180,9 @@ def test_the_comparison_runs_every_method_at_its_chosen_point(search, ablation, 
     assert all(getattr(config, f) == getattr(library, f) for f in TEST_SUITE_FIELDS)
     for method in ("pgd_at",):  # each baseline trial's config: the method at its own point, at every seed
         for seed in (0, 1):
-            spec = trial_config({"variant": f"tuned_{method}", "seed": seed}, recipe.config, study["tuned"],
-                                "ablation")
-            assert spec.cfg.method == method and spec.cfg.seed == seed
-            assert (spec.cfg.lr, spec.cfg.eps) == tuple(study["tuned"][f"tuned_{method}"][k] for k in ("lr", "eps"))
+            trial = spec.trial({"variant": f"tuned_{method}", "seed": seed})
+            assert trial.cfg.method == method and trial.cfg.seed == seed
+            assert (trial.cfg.lr, trial.cfg.eps) == tuple(study["tuned"][f"tuned_{method}"][k] for k in ("lr", "eps"))
     with recipe:
         recipe.record()  # study.yaml records the points: a --resume needs no --tuned-from
     again = resolve(ablation, "ablation", "--resume", "--storage", str(tmp_path), "--name", "final")

@@ -28,7 +28,7 @@ import optuna
 import pandas as pd
 
 from .. import results
-from .optuna_search import OBJECTIVES
+from .search_space import OBJECTIVES
 from .optuna_storage import make_storage
 from .settings import StudyError
 

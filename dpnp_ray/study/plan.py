@@ -13,7 +13,6 @@ FIXED_STUDY_SECONDS.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..config import ExperimentConfig
 from ..ray_train import Scaling
@@ -22,7 +21,10 @@ from .cost import (FIXED_STUDY_SECONDS, FIXED_TRIAL_CPU_SECONDS, FIXED_TRIAL_SEC
                    TUNE_ACTOR_START_SECONDS, Calibration, SplitSizes, TrialCost, asha_expected_epochs, asha_rungs,
                    calibrate, makespan, split_sizes, train_step_cost, trial_cost)
 from .cluster import alive_nodes, connect, local_resources, plan_concurrency, trial_driver, with_runner
+from .preflight import PreflightError
+from .search_space import asha_settings
 from .settings import StudySettings
+from .spec import AblationSpec, SearchSpec
 
 # ------------------------------------------------------------------------------------------ the plan
 
@@ -180,33 +182,26 @@ def _make_plan(kind: str, named: list[tuple[str, ExperimentConfig, float, float]
                 notes, runs)
 
 
-def plan_ablation(base: dict[str, Any], variants: list[str], seeds: list[int], settings: StudySettings,
-                  calibration: Calibration | None = None, extra_variants: dict[str, dict] | None = None) -> Plan:
-    """The plan of `run_ablation(base, variants, seeds, settings, extra_variants=...)`: every variant x seed, in
-    Tune's order."""
-    from .ablation_grid import variant_overrides
-
-    overrides = {**variant_overrides(), **(extra_variants or {})}
-    named = []
-    for variant in variants:  # Tune's grid order: the seed varies fastest
-        for seed in seeds:
-            cfg = ExperimentConfig.from_dict({**base, **overrides[variant], "seed": seed})
-            named.append((f"{variant}-s{seed}", cfg, float(cfg.epochs), 1.0))
-    note = f"{len(variants)} variant(s) x {len(seeds)} seed(s)"
+def plan_ablation(spec: AblationSpec, settings: StudySettings, calibration: Calibration | None = None) -> Plan:
+    """The plan of `run_ablation(spec, settings)`: every variant x seed, in Tune's order."""
+    if spec.problems():  # what run_ablation's preflight would refuse
+        raise PreflightError(spec.problems())
+    named = [(trial.trial_id, trial.cfg, float(trial.cfg.epochs), 1.0) for trial in spec.trials()]
+    note = f"{len(spec.variants)} variant(s) x {len(spec.seeds)} seed(s)"
     return _make_plan("ablation", named, settings, calibration, [note])
 
 
-def plan_search(base: dict[str, Any], settings: StudySettings, *, trials: int, scheduler: str = "asha",
-                calibration: Calibration | None = None, methods: list[str] | None = None, space=None) -> Plan:
-    """The plan of `run_search(base, settings, trials=..., scheduler=...)`: `trials` trials of the base
-    config's cost (the searched fields do not change it); with ASHA each trains the expected epochs
-    of its rungs and reaches the test suite with the chance of surviving them. `methods`: an equal-budget
-    comparison (`--methods`): `trials` trials of each method, one method after another, with a note per method
-    of its budget and of what it searches in `space` (an optuna_search.SearchSpace)."""
-    from .optuna_search import SearchSpace, asha_settings
-
-    configs = [(f"{m} ", ExperimentConfig.from_dict({**base, "method": m})) for m in methods or []]
-    configs = configs or [("", ExperimentConfig.from_dict(base))]
+def plan_search(spec: SearchSpec, settings: StudySettings, *, methods: list[str] | None = None,
+                calibration: Calibration | None = None) -> Plan:
+    """The plan of `run_search(spec, settings)`: `spec.n_trials` trials of the base config's cost (the searched
+    fields do not change it); with ASHA each trains the expected epochs of its rungs and reaches the test suite
+    with the chance of surviving them. `methods`: an equal-budget comparison (`--methods`): that budget for each
+    method, one method after another, with a note per method of its budget and of what it searches."""
+    if spec.problems():
+        raise PreflightError(spec.problems())
+    trials, scheduler, space = spec.n_trials, spec.scheduler, spec.space
+    configs = [(f"{m} ", spec.for_method(m).config) for m in methods or []]
+    configs = configs or [("", spec.config)]
     cfg = configs[0][1]
     epochs, evaluated = float(cfg.epochs), 1.0
     notes = [f"search budget {trials}" + (f" per method ({len(configs)} methods, one after another)" if methods
@@ -219,7 +214,6 @@ def plan_search(base: dict[str, Any], settings: StudySettings, *, trials: int, s
         notes[0] += (f"; ASHA decides after {', '.join(f'{r:g}' for r in rungs) or 'no'} epoch(s)"
                      + (f" keeping 1/{asha.reduction_factor:g}" if asha else "")
                      + f": about {epochs:.3g} of {cfg.epochs} epochs per trial")
-    space = space or SearchSpace()
     for _, config in configs if methods else []:
         ranges = [f"{name} [{lo:.4g}, {hi:.4g}]{' log' if log else ''}" for name, (lo, hi), log
                   in space.method_params(config)]

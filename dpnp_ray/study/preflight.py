@@ -88,18 +88,6 @@ def count_problem(flag: str, value: Any, lowest: int, highest: int | None = None
     return [f"{flag} {value!r}: must be {allowed}"]
 
 
-def config_problems(base: dict[str, Any], overrides: list[dict[str, Any]]) -> tuple[list[str], list[ExperimentConfig]]:
-    """(problems, configs): every trial's config (base plus one entry of overrides), validated."""
-    problems: list[str] = []
-    configs: list[ExperimentConfig] = []
-    for extra in overrides:
-        try:
-            configs.append(ExperimentConfig.from_dict({**base, **extra}))
-        except ConfigError as exc:
-            problems.extend(p for p in exc.problems if p not in problems)
-    return problems, configs
-
-
 def _data_key(cfg: ExperimentConfig) -> tuple:
     return (cfg.dataset, cfg.data_root, cfg.download, cfg.val_fraction, cfg.split_seed, cfg.eval_suite,
             cfg.corruption_root)

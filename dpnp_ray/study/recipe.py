@@ -83,8 +83,20 @@ class Recipe:
         return self.study["trials"] - self.trials_done
 
     def search_space(self):
-        """The search's optuna_search.SearchSpace."""
+        """The search's search_space.SearchSpace."""
         return _search_space(self.study["space"])
+
+    def spec(self):
+        """What this run runs, typed (spec.AblationSpec or spec.SearchSpec): the resolved study, checked by the
+        spec's problems() before Ray starts."""
+        from .spec import AblationSpec, SearchSpec
+
+        study = self.study
+        if self.kind == "ablation":
+            return AblationSpec(self.config, study["variants"], study["seeds"], study.get("tuned") or {})
+        return SearchSpec(self.config, self.trials_to_run, self.search_space(), sampler=study["sampler"],
+                          objective=study["objective"], scheduler=study["scheduler"], seed=study["sampler_seed"],
+                          optuna_storage=study["optuna_storage"], extend="trials" in self.grown)
 
     def record(self) -> str:
         """Take the study's driver lock (lock.py), then write <study>/study.yaml (secrets redacted); returns its
@@ -282,12 +294,11 @@ def _from_flags(args: argparse.Namespace, dests: Sequence[str]) -> dict[str, Any
 def _full_config(values: dict[str, Any]) -> dict[str, Any]:
     """Every config field: the given values over the defaults, checked; dataset-dependent ones stay None
     (resolved per trial), so the study can be rerun on another dataset."""
-    ExperimentConfig.from_dict(values)  # every check, naming the field
-    return plain(ExperimentConfig(**values).to_dict())
+    return plain(ExperimentConfig.from_dict(values, resolve=False).to_dict())  # every check, naming the field
 
 
 def _search_space(space: dict[str, Any]):
-    from .optuna_search import SearchSpace
+    from .search_space import SearchSpace
 
     return SearchSpace(**{k: tuple(v) if isinstance(v, list) else v for k, v in space.items()})
 
@@ -301,7 +312,7 @@ def _compare(recorded: dict[str, Any], study: dict[str, Any], location: str) -> 
     defaults = _comparable({"config": plain({f.name: f.default for f in dataclasses.fields(ExperimentConfig)}),
                             "analysis": DEFAULT_ANALYSIS})
     if "space" in study:
-        from .optuna_search import SearchSpace
+        from .search_space import SearchSpace
 
         defaults.update(_comparable({"space": plain(dataclasses.asdict(SearchSpace()))}))
     grown, changed = [], []

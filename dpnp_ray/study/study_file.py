@@ -156,7 +156,7 @@ def check_study(study: dict[str, Any], kind: str) -> None:
     if unknown:
         problems.append(f"scaling: unknown key(s) {', '.join(unknown)}; allowed {', '.join(SCALING_KEYS)}")
     if kind == "ablation":
-        from .ablation_grid import ABLATION_VARIANTS, LISTED_VARIANTS
+        from .variants import ABLATION_VARIANTS, LISTED_VARIANTS
         from .factorial import FACTORIAL_PREFIX, FACTORS
 
         variants, seeds, tuned = study["variants"], study["seeds"], study.get("tuned") or {}
@@ -179,7 +179,7 @@ def check_study(study: dict[str, Any], kind: str) -> None:
         if problems:
             raise StudyError("invalid study:\n  - " + "\n  - ".join(problems))
         return  # every trial's config is checked by run_ablation's preflight, with the other inputs
-    from .optuna_search import SearchSpace
+    from .search_space import SearchSpace
 
     # trials, sampler, objective, scheduler and sampler_seed are checked with the other inputs by
     # run_search's preflight, which names the flag and reports every problem at once.

@@ -35,9 +35,7 @@ from .cluster import alive_nodes, trial_request
 from .records import (ENDED, export, model_path, one_line_error, points_path, read_record, record_path,
                       train_run_name, trial_id_of, write_error_log, write_record)
 from .settings import RAY_FOLDER, TUNE_EXPERIMENT, StudyError, StudySettings, ray_path
-
-#: variant name -> config overrides; ablation studies pass theirs, a search has none
-VariantOverrides = dict[str, dict[str, Any]]
+from .spec import StudySpec, TrialSpec
 
 REUSE_TRIAL_DRIVERS = True
 """Tune keeps a finished trial's actor for the next trial (reuse_actors): one process start and its
@@ -52,48 +50,26 @@ class StudyInterrupted(StudyError):
 
 
 @dataclass(frozen=True)
-class TrialSpec:
-    """One trial as Tune chose it: its id (None if Tune's config does not name it), variant ("search" in a
-    search), what Tune chose without the variant and the Optuna trial number, and the config."""
-
-    trial_id: str | None
-    variant: str
-    params: dict[str, Any]
-    cfg: ExperimentConfig
-    optuna_trial: int | None = None
-
-
-def trial_config(params: dict[str, Any], base: dict[str, Any], variant_overrides: VariantOverrides,
-                 kind: str) -> TrialSpec:
-    """The base config, then the variant's overrides, then Tune's choices."""
-    params = dict(params)
-    name = trial_id_of(params, kind)
-    variant = params.pop("variant", "search")
-    number = params.pop("optuna_trial", None)
-    cfg = ExperimentConfig.from_dict({**base, **variant_overrides.get(variant, {}), **params})
-    return TrialSpec(name, variant, params, cfg, number)
-
-
-@dataclass(frozen=True)
 class StudyContext:
     """What a trial's driver (and whoever records a trial) needs to know of its study; picklable."""
 
     study: str
     study_dir: str
     train_storage: str
-    base: dict[str, Any]
     scaling: dict[str, Any]
-    kind: str
-    variant_overrides: VariantOverrides
+    spec: StudySpec
 
     @classmethod
-    def of(cls, settings: StudySettings, base: dict[str, Any], kind: str,
-           variant_overrides: VariantOverrides | None = None) -> "StudyContext":
-        return cls(settings.name, settings.directory, settings.train_storage, base, asdict(settings.scaling), kind,
-                   variant_overrides or {})
+    def of(cls, settings: StudySettings, spec: StudySpec) -> "StudyContext":
+        return cls(settings.name, settings.directory, settings.train_storage, asdict(settings.scaling), spec)
 
-    def spec(self, params: dict[str, Any]) -> TrialSpec:
-        return trial_config(params, self.base, self.variant_overrides, self.kind)
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    def trial(self, params: dict[str, Any]) -> TrialSpec:
+        """The trial Tune chose (its config): the study spec's."""
+        return self.spec.trial(params)
 
     def new_record(self, spec: TrialSpec) -> dict[str, Any]:
         record = {"study": self.study, "trial_id": spec.trial_id, "variant": spec.variant, "seed": spec.cfg.seed,
@@ -121,7 +97,7 @@ def describe_trial(context: StudyContext, params: dict[str, Any]):
     """A trial's identity for the trackers (study/trackers.py): its id, variant, seed and resolved config."""
     from .trackers import TrialIdentity
 
-    spec = context.spec(params)
+    spec = context.trial(params)
     if spec.trial_id is None:
         return None
     return TrialIdentity(spec.trial_id, spec.variant, spec.cfg.seed, spec.cfg.to_dict())
@@ -203,7 +179,7 @@ def run_trial(params: dict[str, Any], *, context: StudyContext, log_level: str =
               progress_every_s: float = 0.0) -> None:
     """Tune function trainable: the trial's loop in its runner, then the trial record. Never calls ray.train.*.
     Tune gets one report per epoch and one final report (the loop's own, or the outcome when the loop made none)."""
-    spec = context.spec(params)
+    spec = context.trial(params)
     existing = read_record(record_path(context.study_dir, spec.trial_id))
     if existing is not None and existing.get("status") in ENDED:
         _report_outcome(existing)  # done before a restart: nothing to re-run
@@ -229,7 +205,7 @@ def record_errored_trial(context: StudyContext, params: dict[str, Any], error: B
     """The record of a trial whose driver died: what its Train run's final record says if it wrote one,
     else failed with the driver's error. Nothing if the trial already has a record of its end."""
     try:
-        spec = context.spec(params)
+        spec = context.trial(params)
     except ConfigError:
         return
     if spec.trial_id is None:
@@ -303,8 +279,7 @@ def tune_settings(tune_config):
     return replace(tune_config, reuse_actors=REUSE_TRIAL_DRIVERS)
 
 
-def build_tuner(settings: StudySettings, base: dict[str, Any], kind: str, *,
-                variant_overrides: VariantOverrides | None = None, param_space=None, tune_config=None):
+def build_tuner(settings: StudySettings, context: StudyContext, *, param_space=None, tune_config=None):
     """A Tuner running `run_trial` for every trial, or the restored one with --resume.
 
     The console: one line per finished trial (console.StudyConsole) instead of Tune's tables, and
@@ -320,7 +295,6 @@ def build_tuner(settings: StudySettings, base: dict[str, Any], kind: str, *,
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's classic output engine prints nothing at verbose=0
         # Tune's hint to checkpoint less often: every epoch checkpoints on purpose (a kill loses at most one)
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    context = StudyContext.of(settings, base, kind, variant_overrides)
     bound = tune.with_parameters(run_trial, context=context, log_level="INFO" if settings.verbose else "WARNING",
                                  progress_every_s=TRIAL_PROGRESS_EVERY_S if sys.stdout.isatty() else 0.0)
     bound = tune.with_resources(bound, trial_request(settings.scaling, alive_nodes()))
@@ -334,7 +308,7 @@ def build_tuner(settings: StudySettings, base: dict[str, Any], kind: str, *,
             raise StudyError(f"--resume: no Tune experiment to restore at {redact(experiment_path)}; "
                              "check --storage and --name, or drop --resume to start afresh")
         return tune.Tuner.restore(experiment_path, trainable=bound, resume_errored=True)
-    callbacks = tracker_callbacks(settings.log_to, study_dir=settings.directory, study=settings.name, kind=kind,
+    callbacks = tracker_callbacks(settings.log_to, study_dir=settings.directory, study=settings.name, kind=context.kind,
                                   mlflow_tracking_uri=settings.mlflow_tracking_uri,
                                   describe=functools.partial(describe_trial, context))
     run_config = tune.RunConfig(name=TUNE_EXPERIMENT, storage_path=settings.tune_storage,
@@ -349,20 +323,15 @@ def build_tuner(settings: StudySettings, base: dict[str, Any], kind: str, *,
     return tune.Tuner(bound, param_space=param_space or {}, tune_config=tune_config, run_config=run_config)
 
 
-def finish(grid, settings: StudySettings, base: dict[str, Any], kind: str,
-           variant_overrides: VariantOverrides | None = None) -> dict[str, str]:
+def finish(grid, settings: StudySettings, context: StudyContext) -> dict[str, str]:
     """Record the trials whose driver died, export the tables, and say so when the study did not finish."""
-    context = StudyContext.of(settings, base, kind, variant_overrides)
     interrupted = 0
     for result in grid:
         params = dict(result.config or {})
-        try:
-            spec = context.spec(params)
-        except ConfigError:
-            continue
-        if spec.trial_id is None:
+        trial_id = trial_id_of(params, context.kind)
+        if trial_id is None:
             continue  # Tune knows nothing of this trial's identity: nothing to attribute a record to
-        record = read_record(record_path(settings.directory, spec.trial_id))
+        record = read_record(record_path(settings.directory, trial_id))
         if record is not None and record.get("status") in ENDED:
             continue
         if result.error is not None:
