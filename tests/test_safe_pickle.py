@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dpnp_ray import safe_pickle
+from dpnp_ray import pickle_opcodes
 from dpnp_ray.safe_pickle import RefusedPickle, loads
 
 REPO = Path(__file__).resolve().parents[1]
@@ -241,8 +241,8 @@ def test_numpy1_spelling(protocol):
 
 
 def test_every_pickle_opcode_is_handled_or_refused_by_name():
-    known = {**{c: name for c, (name, _) in safe_pickle._OPS.items()}, **safe_pickle._REFUSED_OPS}
-    assert not set(safe_pickle._OPS) & set(safe_pickle._REFUSED_OPS)
+    known = {**{c: name for c, (name, _) in pickle_opcodes._OPS.items()}, **pickle_opcodes._REFUSED_OPS}
+    assert not set(pickle_opcodes._OPS) & set(pickle_opcodes._REFUSED_OPS)
     assert known == {op.code.encode("latin1"): op.name for op in pickletools.opcodes}
 
 
@@ -335,7 +335,7 @@ REFUSED = {
     "calls nested 200 deep": (b"\x80\x02" + op_global("numpy", "dtype") + b")R" * 200 + b".", "not how numpy"),
     "bad utf-8": (b"\x80\x02X\x01\x00\x00\x00\xff.", "utf-8"),
     # opcodes these files never use
-    **{name: (b"\x80\x04" + code + b"\x00" * 16, name) for code, name in safe_pickle._REFUSED_OPS.items()},
+    **{name: (b"\x80\x04" + code + b"\x00" * 16, name) for code, name in pickle_opcodes._REFUSED_OPS.items()},
     "unknown opcode": (b"\x80\x02\xff.", "0xff"),
 }
 

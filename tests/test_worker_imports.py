@@ -13,7 +13,8 @@ import torch
 def test_digits_without_sklearn_reads_what_sklearn_reads():
     from sklearn.datasets import load_digits as sk_load_digits
 
-    from dpnp_ray.data import _digits_table, load_dataset
+    from dpnp_ray.data import load_dataset
+    from dpnp_ray.data_files import _digits_table
 
     bunch = sk_load_digits()
     table = _digits_table()
