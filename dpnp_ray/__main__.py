@@ -8,8 +8,9 @@ the selected model (weights, config, metrics, provenance) to a model directory.
                     as in a study's best/<trial_id>.yaml); key=value arguments override it
     --out DIR       the model directory (default: results/models/<method>-<dataset>-s<seed>-<time>)
 
---help lists the fields and, for fields with a fixed set, the allowed values. Exit status: 0 when the model
-was exported, 2 for bad input, 1 when the training loss became non-finite (one line naming the epoch and step).
+--help lists the fields with their defaults and, for fields with a fixed set, the allowed values.
+Exit status: 0 when the model was exported, 2 for bad input, 1 when the training loss became
+non-finite (one line naming the epoch and step).
 """
 
 from __future__ import annotations
@@ -18,17 +19,17 @@ import argparse
 import sys
 import time
 
-from .config import ConfigError, ExperimentConfig, config_fields, field_choices, parse_assignments
+from .config import ConfigError, ExperimentConfig, choices_help, fields_help, parse_assignments
 
 
 def main(argv: list[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
     if arguments and arguments[0] in ("-h", "--help"):
         print(__doc__)
-        print("fields:", ", ".join(config_fields()))
+        print("fields, with their defaults (auto: derived from other fields, e.g. the data set):")
+        print(fields_help())
         print("\nallowed values:")
-        for name, values in field_choices().items():
-            print(f"  {name}: {', '.join(values)}")
+        print(choices_help())
         return 0
     parser = argparse.ArgumentParser(prog="python -m dpnp_ray", add_help=False)
     parser.add_argument("--config")

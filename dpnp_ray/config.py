@@ -13,6 +13,7 @@ import dataclasses
 import importlib
 import json
 import math
+import textwrap
 import types
 import typing
 from dataclasses import dataclass, field
@@ -339,6 +340,34 @@ def field_choices() -> dict[str, tuple[str, ...]]:
     """Each field with a fixed set of allowed values -> those values, registries included."""
     allowed = {f.name: _allowed_values(f.metadata) for f in dataclasses.fields(ExperimentConfig)}
     return {name: values for name, values in allowed.items() if values is not None}
+
+
+HELP_WIDTH = 100
+"""Columns of every --help line (the fields' list and the allowed values are wrapped to it)."""
+
+
+def as_assignment(value: Any) -> str:
+    """A value written the way FIELD=VALUE takes it (JSON for booleans and lists; None is `auto`)."""
+    if value is None:
+        return "auto"
+    if isinstance(value, (bool, list, tuple)):
+        return json.dumps(list(value) if isinstance(value, tuple) else value, separators=(",", ":"))
+    return str(value)
+
+
+def fields_help(defaults: Mapping[str, Any] | None = None, width: int = HELP_WIDTH) -> str:
+    """Every config field as FIELD=DEFAULT (`defaults` override the config's own), wrapped to `width`."""
+    base = ExperimentConfig()
+    items = [f"{name}={as_assignment((defaults or {}).get(name, getattr(base, name)))}" for name in config_fields()]
+    return textwrap.fill("  ".join(items), width=width, initial_indent="  ", subsequent_indent="  ",
+                         break_on_hyphens=False, break_long_words=False)
+
+
+def choices_help(width: int = HELP_WIDTH) -> str:
+    """Each field with a fixed set of allowed values, its values wrapped to `width`."""
+    return "\n".join(textwrap.fill(", ".join(values), width=width, initial_indent=f"  {name}: ",
+                                   subsequent_indent="      ", break_on_hyphens=False, break_long_words=False)
+                     for name, values in field_choices().items())
 
 
 def parse_assignments(arguments: list[str]) -> dict:

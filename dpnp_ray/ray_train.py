@@ -23,7 +23,6 @@ import contextlib
 import json
 import logging
 import os
-import sys
 import tempfile
 import time
 import traceback
@@ -198,20 +197,23 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 def run_loop(loop_config: dict[str, Any], io: TrialIO) -> None:
     """One trial's training loop (`loop_config` from `trial_loop_config`), whichever runner calls it."""
     from .training_loop import ConsoleLog
+    from .trial_output import LineWriter
 
     # Ray Train logs some of its INFO messages (every report, every checkpoint) through loggers its
     # LoggingConfig does not filter; "ray" sets its own level, so its train loggers need theirs
     for name in ("", "ray.train"):
         logging.getLogger(name).setLevel(loop_config.get("log_level", "INFO"))
     cfg = loop_config["experiment"]  # built and checked where the trial began (the study spec)
-    log = ConsoleLog(_line_writer(loop_config["run_name"]),
-                     progress_every_s=float(loop_config.get("progress_every_s", 0.0))) if io.rank == 0 else None
+    writer = LineWriter(loop_config["run_name"])
+    log = ConsoleLog(writer, progress_every_s=float(loop_config.get("progress_every_s", 0.0))) if io.rank == 0 else None
     # Per trial, not per process: a reused actor (Tune's reuse_actors) keeps the last trial's thread count.
     torch.set_num_threads(max(1, int(loop_config.get("threads", 1))))
     gpus = float(loop_config.get("gpus_per_worker", 0.0))
     device = io.device(cfg, gpus > 0)
     with gpu_share(device, gpus):
         _train_and_report(loop_config, io, cfg, device, log)
+    if log is not None:
+        writer.end()  # the driver prints the trial's "completed" line once this arrived (trial_output.py)
 
 
 @contextlib.contextmanager
@@ -289,19 +291,6 @@ def _train_and_report(loop_config: dict[str, Any], io: TrialIO, cfg: ExperimentC
     record["worker_seconds"] = time.time() - started
     record["final_metrics"] = outcome_metrics(record)
     _report_final(record, io)
-
-
-def _line_writer(label: str):
-    """Whole lines on the worker's stdout, prefixed with the Train run's name (<study>-<trial_id>).
-
-    Not `print`: Ray Train patches it in workers to also log every line, so each one reached the
-    driver twice (once from stdout, once from Train's console log handler).
-    """
-    def write(line: str) -> None:
-        sys.stdout.write(f"[{label}] {line}\n")
-        sys.stdout.flush()
-
-    return write
 
 
 def _report_final(record: dict[str, Any], io: TrialIO) -> None:

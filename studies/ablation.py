@@ -1,15 +1,16 @@
-r"""The Adv-DPNP ablation grid: every variant x seed, one Ray Tune trial each (DDP ones through Ray Train).
+r"""The Adv-DPNP ablation grid: every variant x seed, one Ray Tune trial each (DDP ones via Ray Train).
 
-    python studies/ablation.py                       # all variants, 3 seeds, digits, local Ray
-    python studies/ablation.py --smoke               # 2 variants, 1 seed, 2 epochs: a few minutes on 2 CPUs
-    python studies/ablation.py --dry-run             # the plan and its estimated bill; trains nothing
+    python studies/ablation.py              # all variants, 3 seeds, digits, local Ray
+    python studies/ablation.py --smoke      # 2 variants, 1 seed, 2 epochs: a few minutes on 2 CPUs
+    python studies/ablation.py --dry-run    # the plan and its estimated bill; trains nothing
     python studies/ablation.py --cluster --dataset cifar10 --model resnet18 --epochs 100 \
         --workers 2 --gpus-per-worker 1 --storage s3://bucket/studies --seeds 0 1 2
     python studies/ablation.py --config study.yaml --epochs 20   # a study file; flags override it
     python studies/ablation.py --resume --seeds 0 1 2 3 4        # grow a recorded study by two seeds
-    python studies/ablation.py --tuned-from results/tuned --seeds 0 1 2 3 4  # each method at its tuned point
-Results: <storage>/<name>/{trials,epochs,evals,...}.parquet (schema in docs/results.md), study.yaml (the
-resolved study), models/<trial_id>/ (each trial's model), best/<variant's best trial>.yaml.
+    python studies/ablation.py --tuned-from results/tuned        # each method at its tuned point
+Results: <storage>/<name>/{trials,epochs,evals,...}.parquet (schema in docs/results.md),
+study.yaml (the resolved study), models/<trial_id>/ (each trial's model),
+best/<variant's best trial>.yaml.
 """
 
 import argparse

@@ -1,20 +1,23 @@
 r"""Optuna search over Adv-DPNP's loss weights, eps schedule and ablation switches (Ray Tune).
 
     python studies/search.py --trials 20                     # digits, TPE, both objectives, ASHA
-    python studies/search.py --trials 4 --epochs 2 --smoke   # a tiny search, a few minutes on 2 CPUs
-    python studies/search.py --trials 64 --dry-run           # the plan and its estimated bill; trains nothing
-    python studies/search.py --cluster --dataset cifar10 --model resnet18 --epochs 30 --trials 64 \
-        --gpus-per-worker 1 --optuna-storage postgresql://user@db/optuna --storage s3://bucket/studies
+    python studies/search.py --trials 4 --epochs 2 --smoke   # a tiny search: minutes on 2 CPUs
+    python studies/search.py --trials 64 --dry-run           # the plan and its bill; trains nothing
+    python studies/search.py --cluster --dataset cifar10 --model resnet18 --epochs 30 \
+        --trials 64 --gpus-per-worker 1 --storage s3://bucket/studies \
+        --optuna-storage postgresql://user@db/optuna
     python studies/search.py --config study.yaml --trials 40  # a study file; flags override it
     python studies/search.py --resume --trials 40             # grow a finished search to 40 trials
-    python studies/search.py --methods --trials 20 --name tuned   # Adv-DPNP, PGD-AT, TRADES, MART: equal budgets
-Maximizes validation clean and validation robust accuracy (Pareto front in pareto.parquet, its configs in
-best/<trial_id>.yaml); watch it live with `optuna-dashboard <storage>/<name>/optuna.journal`.
-With --methods, one search per method, one after another, each a study <storage>/<name>/<name>-<method>/ with
-the same trials, epochs, sampler and seed, objective and scheduler, over lr, weight_decay and the training eps
-in the same ranges plus the loss weights that method's loss reads; each method's chosen point (the same rule on
-the validation split) goes to <storage>/<name>/best/<method>.yaml, and `studies/ablation.py --tuned-from
-<storage>/<name>` runs every method at its own point.
+    python studies/search.py --methods --trials 20 --name tuned  # each method, equal budgets
+Maximizes validation clean and validation robust accuracy (Pareto front in pareto.parquet, its
+configs in best/<trial_id>.yaml); watch it live with
+`optuna-dashboard <storage>/<name>/optuna.journal`.
+With --methods (Adv-DPNP, PGD-AT, TRADES, MART), one search per method, one after another, each a
+study <storage>/<name>/<name>-<method>/ with the same trials, epochs, sampler and seed, objective
+and scheduler, over lr, weight_decay and the training eps in the same ranges plus the loss weights
+that method's loss reads; each method's chosen point (the same rule on the validation split) goes
+to <storage>/<name>/best/<method>.yaml, and `studies/ablation.py --tuned-from <storage>/<name>`
+runs every method at its own point.
 """
 
 import argparse

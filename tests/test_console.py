@@ -4,6 +4,7 @@ trial, and (end to end, with Ray) each worker line printed once and none of Tune
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import subprocess
 from collections import Counter
@@ -11,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from dpnp_ray.config import ExperimentConfig
+from dpnp_ray.config import HELP_WIDTH, ExperimentConfig, config_fields
 from dpnp_ray.study.console import StudyConsole, status_table, trial_label, trial_line
 from dpnp_ray.training_loop import ConsoleLog, format_progress, progress_interval, train
 
@@ -72,6 +73,22 @@ def test_help_states_every_default_and_keeps_the_examples_line_breaks(script, ow
     examples = [line for line in text.splitlines() if line.rstrip().endswith("\\")]
     assert examples, "a usage example continued on the next line keeps its backslash and line break"
     assert "  --cluster" in text and "studies/" in text.split("options:")[0]
+
+
+def test_every_help_fits_a_terminal_and_the_library_help_shows_each_default():
+    texts = {script: help_text(script) for script in ("ablation.py", "search.py")}
+    library = subprocess.run([PYTHON, "-m", "dpnp_ray", "--help"], capture_output=True, text=True, timeout=120,
+                             cwd=REPO)
+    assert library.returncode == 0, library.stderr
+    texts["python -m dpnp_ray"] = library.stdout
+    for name, text in texts.items():
+        wide = [line for line in text.splitlines() if len(line) > HELP_WIDTH]
+        assert not wide, f"{name} --help: {len(wide)} lines over {HELP_WIDTH} columns, e.g. {wide[0]!r}"
+    base = ExperimentConfig()
+    listed = dict(re.findall(r"(?<![\w-])([a-z_0-9]+)=(\S+)", library.stdout.split("fields, with their defaults")[1]))
+    assert set(listed) >= set(config_fields())
+    assert listed["lr"] == str(base.lr) and listed["eps"] == "auto" and listed["use_npr"] == "true"
+    assert listed["lr_milestones"] == json.dumps(list(base.lr_milestones), separators=(",", ":"))
 
 
 # ---------------------------------------------------------------- progress inside an epoch

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import optuna
 import pandas as pd
 import pytest
 
 from dpnp_ray import results
+from dpnp_ray.trial_output import END_MARK
 from dpnp_ray.study.search_space import SearchSpace
 
 from .raytools import TwoNodeCluster, run_script
@@ -77,6 +79,15 @@ def test_smoke_ablation_writes_documented_tables(smoke_study):
         *(f"{table}.parquet" for table in ("trials", "epochs", "evals", "points", "masking", "geometry"))}
     assert {p.name for p in (directory / "ray").iterdir()} <= {"tune", "train", "stop_requests"}
     assert (directory / "ray" / "tune" / "tuner.pkl").is_file()
+    # the console: every line a trial printed comes before its own "completed" line, and all of them before
+    # the results block (trial_output.py); the end marks that make it so are never shown
+    out = proc.stdout
+    block = re.search(r"^ +n +clean_acc", out, re.M).start()
+    for trial_id in trials["trial_id"]:
+        own_lines = [m.start() for m in re.finditer(rf"\[smoke-{trial_id}\] ", out)]
+        assert any(f"[smoke-{trial_id}] test:" in line for line in out.splitlines()), trial_id
+        assert max(own_lines) < out.index(f"trial {trial_id} ") < block, out
+    assert END_MARK not in out + proc.stderr
 
 
 def test_resume_of_finished_study_reruns_nothing_and_keeps_one_row_each(smoke_study):

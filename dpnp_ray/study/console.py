@@ -12,10 +12,14 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
-from .records import trial_id_of
+from ..trial_output import wait_for_end
+from .records import train_run_name, trial_id_of
 
 STATUS_EVERY_S = 300.0
 """Seconds between two tables of the running trials."""
+
+OUTPUT_WAIT_S = 10.0
+"""At most this long a finished trial's line waits for the trial's own last lines (trial_output.py)."""
 
 
 def trial_label(config: dict[str, Any], tune_trial_id: str) -> str:
@@ -76,7 +80,8 @@ def status_table(trials, elapsed_s: float) -> str:
 class StudyConsole(Callback):
     """A Tune callback printing one line per finished trial and the running trials every `status_every_s`."""
 
-    def __init__(self, status_every_s: float = STATUS_EVERY_S, out: TextIO | None = None):
+    def __init__(self, study: str | None = None, status_every_s: float = STATUS_EVERY_S, out: TextIO | None = None):
+        self.study = study
         self.status_every_s = status_every_s
         self.out = out
         self._started = time.monotonic()
@@ -94,7 +99,10 @@ class StudyConsole(Callback):
         self._started = self._last_table = time.monotonic()
 
     def on_trial_complete(self, iteration: int, trials, trial, **info) -> None:
-        self._print(trial_line(tune_trial_name(trial), trial.last_result or {}))
+        label = tune_trial_name(trial)
+        if getattr(self, "study", None):  # its test lines first: then the results block comes after them all
+            wait_for_end(train_run_name(self.study, label), OUTPUT_WAIT_S)
+        self._print(trial_line(label, trial.last_result or {}))
 
     def on_trial_error(self, iteration: int, trials, trial, **info) -> None:
         self._print(trial_line(tune_trial_name(trial), trial.last_result or {}, errored=True))

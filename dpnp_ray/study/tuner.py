@@ -288,8 +288,11 @@ def build_tuner(settings: StudySettings, context: StudyContext, *, param_space=N
     """
     from ray import tune
 
+    from ..trial_output import watch
     from .console import StudyConsole, tune_trial_name
     from .trackers import tracker_callbacks
+
+    watch()  # trials' end marks recorded, not printed (a restored study's console waits for them too)
 
     if not settings.verbose:
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's classic output engine prints nothing at verbose=0
@@ -315,7 +318,7 @@ def build_tuner(settings: StudySettings, context: StudyContext, *, param_space=N
                                 failure_config=tune.FailureConfig(max_failures=tune_retries(settings)),
                                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),  # the `tune` runner's
                                 callbacks=[RecordErroredTrials(context), *callbacks]
-                                + ([] if settings.verbose else [StudyConsole()]),
+                                + ([] if settings.verbose else [StudyConsole(context.study)]),
                                 verbose=1 if settings.verbose else 0)
     # Trials (and their directories: TensorBoard runs, MLflow and W&B runs) are named by trial_id.
     tune_config = tune_settings(replace(tune_config or tune.TuneConfig(), trial_name_creator=tune_trial_name,
