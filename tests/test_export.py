@@ -245,14 +245,14 @@ def test_main_exports_its_model_and_retrains_a_best_config(tmp_path, digits):
 
 def test_the_time_left_comes_from_the_study_evaluation_scaled_by_points_and_calibrated_as_parts_finish():
     from dpnp_ray.config import ExperimentConfig
-    from dpnp_ray.evaluate.suite import _Timer, part_estimates
+    from dpnp_ray.evaluate.suite_timing import SuiteTimer, part_estimates
 
     earlier = {"seconds_threat_model": 2.0, "seconds_autoattack": 5.0, "seconds_corruptions": 9.0, "eval_n": 100}
     now = ExperimentConfig.from_dict({"eval_n": 0, "eval_aa_n": 0})  # the whole test split of 359 points
     estimates = part_estimates(earlier, {"eval_n": 100, "eval_aa_n": 50}, now, 359)
     # threat model: 100 -> 359 points; AutoAttack: its 50-point subset -> 359; corruptions: not scaled by these
     assert estimates == {"threat_model": 2.0 * 359 / 100, "autoattack": 5.0 * 359 / 50}
-    timer = _Timer(estimates={"a": 10.0, "b": 20.0, "c": 30.0})
+    timer = SuiteTimer(estimates={"a": 10.0, "b": 20.0, "c": 30.0})
     assert timer.time_left() == 60.0
     timer.seconds["seconds_a"] = 20.0  # part a took twice its estimate: the rest will too
     assert timer.time_left() == 100.0

@@ -121,10 +121,10 @@ def validation_cost(cfg: ExperimentConfig, n_val: int, survival: float = SURVIVA
 
 
 def suite_cost(cfg: ExperimentConfig, n_test: int, num_classes: int, survival: float = SURVIVAL) -> dict[str, float]:
-    """FE of the test suite cfg.eval_suite (dpnp_ray/evaluate/suite.py, docs/evaluation.md#suite-levels), by part."""
+    """FE of the test suite cfg.eval_suite (dpnp_ray/evaluate/suite_levels.py, docs/evaluation.md#suite-levels), by part."""
     from ..evaluate.corruptions import CIFAR_C_CORRUPTIONS, GENERATED_BENCHMARK, SEVERITIES
     from ..evaluate.external import AUTOATTACK_ITERATIONS, AUTOATTACK_VERSIONS
-    from ..evaluate.suite import SUITE_LEVELS
+    from ..evaluate.suite_levels import SUITE_LEVELS
 
     level = SUITE_LEVELS.get(cfg.eval_suite)
     k, r = cfg.eval_attack_steps, cfg.eval_restarts
