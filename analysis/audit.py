@@ -41,8 +41,9 @@ from scipy import stats as scipy_stats
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis import factorial, figures, report, stats, verdicts  # noqa: E402
+from analysis import factorial, figures, stats, verdicts  # noqa: E402
 from analysis.markdown import markdown_table, write_page  # noqa: E402
+from analysis.study import Study, load_study  # noqa: E402
 from dpnp_ray.results import ResultsError  # noqa: E402
 from dpnp_ray.study.study_file import TUNED_PREFIX  # noqa: E402
 
@@ -84,7 +85,7 @@ def _mde_span(values: Sequence[float]) -> str:
     return f"MDE {lo:.2f} pp" if f"{lo:.2f}" == f"{hi:.2f}" else f"MDE {lo:.2f}-{hi:.2f} pp"
 
 
-def _comparisons(study: report.Study, endpoint: str, pairs: list[tuple[str, str]], plan) -> pd.DataFrame:
+def _comparisons(study: Study, endpoint: str, pairs: list[tuple[str, str]], plan) -> pd.DataFrame:
     """verdicts.compare for each (variant, reference), Holm over them, plus the one-sided non-inferiority p
     (variant not worse than reference by more than the margin) and its Holm adjustment."""
     family = replace(plan, comparisons=tuple(v for v, _ in pairs))
@@ -134,12 +135,12 @@ def _display(frame: pd.DataFrame, plan, noninferiority: bool = False) -> pd.Data
     return shown
 
 
-def _present(study: report.Study, names: Sequence[str]) -> list[str]:
+def _present(study: Study, names: Sequence[str]) -> list[str]:
     done = set(figures.completed(study.trials)["variant"])
     return [n for n in names if n in done]
 
 
-def baseline_variants(study: report.Study) -> list[str]:
+def baseline_variants(study: Study) -> list[str]:
     """The study's completed baselines, each at its tuned point (`tuned_<method>`, from `--tuned-from`) where
     the study has it, else at the base config."""
     done = set(figures.completed(study.trials)["variant"])
@@ -147,7 +148,7 @@ def baseline_variants(study: report.Study) -> list[str]:
     return [b for b in chosen if b in done]
 
 
-def baselines_tuned(study: report.Study) -> bool:
+def baselines_tuned(study: Study) -> bool:
     """Whether the study ran every baseline it compares at the point an equal-budget tuning chose (study.yaml
     `tuned_from`, and only `tuned_<method>` baselines)."""
     recorded = yaml.safe_load(study.recipe) if study.recipe else None
@@ -156,7 +157,7 @@ def baselines_tuned(study: report.Study) -> bool:
             and all(b.startswith(TUNED_PREFIX) for b in baselines))
 
 
-def anchor_gate(study: report.Study) -> str | None:
+def anchor_gate(study: Study) -> str | None:
     """Why verdicts are refused (the study's PGD-AT outside the published range for its data set and backbone),
     or None: no anchors apply, or PGD-AT lies within them."""
     trials = figures.completed(study.trials)
@@ -315,7 +316,7 @@ def claim_geometry(study, plan) -> ClaimResult:
     return ClaimResult(6, text, verdict, reason, shown)
 
 
-def audit(study: report.Study) -> tuple[list[ClaimResult], str | None, bool]:
+def audit(study: Study) -> tuple[list[ClaimResult], str | None, bool]:
     """(every claim's result, the anchor gate's refusal or None, whether the baselines were tuned)."""
     plan = study.planned_verdicts[0]
     tuned = baselines_tuned(study)
@@ -333,7 +334,7 @@ def audit(study: report.Study) -> tuple[list[ClaimResult], str | None, bool]:
     return results, refused, tuned
 
 
-def audit_markdown(study: report.Study, commands: Sequence[str] = ()) -> str:
+def audit_markdown(study: Study, commands: Sequence[str] = ()) -> str:
     """The generated part of the verdict page."""
     results, refused, tuned = audit(study)
     plan = study.planned_verdicts[0]
@@ -371,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--command", action="append", default=[], help="the exact command that made the study")
     args = parser.parse_args(argv)
     try:
-        study = report.load_study(args.directory)
+        study = load_study(args.directory)
     except ResultsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

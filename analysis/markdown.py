@@ -3,7 +3,7 @@
     python -m analysis.markdown results/ablation --out docs/ablation_digits.md \
         --command "python studies/ablation.py --seeds 0 1 2 3 4 --name ablation" --figures docs/ablation_digits_png
 
-For an ablation, the tables are the HTML report's (analysis/report.py): per-variant accuracies with 95%
+For an ablation, the tables are the HTML report's (analysis/report_tables.py): per-variant accuracies with 95%
 t-intervals over seeds, paired differences from the reference variant, plus the prototype geometry of
 the clean test split and each loss term at the last epoch. For a search: the Pareto front, fANOVA
 parameter importances from its Optuna journal, and the front trial that `choose_from_front` picks. If --out already exists and holds the markers
@@ -25,7 +25,10 @@ if __package__ in (None, ""):  # run as a script: `analysis` lives in the reposi
 
 import pandas as pd
 
-from analysis import factorial, figures, report, verdicts
+from analysis import factorial, figures, stats, verdicts
+from analysis.report_tables import (FACTORIAL_NOTE, ci_text, differences_table, factorial_table, percent_text,
+                                    result_line, settings_tables, variant_summary_table)
+from analysis.study import Study, load_study
 from dpnp_ray.results import ResultsError, read_table
 
 BEGIN, END = "<!-- generated:begin -->", "<!-- generated:end -->"
@@ -74,7 +77,7 @@ def _mean_sd_by_variant(rows: pd.DataFrame, headers: dict[str, str]) -> pd.DataF
                          for group in [rows[rows["variant"] == variant]]])
 
 
-def geometry_table(study: report.Study) -> pd.DataFrame | None:
+def geometry_table(study: Study) -> pd.DataFrame | None:
     """Per variant, mean ± sd over seeds of GEOMETRY_COLUMNS on the clean test features."""
     geometry = study.geometry
     if geometry is None or geometry.empty or "variant" not in geometry.columns:
@@ -89,7 +92,7 @@ def geometry_table(study: report.Study) -> pd.DataFrame | None:
     return _mean_sd_by_variant(rows, {c: GEOMETRY_COLUMNS[c] for c in columns})
 
 
-def last_epoch_losses(study: report.Study) -> pd.DataFrame | None:
+def last_epoch_losses(study: Study) -> pd.DataFrame | None:
     """Per variant, mean ± sd over seeds of each loss term at a trial's last recorded epoch."""
     epochs = study.epochs
     if epochs is None or epochs.empty or "variant" not in epochs.columns:
@@ -145,7 +148,7 @@ def journal_importances(journal: Path, study_name: str | None = None) -> pd.Data
     return frame.sort_values(frame.columns[-1], ascending=False, kind="stable")
 
 
-def search_sections(study: report.Study, clean_tolerance: float, top: int = 10) -> list[str]:
+def search_sections(study: Study, clean_tolerance: float, top: int = 10) -> list[str]:
     """Pareto front, the best trials, parameter importances, and the trial the rule of record chooses.
 
     Parameters are the values a trial sampled (param_*); '—' where the space did not sample one."""
@@ -199,8 +202,8 @@ def paired_rows(table: pd.DataFrame) -> pd.DataFrame:
     """stats.differences_from_reference's rows in the report's format (Holm over the rows of this table)."""
     return pd.DataFrame({
         "variant": table["variant"], "reference": table["reference"], "metric": table["metric"],
-        "matching seeds": table["n_pairs"], "difference (pp)": [report._pct(d) for d in table["mean_difference"]],
-        "95% CI (pp)": [f"± {report._pct(h)}" if math.isfinite(h) else "—" for h in table["ci_half_width"]],
+        "matching seeds": table["n_pairs"], "difference (pp)": [percent_text(d) for d in table["mean_difference"]],
+        "95% CI (pp)": [f"± {percent_text(h)}" if math.isfinite(h) else "—" for h in table["ci_half_width"]],
         "p (raw)": [f"{p:.3g}" if math.isfinite(p) else "—" for p in table["p_value"]],
         "p (Holm)": [f"{p:.3g}" if math.isfinite(p) else "—" for p in table["p_adjusted"]], "note": table["note"]})
 
@@ -234,7 +237,7 @@ def autoattack_standard_rows(directory: Path) -> pd.DataFrame | None:
     return pd.DataFrame(rows) if rows else None
 
 
-def autoattack_standard_sections(study: report.Study) -> list[str]:
+def autoattack_standard_sections(study: Study) -> list[str]:
     """AutoAttack `standard` on the whole test split for the re-evaluated trials, next to the study's
     own numbers for the same trials, and paired against the reference variant."""
     standard = autoattack_standard_rows(study.directory)
@@ -244,8 +247,8 @@ def autoattack_standard_sections(study: report.Study) -> list[str]:
     merged = standard.merge(
         study.trials[["trial_id", "variant", "seed", *recorded]], on="trial_id", how="left")
     metrics = ["aa_standard_acc", *[c for c in recorded if c != "clean_acc"]]
-    rows = [{"variant": v, "trials": len(g), "clean (%)": report.ci_text(g["clean_acc"]),
-             **{f"{m} (%)": report.ci_text(g[m]) for m in metrics}}
+    rows = [{"variant": v, "trials": len(g), "clean (%)": ci_text(g["clean_acc"]),
+             **{f"{m} (%)": ci_text(g[m]) for m in metrics}}
             for v in figures.variant_order(merged["variant"]) for g in [merged[merged["variant"] == v]]]
     parts = ["### AutoAttack standard on the whole test split", "",
              f"`python -m dpnp_ray.evaluate <study> --suite full` on the selected models of this study "
@@ -253,13 +256,13 @@ def autoattack_standard_sections(study: report.Study) -> list[str]:
              f"{', '.join(sorted(set(standard['aa_code'].astype(str))))}; rows in evaluations/<trial_id>/). "
              "Percent, mean ± 95% t-interval half-width; clean as the study measured it.", "",
              markdown_table(pd.DataFrame(rows)), ""]
-    if report.stats.reference_variant(merged["variant"]) is not None and merged["variant"].nunique() > 1:
-        table = report.stats.differences_from_reference(merged, ["aa_standard_acc"])
+    if stats.reference_variant(merged["variant"]) is not None and merged["variant"].nunique() > 1:
+        table = stats.differences_from_reference(merged, ["aa_standard_acc"])
         parts += [markdown_table(paired_rows(table)), ""]
     return parts
 
 
-def plan_sections(study: report.Study) -> list[str]:
+def plan_sections(study: Study) -> list[str]:
     """The declared analysis plan and its verdicts (analysis/verdicts.py), then the note that the rest is
     descriptive."""
     plan, table = study.planned_verdicts
@@ -271,27 +274,27 @@ def plan_sections(study: report.Study) -> list[str]:
                     markdown_table(verdicts.verdict_rows(table, plan, emphasis=True)), "", verdicts.DESCRIPTIVE_NOTE, ""]
 
 
-def factorial_sections(study: report.Study) -> list[str]:
+def factorial_sections(study: Study) -> list[str]:
     """A factorial ablation's main effects and two-factor interactions (analysis/factorial.py), on the plan's
     primary endpoints; nothing when the study holds no complete 2^k design."""
-    table = report.factorial_table(study)
+    table = factorial_table(study)
     if table is None:
         return []
-    return ["### Factorial effects", "", report.FACTORIAL_NOTE, "", markdown_table(factorial.effects_rows(table)), ""]
+    return ["### Factorial effects", "", FACTORIAL_NOTE, "", markdown_table(factorial.effects_rows(table)), ""]
 
 
-def variant_sections(study: report.Study) -> list[str]:
+def variant_sections(study: Study) -> list[str]:
     """The plan's verdicts, then (descriptive) per-variant accuracies, paired differences, geometry and
     last-epoch losses of an ablation."""
     trials = study.trials
     parts = plan_sections(study)
     parts += ["### Per variant (descriptive)", "",
               "Accuracies in percent on the test split: mean ± 95% t-interval half-width over seeds (n seeds).", "",
-              markdown_table(report.variant_summary_table(trials, study.masking)), ""]
-    differences = report.differences_table(trials)
+              markdown_table(variant_summary_table(trials, study.masking)), ""]
+    differences = differences_table(trials)
     parts += ["### Paired differences from the reference (descriptive)", "",
               "Variant minus reference on matching seeds, in percentage points; "
-              f"test: {report.stats.PAIRED_TEST_NAME}; p (Holm): {report.stats.CORRECTION_NAME}. "
+              f"test: {stats.PAIRED_TEST_NAME}; p (Holm): {stats.CORRECTION_NAME}. "
               "These p-values are not the plan's: they decide nothing.", "",
               markdown_table(differences, "no reference variant or a single variant: no paired comparison"), ""]
     parts += factorial_sections(study)
@@ -307,17 +310,17 @@ def variant_sections(study: report.Study) -> list[str]:
     return parts
 
 
-def study_markdown(study: report.Study, *, commands: Sequence[str] = (), figure_dir: Path | None = None,
+def study_markdown(study: Study, *, commands: Sequence[str] = (), figure_dir: Path | None = None,
                    relative_to: Path | None = None, clean_tolerance: float = 0.01) -> str:
     """The generated part of the page: command, study facts, tables, figures (PNG links)."""
     trials = study.trials
-    fixed, varied = report.settings_tables(trials)
+    fixed, varied = settings_tables(trials)
     statuses = ", ".join(f"{n} {s}" for s, n in trials["status"].value_counts().items())
     parts = ["_Generated by `python -m analysis.markdown` from the study's Parquet files; do not edit by hand._", ""]
     if commands:
         parts += ["**Command**", "", "```bash", *commands, "```", ""]
     code = ", ".join(dict.fromkeys(trials["code_version"].dropna().astype(str))) if "code_version" in trials else "—"
-    parts += [f"**Result.** {report.result_line(study)}", ""]
+    parts += [f"**Result.** {result_line(study)}", ""]
     parts += [f"**Study** `{study.name}`: {len(trials)} trials ({statuses}); {_settings_line(trials)} "
               f"Code version: {code}.", ""]
     if study.kind == "search":
@@ -363,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="search studies: the rule's allowed drop in val clean accuracy from the front's best")
     args = parser.parse_args(argv)
     try:
-        study = report.load_study(args.directory)
+        study = load_study(args.directory)
     except ResultsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -197,7 +197,7 @@ def _or_one(p: float) -> float:
 
 
 def verdicts(study, plan: AnalysisPlan | None = None, n_boot: int = 2000) -> pd.DataFrame:
-    """One Verdict row per planned comparison x primary endpoint of an ablation study (analysis.report.Study),
+    """One Verdict row per planned comparison x primary endpoint of an ablation study (analysis.study.Study),
     in plan order; Holm per endpoint over the planned comparisons. Empty when the reference has no trials."""
     plan = plan or study_plan(study)
     trials = study.trials

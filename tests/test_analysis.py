@@ -20,7 +20,9 @@ if str(ROOT) not in sys.path:  # analysis/ is a directory of scripts next to dpn
     sys.path.insert(0, str(ROOT))
 
 from analysis import figures, optuna_study, stats  # noqa: E402
-from analysis.report import build_report, export_pngs, find_browser, load_study, main, make_figures  # noqa: E402
+from analysis.figure_registry import export_pngs, find_browser, make_figures  # noqa: E402
+from analysis.report import build_report, main  # noqa: E402
+from analysis.study import load_study  # noqa: E402
 from dpnp_ray.config import ExperimentConfig  # noqa: E402
 from dpnp_ray.results import ResultsError, config_columns, write_table  # noqa: E402
 

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from analysis import audit, report
+from analysis import audit
+from analysis.study import Study
 from dpnp_ray.study.factorial import factorial_cells
 
 
@@ -31,7 +32,7 @@ def _study(means: dict[str, tuple[float, float]], tuned: bool = True, seeds=rang
     recipe = {"kind": "ablation", "variants": list(means), "analysis": {"primary": ["aa_acc", "clean_acc"]}}
     if tuned:
         recipe["tuned_from"] = "results/tuning"
-    return report.Study(Path("."), pd.DataFrame(rows), recipe=yaml.safe_dump(recipe))
+    return Study(Path("."), pd.DataFrame(rows), recipe=yaml.safe_dump(recipe))
 
 
 def _verdicts(study) -> dict[str, str]:

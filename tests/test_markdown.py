@@ -16,7 +16,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from analysis import markdown  # noqa: E402
-from analysis.report import load_study  # noqa: E402
+from analysis.study import load_study  # noqa: E402
 from tests.test_analysis import ablation_tables, write_study  # noqa: E402
 
 
@@ -151,6 +151,6 @@ def test_autoattack_standard_rows_are_shown_with_the_study_numbers_and_paired(tm
 
 
 def report_ci(values: pd.Series) -> str:
-    from analysis.report import ci_text
+    from analysis.report_tables import ci_text
 
     return ci_text(values)

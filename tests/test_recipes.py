@@ -249,12 +249,12 @@ def test_config_file_forms(tmp_path):
 
 
 def test_report_shows_the_study_file_and_command(ablation, tmp_path):
-    import analysis.report
+    import analysis.study
     from analysis.report import build_report
 
     from .test_analysis import ablation_tables, write_study
 
-    assert analysis.report.STUDY_FILE == STUDY_FILE
+    assert analysis.study.STUDY_FILE == STUDY_FILE
     recipe = resolve(ablation, "ablation", "--storage", str(tmp_path), "--name", "abl", "--set", "lr=0.125")
     write_study(tmp_path / "abl", ablation_tables(), only=("trials",))
     html = build_report(tmp_path / "abl", log=None).read_text()

@@ -17,7 +17,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from analysis import optuna_study  # noqa: E402
-from analysis.report import build_report, load_study, make_figures  # noqa: E402
+from analysis.figure_registry import make_figures  # noqa: E402
+from analysis.report import build_report  # noqa: E402
+from analysis.study import load_study  # noqa: E402
 from dpnp_ray import results  # noqa: E402
 from dpnp_ray.config import ExperimentConfig  # noqa: E402
 from dpnp_ray.ray_train import TIME_ATTR  # noqa: E402

@@ -17,7 +17,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from analysis import stats, verdicts  # noqa: E402
-from analysis.report import load_study  # noqa: E402
+from analysis.study import load_study  # noqa: E402
 from dpnp_ray.analysis_plan import concrete_plan, default_primary  # noqa: E402
 from dpnp_ray.results import write_table  # noqa: E402
 
@@ -202,7 +202,9 @@ def test_detectable_effect_is_the_paired_t_mde_at_se_and_df():
 
 
 def test_the_page_and_the_report_show_the_plan_and_verdicts_before_the_descriptive_tables(tmp_path):
-    from analysis import markdown, report
+    from analysis import markdown
+    from analysis.figure_registry import make_figures
+    from analysis.report_html import render_html
 
     trials = trials_frame().assign(study_kind="ablation")
     study = write(tmp_path / "s", trials)
@@ -215,7 +217,7 @@ def test_the_page_and_the_report_show_the_plan_and_verdicts_before_the_descripti
     ahead = [r for r in rows if r.startswith("| ahead − full | worst case |")]
     assert len(ahead) == 1 and "**better**" in ahead[0], rows
     assert verdicts.DESCRIPTIVE_NOTE in section
-    html = report.render_html(study, report.make_figures(study, ()))
+    html = render_html(study, make_figures(study, ()))
     assert html.index("Plan and verdicts") < html.index("Per variant (accuracies")
     table = verdicts.verdicts(study)
     for verdict in verdicts.VERDICTS:
