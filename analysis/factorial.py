@@ -23,7 +23,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from analysis import figures, stats
+from analysis import crossed_design, figures, stats, t_test_power
 from analysis.verdicts import CROSSED, MDE_POWER, SEED_ONLY, variants_point_matrices
 from dpnp_ray.study.factorial import cell_levels, design_factors
 
@@ -74,7 +74,7 @@ def effects_table(trials: pd.DataFrame, points: pd.DataFrame | None, endpoints: 
             if matrices is not None:
                 cell_ok = matrices[0]
                 contrast = sum(wc * cell_ok[c].astype(float) for wc, c in zip(w, cells))
-                crossed = stats.crossed_variance(contrast, 1 - alpha)
+                crossed = crossed_design.crossed_variance(contrast, 1 - alpha)
                 se, df, estimate = crossed.se, crossed.df, crossed.mean
                 row.update(n_seeds=contrast.shape[0], n_images=contrast.shape[1], interval=CROSSED)
             else:
@@ -89,7 +89,8 @@ def effects_table(trials: pd.DataFrame, points: pd.DataFrame | None, endpoints: 
             p = float(2 * stats.scipy_stats.t.sf(abs(estimate) / se, df)) if ok else math.nan
             row.update(estimate=100 * estimate, low=100 * (estimate - half), high=100 * (estimate + half),
                        se=100 * se if ok else math.nan, df=df, p_value=p,
-                       mde=100 * stats.detectable_effect(se, df, alpha / len(effects), MDE_POWER) if ok else math.nan)
+                       mde=100 * t_test_power.detectable_effect(se, df, alpha / len(effects), MDE_POWER)
+                       if ok else math.nan)
             group.append(row)
         adjusted = stats.holm_adjust([r["p_value"] if math.isfinite(r["p_value"]) else 1.0 for r in group])
         for row, p_holm in zip(group, adjusted):
@@ -106,7 +107,7 @@ def effect_mde(cell_sd: float, factors: int, seeds: int, alpha: float = 0.05, te
     contrast has SD 2 cell_sd / sqrt(2^k), so every effect uses every trial."""
     tests = tests or factors + factors * (factors - 1) // 2
     se = 2 * cell_sd / math.sqrt(2 ** factors) / math.sqrt(seeds)
-    return stats.detectable_effect(se, seeds - 1, alpha / tests, MDE_POWER)
+    return t_test_power.detectable_effect(se, seeds - 1, alpha / tests, MDE_POWER)
 
 
 def effects_rows(table: pd.DataFrame) -> pd.DataFrame:

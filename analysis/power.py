@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
-from .stats import minimal_detectable_effect, seeds_needed
+from .t_test_power import minimal_detectable_effect, seeds_needed
 
 PRIMARY_METRICS = ("worst_case_acc", "aa_acc", "pgd_acc")
 """The robust endpoint of a trials table, first present wins (the per-point worst case over every attack)."""

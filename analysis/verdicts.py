@@ -6,7 +6,7 @@ For a comparison (variant - reference, matched seeds) on an endpoint:
 * with per-point results (points.parquet rows of the endpoint's evaluation, POINT_ATTACKS, at the evaluation
   eps, on the test split) for every matched seed of both variants: the seeds x test-images matrix of paired
   differences on the images every one of those trials was evaluated on; its mean, the crossed-design
-  interval (stats.crossed_variance: seeds AND test images vary) and beside it the pigeonhole bootstrap
+  interval (crossed_design.crossed_variance: seeds AND test images vary) and beside it the pigeonhole bootstrap
   interval; the test behind Holm is t = mean / se with Satterthwaite's df; CMH p over seeds as strata;
 * otherwise (older studies, or an endpoint without points): the paired t over seeds of the trials.parquet
   metric, labelled seed-only: conditional on the one test split, so the test images' variation is left out.
@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from analysis import figures, stats
+from analysis import crossed_design, figures, stats, t_test_power
 from dpnp_ray.analysis_plan import AnalysisPlan, concrete_plan
 from dpnp_ray.results import POINT_EVAL_KEY
 
@@ -156,16 +156,16 @@ def compare(trials: pd.DataFrame, points: pd.DataFrame | None, endpoint: str, va
     if matrices is not None:
         v, r, seeds = matrices
         d = v.astype(float) - r.astype(float)
-        crossed = stats.crossed_variance(d, 1 - plan.alpha)
-        boot = stats.pigeonhole_bootstrap(d, n_boot=n_boot, confidence=1 - plan.alpha)
+        crossed = crossed_design.crossed_variance(d, 1 - plan.alpha)
+        boot = crossed_design.pigeonhole_bootstrap(d, n_boot=n_boot, confidence=1 - plan.alpha)
         se, df = crossed.se, crossed.df
         p = float(2 * stats.scipy_stats.t.sf(abs(crossed.mean) / se, df)) if se > 0 else math.nan
         tost = stats.tost(crossed.mean, se, df, plan.margin_fraction, plan.alpha)
         return {**base, "n_seeds": len(seeds), "n_images": d.shape[1], "difference": 100 * crossed.mean,
                 "low": 100 * crossed.low, "high": 100 * crossed.high, "interval": CROSSED, "se": 100 * se, "df": df,
                 "bootstrap_low": 100 * boot.low, "bootstrap_high": 100 * boot.high, "p_value": p,
-                "sign_flip_p": stats.sign_flip_p(d.mean(axis=1)), "cmh_p": stats.mcnemar_cmh(v, r).p_value,
-                "tost_p": tost.p_value, "mde": 100 * stats.detectable_effect(se, df, plan.alpha / m, MDE_POWER)}
+                "sign_flip_p": stats.sign_flip_p(d.mean(axis=1)), "cmh_p": crossed_design.mcnemar_cmh(v, r).p_value,
+                "tost_p": tost.p_value, "mde": 100 * t_test_power.detectable_effect(se, df, plan.alpha / m, MDE_POWER)}
     done = figures.completed(trials)
     if endpoint not in done.columns:
         return {**base, "n_seeds": 0, "n_images": 0, "difference": math.nan, "low": math.nan, "high": math.nan,
@@ -188,7 +188,7 @@ def compare(trials: pd.DataFrame, points: pd.DataFrame | None, endpoint: str, va
             "high": 100 * (paired.mean_difference + half), "interval": SEED_ONLY,
             "se": 100 * se, "df": df, "p_value": paired.p_value, "sign_flip_p": stats.sign_flip_p(diffs),
             "tost_p": tost.p_value if tost else math.nan,
-            "mde": 100 * stats.detectable_effect(se, df, plan.alpha / m, MDE_POWER) if spread else math.nan,
+            "mde": 100 * t_test_power.detectable_effect(se, df, plan.alpha / m, MDE_POWER) if spread else math.nan,
             "note": paired.note}
 
 
@@ -262,14 +262,15 @@ def interval_note(table: pd.DataFrame, test_images: int | None = None) -> str:
     images = f" of {test_images} images" if test_images else ""
     if kinds == {SEED_ONLY}:
         return ("The study has no per-point results (points.parquet) for these endpoints, so every interval, p and "
-                f"MDE is seed-only: {stats.SEED_ONLY_INTERVAL_NAME}. It holds for this one fixed test split{images}; "
+                f"MDE is seed-only: {crossed_design.SEED_ONLY_INTERVAL_NAME}. It holds for this one fixed test "
+                f"split{images}; "
                 "another draw of test images would add its own variation, which these intervals omit.")
     parts = []
     if CROSSED in kinds:
-        parts.append(f"'{CROSSED}': {stats.MOMENTS_INTERVAL_NAME}; bootstrap: {stats.BOOTSTRAP_INTERVAL_NAME} "
-                     "(conservative)")
+        parts.append(f"'{CROSSED}': {crossed_design.MOMENTS_INTERVAL_NAME}; "
+                     f"bootstrap: {crossed_design.BOOTSTRAP_INTERVAL_NAME} (conservative)")
     if SEED_ONLY in kinds:
-        parts.append(f"'{SEED_ONLY}': {stats.SEED_ONLY_INTERVAL_NAME}")
+        parts.append(f"'{SEED_ONLY}': {crossed_design.SEED_ONLY_INTERVAL_NAME}")
     return "Intervals: " + "; ".join(parts) + "."
 
 

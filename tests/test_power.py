@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from analysis import power
-from analysis.stats import minimal_detectable_effect, seeds_needed
+from analysis.t_test_power import minimal_detectable_effect, seeds_needed
 
 from .raytools import REPO, run_script
 

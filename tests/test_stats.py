@@ -1,5 +1,6 @@
-"""The statistics of analysis/stats.py that use per-point results or plan a study, each against a known
-answer: a published example, an independent computation, or a simulation whose variance is known exactly."""
+"""The statistics of analysis/stats.py, crossed_design.py and t_test_power.py that use per-point results or plan a
+study, each against a known answer: a published example, an independent computation, or a simulation whose
+variance is known exactly."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from analysis import stats  # noqa: E402
+from analysis import crossed_design, stats, t_test_power  # noqa: E402
 
 # ------------------------------------------------------------------ crossed seeds x images design
 
@@ -39,7 +40,7 @@ def test_crossed_mean_squares_equal_least_squares_fits():
     rss_both = _rss(both, y)
     ss_seed = _rss(image_dummies, y) - rss_both
     ss_image = _rss(seed_dummies, y) - rss_both
-    result = stats.crossed_variance(d)
+    result = crossed_design.crossed_variance(d)
     assert result.ms_seed == pytest.approx(ss_seed / (s - 1), rel=1e-9)
     assert result.ms_image == pytest.approx(ss_image / (i - 1), rel=1e-9)
     assert result.ms_resid == pytest.approx(rss_both / ((s - 1) * (i - 1)), rel=1e-9)
@@ -54,9 +55,9 @@ def test_crossed_mean_squares_equal_least_squares_fits():
 
 def test_crossed_variance_clips_at_zero_and_rejects_a_single_seed():
     d = np.array([[1.0, -1.0], [-1.0, 1.0]])  # all residual: MS_seed = MS_image = 0 < MS_resid
-    assert stats.crossed_variance(d).variance == 0.0
+    assert crossed_design.crossed_variance(d).variance == 0.0
     with pytest.raises(ValueError, match="at least 2"):
-        stats.crossed_variance(np.ones((1, 5)))
+        crossed_design.crossed_variance(np.ones((1, 5)))
 
 
 # A per-point simulation whose Var(mean D) is known exactly. Reference right on image i with probability
@@ -93,18 +94,19 @@ def test_moments_se_matches_a_known_variance_and_the_bootstrap_is_conservative(s
     means = d.mean(axis=(1, 2))
     assert abs(means.var(ddof=1) - truth) <= 4 * truth * math.sqrt(2 / (sims - 1))
     # the moments estimator is unbiased: its mean over the simulations, to 4 SEs of that mean
-    estimates = np.array([stats.crossed_variance(x).variance for x in d])
+    estimates = np.array([crossed_design.crossed_variance(x).variance for x in d])
     assert abs(estimates.mean() - truth) <= 4 * estimates.std(ddof=1) / math.sqrt(sims)
     assert math.sqrt(estimates.mean()) == pytest.approx(math.sqrt(truth), rel=0.05)
     # the pigeonhole bootstrap overstates the SE: the mean bootstrap variance exceeds the truth by more
     # than 4 SEs of that mean (fewer simulations: each runs 200 replicates)
-    boot = np.array([stats.pigeonhole_bootstrap(x, n_boot=200, seed=k).se ** 2 for k, x in enumerate(d[:150])])
+    boot = np.array([crossed_design.pigeonhole_bootstrap(x, n_boot=200, seed=k).se ** 2 for k, x in enumerate(d[:150])])
     assert boot.mean() - 4 * boot.std(ddof=1) / math.sqrt(len(boot)) > truth
 
 
 def test_bootstrap_percentile_interval_brackets_the_mean_and_is_reproducible():
     d = _simulate(np.random.default_rng(0), 1, 0.05, 0.1, 5, 60)[0]
-    first, again = stats.pigeonhole_bootstrap(d, 500, seed=4), stats.pigeonhole_bootstrap(d, 500, seed=4)
+    first = crossed_design.pigeonhole_bootstrap(d, 500, seed=4)
+    again = crossed_design.pigeonhole_bootstrap(d, 500, seed=4)
     assert first == again and first.low < d.mean() < first.high
 
 
@@ -155,13 +157,13 @@ def test_mcnemar_cmh_against_the_general_cmh_formula_and_a_hand_table():
     rng = np.random.default_rng(5)
     reference = rng.random((3, 40)) < 0.7
     variant = np.where(rng.random((3, 40)) < 0.2, ~reference, reference)
-    result = stats.mcnemar_cmh(variant, reference)
+    result = crossed_design.mcnemar_cmh(variant, reference)
     assert result.statistic == pytest.approx(_cmh_general(variant, reference))
     assert result.p_value == pytest.approx(scipy.stats.chi2.sf(result.statistic, 1))
     # by hand: seeds with (b, c) = (3, 0), (2, 1): statistic (5 - 1)^2 / 6; seed 0's exact p = 2 / 2^3
     v = np.array([[1, 1, 1, 1, 0], [1, 1, 0, 1, 0]], dtype=bool)
     r = np.array([[0, 0, 0, 1, 0], [0, 0, 1, 1, 0]], dtype=bool)
-    hand = stats.mcnemar_cmh(v, r)
+    hand = crossed_design.mcnemar_cmh(v, r)
     assert (hand.b, hand.c) == ((3, 2), (0, 1))
     assert hand.statistic == pytest.approx(16 / 6) and hand.odds_ratio == pytest.approx(5.0)
     assert hand.seed_p[0] == pytest.approx(0.25) and hand.seed_p[1] == pytest.approx(1.0)
@@ -195,13 +197,14 @@ MDE_TABLE = {(5, 1): 1.09, (5, 7): 1.87, (5, 33): 2.79, (10, 1): 0.65, (10, 7): 
 
 @pytest.mark.parametrize("seeds, m", sorted(MDE_TABLE))
 def test_minimal_detectable_effect_table(seeds, m):
-    assert stats.minimal_detectable_effect(0.65, seeds, 0.05 / m, 0.8) == pytest.approx(MDE_TABLE[seeds, m], abs=0.006)
+    mde = t_test_power.minimal_detectable_effect(0.65, seeds, 0.05 / m, 0.8)
+    assert mde == pytest.approx(MDE_TABLE[seeds, m], abs=0.006)
 
 
 def test_minimal_detectable_effect_has_the_stated_power_in_a_simulation():
     """At the MDE, simulated paired t-tests reject in 80% of studies (to 4 binomial SEs)."""
     n, sd, runs = 5, 0.65, 40_000
-    mde = stats.minimal_detectable_effect(sd, n)
+    mde = t_test_power.minimal_detectable_effect(sd, n)
     d = np.random.default_rng(2).normal(mde, sd, size=(runs, n))
     t = d.mean(axis=1) / (d.std(axis=1, ddof=1) / math.sqrt(n))
     rate = np.mean(np.abs(t) > scipy.stats.t.ppf(0.975, n - 1))
@@ -209,7 +212,7 @@ def test_minimal_detectable_effect_has_the_stated_power_in_a_simulation():
 
 
 def test_seeds_needed_is_the_smallest_n_with_the_power():
-    mde5 = stats.minimal_detectable_effect(0.65, 5)
-    assert stats.seeds_needed(mde5 * 1.001, 0.65) == 5
-    assert stats.paired_t_power(mde5 * 1.001, 0.65, 4) < 0.8
-    assert stats.seeds_needed(0.01, 0.65, max_seeds=50) is None
+    mde5 = t_test_power.minimal_detectable_effect(0.65, 5)
+    assert t_test_power.seeds_needed(mde5 * 1.001, 0.65) == 5
+    assert t_test_power.paired_t_power(mde5 * 1.001, 0.65, 4) < 0.8
+    assert t_test_power.seeds_needed(0.01, 0.65, max_seeds=50) is None

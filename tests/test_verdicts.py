@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from analysis import stats, verdicts  # noqa: E402
+from analysis import crossed_design, stats, t_test_power, verdicts  # noqa: E402
 from analysis.study import load_study  # noqa: E402
 from dpnp_ray.analysis_plan import concrete_plan, default_primary  # noqa: E402
 from dpnp_ray.results import write_table  # noqa: E402
@@ -94,7 +94,7 @@ def test_seed_only_verdicts_equal_hand_computations(tmp_path):
         lower = scipy.stats.ttest_1samp(d, -1.0, alternative="greater").pvalue
         upper = scipy.stats.ttest_1samp(d, 1.0, alternative="less").pvalue
         raw_tost.append(max(lower, upper))
-        assert row["mde"] == pytest.approx(stats.minimal_detectable_effect(sd, n, 0.05 / 3))
+        assert row["mde"] == pytest.approx(t_test_power.minimal_detectable_effect(sd, n, 0.05 / 3))
         assert math.isnan(row["cmh_p"]) and math.isnan(row["bootstrap_low"])
     # Holm by hand over the three planned comparisons of this endpoint only (not the six rows of the table), for
     # the difference test and for TOST alike
@@ -145,7 +145,7 @@ def test_crossed_verdicts_read_the_endpoints_points_at_the_evaluation_eps(tmp_pa
     table = verdicts.verdicts(study, n_boot=400)
     robust = table[table["endpoint"] == "worst_case_acc"].set_index("variant")
     def crossed_tost(ok):
-        c = stats.crossed_variance(ok.astype(float) - full.astype(float))
+        c = crossed_design.crossed_variance(ok.astype(float) - full.astype(float))
         return stats.tost(c.mean, c.se, c.df, 0.01).p_value
 
     raw_tost = {"ahead": crossed_tost(ahead), "same": crossed_tost(same)}
@@ -153,15 +153,15 @@ def test_crossed_verdicts_read_the_endpoints_points_at_the_evaluation_eps(tmp_pa
     for variant, ok in (("ahead", ahead), ("same", same)):
         row = robust.loc[variant]
         d = ok.astype(float) - full.astype(float)
-        crossed = stats.crossed_variance(d)
+        crossed = crossed_design.crossed_variance(d)
         assert row["interval"] == verdicts.CROSSED and (row["n_seeds"], row["n_images"]) == (5, images)
         assert row["difference"] == pytest.approx(100 * d.mean())
         assert (row["low"], row["high"]) == pytest.approx((100 * crossed.low, 100 * crossed.high))
         assert row["p_value"] == pytest.approx(2 * scipy.stats.t.sf(abs(crossed.mean) / crossed.se, crossed.df))
-        assert row["cmh_p"] == pytest.approx(stats.mcnemar_cmh(ok, full).p_value)
+        assert row["cmh_p"] == pytest.approx(crossed_design.mcnemar_cmh(ok, full).p_value)
         assert row["sign_flip_p"] == pytest.approx(stats.sign_flip_p(d.mean(axis=1)))
         assert row["tost_p"] == pytest.approx(tost_holm[variant])
-        assert row["mde"] == pytest.approx(100 * stats.detectable_effect(crossed.se, crossed.df, 0.05 / 2))
+        assert row["mde"] == pytest.approx(100 * t_test_power.detectable_effect(crossed.se, crossed.df, 0.05 / 2))
         assert row["bootstrap_low"] < row["difference"] < row["bootstrap_high"]
     assert robust.loc["ahead", "verdict"] == "better"
     # clean: identical correctness on every point, so a zero difference; the trials' clean_acc (which differs)
@@ -189,11 +189,11 @@ def test_points_on_a_subset_pair_on_common_images_and_a_missing_seed_means_seed_
 
 def test_detectable_effect_is_the_paired_t_mde_at_se_and_df():
     for sd, n in ((0.65, 5), (1.3, 10), (2.0, 3)):
-        assert stats.detectable_effect(sd / math.sqrt(n), n - 1) == pytest.approx(
-            stats.minimal_detectable_effect(sd, n), rel=1e-8)
+        assert t_test_power.detectable_effect(sd / math.sqrt(n), n - 1) == pytest.approx(
+            t_test_power.minimal_detectable_effect(sd, n), rel=1e-8)
     se, df = 0.4, 37.5
-    effect = stats.detectable_effect(se, df, 0.01)
-    assert stats.t_power(effect, se, df, 0.01) == pytest.approx(0.8)
+    effect = t_test_power.detectable_effect(se, df, 0.01)
+    assert t_test_power.t_power(effect, se, df, 0.01) == pytest.approx(0.8)
     # a simulation: t = (effect + se * z) / (se * sqrt(chi2_df / df)) rejects about 80% of the time
     rng = np.random.default_rng(1)
     z, chi = rng.standard_normal(20000), rng.chisquare(df, 20000)
