@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from analysis import figures, optuna_study, stats
+from analysis import figures, optuna_study, robustness_figures, stats
 from analysis.study import Study
 
 BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
@@ -79,16 +79,16 @@ FIGURES: tuple[FigureSpec, ...] = (
                "over seeds per variant.", lambda s: figures.learning_curves(s.epochs)),
     FigureSpec("eps_curves", "Accuracy vs attack eps",
                "PGD accuracy at each attack budget: mean over seeds with 95% t-intervals.",
-               lambda s: figures.eps_curves(s.evals)),
+               lambda s: robustness_figures.eps_curves(s.evals)),
     FigureSpec("corruption_heatmap", "Corruption accuracy",
                "Accuracy per corruption and severity, mean over each variant's trials.",
-               lambda s: figures.corruption_heatmap(s.corruptions)),
+               lambda s: robustness_figures.corruption_heatmap(s.corruptions)),
     FigureSpec("geometry_bars", "Prototype geometry",
                "Angles, compactness, separation and margins of clean and adversarial features per variant.",
-               lambda s: figures.geometry_bars(s.geometry)),
+               lambda s: robustness_figures.geometry_bars(s.geometry)),
     FigureSpec("masking_table", "Gradient-masking checks",
                "Every sanity check of every trial; flagged checks first and shaded.",
-               lambda s: figures.masking_table(s.masking)),
+               lambda s: robustness_figures.masking_table(s.masking)),
     FigureSpec("cost_bars", "Cost", "Wall-clock seconds and training images/s of every trial.",
                lambda s: figures.cost_bars(s.trials, s.epochs)),
 )

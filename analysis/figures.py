@@ -23,8 +23,6 @@ from plotly.subplots import make_subplots
 from . import stats
 from .figure_basics import (ACCURACY_LABELS, PERCENT_AXIS, NoData, completed, figure_title, label, none_if_nan,
                             present_columns, require_table, variant_colors, variant_order)
-# re-exported: the report draws every figure as figures.X
-from .robustness_figures import corruption_heatmap, eps_curves, geometry_bars, masking_table  # noqa: F401
 
 ABLATION_METRICS = ("clean_acc", "pgd_acc", "cw_acc", "aa_acc", "worst_case_acc", "corruption_acc")
 SEARCH_OBJECTIVES = ("val_clean_acc", "val_robust_acc")

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # analysis/ is a directory of scripts next to dpnp_ray, not an installed package
     sys.path.insert(0, str(ROOT))
 
-from analysis import figures, optuna_study, stats  # noqa: E402
+from analysis import figures, optuna_study, robustness_figures, stats  # noqa: E402
 from analysis.figure_registry import export_pngs, find_browser, make_figures  # noqa: E402
 from analysis.report import build_report, main  # noqa: E402
 from analysis.study import load_study  # noqa: E402
@@ -314,24 +314,24 @@ def test_learning_curves_eps_corruption_geometry_masking_and_cost():
     assert lr_axis.type == "log" or lr_axis.rangemode == "tozero"
     assert figures.PERCENT_AXIS["tickformat"] == ".3~%"
 
-    eps = figures.eps_curves(tables["evals"])
+    eps = robustness_figures.eps_curves(tables["evals"])
     assert [t.name for t in eps.data] == ["full", "no_ppa", "no_npr", "pgd_at"] and len(eps.data[0].x) == 5
     assert eps.layout.xaxis.rangemode == "tozero"
-    heat = figures.corruption_heatmap(tables["corruptions"])
+    heat = robustness_figures.corruption_heatmap(tables["corruptions"])
     assert len(heat.data) == 4 and list(heat.data[0].x) == [1, 2, 3, 4, 5]
     assert heat.layout.xaxis.title.text == "severity"
-    geometry = figures.geometry_bars(tables["geometry"])
+    geometry = robustness_figures.geometry_bars(tables["geometry"])
     assert {t.name for t in geometry.data} == {"clean", "adversarial"}
     assert [a.text for a in geometry.layout.annotations] == [  # descriptors (n, eps, accuracy) are not metrics
         "min angle deg", "intra class compactness", "inter class separation", "positive margin fraction"]
-    table = figures.masking_table(tables["masking"])
+    table = robustness_figures.masking_table(tables["masking"])
     assert "1 of 20 flagged" in table.layout.title.text  # 10 completed trials x 2 checks; pgd_at flagged once
     assert table.data[0].cells.values[6][0] == "True"  # flagged rows first
     cost = figures.cost_bars(trials)
     assert cost.layout.yaxis.title.text == "wall seconds" and cost.layout.yaxis2.title.text == "images / s"
 
     with pytest.raises(figures.NoData, match="pgd_eps_curve"):
-        figures.eps_curves(tables["evals"][tables["evals"]["attack"] != "pgd_eps_curve"])
+        robustness_figures.eps_curves(tables["evals"][tables["evals"]["attack"] != "pgd_eps_curve"])
     with pytest.raises(figures.NoData, match="epochs.parquet not in the study directory"):
         figures.learning_curves(None)
 

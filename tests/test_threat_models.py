@@ -118,11 +118,11 @@ def test_the_new_rows_have_their_points_keyed_by_norm(other, tmp_path):
 
 
 def test_the_report_draws_the_apgd_curve_dashed_beside_pgds(other, cfg):
-    from analysis import figures
+    from analysis import robustness_figures
 
     rows = [{"variant": "full", "trial_id": "full-s0", **r} for r in other.evals]
     pgd = [{**r, "attack": "pgd_eps_curve", "accuracy": r["accuracy"] + 0.1} for r in rows
            if r["attack"] == "apgd_eps_curve"]
-    fig = figures.eps_curves(pd.DataFrame(rows + pgd))
+    fig = robustness_figures.eps_curves(pd.DataFrame(rows + pgd))
     assert [(t.name, t.line.dash) for t in fig.data] == [("full", "solid"), ("full (APGD)", "dash")]
     assert list(fig.data[1].x) == pytest.approx([0.0, cfg.eval_eps, 2 * cfg.eval_eps])  # the L2 row is no point
