@@ -29,7 +29,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -71,6 +71,7 @@ class ClaimResult:
     verdict: str
     reason: str  # one sentence with the numbers
     rows: pd.DataFrame  # the comparisons behind it (display form)
+    estimates: pd.DataFrame = field(default_factory=pd.DataFrame)  # comparison, endpoint, estimate, low, high (pp)
 
 
 def _pp(value: float, signed: bool = True) -> str:
@@ -102,6 +103,12 @@ def _comparisons(study: Study, endpoint: str, pairs: list[tuple[str, str]], plan
     adjusted = stats.holm_adjust([p if math.isfinite(p) else 1.0 for p in ni])
     frame["noninferiority_holm"] = [a if math.isfinite(p) else math.nan for a, p in zip(adjusted, ni)]
     return frame
+
+
+def _estimates(frame: pd.DataFrame, comparison: Sequence[str] | str, estimate: str = "difference") -> pd.DataFrame:
+    """The numbers a claim's figure draws (audit_figure.py), from a comparisons or factorial-effects frame."""
+    return pd.DataFrame({"comparison": comparison, "endpoint": [figures.label(e) for e in frame["endpoint"]],
+                         "estimate": frame[estimate], "low": frame["low"], "high": frame["high"]})
 
 
 def _numbers(frame: pd.DataFrame, label: str = "reference") -> str:
@@ -190,7 +197,8 @@ def claim_clean(study, plan, tuned: bool) -> ClaimResult:
         frame, tuned, against=(decided & (frame["difference"] < 0)).any(),
         shown=bool(decided.all() and (frame["difference"] > 0).all()),
         says=("lower than a baseline", "higher than every baseline", "not higher than every baseline at this power"))
-    return ClaimResult(1, text, verdict, reason, _display(frame, plan))
+    return ClaimResult(1, text, verdict, reason, _display(frame, plan),
+                       _estimates(frame, [f"full − {b}" for b in frame["reference"]]))
 
 
 def _against_baselines(frame: pd.DataFrame, tuned: bool, against: bool, shown: bool, says: tuple[str, str, str]
@@ -219,7 +227,8 @@ def claim_robust(study, plan, tuned: bool) -> ClaimResult:
         shown=bool((frame["noninferiority_holm"] < plan.alpha).all()),
         says=("worse than a baseline by more than the margin", "not worse than any baseline by more than the margin",
               "non-inferiority not shown against every baseline"))
-    return ClaimResult(2, text, verdict, reason, _display(frame, plan, noninferiority=True))
+    return ClaimResult(2, text, verdict, reason, _display(frame, plan, noninferiority=True),
+                       _estimates(frame, [f"full − {b}" for b in frame["reference"]]))
 
 
 def _component(study, plan, number: int | str, text: str, factor: str, variant: str, endpoints: Sequence[str]
@@ -234,6 +243,7 @@ def _component(study, plan, number: int | str, text: str, factor: str, variant: 
         decided = rows["decided"]
         shown = factorial.effects_rows(rows)
         source = f"factorial main effect of `{factor}`"
+        drawn = _estimates(rows, f"{factor} main effect", estimate="estimate")
     elif variant in _present(study, [variant]) and REFERENCE in _present(study, [REFERENCE]):
         frame = pd.concat([_comparisons(study, e, [(REFERENCE, variant)], plan) for e in endpoints], ignore_index=True)
         # Holm over the claim's endpoints
@@ -243,6 +253,7 @@ def _component(study, plan, number: int | str, text: str, factor: str, variant: 
         decided = frame["p_holm"] < plan.alpha
         shown = _display(frame, plan)
         source = f"`{REFERENCE}` − `{variant}`"
+        drawn = _estimates(frame, f"{REFERENCE} − {variant}")
     else:
         return ClaimResult(number, text, NOT_MEASURED,
                            f"needs the factor `{factor}` in a factorial, or the variants `{REFERENCE}` and `{variant}`",
@@ -259,7 +270,7 @@ def _component(study, plan, number: int | str, text: str, factor: str, variant: 
                                          f"{'; '.join(helps)}")
     else:
         verdict, reason = INCONCLUSIVE, f"{source}: {'; '.join(helps)} ({_mde_span(list(rows['mde']))})"
-    return ClaimResult(number, text, verdict, reason, shown)
+    return ClaimResult(number, text, verdict, reason, shown, drawn)
 
 
 def claim_corruptions(study, plan) -> ClaimResult:
@@ -370,6 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("directory", help="an ablation study directory (trials.parquet, ...)")
     parser.add_argument("--out", required=True, help="the markdown page (its generated region is replaced)")
     parser.add_argument("--command", action="append", default=[], help="the exact command that made the study")
+    parser.add_argument("--figure", help="also write claims 1-4 as a PNG (kaleido + Chrome/Chromium): audit_figure.py")
     args = parser.parse_args(argv)
     try:
         study = load_study(args.directory)
@@ -378,6 +390,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     write_page(audit_markdown(study, args.command), Path(args.out), f"Claim audit: {study.name}")
     print(f"wrote {args.out}")
+    if args.figure:
+        from analysis.audit_figure import write_claims_png
+        return write_claims_png(study, Path(args.figure))
     return 0
 
 

@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+import pytest
 import pandas as pd
 import yaml
 
@@ -99,3 +100,32 @@ def test_the_audit_compares_the_tuned_baselines_and_calls_only_them_tuned():
     untuned = _study({"full": (0.90, 0.50), "pgd_at": (0.85, 0.50)}, tuned=False)
     untuned = dataclasses.replace(untuned, recipe=recipe)  # tuned_from recorded, but the baseline it compares ran at the base config
     assert audit.baseline_variants(untuned) == ["pgd_at"] and not audit.baselines_tuned(untuned)
+
+
+def test_the_claims_figure_draws_each_comparison_at_its_numbers_in_its_claims_colour():
+    from analysis.audit_figure import VERDICT_COLORS, claim_rows, claims_figure
+
+    study = _study({"full": (0.90, 0.55), "pgd_at": (0.85, 0.50), "trades": (0.86, 0.505), "no_ppa": (0.90, 0.50)})
+    results, _, _ = audit.audit(study)
+    rows = claim_rows(results)
+    assert list(dict.fromkeys(rows["claim"])) == ["1", "2", "3a"]  # only what the study measured, in claim order
+    done = study.trials
+    for reference, claim, endpoint, column in [("tuned_pgd_at", "1", "clean", "clean_acc"),
+                                               ("tuned_trades", "2", "AutoAttack", "aa_acc"),
+                                               ("no_ppa", "3a", "AutoAttack", "aa_acc")]:
+        row = rows[(rows["comparison"] == f"full − {reference}") & (rows["claim"] == claim)
+                   & rows["endpoint"].str.contains(endpoint)].iloc[0]
+        expected = 100 * (done.loc[done["variant"] == "full", column].mean()
+                          - done.loc[done["variant"] == reference, column].mean())
+        assert row["estimate"] == pytest.approx(expected, abs=1e-9)  # paired over the same seeds: means differ
+        assert row["low"] < row["estimate"] < row["high"]
+    figure = claims_figure(results, margin=1.0, confidence=0.95, study_name="s")
+    by_verdict = {trace.name: trace for trace in figure.data}
+    verdicts = {str(r.number): r.verdict for r in results}
+    assert set(by_verdict) == {verdicts[c] for c in ("1", "2", "3a")}
+    for name, trace in by_verdict.items():
+        assert trace.marker.color == VERDICT_COLORS[name]
+        drawn = rows[rows["verdict"] == name]
+        assert list(trace.x) == list(drawn["estimate"]) and list(trace.y) == list(drawn["label"])
+        assert np.allclose(np.asarray(trace.error_x.array) + trace.x, drawn["high"])
+    assert sorted(shape.x0 for shape in figure.layout.shapes) == [-1.0, 0.0]  # the margin and zero
