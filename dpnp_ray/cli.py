@@ -10,7 +10,7 @@ import textwrap
 from dataclasses import fields
 from typing import Any, Callable
 
-from . import results
+from . import storage
 from .config import ConfigError, ExperimentConfig, field_choices
 from .provenance import redact
 from .ray_train import RUNNERS, Scaling
@@ -118,7 +118,7 @@ def study_settings(args: argparse.Namespace) -> StudySettings:
     log_to = parse_log_to(args.log_to)
     check_installed(log_to)
     if "mlflow" in log_to:
-        resolve_mlflow_uri(results.join(args.storage, args.name), args.mlflow_tracking_uri)  # a store it can use
+        resolve_mlflow_uri(storage.join(args.storage, args.name), args.mlflow_tracking_uri)  # a store it can use
     return StudySettings(name=args.name, storage=args.storage, scaling=scaling(args),
                          max_concurrent=args.max_concurrent, cluster=args.cluster, address=args.address,
                          resume=args.resume, local_cpus=args.local_cpus, log_to=log_to,
@@ -189,7 +189,7 @@ def exit_code(trials, stream=None) -> int:
         ids = group["trial_id"].tolist()
         logs = [redact(log) for log in group.get("error_log", []) if isinstance(log, str) and log]
         where = "no log" if not logs else f"full log: {logs[0]}" + (
-            f" (one per trial in {results.parent(logs[0])}/)" if len(logs) > 1 else "")
+            f" (one per trial in {storage.parent(logs[0])}/)" if len(logs) > 1 else "")
         print(f"  {len(ids)} x {redact(error) or '(no message)'}  [{', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''}]; "
               f"{where}", file=stream)
     return 1
@@ -199,7 +199,7 @@ def print_locations(written: dict[str, str], settings: StudySettings | None = No
     """The results directory, every file the study wrote, and where each tracker (--log-to) has the trials."""
     from .study.trackers import tracker_locations
 
-    directory = results.parent(written["trials"])
+    directory = storage.parent(written["trials"])
     print(f"\nresults: {redact(directory)}")
     for table, location in written.items():
         print(f"  {table:14s} {redact(location)}")
