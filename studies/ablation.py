@@ -19,8 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from dpnp_ray import results, storage
-from dpnp_ray.cli import (HelpFormatter, add_common_flags, config_epilog, console_summary, exit_code, print_locations,
-                          run_cli, study_settings)
+from dpnp_ray.study.cli import (HelpFormatter, add_common_flags, config_epilog, console_summary, exit_code,
+                                print_locations, run_cli, study_settings)
 from dpnp_ray.study import plan_ablation, run_ablation
 from dpnp_ray.study.best_configs import write_best_configs
 from dpnp_ray.study.factorial import FACTORIAL_PREFIX, FACTORS, design_factors

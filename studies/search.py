@@ -26,8 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from dpnp_ray import results, storage
-from dpnp_ray.cli import (HelpFormatter, add_common_flags, config_epilog, console_summary, exit_code, print_locations,
-                          run_cli, study_settings)
+from dpnp_ray.study.cli import (HelpFormatter, add_common_flags, config_epilog, console_summary, exit_code,
+                                print_locations, run_cli, study_settings)
 from dpnp_ray.methods import METHODS
 from dpnp_ray.provenance import redact
 from dpnp_ray.study import StudyError, plan_search, run_search

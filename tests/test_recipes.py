@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from dpnp_ray import results, storage
-from dpnp_ray.cli import study_settings
 from dpnp_ray.config import ConfigError, ExperimentConfig
 from dpnp_ray.study.best_configs import write_best_configs
+from dpnp_ray.study.cli import study_settings
 from dpnp_ray.study.recipe import resolve_study
 from dpnp_ray.study.study_file import STUDY_FILE, config_from_file, read_yaml
 from dpnp_ray.study.records import write_record
