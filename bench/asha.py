@@ -28,19 +28,19 @@ from measure import machine, table, write_json
 import torch
 
 
-def search_once(scheduler: str, seed: int, args, storage: str) -> dict:
-    from dpnp_ray import results
+def search_once(scheduler: str, seed: int, args, root: str) -> dict:
+    from dpnp_ray import results, storage
     from dpnp_ray.study import SearchSpec, StudySettings, run_search
 
     base = dict(dataset="digits", model="small_cnn", epochs=args.epochs, lr=0.05, batch_size=64,
                 train_attack_steps=args.attack_steps, val_attack_steps=args.attack_steps, eval_suite="basic",
                 eval_attack_steps=10, seed=0)
-    settings = StudySettings(f"{scheduler}-s{seed}", storage=storage, local_cpus=args.cpus)
+    settings = StudySettings(f"{scheduler}-s{seed}", storage=root, local_cpus=args.cpus)
     started = time.time()
     written = run_search(SearchSpec(base, args.trials, sampler="tpe", objective="robust", scheduler=scheduler,
                                     seed=seed), settings)
     wall = time.time() - started
-    directory = results.parent(written["trials"])
+    directory = storage.parent(written["trials"])
     trials = results.read_table(directory, "trials")
     epochs = results.read_table(directory, "epochs").drop_duplicates(["trial_id", "epoch"])
     done = trials[trials["status"] == "completed"]

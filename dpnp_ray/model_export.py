@@ -9,7 +9,7 @@ A model directory (`<study>/models/<trial_id>/`, or `python -m dpnp_ray --out DI
 
 `load_model(path)` checks the format and the checksum, rebuilds the classifier from the config and
 returns it in eval mode: it takes images in [0, 1] (normalisation is inside) and returns logits.
-Locations may be local paths or URIs (s3://...), as everywhere in results.py.
+Locations may be local paths or URIs (s3://...), as everywhere in storage.py.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import results
+from . import storage
 from .config import ConfigError, ExperimentConfig
 from .data import DatasetInfo
 from .provenance import provenance, redact
@@ -66,8 +66,8 @@ def export_model(directory: str, net: nn.Module, cfg: ExperimentConfig, info: Da
         "provenance": provenance(str(device)),
         "exported_at": time.time(),
     }
-    results.write_bytes_atomic(results.join(directory, WEIGHTS_FILE), weights)
-    results.write_bytes_atomic(results.join(directory, METADATA_FILE),
+    storage.write_bytes_atomic(storage.join(directory, WEIGHTS_FILE), weights)
+    storage.write_bytes_atomic(storage.join(directory, METADATA_FILE),
                                json.dumps(json_safe(metadata), indent=1).encode())
     return directory
 
@@ -75,9 +75,9 @@ def export_model(directory: str, net: nn.Module, cfg: ExperimentConfig, info: Da
 def read_model_metadata(path: str) -> dict[str, Any]:
     """model.json of a model directory (or of the directory holding `path`), checked to be this format."""
     directory = _model_directory(path)
-    location = results.join(directory, METADATA_FILE)
+    location = storage.join(directory, METADATA_FILE)
     try:
-        metadata = json.loads(results.read_bytes(location))
+        metadata = json.loads(storage.read_bytes(location))
     except (FileNotFoundError, OSError):
         raise ModelFileError(f"{redact(directory)}: no {METADATA_FILE}; not a dpnp_ray model directory (models are "
                              "written to <study>/models/<trial_id>/ and by `python -m dpnp_ray --out DIR`)") from None
@@ -108,9 +108,9 @@ def load_model(path: str, *, device: str | torch.device = "cpu") -> nn.Module:
 
     directory = _model_directory(path)
     metadata = read_model_metadata(directory)
-    location = results.join(directory, WEIGHTS_FILE)
+    location = storage.join(directory, WEIGHTS_FILE)
     try:
-        weights = results.read_bytes(location)
+        weights = storage.read_bytes(location)
     except (FileNotFoundError, OSError) as exc:
         raise ModelFileError(f"{redact(location)}: cannot read the weights ({exc})") from None
     if hashlib.sha256(weights).hexdigest() != metadata.get("weights_sha256"):
@@ -139,7 +139,7 @@ def load_model(path: str, *, device: str | torch.device = "cpu") -> nn.Module:
 
 def _model_directory(path: str) -> str:
     """A model directory from itself or from one of its two files."""
-    text, query = results.split_query(path)  # s3://bucket/models/x?endpoint_override=...: the query stays last
+    text, query = storage.split_query(path)  # s3://bucket/models/x?endpoint_override=...: the query stays last
     text = text.rstrip("/")
     for name in (METADATA_FILE, WEIGHTS_FILE):
         if text.endswith("/" + name):

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from . import results
+from . import results, storage
 from .config import ExperimentConfig
 from .distributed import DistributedEnvironment, LocalEnvironment
 from .provenance import provenance
@@ -120,7 +120,7 @@ def _stop_requested(location: str | None, env: LocalEnvironment) -> bool:
     """Whether the stop request exists, as rank 0 sees it, on every rank (a collective)."""
     if location is None:
         return False
-    seen = torch.tensor([float(env.is_main and results.exists(location))], device=env.device)
+    seen = torch.tensor([float(env.is_main and storage.exists(location))], device=env.device)
     return bool(env.all_reduce_sum(seen).item() > 0)
 
 
@@ -359,10 +359,10 @@ def make_trainer(cfg: ExperimentConfig, scaling: Scaling, *, run_name: str, stor
 def find_final_record(storage_path: str, run_name: str) -> dict[str, Any] | None:
     """The record of the Train run `run_name` if it wrote one, read from storage (whatever became of
     the process that launched it); None if it never got that far."""
-    run = results.join(storage_path, run_name)
-    for name in reversed(results.list_names(run, FINAL_PREFIX)):
+    run = storage.join(storage_path, run_name)
+    for name in reversed(storage.list_names(run, FINAL_PREFIX)):
         try:
-            return json.loads(results.read_bytes(results.join(run, name, FINAL_FILE)))
+            return json.loads(storage.read_bytes(storage.join(run, name, FINAL_FILE)))
         except (OSError, json.JSONDecodeError):  # a checkpoint directory still being written
             continue
     return None

@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from dpnp_ray import results
-from dpnp_ray.cli import (HelpFormatter, add_common_flags, config_epilog, console_summary, exit_code, print_locations,
-                          run_cli, study_settings)
+from dpnp_ray import results, storage
+from dpnp_ray.study.cli import (HelpFormatter, add_common_flags, config_epilog, console_summary, exit_code,
+                                print_locations, run_cli, study_settings)
 from dpnp_ray.study import plan_ablation, run_ablation
 from dpnp_ray.study.best_configs import write_best_configs
 from dpnp_ray.study.factorial import FACTORIAL_PREFIX, FACTORS, design_factors
@@ -113,7 +113,7 @@ def main() -> int:
     with recipe:  # holds the study's driver lock from recipe.record until the tables are written
         written = run_ablation(spec, settings, before_training=recipe.record)
         written["best"] = write_best_configs(settings.directory, "ablation")
-    trials = results.read_table(results.parent(written["trials"]), "trials")
+    trials = results.read_table(storage.parent(written["trials"]), "trials")
     print("\n" + console_summary(trials))
     print_locations(written, settings)
     return exit_code(trials)  # 1 when a trial failed

@@ -28,9 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from dpnp_ray import results
-from dpnp_ray.cli import (HelpFormatter, add_common_flags, config_epilog, console_summary, exit_code, print_locations,
-                          run_cli, study_settings)
+from dpnp_ray import results, storage
+from dpnp_ray.study.cli import (HelpFormatter, add_common_flags, config_epilog, console_summary, exit_code,
+                                print_locations, run_cli, study_settings)
 from dpnp_ray.methods import METHODS
 from dpnp_ray.provenance import redact
 from dpnp_ray.study import StudyError, plan_search, run_search
@@ -92,7 +92,7 @@ def main() -> int:
     with recipe:  # holds the study's driver lock from recipe.record until the tables are written
         written = run_search(spec, settings, before_training=recipe.record)
         written["best"] = write_best_configs(settings.directory, "search")
-    directory = results.parent(written["trials"])
+    directory = storage.parent(written["trials"])
     trials = results.read_table(directory, "trials")
     print("\n" + console_summary(trials, group="trial_id"))
     pareto = results.read_table(directory, "pareto")
@@ -119,7 +119,7 @@ def compare_methods(recipe, spec, settings) -> int:
             written = run_search(dataclasses.replace(spec, method=method, optuna_storage=None), sub,
                                  before_training=recipe.record)
             write_best_configs(sub.directory, "search")
-            trials = results.read_table(results.parent(written["trials"]), "trials")
+            trials = results.read_table(storage.parent(written["trials"]), "trials")
             print("\n" + console_summary(trials, group="trial_id"))
             failed = max(failed, exit_code(trials))
         try:
@@ -129,7 +129,7 @@ def compare_methods(recipe, spec, settings) -> int:
             return 1
     print(f"\nChosen points ({redact(best)}; validation split, one rule for every method):")
     for method in study["methods"]:
-        chosen = read_yaml(results.join(best, f"{method}.yaml"), "chosen point")
+        chosen = read_yaml(storage.join(best, f"{method}.yaml"), "chosen point")
         values = ", ".join(f"{k}={v:.4g}" for k, v in chosen["params"].items())
         print(f"  {method:<13s} {chosen['trial']['trial_id']}  val clean {chosen['validation']['val_clean_acc']:.3f}  "
               f"val robust {chosen['validation']['val_robust_acc']:.3f}  {values}")

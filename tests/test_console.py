@@ -187,7 +187,7 @@ def test_a_study_prints_each_worker_line_once_and_one_line_per_trial(tmp_path):
 def test_epoch_lines_leave_out_what_the_method_does_not_measure_and_the_summary_says_its_points():
     import pandas as pd
 
-    from dpnp_ray.cli import console_summary
+    from dpnp_ray.study.cli import console_summary
     from dpnp_ray.training_loop import format_epoch
 
     base = {"epoch": 3, "loss_total": 0.5, "val_clean_acc": 0.9, "val_robust_acc": 0.5, "eps": 0.1, "lr": 0.05,
@@ -205,11 +205,11 @@ def test_epoch_lines_leave_out_what_the_method_does_not_measure_and_the_summary_
 
 def test_the_study_scripts_turn_off_rays_merging_of_look_alike_lines():
     """Ray's driver merges look-alike worker lines across processes; epoch lines of different trials look alike,
-    so a resumed fast study lost most of them. dpnp_ray.cli (imported first by the scripts) turns it off."""
+    so a resumed fast study lost most of them. dpnp_ray.study.cli (imported first by the scripts) turns it off."""
     import os
 
     env = {k: v for k, v in os.environ.items() if k != "RAY_DEDUP_LOGS"}
-    out = subprocess.run([PYTHON, "-c", "import sys, dpnp_ray.cli; assert 'ray' not in sys.modules; "
+    out = subprocess.run([PYTHON, "-c", "import sys, dpnp_ray.study.cli; assert 'ray' not in sys.modules; "
                           "import ray._private.ray_constants as c; print(c.RAY_DEDUP_LOGS)"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]

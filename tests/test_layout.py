@@ -36,6 +36,10 @@ FORBIDDEN = [
     ("dpnp_ray.study.preflight", "dpnp_ray.study.optuna_search"),
     ("dpnp_ray.study.optuna_storage", "dpnp_ray.study.optuna_search"),
     ("dpnp_ray.study.optuna_storage", "dpnp_ray.study.preflight"),
+    # storage locations and their I/O are a low layer: nothing of the results schema, studies, training or Ray
+    ("dpnp_ray.storage", "dpnp_ray.results"), ("dpnp_ray.storage", "dpnp_ray.study"),
+    ("dpnp_ray.storage", "dpnp_ray.training_loop"), ("dpnp_ray.storage", "dpnp_ray.ray_train"),
+    ("dpnp_ray.storage", "ray"), ("dpnp_ray.storage", "torch"),
 ]
 
 
@@ -110,7 +114,8 @@ def test_lower_layers_never_import_upper_ones(importer, forbidden):
 def test_the_math_knows_no_config_ray_or_study(name):
     found = imports(MODULES[name], top_level_only=False)
     bad = [m for m in found if any(_within(m, p) for p in ("dpnp_ray.config", "ray", "dpnp_ray.study",
-                                                          "dpnp_ray.ray_train", "dpnp_ray.results"))]
+                                                          "dpnp_ray.ray_train", "dpnp_ray.results",
+                                                          "dpnp_ray.storage"))]
     assert not bad, f"{name} imports {bad}"
 
 

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from dpnp_ray import results
-from dpnp_ray.cli import study_settings
+from dpnp_ray import results, storage
 from dpnp_ray.config import ConfigError, ExperimentConfig
 from dpnp_ray.study.best_configs import write_best_configs
+from dpnp_ray.study.cli import study_settings
 from dpnp_ray.study.recipe import resolve_study
 from dpnp_ray.study.study_file import STUDY_FILE, config_from_file, read_yaml
 from dpnp_ray.study.records import write_record
@@ -78,7 +78,7 @@ def test_study_yaml_round_trip(ablation, tmp_path):
                      "--workers", "2", "--set", "lr=0.2", "lr_milestones=[0.4,0.9]")
     with recipe:
         location = recipe.record()
-    assert location == results.join(str(tmp_path), "rt", STUDY_FILE)
+    assert location == storage.join(str(tmp_path), "rt", STUDY_FILE)
     recorded = read_yaml(location, "test")
     assert recorded["kind"] == "ablation" and "--seeds 4 5" in recorded["command"]
     assert {k: v for k, v in recorded.items() if k not in ("kind", "command")} == recipe.study
@@ -216,7 +216,7 @@ def test_best_configs_per_variant_are_runnable(tmp_path):
     location = write_best_configs(directory, "ablation")
     assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["full-s1.yaml", "pgd_at-s0.yaml"]
     for name, cfg in (("full-s1", best), ("pgd_at-s0", pgd)):
-        path = results.join(location, f"{name}.yaml")
+        path = storage.join(location, f"{name}.yaml")
         assert ExperimentConfig.from_dict(config_from_file(path)) == ExperimentConfig.from_dict(cfg)
         document = read_yaml(path, "test")
         assert document["trial"]["trial_id"] == name and "python -m dpnp_ray --config" in open(path).read()

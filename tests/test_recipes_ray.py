@@ -9,7 +9,7 @@ import optuna
 import pytest
 import torch
 
-from dpnp_ray import load_model, results
+from dpnp_ray import load_model, results, storage
 from dpnp_ray.config import ExperimentConfig
 from dpnp_ray.model_export import read_model_metadata
 from dpnp_ray.study.study_file import config_from_file, read_yaml
@@ -70,7 +70,7 @@ def test_ablation_grows_by_a_seed(studies):
     recorded = read_yaml(f"{directory}/study.yaml", "test")
     assert recorded["seeds"] == [0, 1] and recorded["config"]["epochs"] == 1 and "--resume" in recorded["command"]
     _check_models(directory, trials)
-    best = list(results.list_files(f"{directory}/best", ".yaml"))
+    best = list(storage.list_files(f"{directory}/best", ".yaml"))
     assert len(best) == 1  # one variant: its best seed
     record = {r["trial_id"]: r for r in read_records(directory)}[best[0].rsplit("/", 1)[-1][:-5]]
     assert ExperimentConfig.from_dict(config_from_file(best[0])) == ExperimentConfig.from_dict(record["config"])
@@ -80,8 +80,8 @@ def test_search_grows_to_more_trials_of_the_same_optuna_study(studies):
     directory = studies["search"]
     trials = results.read_table(directory, "trials")
     assert len(trials) == 3 and trials["trial_id"].is_unique and (trials["status"] == "completed").all()
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(f"{directory}/optuna.journal"))
-    study = optuna.load_study(study_name="srch", storage=storage)
+    journal = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(f"{directory}/optuna.journal"))
+    study = optuna.load_study(study_name="srch", storage=journal)
     assert len(study.trials) == 3 and all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     # the base config was evaluated once, by the first run, not again by the growth
     assert sum(t.params.get("lambda_ppa") == pytest.approx(0.1) and t.params.get("beta_adv") == 1.0
@@ -89,5 +89,5 @@ def test_search_grows_to_more_trials_of_the_same_optuna_study(studies):
     assert read_yaml(f"{directory}/study.yaml", "test")["trials"] == 3
     _check_models(directory, trials)
     pareto = results.read_table(directory, "pareto")
-    best = {p.rsplit("/", 1)[-1][:-5] for p in results.list_files(f"{directory}/best", ".yaml")}
+    best = {p.rsplit("/", 1)[-1][:-5] for p in storage.list_files(f"{directory}/best", ".yaml")}
     assert best == set(pareto["trial_id"]) and best <= set(trials["trial_id"])

@@ -185,7 +185,7 @@ def test_optuna_storage_problems_name_the_flag_the_value_and_what_is_allowed(tmp
 
 
 def test_exit_code_reports_each_distinct_error_once_with_its_logs():
-    from dpnp_ray.cli import exit_code
+    from dpnp_ray.study.cli import exit_code
 
     def trials(*rows):
         return pd.DataFrame([dict(zip(("trial_id", "status", "error", "error_log"), r)) for r in rows])

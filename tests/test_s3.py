@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from dpnp_ray import load_model, results
+from dpnp_ray import load_model, results, storage
 from dpnp_ray.study.lock import LOCK_FILE, read_lock
 
 from .raytools import PYTHON, REPO, FileEvents, free_port, kill_study, run_script, study_env, wait_for_line
@@ -113,13 +113,13 @@ def s3():
 
 
 def _records(s3: S3, directory: str) -> list[str]:
-    return results.list_files(results.join(directory, "trials"), ".json")
+    return storage.list_files(storage.join(directory, "trials"), ".json")
 
 
 def test_ablation_on_s3_survives_a_killed_driver_and_its_models_reevaluate_from_the_bucket(s3):
-    storage = f"s3://{s3.bucket}/studies"
-    directory = results.join(storage, "abl")
-    args = [*TINY, "--variants", "full", "pgd_at", "--seeds", "0", "--max-concurrent", "1", "--storage", storage,
+    root = f"s3://{s3.bucket}/studies"
+    directory = storage.join(root, "abl")
+    args = [*TINY, "--variants", "full", "pgd_at", "--seeds", "0", "--max-concurrent", "1", "--storage", root,
             "--name", "abl"]
 
     # credentials in the URI are refused before anything runs, and the refusal does not repeat them
@@ -134,35 +134,35 @@ def test_ablation_on_s3_survives_a_killed_driver_and_its_models_reevaluate_from_
     wait_for_line(driver, lambda line: line.startswith("trial ") and " completed " in line, what="a finished trial")
     kill_study(driver)  # the driver and everything it started
     assert _records(s3, directory)
-    held = read_lock(results.join(directory, LOCK_FILE))
+    held = read_lock(storage.join(directory, LOCK_FILE))
     assert held is not None and held["pid"] == driver.pid  # the killed driver's lock is left behind ...
 
     before = {k: v for k, v in s3.objects().items()}
-    other = s3.run("ablation.py", *TINY, "--variants", "full", "--seeds", "0", "1", "--storage", storage,
+    other = s3.run("ablation.py", *TINY, "--variants", "full", "--seeds", "0", "1", "--storage", root,
                    "--name", "abl", check=False)  # another study into the same name, without --resume
     assert other.returncode == 2 and "--resume" in other.stderr and "--name" in other.stderr
     assert len(other.stderr.strip().splitlines()) == 1
     assert s3.objects() == before  # ... and nothing in the study changed
 
     s3.run("ablation.py", *args, "--resume")  # ... and does not block --resume: that driver is gone
-    assert not results.exists(results.join(directory, LOCK_FILE))
-    present = {name[: -len(".parquet")] for name in results.list_names(directory, "") if name.endswith(".parquet")}
+    assert not storage.exists(storage.join(directory, LOCK_FILE))
+    present = {name[: -len(".parquet")] for name in storage.list_names(directory, "") if name.endswith(".parquet")}
     assert present >= set(TABLES)
     tables = {name: results.read_table(directory, name) for name in present}
     trials = tables["trials"]
     assert sorted(trials["trial_id"]) == ["full-s0", "pgd_at-s0"] and (trials["status"] == "completed").all()
     assert not tables["epochs"].duplicated(["trial_id", "epoch"]).any() and len(tables["epochs"]) == 2
     assert set(tables["evals"]["trial_id"]) == {"full-s0", "pgd_at-s0"}
-    assert results.list_names(results.join(directory, "best"), "")  # best configs in the bucket
+    assert storage.list_names(storage.join(directory, "best"), "")  # best configs in the bucket
 
-    model = results.join(directory, "models", "full-s0")
+    model = storage.join(directory, "models", "full-s0")
     assert load_model(model)(__import__("torch").zeros(2, 1, 8, 8)).shape == (2, 10)
     proc = subprocess.run([PYTHON, "-m", "dpnp_ray.evaluate", model, "--suite", "basic", "--device", "cpu",
                            "--set", "eval_n=60", "eval_attack_steps=3"], cwd=REPO, env=s3.env, capture_output=True,
                           text=True, timeout=600)
     s3.outputs += [proc.stdout, proc.stderr]
     assert proc.returncode == 0, proc.stderr[-3000:]
-    evals = results.read_table(results.join(directory, "evaluations", "full-s0"), "evals")  # beside the model
+    evals = results.read_table(storage.join(directory, "evaluations", "full-s0"), "evals")  # beside the model
     assert results.read_table(model, "evals", required=False) is None
     clean = evals[evals["attack"] == "clean"]
     assert len(clean) == 1 and clean["n"].iloc[0] == 60 and clean["trial_id"].iloc[0] == "full-s0"
@@ -170,20 +170,20 @@ def test_ablation_on_s3_survives_a_killed_driver_and_its_models_reevaluate_from_
 
 
 def test_search_on_s3_writes_every_table_and_its_journal_to_the_bucket(s3):
-    storage = f"s3://{s3.bucket}/studies"
-    directory = results.join(storage, "srch")
-    args = [*TINY, "--trials", "2", "--scheduler", "none", "--max-concurrent", "1", "--storage", storage,
+    root = f"s3://{s3.bucket}/studies"
+    directory = storage.join(root, "srch")
+    args = [*TINY, "--trials", "2", "--scheduler", "none", "--max-concurrent", "1", "--storage", root,
             "--name", "srch"]
     s3.run("search.py", *args)
     trials = results.read_table(directory, "trials")
     assert sorted(trials["trial_id"]) == ["optuna-0000", "optuna-0001"]
     pareto = results.read_table(directory, "pareto")
     assert 1 <= len(pareto) <= 2 and set(pareto["trial_id"]) <= set(trials["trial_id"])
-    present = {name[: -len(".parquet")] for name in results.list_names(directory, "") if name.endswith(".parquet")}
+    present = {name[: -len(".parquet")] for name in storage.list_names(directory, "") if name.endswith(".parquet")}
     assert present >= {*TABLES, "pareto"}
     for name in present - {"trials", "pareto"}:
         assert set(results.read_table(directory, name)["trial_id"]) == set(trials["trial_id"])
-    assert results.exists(results.join(directory, "optuna.journal"))
+    assert storage.exists(storage.join(directory, "optuna.journal"))
     again = s3.run("search.py", *args, check=False)
     assert again.returncode == 2 and "this same search study" in again.stderr  # no silent second Optuna run
     s3.assert_no_credentials()

@@ -20,7 +20,7 @@ from analysis import optuna_study  # noqa: E402
 from analysis.figure_registry import make_figures  # noqa: E402
 from analysis.report import build_report  # noqa: E402
 from analysis.study import load_study  # noqa: E402
-from dpnp_ray import results  # noqa: E402
+from dpnp_ray import results, storage  # noqa: E402
 from dpnp_ray.config import ExperimentConfig  # noqa: E402
 from dpnp_ray.ray_train import TIME_ATTR  # noqa: E402
 from dpnp_ray.study import records  # noqa: E402
@@ -201,7 +201,7 @@ def test_journal_of_a_study_on_object_storage_is_kept_locally_and_copied(tmp_pat
     """--storage s3://... without --optuna-storage: a local journal at a path fixed by the study directory,
     copied back before --resume."""
     remote = {"s3://bucket/studies/big/optuna.journal": b"journal bytes"}
-    monkeypatch.setattr(results, "read_bytes", lambda location: remote[location])
+    monkeypatch.setattr(storage, "read_bytes", lambda location: remote[location])
     settings = StudySettings(name="big", storage="s3://bucket/studies")
     local, copy = journal_locations(settings, None)
     assert copy == "s3://bucket/studies/big/optuna.journal"

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from dpnp_ray import results
+from dpnp_ray import results, storage
 from dpnp_ray.provenance import SECRET_NAMES, redact
 from dpnp_ray.study.lock import LOCK_FILE, acquire, read_lock
 from dpnp_ray.study.study_file import STUDY_FILE
@@ -50,13 +50,13 @@ def test_redact_keeps_what_is_not_a_secret():
 
 def test_join_and_parent_keep_the_scheme_and_put_the_query_last():
     uri = "s3://bucket/studies?endpoint_override=127.0.0.1:9000&scheme=http"
-    assert results.join(uri, "s", "trials.parquet") == \
+    assert storage.join(uri, "s", "trials.parquet") == \
         "s3://bucket/studies/s/trials.parquet?endpoint_override=127.0.0.1:9000&scheme=http"
-    assert results.parent(results.join(uri, "s", "trials.parquet")) == results.join(uri, "s")
-    assert results.parent("s3://bucket/studies/s/trials.parquet") == "s3://bucket/studies/s"
-    assert results.join("/tmp/x/", "a", "b.json") == "/tmp/x/a/b.json"
-    assert results.parent("/tmp/x/a/b.json") == "/tmp/x/a"
-    assert results.join("/tmp/odd?name", "a") == "/tmp/odd?name/a"  # a local path has no query string
+    assert storage.parent(storage.join(uri, "s", "trials.parquet")) == storage.join(uri, "s")
+    assert storage.parent("s3://bucket/studies/s/trials.parquet") == "s3://bucket/studies/s"
+    assert storage.join("/tmp/x/", "a", "b.json") == "/tmp/x/a/b.json"
+    assert storage.parent("/tmp/x/a/b.json") == "/tmp/x/a"
+    assert storage.join("/tmp/odd?name", "a") == "/tmp/odd?name/a"  # a local path has no query string
 
 
 def test_a_storage_uri_pyarrow_cannot_open_is_one_line_without_its_secret():
@@ -83,18 +83,18 @@ def test_lock_refuses_a_second_driver_and_takes_over_a_dead_ones(tmp_path):
     with pytest.raises(StudyError, match=rf"pid {os.getpid()}.*--name"):
         acquire(directory)
     lock.release()
-    assert not results.exists(results.join(directory, LOCK_FILE))
+    assert not storage.exists(storage.join(directory, LOCK_FILE))
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # its pid now names no process (it was reaped)
-    location = results.join(directory, LOCK_FILE)
+    location = storage.join(directory, LOCK_FILE)
     acquire(directory).release()
-    results.write_bytes_atomic(location, ('{"host": "%s", "pid": %d}' % (os.uname().nodename, dead.pid)).encode())
+    storage.write_bytes_atomic(location, ('{"host": "%s", "pid": %d}' % (os.uname().nodename, dead.pid)).encode())
     taken = acquire(directory)  # the killed driver's lock does not block
     assert read_lock(location)["pid"] == os.getpid()
     taken.release()
 
-    results.write_bytes_atomic(location, b'{"host": "elsewhere.example", "pid": 1}')
+    storage.write_bytes_atomic(location, b'{"host": "elsewhere.example", "pid": 1}')
     with pytest.raises(StudyError, match=r"host elsewhere\.example.*remove .*driver\.lock"):
         acquire(directory)
     other = read_lock(location)

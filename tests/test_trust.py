@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from dpnp_ray import results
+from dpnp_ray import results, storage
 from dpnp_ray.study.preflight import settings_problems
 from dpnp_ray.study.best_configs import write_best_configs
 from dpnp_ray.study.records import export, model_path, points_path, record_path, scan_records, write_error_log
@@ -100,10 +100,10 @@ def test_a_tampered_trial_id_writes_nothing_outside_the_study(tmp_path, caplog, 
     assert [p for p in _files(tmp_path) if not p.startswith("storage/s/")] == \
         [p for p in outside if not p.startswith("storage/s/")]
     assert not (tmp_path / "x.yaml").exists() and not (tmp_path / "storage" / "x.yaml").exists()
-    assert list(results.read_table(results.parent(written["trials"]), "trials")["trial_id"]) == ["full-s0"]
+    assert list(results.read_table(storage.parent(written["trials"]), "trials")["trial_id"]) == ["full-s0"]
     warned = [r.getMessage() for r in caplog.records if "evil.json" in r.getMessage()]
     assert warned and all("'../../x'" in m and "tampered" in m for m in warned)
-    assert best == results.join(str(study), "best")
+    assert best == storage.join(str(study), "best")
 
 
 # ----------------------------------------------------------------------------------- point 9
@@ -209,7 +209,7 @@ def test_a_truncated_record_is_reported_by_name_not_silently_dropped(tmp_path, c
         written = export(str(study))
     lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert lines == [f"warning: export: {skipped[0]}; this trial is in none of the tables"]
-    assert list(results.read_table(results.parent(written["trials"]), "trials")["trial_id"]) == ["full-s0"]
+    assert list(results.read_table(storage.parent(written["trials"]), "trials")["trial_id"]) == ["full-s0"]
 
 
 def test_an_export_of_only_unreadable_records_says_so(tmp_path):

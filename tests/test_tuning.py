@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from dpnp_ray import results
+from dpnp_ray import results, storage
 from dpnp_ray.config import TEST_SUITE_FIELDS, ExperimentConfig, config_fields
 from dpnp_ray.steps import BranchOutputs, method_loss
 from dpnp_ray.methods import METHODS, WEIGHT_SWITCHES, loss_weights
@@ -257,7 +257,7 @@ def test_tuned_from_refuses_what_is_no_finished_comparison(search, ablation, tmp
     with pytest.raises(StudyError, match="plain: not an equal-budget comparison"):
         comparison_layer(str(tmp_path / "plain"))
     directory = _comparison(search, tmp_path)
-    results.delete(f"{directory}/best/pgd_at.yaml")
+    storage.delete(f"{directory}/best/pgd_at.yaml")
     with pytest.raises(StudyError, match="no chosen point of pgd_at .*--resume"):
         resolve(ablation, "ablation", "--tuned-from", directory, "--storage", str(tmp_path))
     proc = _script("ablation.py", "--tuned-from", str(tmp_path / "nowhere"), tmp_path=tmp_path)

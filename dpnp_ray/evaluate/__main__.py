@@ -25,7 +25,7 @@ import sys
 import time
 from typing import Any
 
-from .. import results
+from .. import results, storage
 from ..config import ExperimentConfig, parse_assignments
 from ..model_export import json_safe, load_model, read_model_metadata
 from ..provenance import provenance, redact
@@ -43,18 +43,18 @@ def evaluation_config(trained: dict[str, Any], suite: str, overrides: dict[str, 
 def default_out(model_dir: str) -> str:
     """Where a re-evaluation of `model_dir` goes unless --out says: `<study>/evaluations/<trial_id>` for a study's
     model (`<study>/models/<trial_id>`), else the sibling `<model dir>-evaluations`. Local paths and URIs alike."""
-    base, query = results.split_query(model_dir)
+    base, query = storage.split_query(model_dir)
     base = base.rstrip("/")
-    holder, name = results.parent(base), base.rsplit("/", 1)[-1]
+    holder, name = storage.parent(base), base.rsplit("/", 1)[-1]
     if holder.rsplit("/", 1)[-1] == "models" and "/" in holder:
-        return results.join(results.parent(holder), "evaluations", name) + query
+        return storage.join(storage.parent(holder), "evaluations", name) + query
     return f"{base}-evaluations{query}"
 
 
 def _same_location(a: str, b: str) -> bool:
-    if results.is_uri(a) or results.is_uri(b):
-        return results.split_query(a)[0].rstrip("/") == results.split_query(b)[0].rstrip("/")
-    return results.local_path(a).resolve() == results.local_path(b).resolve()
+    if storage.is_uri(a) or storage.is_uri(b):
+        return storage.split_query(a)[0].rstrip("/") == storage.split_query(b)[0].rstrip("/")
+    return storage.local_path(a).resolve() == storage.local_path(b).resolve()
 
 
 def evaluate_model(directory: str, suite: str = "full", *, device: str = "auto",
@@ -101,8 +101,8 @@ def evaluate_model(directory: str, suite: str = "full", *, device: str = "auto",
                "accuracies": accuracies, **result.summary,
                "config": {k: redact(v) if isinstance(v, str) else v for k, v in cfg.to_dict().items()},
                **provenance(str(env.device))}
-    location = results.join(out, f"evaluation-{suite}.json")
-    results.write_bytes_atomic(location, json.dumps(json_safe(summary), indent=1).encode())
+    location = storage.join(out, f"evaluation-{suite}.json")
+    storage.write_bytes_atomic(location, json.dumps(json_safe(summary), indent=1).encode())
     written["summary"] = location
     if log is not None:
         first = result.evals[:4]
@@ -135,8 +135,8 @@ def study_models(study_dir: str, variants: list[str] | None = None, seeds: list[
         done = done[done["variant"].isin(variants)]
     if seeds is not None:
         done = done[done["seed"].isin(seeds)]
-    chosen = [results.join(study_dir, "models", str(t)) for t in done["trial_id"]]
-    chosen = [d for d in chosen if results.exists(results.join(d, "model.json"))]
+    chosen = [storage.join(study_dir, "models", str(t)) for t in done["trial_id"]]
+    chosen = [d for d in chosen if storage.exists(storage.join(d, "model.json"))]
     if not chosen:
         asked = (f" of variants {variants}" if variants else "") + (f" of seeds {seeds}" if seeds else "")
         raise ValueError(f"{redact(study_dir)}: no exported model of a completed trial{asked} under models/")
@@ -145,7 +145,7 @@ def study_models(study_dir: str, variants: list[str] | None = None, seeds: list[
 
 def is_study_dir(location: str) -> bool:
     """A study directory (trials.parquet inside) rather than one model's directory."""
-    return results.exists(results.join(location, "trials.parquet"))
+    return storage.exists(storage.join(location, "trials.parquet"))
 
 
 def main(argv: list[str] | None = None) -> int:

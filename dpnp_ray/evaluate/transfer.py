@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import results
+from .. import results, storage
 from ..attacks import eval_mode
 from ..devices import Precision
 from ..provenance import provenance, redact
@@ -64,9 +64,9 @@ def study_models(study_dir: str) -> dict[str, str]:
     """trial_id -> model directory for every exported model of a study (<study>/models/<trial_id>/)."""
     from ..model_export import METADATA_FILE
 
-    folder = results.join(study_dir, "models")
-    names = [n for n in results.list_names(folder, "") if results.exists(results.join(folder, n, METADATA_FILE))]
-    return {name: results.join(folder, name) for name in names}
+    folder = storage.join(study_dir, "models")
+    names = [n for n in storage.list_names(folder, "") if storage.exists(storage.join(folder, n, METADATA_FILE))]
+    return {name: storage.join(folder, name) for name in names}
 
 
 def run_transfer(study_dir: str, *, n: int = 1000, steps: int | None = None, device: str = "auto",

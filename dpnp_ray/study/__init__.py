@@ -17,6 +17,7 @@
     optuna_storage  the Optuna storage: journal or RDB, checked before Ray starts
     plan, cost      --dry-run: the plan, and its cost model
     preflight       every input checked before Ray starts
+    cli             the study scripts' shared flags, settings from them, errors as one line, the summary table
 
 The face the study scripts use:
 

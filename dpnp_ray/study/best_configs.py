@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-from .. import results
+from .. import results, storage
 from ..config import TEST_SUITE_FIELDS
 from ..provenance import redact
 from .records import checked_id, read_records
@@ -46,22 +46,22 @@ def write_best_configs(study_dir: str, kind: str) -> str:
             values = [[_metric(r, "val_clean_acc"), _metric(r, "val_robust_acc")] for r in done]
             chosen = [r for r, keep in zip(done, results.pareto_mask(values) if done else []) if keep]
         reason = "on the Pareto front of the search's validation objectives"
-    directory = results.join(study_dir, BEST_DIR)
+    directory = storage.join(study_dir, BEST_DIR)
     names = set()
     for record in chosen:
         name = f"{checked_id(record['trial_id'])}.yaml"  # read_records left out ids that are no file name
         names.add(name)
-        results.write_bytes_atomic(results.join(directory, name), best_config_yaml(record, kind, reason).encode())
-    for stale in results.list_files(directory, ".yaml"):
+        storage.write_bytes_atomic(storage.join(directory, name), best_config_yaml(record, kind, reason).encode())
+    for stale in storage.list_files(directory, ".yaml"):
         if stale.rsplit("/", 1)[-1] not in names:
-            results.delete(stale)
+            storage.delete(stale)
     return directory
 
 
 def method_study_dir(study_dir: str, name: str, method: str) -> str:
     """Where `method`'s search of the comparison `name` lies: the study <study>/<name>-<method>/, whose name (in
     its tables, Optuna and the trackers) says both."""
-    return results.join(study_dir, method_study_name(name, method))
+    return storage.join(study_dir, method_study_name(name, method))
 
 
 def method_study_name(name: str, method: str) -> str:
@@ -84,7 +84,7 @@ def chosen_record(records: Sequence[dict[str, Any]], objective: str) -> dict[str
 def write_chosen_points(study_dir: str, name: str, methods: Sequence[str], objective: str) -> str:
     """<study>/best/<method>.yaml: each method's chosen point (`chosen_record`) from its search. StudyError naming
     the methods whose search has no completed trial (after writing the others). Returns the directory."""
-    directory, empty = results.join(study_dir, BEST_DIR), []
+    directory, empty = storage.join(study_dir, BEST_DIR), []
     rule = f"chosen by the validation split's {', then '.join(CHOICE_RULES[objective])} (objective {objective})"
     for method in methods:
         sub = method_study_dir(study_dir, name, method)
@@ -92,9 +92,9 @@ def write_chosen_points(study_dir: str, name: str, methods: Sequence[str], objec
         if record is None:
             empty.append(method)
             continue
-        text = best_config_yaml(record, "search", rule, retrain=results.join(BEST_DIR, f"{method}.yaml"),
-                                model=results.join(method_study_name(name, method), "models", record["trial_id"]))
-        results.write_bytes_atomic(results.join(directory, f"{method}.yaml"), text.encode())
+        text = best_config_yaml(record, "search", rule, retrain=storage.join(BEST_DIR, f"{method}.yaml"),
+                                model=storage.join(method_study_name(name, method), "models", record["trial_id"]))
+        storage.write_bytes_atomic(storage.join(directory, f"{method}.yaml"), text.encode())
     if empty:
         raise StudyError(f"no completed trial in the search of {', '.join(empty)} in {redact(study_dir)}: no chosen "
                          f"point for {'it' if len(empty) == 1 else 'them'}")
@@ -108,14 +108,14 @@ def comparison_layer(comparison_dir: str) -> dict[str, Any]:
     file the comparison started from); `tuned` (tuned_<method> -> every other method and its chosen parameters,
     from best/<method>.yaml) and `tuned_from`. StudyError when DIR holds no finished comparison."""
     where = redact(comparison_dir)
-    study = read_yaml(results.join(comparison_dir, STUDY_FILE), "--tuned-from: the comparison's study file")
+    study = read_yaml(storage.join(comparison_dir, STUDY_FILE), "--tuned-from: the comparison's study file")
     methods = study.get("methods") if isinstance(study, dict) and study.get("kind") == "search" else None
     if not methods or not isinstance(study.get("config"), dict):
         raise StudyError(f"--tuned-from {where}: not an equal-budget comparison (its {STUDY_FILE} records no search "
                          "with `methods`); run studies/search.py --methods first")
     tuned = {}
     for method in methods:
-        chosen = read_yaml(results.join(comparison_dir, BEST_DIR, f"{method}.yaml"),
+        chosen = read_yaml(storage.join(comparison_dir, BEST_DIR, f"{method}.yaml"),
                            f"--tuned-from {where}: {method}'s chosen point", missing_ok=True)
         params = chosen.get("params") if isinstance(chosen, dict) else None
         if not isinstance(params, dict) or (chosen.get("config") or {}).get("method") != method:

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from .. import results
+from .. import storage
 from ..provenance import error_line, redact
 from ..ray_train import Scaling, default_runner
 from .settings import StudyError, StudySettings
@@ -85,16 +85,16 @@ def absolute_storage(storage: str) -> str:
     return str(Path(storage).expanduser().resolve())
 
 
-def check_storage_writable(storage: str) -> None:
-    """Fail before any training if results could not be written there."""
-    probe = results.join(storage, f".dpnp_ray_write_probe_{os.getpid()}")
+def check_storage_writable(root: str) -> None:
+    """Fail before any training if results could not be written under `root` (--storage)."""
+    probe = storage.join(root, f".dpnp_ray_write_probe_{os.getpid()}")
     try:
-        results.write_bytes_atomic(probe, b"ok")
-        results.delete(probe)
-    except results.ResultsError as exc:  # a URI that cannot be opened at all; the message says why
+        storage.write_bytes_atomic(probe, b"ok")
+        storage.delete(probe)
+    except storage.ResultsError as exc:  # a URI that cannot be opened at all; the message says why
         raise StudyError(f"--storage: {exc}") from None
     except OSError as exc:
-        raise StudyError(f"--storage {redact(storage)!r} is not writable ({error_line(exc)}); pick a directory you "
+        raise StudyError(f"--storage {redact(root)!r} is not writable ({error_line(exc)}); pick a directory you "
                          "can write to, or a shared URI (s3://...) on multi-node clusters") from None
 
 

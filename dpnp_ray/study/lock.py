@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import results
+from .. import storage
 from ..provenance import redact
 from .settings import StudyError
 
@@ -42,13 +42,13 @@ class StudyLock:
     def release(self) -> None:
         holder = read_lock(self.location)
         if holder is not None and holder.get("token") == self.token:
-            results.delete(self.location)
+            storage.delete(self.location)
 
 
 def read_lock(location: str) -> dict[str, Any] | None:
     """The holder recorded in a lock file; None if there is none. An unreadable lock is held by 'unknown'."""
     try:
-        data = json.loads(results.read_bytes(location))
+        data = json.loads(storage.read_bytes(location))
     except (FileNotFoundError, OSError):
         return None
     except ValueError:  # a lock cut short: its holder is not known
@@ -71,7 +71,7 @@ def is_stale(holder: dict[str, Any], host: str | None = None) -> bool:
 
 def acquire(study_dir: str) -> StudyLock:
     """Take the study's lock, or raise StudyError naming who holds it."""
-    location = results.join(study_dir, LOCK_FILE)
+    location = storage.join(study_dir, LOCK_FILE)
     token = secrets.token_hex(16)
     mine = {"host": socket.gethostname(), "pid": os.getpid(), "started_at": time.time(), "token": token,
             "command": redact(" ".join([Path(sys.executable).name, *sys.argv]))}
@@ -79,15 +79,15 @@ def acquire(study_dir: str) -> StudyLock:
     if holder is not None:
         if not is_stale(holder):
             raise _held(location, holder)
-        results.delete(location)  # its driver was killed
+        storage.delete(location)  # its driver was killed
     data = json.dumps(mine).encode()
-    if results.is_uri(location):
-        results.write_bytes_atomic(location, data)
+    if storage.is_uri(location):
+        storage.write_bytes_atomic(location, data)
         holder = read_lock(location)
         if holder is None or holder.get("token") != token:
             raise _held(location, holder or {"host": "unknown", "pid": None})
     else:
-        _create_exclusive(results.local_path(location), data, lambda: _held(location, read_lock(location) or {}))
+        _create_exclusive(storage.local_path(location), data, lambda: _held(location, read_lock(location) or {}))
     return StudyLock(location, token)
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import optuna
 import pandas as pd
 
-from .. import results
+from .. import results, storage
 from .search_space import OBJECTIVES
 from .optuna_storage import make_storage
 from .settings import StudyError
@@ -57,12 +57,12 @@ def _match(trial: optuna.trial.FrozenTrial, rows: pd.DataFrame) -> str:
 
 def migrate_search(study_dir: str) -> bool:
     """Migrate the search in study_dir in place; False when it already has the current form."""
-    journal = results.join(study_dir, JOURNAL)
-    storage = make_storage(journal)
-    names = optuna.get_all_study_names(storage)
+    journal = storage.join(study_dir, JOURNAL)
+    optuna_storage = make_storage(journal)
+    names = optuna.get_all_study_names(optuna_storage)
     if len(names) != 1:
         raise StudyError(f"{journal}: {len(names)} studies; a search's journal holds one")
-    study = optuna.load_study(study_name=names[0], storage=storage)
+    study = optuna.load_study(study_name=names[0], storage=optuna_storage)
     table = results.read_table(study_dir, "trials")
     if study.metric_names is not None and all("trial_id" in t.user_attrs for t in study.trials) \
             and "optuna_trial" in table.columns:
@@ -73,7 +73,7 @@ def migrate_search(study_dir: str) -> bool:
 
     metric_names = study.metric_names or (OBJECTIVES["multi"][0] if len(study.directions) == 2 else None)
     fresh_path = journal + ".migrating"
-    results.local_path(fresh_path).unlink(missing_ok=True)
+    storage.local_path(fresh_path).unlink(missing_ok=True)
     fresh = optuna.create_study(study_name=study.study_name, storage=make_storage(fresh_path),
                                 directions=study.directions)
     if metric_names:
@@ -87,7 +87,7 @@ def migrate_search(study_dir: str) -> bool:
             state=trial.state, values=trial.values, params=trial.params, distributions=trial.distributions,
             user_attrs={**trial.user_attrs, "trial_id": ids[trial.number]}, system_attrs=trial.system_attrs,
             intermediate_values=trial.intermediate_values))
-    results.local_path(fresh_path).replace(results.local_path(journal))
+    storage.local_path(fresh_path).replace(storage.local_path(journal))
 
     number = {trial_id: n for n, trial_id in ids.items()}
     table["optuna_trial"] = table["trial_id"].map(number).astype("Int64")
@@ -105,13 +105,13 @@ def migrate_autoattack_csv(study_dir: str) -> bool:
     from ..evaluate.accuracy import eval_row
     from ..evaluate.external import AUTOATTACK_ITERATIONS, AUTOATTACK_VERSIONS
 
-    csv = results.join(study_dir, AA_STANDARD_CSV)
-    if not results.exists(csv):
+    csv = storage.join(study_dir, AA_STANDARD_CSV)
+    if not storage.exists(csv):
         return False
-    frame = pd.read_csv(results.local_path(csv))
+    frame = pd.read_csv(storage.local_path(csv))
     for row in frame.to_dict("records"):
         keys = {k: row[k] for k in results.KEY_COLUMNS}
-        out = results.join(study_dir, "evaluations", str(row["trial_id"]))
+        out = storage.join(study_dir, "evaluations", str(row["trial_id"]))
         version = str(row["aa_version"])
         evals = [{**keys, **eval_row("autoattack", eps=row["eps"], steps=AUTOATTACK_ITERATIONS, restarts=1,
                                      n=row["n"], accuracy=row["aa_standard_acc"], suite="full",
@@ -121,8 +121,8 @@ def migrate_autoattack_csv(study_dir: str) -> bool:
                    "aa_n": int(row["n"]), "aa_code": version, "clean_acc_checked": row["clean_acc"],
                    "seconds": row["seconds"],
                    "converted_from": f"{AA_STANDARD_CSV} of the retired studies/autoattack_standard.py"}
-        results.write_bytes_atomic(results.join(out, "evaluation-full.json"), json.dumps(summary, indent=1).encode())
-    results.delete(csv)
+        storage.write_bytes_atomic(storage.join(out, "evaluation-full.json"), json.dumps(summary, indent=1).encode())
+    storage.delete(csv)
     return True
 
 
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dpnp_ray.study.migrate", description=__doc__.split("\n\n")[0])
     parser.add_argument("study_dir", help="a study's directory")
     args = parser.parse_args(argv)
-    search = results.exists(results.join(args.study_dir, "optuna.journal"))
+    search = storage.exists(storage.join(args.study_dir, "optuna.journal"))
     changed = migrate_search(args.study_dir) if search else False
     changed = migrate_autoattack_csv(args.study_dir) or changed
     print(f"{args.study_dir}: {'migrated' if changed else 'already current'}")

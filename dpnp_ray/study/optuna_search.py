@@ -17,7 +17,7 @@ from typing import Any, Callable
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
-from .. import results
+from .. import results, storage
 from ..config import ExperimentConfig
 from ..provenance import redact
 from ..ray_train import TIME_ATTR, find_final_record
@@ -130,14 +130,14 @@ def run_search(spec: SearchSpec, settings: StudySettings, *,
 
     configs, extend = spec.configs(), spec.extend
     settings = resolve(settings)
-    storage_problems, storage = (optuna_storage_problems(spec.optuna_storage) if spec.optuna_storage
-                                 else ([], None))
+    storage_problems, optuna_storage = (optuna_storage_problems(spec.optuna_storage) if spec.optuna_storage
+                                        else ([], None))
     preflight.check(settings, configs, spec.problems() + storage_problems)
     storage_location, journal_copy = journal_locations(settings, spec.optuna_storage,
                                                        restore=settings.resume or extend)
-    if storage is None:  # the default journal: in the study directory checked above, or kept locally
-        storage = make_storage(storage_location)
-    if not (settings.resume or extend) and settings.name in optuna.get_all_study_names(storage):
+    if optuna_storage is None:  # the default journal: in the study directory checked above, or kept locally
+        optuna_storage = make_storage(storage_location)
+    if not (settings.resume or extend) and settings.name in optuna.get_all_study_names(optuna_storage):
         raise preflight.PreflightError([
             f"--name {settings.name}: the Optuna storage {redact(storage_location)!r} already holds a study of that "
             "name, and a new search would add its trials to it; continue it with --resume, or use another --name"])
@@ -155,7 +155,7 @@ def run_search(spec: SearchSpec, settings: StudySettings, *,
                            cfg if spec.method is not None else None),
         metric=metric, mode=mode,
         points_to_evaluate=None if settings.resume or extend else [spec.first_point],
-        sampler=make_sampler(spec.sampler, spec.seed), study_name=settings.name, storage=storage, seed=spec.seed,
+        sampler=make_sampler(spec.sampler, spec.seed), study_name=settings.name, storage=optuna_storage, seed=spec.seed,
         study=settings.name, train_storage=settings.train_storage,
         intermediate=AshaSettings.metric if isinstance(metric, list) else metric,  # the scheduler's scalar
     )
@@ -177,11 +177,11 @@ def run_search(spec: SearchSpec, settings: StudySettings, *,
     tuner = build_tuner(settings, context, tune_config=tune_config)
     try:
         written = finish(tuner.fit(), settings, context)  # raises when trials are left to --resume
-        settle_orphaned_trials(storage, settings.name, settings.directory,
+        settle_orphaned_trials(optuna_storage, settings.name, settings.directory,
                                list(metric) if isinstance(metric, list) else [metric])
     finally:
         if journal_copy and Path(storage_location).exists():  # also when interrupted: --resume starts from it
-            results.write_bytes_atomic(journal_copy, results.local_path(storage_location).read_bytes())
+            storage.write_bytes_atomic(journal_copy, storage.local_path(storage_location).read_bytes())
     frame = results.read_table(settings.directory, "trials")
     objectives = tuple(metric) if isinstance(metric, list) else (metric,)
     done = frame[frame["status"] == "completed"]

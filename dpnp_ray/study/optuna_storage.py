@@ -11,7 +11,7 @@ from typing import Any
 
 import optuna
 
-from .. import results
+from .. import storage
 from ..provenance import redact
 from .settings import StudySettings
 
@@ -22,7 +22,7 @@ def make_storage(location: str):
         return optuna.storages.RDBStorage(location)
     from optuna.storages.journal import JournalFileBackend
 
-    path = results.local_path(location)
+    path = storage.local_path(location)
     path.parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
 
@@ -54,8 +54,8 @@ def journal_locations(settings: StudySettings, optuna_storage: str | None,
     restore = settings.resume if restore is None else restore
     if optuna_storage:
         return optuna_storage, None
-    journal = results.join(settings.directory, "optuna.journal")
-    if not results.is_uri(settings.directory):
+    journal = storage.join(settings.directory, "optuna.journal")
+    if not storage.is_uri(settings.directory):
         return journal, None
     digest = hashlib.sha256(settings.directory.encode()).hexdigest()[:16]
     local = Path(tempfile.gettempdir()) / "dpnp_ray_optuna" / f"{settings.name}-{digest}.journal"
@@ -63,7 +63,7 @@ def journal_locations(settings: StudySettings, optuna_storage: str | None,
     local.unlink(missing_ok=True)  # a fresh study starts empty; a resumed one from the copy in storage
     if restore:
         try:
-            local.write_bytes(results.read_bytes(journal))
+            local.write_bytes(storage.read_bytes(journal))
         except OSError:  # no copy yet: the study stopped before its first end
             pass
     return str(local), journal

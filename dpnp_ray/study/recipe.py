@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from .. import results
+from .. import storage
 from ..analysis_plan import DEFAULT_ANALYSIS, full_analysis
 from ..config import ExperimentConfig, parse_assignments
 from ..provenance import error_line, redact
@@ -104,15 +104,15 @@ class Recipe:
         from .cluster import absolute_storage, check_storage_writable
         from .lock import acquire
 
-        storage = absolute_storage(self.study["storage"])
-        check_storage_writable(storage)
+        root = absolute_storage(self.study["storage"])
+        check_storage_writable(root)
         if self._lock is None:
-            self._lock = acquire(results.join(storage, self.study["name"]))
-        location = results.join(storage, self.study["name"], STUDY_FILE)
+            self._lock = acquire(storage.join(root, self.study["name"]))
+        location = storage.join(root, self.study["name"], STUDY_FILE)
         header = (f"The resolved {self.kind} study (defaults + --config file + flags), written before it trained.\n"
                   f"Run it again: python studies/{self.kind}.py --config {STUDY_FILE} (flags override the file).")
         document = {"kind": self.kind, "command": self.command, **self.study}
-        results.write_bytes_atomic(location, dump_yaml(redacted(_ordered(document, self.kind)), header).encode())
+        storage.write_bytes_atomic(location, dump_yaml(redacted(_ordered(document, self.kind)), header).encode())
         return location
 
 
@@ -154,8 +154,8 @@ def resolve_study(parser: argparse.ArgumentParser, kind: str, *, defaults: dict[
         raise PreflightError(credential_problems(fresh["storage"]))
     if name_problem("--name", fresh["name"]):  # `..` would make the study directory the storage's parent
         raise StudyError(name_problem("--name", fresh["name"]))
-    directory = results.join(absolute_storage(fresh["storage"]), fresh["name"])
-    location = results.join(directory, STUDY_FILE)
+    directory = storage.join(absolute_storage(fresh["storage"]), fresh["name"])
+    location = storage.join(directory, STUDY_FILE)
     recorded = None
     if args.resume:
         recorded = read_yaml(location, "recorded study", missing_ok=True)
@@ -237,12 +237,12 @@ def _check_unclaimed(directory: str, study: dict[str, Any], kind: str) -> None:
     whether it is another study or this same one (its trials would be taken as done, a search would add to
     its Optuna study), in one line naming --resume and --name. Nothing is written."""
     try:
-        found = [name for name in results.list_names(directory, "") if name in STUDY_CONTENT]
+        found = [name for name in storage.list_names(directory, "") if name in STUDY_CONTENT]
     except OSError as exc:
         raise StudyError(f"--storage: cannot look into {redact(directory)} ({error_line(exc)})") from None
     if not found:
         return
-    recorded = read_yaml(results.join(directory, STUDY_FILE), "recorded study", missing_ok=True)
+    recorded = read_yaml(storage.join(directory, STUDY_FILE), "recorded study", missing_ok=True)
     if isinstance(recorded, dict) and recorded.get("kind") == kind:
         before, after = _comparable(recorded), _comparable({"kind": kind, **study})
         changed = [k for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
@@ -342,7 +342,7 @@ def _finished_trials(study: dict[str, Any], recorded: dict[str, Any], location: 
     """A growing search: how many trials already ended; all the recorded ones must have."""
     from .cluster import absolute_storage
 
-    directory = results.join(absolute_storage(study["storage"]), study["name"])
+    directory = storage.join(absolute_storage(study["storage"]), study["name"])
     counts = {len(read_records(method_study_dir(directory, study["name"], m))) for m in study.get("methods") or []}
     if len(counts) > 1:
         raise StudyError(f"--resume --trials {study['trials']}: the methods' searches in {redact(directory)} ended "

@@ -18,7 +18,7 @@ import json
 import logging
 from typing import Any
 
-from .. import results
+from .. import results, storage
 from ..provenance import redact
 from .settings import NAME_RULE, StudyError, name_problem
 
@@ -74,36 +74,36 @@ def checked_id(trial_id: Any) -> str:
 
 def write_error_log(study_dir: str, trial: str, text: str) -> str:
     """Keep a failed trial's full traceback; returns where (the record's error_log, credentials redacted)."""
-    location = results.join(study_dir, "logs", f"{checked_id(trial)}.log")
-    results.write_bytes_atomic(location, redact(text).encode())
+    location = storage.join(study_dir, "logs", f"{checked_id(trial)}.log")
+    storage.write_bytes_atomic(location, redact(text).encode())
     return redact(location)
 
 
 def record_path(study_dir: str, trial_id: str) -> str:
-    return results.join(study_dir, "trials", f"{checked_id(trial_id)}.json")
+    return storage.join(study_dir, "trials", f"{checked_id(trial_id)}.json")
 
 
 def model_path(study_dir: str, trial_id: str) -> str:
     """Where a completed trial's selected model is exported (model_export.py)."""
-    return results.join(study_dir, "models", checked_id(trial_id))
+    return storage.join(study_dir, "models", checked_id(trial_id))
 
 
 def points_path(study_dir: str, trial_id: str) -> str:
     """Where a completed trial's per-point results are written (a Parquet file: they would bloat the record)."""
-    return results.join(study_dir, "points", f"{checked_id(trial_id)}.parquet")
+    return storage.join(study_dir, "points", f"{checked_id(trial_id)}.parquet")
 
 
 def read_record(path: str) -> dict[str, Any] | None:
     """The record at path, or None if there is none yet or it cannot be read."""
     try:
-        return json.loads(results.read_bytes(path))
+        return json.loads(storage.read_bytes(path))
     except (FileNotFoundError, OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
 
 
 def write_record(study_dir: str, record: dict[str, Any]) -> None:
     """Write a trial's record atomically under its trial_id."""
-    results.write_bytes_atomic(record_path(study_dir, record["trial_id"]), json.dumps(record, default=str).encode())
+    storage.write_bytes_atomic(record_path(study_dir, record["trial_id"]), json.dumps(record, default=str).encode())
 
 
 def scan_records(study_dir: str) -> tuple[list[dict[str, Any]], list[str]]:
@@ -111,10 +111,10 @@ def scan_records(study_dir: str) -> tuple[list[dict[str, Any]], list[str]]:
     A record is valid when it is a JSON mapping whose trial_id is a safe name (checked_id) equal to its file's
     name: a truncated or tampered file is left out of everything built from the records, and said so."""
     records, skipped = [], []
-    for path in results.list_files(results.join(study_dir, "trials"), ".json"):
+    for path in storage.list_files(storage.join(study_dir, "trials"), ".json"):
         stem = path.split("?", 1)[0].rsplit("/", 1)[-1][:-len(".json")]
         try:
-            record = json.loads(results.read_bytes(path))
+            record = json.loads(storage.read_bytes(path))
         except FileNotFoundError:
             continue  # removed since it was listed
         except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -199,7 +199,7 @@ def _collect_points(study_dir: str, records: list[dict[str, Any]]):
     frames = []
     for record in records:
         location = points_path(study_dir, record["trial_id"])
-        if record.get("status") != "completed" or not results.exists(location):
+        if record.get("status") != "completed" or not storage.exists(location):
             continue
         frame = results.read_points_file(location)
         for key in results.KEY_COLUMNS:

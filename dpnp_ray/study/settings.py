@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .. import results
+from .. import storage
 from ..ray_train import Scaling
 
 
@@ -20,7 +20,7 @@ TUNE_EXPERIMENT = "tune"
 
 def ray_path(study_dir: str, *parts: str) -> str:
     """A location inside a study's RAY_FOLDER."""
-    return results.join(study_dir, RAY_FOLDER, *parts)
+    return storage.join(study_dir, RAY_FOLDER, *parts)
 
 
 class StudyError(RuntimeError):
@@ -58,7 +58,7 @@ class StudySettings:
 
     @property
     def directory(self) -> str:
-        return results.join(self.storage, self.name)
+        return storage.join(self.storage, self.name)
 
     @property
     def tune_storage(self) -> str:

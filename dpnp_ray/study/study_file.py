@@ -41,7 +41,7 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
-from .. import results
+from .. import storage
 from ..analysis_plan import DEFAULT_ANALYSIS, analysis_problems
 from ..config import SEED_MAX, ConfigError
 from ..methods import METHODS
@@ -88,7 +88,7 @@ def dump_yaml(data: Any, header: str = "") -> str:
 def read_yaml(location: str, what: str, *, missing_ok: bool = False) -> Any:
     """The YAML at location (local path or URI); StudyError naming `what` and the file when it cannot be read."""
     try:
-        text = results.read_bytes(location)
+        text = storage.read_bytes(location)
     except (FileNotFoundError, OSError) as exc:
         if missing_ok:
             return None

@@ -26,7 +26,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from .. import results
+from .. import storage
 from ..provenance import redact
 from .records import model_path, read_record, record_path
 from .settings import StudyError
@@ -66,11 +66,11 @@ def resolve_mlflow_uri(study_dir: str, tracking_uri: str | None) -> str:
     """The given URI, else a SQLite store in the study directory (which must then be local)."""
     if tracking_uri:
         return tracking_uri
-    if results.is_uri(study_dir):
+    if storage.is_uri(study_dir):
         raise StudyError(f"--log-to mlflow with --storage {redact(study_dir)!r}: the default MLflow store is a "
                          "SQLite file in the study directory, which must be local; pass --mlflow-tracking-uri "
                          "(an MLflow server, or sqlite:////path/to/mlflow.db)")
-    return "sqlite:///" + str(results.local_path(study_dir) / "mlflow.db")
+    return "sqlite:///" + str(storage.local_path(study_dir) / "mlflow.db")
 
 
 def _mlflow_experiment(tracking_uri: str, name: str, artifact_location: str | None) -> None:
@@ -201,13 +201,13 @@ class StudyTrackerState:
 
     def artifacts(self, trial) -> list[str]:
         """Local directories and files to attach to the trial's run: its exported model and study.yaml."""
-        if results.is_uri(self.study_dir):
+        if storage.is_uri(self.study_dir):
             return []
         who = self.identity(trial)
         paths = []
         if who is not None:
             paths.append(model_path(self.study_dir, who.trial_id))
-        paths.append(results.join(self.study_dir, "study.yaml"))
+        paths.append(storage.join(self.study_dir, "study.yaml"))
         return [p for p in paths if os.path.exists(p)]
 
 
@@ -324,7 +324,7 @@ def tracker_callbacks(log_to: tuple[str, ...], *, study_dir: str, study: str, ki
         callbacks.append(_tensorboard_callback_class()(state()))
     if "mlflow" in log_to:
         uri = resolve_mlflow_uri(study_dir, mlflow_tracking_uri)
-        artifacts = None if mlflow_tracking_uri else str(results.local_path(study_dir) / "mlflow-artifacts")
+        artifacts = None if mlflow_tracking_uri else str(storage.local_path(study_dir) / "mlflow-artifacts")
         _mlflow_experiment(uri, study, artifacts)
         callbacks.append(_mlflow_callback_class()(state(), tracking_uri=uri, experiment_name=study,
                                                   tags={"study": study, "study_kind": kind}))

@@ -26,7 +26,7 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from .. import results
+from .. import storage
 from ..config import ConfigError, ExperimentConfig
 from ..provenance import provenance, redact
 from ..ray_train import (FINAL_FILE, FINAL_PREFIX, Scaling, TrialIO, find_final_record, make_trainer, outcome_metrics,
@@ -121,7 +121,7 @@ class TuneIO(TrialIO):
     (`<train storage>/<run name>/final_<ns>/final.json`), so whatever reads final records reads both runners'."""
 
     def __init__(self, train_storage: str, run_name: str):
-        self.run = results.join(train_storage, run_name)
+        self.run = storage.join(train_storage, run_name)
         self.final: dict[str, Any] | None = None  # the record of the final report, once made
 
     def device(self, cfg: ExperimentConfig, use_gpu: bool):
@@ -142,7 +142,7 @@ class TuneIO(TrialIO):
 
         if directory and name.startswith(FINAL_PREFIX):
             final = Path(directory, FINAL_FILE).read_bytes()
-            results.write_bytes_atomic(results.join(self.run, name, FINAL_FILE), final)
+            storage.write_bytes_atomic(storage.join(self.run, name, FINAL_FILE), final)
             self.final = json.loads(final)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory) if directory else None)
 
@@ -258,7 +258,7 @@ class StopAtEpochEnd(ASHAScheduler):
         if name is None:
             return decision
         request = f"stopped by ASHA at epochs_done={result.get('epochs_done')}"
-        results.write_bytes_atomic(stop_request_path(self.study_dir, name), request.encode())
+        storage.write_bytes_atomic(stop_request_path(self.study_dir, name), request.encode())
         self.stop_requested.add(trial.trial_id)
         return TrialScheduler.CONTINUE
 

@@ -10,11 +10,11 @@ import textwrap
 from dataclasses import fields
 from typing import Any, Callable
 
-from . import results
-from .config import ConfigError, ExperimentConfig, field_choices
-from .provenance import redact
-from .ray_train import RUNNERS, Scaling
-from .study.settings import StudySettings
+from .. import storage
+from ..config import ConfigError, ExperimentConfig, field_choices
+from ..provenance import redact
+from ..ray_train import RUNNERS, Scaling
+from .settings import StudySettings
 
 # Ray's driver merges worker log lines that look alike across processes ("[repeated 3x across cluster]"): the
 # epoch lines of different trials look alike, so it hid some of them. The study scripts print each line once
@@ -113,12 +113,12 @@ def scaling(args: argparse.Namespace) -> Scaling:
 
 def study_settings(args: argparse.Namespace) -> StudySettings:
     """The StudySettings of the flags add_common_flags defines; a tracker that is not installed is an error here."""
-    from .study.trackers import check_installed, parse_log_to, resolve_mlflow_uri
+    from .trackers import check_installed, parse_log_to, resolve_mlflow_uri
 
     log_to = parse_log_to(args.log_to)
     check_installed(log_to)
     if "mlflow" in log_to:
-        resolve_mlflow_uri(results.join(args.storage, args.name), args.mlflow_tracking_uri)  # a store it can use
+        resolve_mlflow_uri(storage.join(args.storage, args.name), args.mlflow_tracking_uri)  # a store it can use
     return StudySettings(name=args.name, storage=args.storage, scaling=scaling(args),
                          max_concurrent=args.max_concurrent, cluster=args.cluster, address=args.address,
                          resume=args.resume, local_cpus=args.local_cpus, log_to=log_to,
@@ -127,9 +127,9 @@ def study_settings(args: argparse.Namespace) -> StudySettings:
 
 def run_cli(main: Callable[[], int]) -> None:
     """Run a study's main; known user errors become one line on stderr and exit code 2."""
-    from .results import ResultsError
-    from .study.settings import StudyError
-    from .study.tuner import StudyInterrupted
+    from ..results import ResultsError
+    from .settings import StudyError
+    from .tuner import StudyInterrupted
 
     # Ctrl-C ends the driver at once (KeyboardInterrupt) instead of Tune's graceful stop, which reports
     # unfinished trials as ended; Tune's experiment state is saved as it goes, so --resume continues.
@@ -152,7 +152,7 @@ def console_summary(trials, group: str = "variant") -> str:
     """Mean (and std over seeds) of the headline metrics per group, as fixed-width text."""
     import pandas as pd
 
-    from .results import points_measured
+    from ..results import points_measured
 
     metrics = [m for m in ("clean_acc", "pgd_acc", "cw_acc", "aa_acc", "corruption_acc", "val_robust_acc")
                if m in trials and trials[m].notna().any()]
@@ -189,7 +189,7 @@ def exit_code(trials, stream=None) -> int:
         ids = group["trial_id"].tolist()
         logs = [redact(log) for log in group.get("error_log", []) if isinstance(log, str) and log]
         where = "no log" if not logs else f"full log: {logs[0]}" + (
-            f" (one per trial in {results.parent(logs[0])}/)" if len(logs) > 1 else "")
+            f" (one per trial in {storage.parent(logs[0])}/)" if len(logs) > 1 else "")
         print(f"  {len(ids)} x {redact(error) or '(no message)'}  [{', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''}]; "
               f"{where}", file=stream)
     return 1
@@ -197,9 +197,9 @@ def exit_code(trials, stream=None) -> int:
 
 def print_locations(written: dict[str, str], settings: StudySettings | None = None) -> None:
     """The results directory, every file the study wrote, and where each tracker (--log-to) has the trials."""
-    from .study.trackers import tracker_locations
+    from .trackers import tracker_locations
 
-    directory = results.parent(written["trials"])
+    directory = storage.parent(written["trials"])
     print(f"\nresults: {redact(directory)}")
     for table, location in written.items():
         print(f"  {table:14s} {redact(location)}")
