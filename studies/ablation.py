@@ -5,9 +5,9 @@ r"""The Adv-DPNP ablation grid: every variant x seed, one Ray Tune trial each (D
     python studies/ablation.py --dry-run    # the plan and its estimated bill; trains nothing
     python studies/ablation.py --cluster --dataset cifar10 --model resnet18 --epochs 100 \
         --workers 2 --gpus-per-worker 1 --storage s3://bucket/studies --seeds 0 1 2
-    python studies/ablation.py --config study.yaml --epochs 20   # a study file; flags override it
-    python studies/ablation.py --resume --seeds 0 1 2 3 4        # grow a recorded study by two seeds
-    python studies/ablation.py --tuned-from results/tuned        # each method at its tuned point
+    python studies/ablation.py --config study.yaml --epochs 20  # a study file; flags override it
+    python studies/ablation.py --resume --seeds 0 1 2 3 4       # grow a study by two seeds
+    python studies/ablation.py --tuned-from results/tuned       # each method at its tuned point
 Results: <storage>/<name>/{trials,epochs,evals,...}.parquet (schema in docs/results.md),
 study.yaml (the resolved study), models/<trial_id>/ (each trial's model),
 best/<variant's best trial>.yaml.

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import textwrap
 from dataclasses import fields
 from typing import Any, Callable
 
 from .. import storage
-from ..config import ConfigError, ExperimentConfig, field_choices
+from ..config import ConfigError, ExperimentConfig, field_choices, fields_help
 from ..provenance import redact
 from ..ray_train import RUNNERS, Scaling
 from .settings import StudySettings
@@ -35,22 +33,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
 def config_epilog(defaults: dict[str, Any]) -> str:
     """Every config field with the value this study gives it unless --set (or a flag) changes it."""
-    base = ExperimentConfig()
-    values = {f.name: defaults.get(f.name, getattr(base, f.name)) for f in fields(ExperimentConfig)}
-    items = [f"{name}={_as_assignment(value)}" for name, value in values.items()]
-    text = textwrap.fill("  ".join(items), width=100, initial_indent="  ", subsequent_indent="  ",
-                         break_on_hyphens=False)
-    return ("config fields for --set, with this study's defaults (auto: derived from other fields; the allowed "
-            f"values of each field: python -m dpnp_ray --help):\n{text}")
-
-
-def _as_assignment(value: Any) -> str:
-    """A default written the way --set FIELD=VALUE takes it (JSON for booleans and lists)."""
-    if value is None:
-        return "auto"
-    if isinstance(value, (bool, list, tuple)):
-        return json.dumps(list(value) if isinstance(value, tuple) else value, separators=(",", ":"))
-    return str(value)
+    return ("config fields for --set, with this study's defaults (auto: derived from other fields;\n"
+            f"the allowed values of each field: python -m dpnp_ray --help):\n{fields_help(defaults)}")
 
 
 def add_common_flags(parser: argparse.ArgumentParser, default_name: str,
