@@ -199,8 +199,14 @@ def test_epoch_lines_leave_out_what_the_method_does_not_measure_and_the_summary_
                            "status": "completed", "clean_acc": [0.9, 0.92], "pgd_acc": [0.5, 0.52],
                            "aa_acc": [0.45, 0.47], "eval_n": 359, "aa_n": 100})
     summary = console_summary(trials)
-    assert ("(mean±std over n seeds; clean_acc on 359 test points, pgd_acc on 359 test points, aa_acc on 100 test "
-            "points)") in summary
+    assert ("(mean±std over n seeds; clean_acc, pgd_acc on 359 test points; aa_acc on 100 test points)"
+            in summary)
+    trials["val_robust_acc"] = [0.6, 0.61]
+    trials["corruption_acc"] = [0.7, 0.71]
+    trials["corruption_n"] = 10000
+    note = console_summary(trials).split("(mean±std", 1)[1]
+    assert all(len(line) <= HELP_WIDTH for line in note.splitlines()) and len(note.splitlines()) == 2
+    assert "val_robust_acc on the validation split" in note.replace("\n", " ")
 
 
 def test_the_study_scripts_turn_off_rays_merging_of_look_alike_lines():

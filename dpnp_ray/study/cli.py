@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 from dataclasses import fields
 from typing import Any, Callable
 
 from .. import storage
-from ..config import ConfigError, ExperimentConfig, field_choices, fields_help
+from ..config import HELP_WIDTH, ConfigError, ExperimentConfig, field_choices, fields_help
 from ..provenance import redact
 from ..ray_train import RUNNERS, Scaling
 from .settings import StudySettings
@@ -136,8 +137,6 @@ def console_summary(trials, group: str = "variant") -> str:
     """Mean (and std over seeds) of the headline metrics per group, as fixed-width text."""
     import pandas as pd
 
-    from ..results import points_measured
-
     metrics = [m for m in ("clean_acc", "pgd_acc", "cw_acc", "aa_acc", "corruption_acc", "val_robust_acc")
                if m in trials and trials[m].notna().any()]
     done = trials[trials["status"] == "completed"]
@@ -152,13 +151,25 @@ def console_summary(trials, group: str = "variant") -> str:
                 cells[m] = f"{row[(m, 'mean')]:.3f}" + ("" if pd.isna(std) else f"±{std:.3f}")
             rows.append(pd.Series(cells, name=name))
         lines.append(pd.DataFrame(rows).to_string())
-        measured = [f"{m} on {points}" for m in metrics if (points := points_measured(done, m))]
-        lines.append(f"(mean±std over n seeds; {', '.join(measured)})" if measured else "(mean±std over n seeds)")
+        lines.append(_points_note(done, metrics))
     for status, what in (("stopped", "stopped early by the scheduler"), ("failed", "failed (errors below)")):
         ids = trials.loc[trials["status"] == status, "trial_id"].tolist()
         if ids:
             lines.append(f"{what}: {len(ids)} ({', '.join(ids[:8])}{', ...' if len(ids) > 8 else ''})")
     return "\n".join(lines) if lines else "(no trials)"
+
+
+def _points_note(done, metrics: list[str]) -> str:
+    """'(mean±std over n seeds; clean_acc, pgd_acc on 359 test points; aa_acc on 100 test points)', wrapped."""
+    from ..results import points_measured
+
+    on: dict[str, list[str]] = {}
+    for metric in metrics:
+        if points := points_measured(done, metric):
+            on.setdefault(points, []).append(metric)
+    measured = "; ".join(f"{', '.join(names)} on {points}" for points, names in on.items())
+    return textwrap.fill(f"(mean±std over n seeds{'; ' + measured if measured else ''})", width=HELP_WIDTH,
+                         break_on_hyphens=False, break_long_words=False)
 
 
 def exit_code(trials, stream=None) -> int:
