@@ -314,3 +314,16 @@ def test_a_record_older_than_the_analysis_plan_resumes_with_the_default_plan(abl
     file.write_text("analysis: {margin: 2.0}\n")
     with pytest.raises(StudyError, match=r"analysis.margin: recorded '\(absent\)', now 2.0"):
         resolve(ablation, "ablation", *common, "--resume", "--config", str(file))
+
+
+def test_given_flags_are_those_on_the_command_line_even_at_their_default_values(ablation, search):
+    from dpnp_ray.study.recipe import given_flags
+
+    parser = ablation.build_parser()
+    before = vars(parser.parse_args([]))
+    assert given_flags(parser, []) == set()
+    assert before["max_failures"] == 2
+    assert given_flags(parser, ["--seeds", "0", "--smoke", "--max-failures", "2"]) == {"seeds", "smoke", "max_failures"}
+    assert given_flags(parser, ["--set", "lr=0.1", "--epochs", "3"]) == {"set", "epochs"}
+    assert vars(parser.parse_args([])) == before  # the parser's defaults are untouched
+    assert given_flags(search.build_parser(), ["--methods"]) == {"methods"}  # a custom action

@@ -256,16 +256,17 @@ def _check_unclaimed(directory: str, study: dict[str, Any], kind: str) -> None:
                      "under another --name (or --storage)")
 
 
+class _NotGiven(list):
+    """What a dest holds before parsing in `given_flags` (a list, so that an `append` action copies it)."""
+
+
 def given_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
-    """The dests of the flags on the command line (one given with its default value counts as given)."""
-    saved = [(action, action.default) for action in parser._actions]
-    try:
-        for action, _ in saved:
-            action.default = argparse.SUPPRESS
-        return set(vars(parser.parse_args(list(argv))))
-    finally:
-        for action, default in saved:
-            action.default = default
+    """The dests of the flags on the command line (one given with its default value counts as given): parsed
+    into a namespace that already holds a marker for every dest, which argparse fills no default over."""
+    marker = _NotGiven()
+    namespace = argparse.Namespace(**dict.fromkeys(vars(parser.parse_args([])), marker))
+    return {dest for dest, value in vars(parser.parse_args(list(argv), namespace=namespace)).items()
+            if value is not marker}
 
 
 def _check_recorded(recorded: Any, kind: str, location: str) -> dict[str, Any]:
