@@ -42,6 +42,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis import factorial, figures, stats, verdicts  # noqa: E402
+from analysis.audit_figure import write_claims_png  # noqa: E402
 from analysis.markdown import markdown_table, write_page  # noqa: E402
 from analysis.study import Study, load_study  # noqa: E402
 from dpnp_ray.results import ResultsError  # noqa: E402
@@ -390,9 +391,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     write_page(audit_markdown(study, args.command), Path(args.out), f"Claim audit: {study.name}")
     print(f"wrote {args.out}")
-    if args.figure:
-        from analysis.audit_figure import write_claims_png
-        return write_claims_png(study, Path(args.figure))
+    if args.figure:  # the claims of record as one picture
+        return write_claims_png(audit(study)[0], study.planned_verdicts[0], study.name, Path(args.figure))
     return 0
 
 

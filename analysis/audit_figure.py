@@ -15,7 +15,6 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from analysis.figure_registry import Figures, FigureSpec, export_pngs
-from analysis.study import Study
 
 VERDICT_COLORS = {"supported": "#1a9850", "contradicted": "#d73027", "inconclusive": "#7f7f7f",
                   "refused": "#984ea3"}
@@ -57,16 +56,13 @@ def claims_figure(results: Sequence, margin: float, confidence: float, study_nam
     return fig
 
 
-def write_claims_png(study: Study, path: Path) -> int:
-    """The figure of `study`'s audit as a PNG at `path`; 0 when written, 1 when it could not be."""
-    from analysis.audit import audit
-
-    results, _, _ = audit(study)
-    plan = study.planned_verdicts[0]
-    figure = claims_figure(results, plan.margin, 1 - plan.alpha, study.name)
+def write_claims_png(results: Sequence, plan, study_name: str, path: Path) -> int:
+    """The figure of an audit's `results` (under its analysis `plan`) as a PNG at `path`; 0 when written,
+    1 when it could not be (kaleido or a browser missing: the message says which)."""
+    figure = claims_figure(results, plan.margin, 1 - plan.alpha, study_name)
     spec = FigureSpec(path.stem, "Claim audit", "Claims 1-4 with their intervals", lambda s: figure)
-    written = export_pngs(Figures(drawn={path.stem: (spec, figure)}), path.parent, log=lambda line: print(
-        line, file=sys.stderr))
+    written = export_pngs(Figures(drawn={path.stem: (spec, figure)}), path.parent, done="the audit page is written",
+                          log=lambda line: print(line, file=sys.stderr))
     if not written:
         return 1
     print(f"wrote {path}")

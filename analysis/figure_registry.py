@@ -126,16 +126,18 @@ def find_browser(environ: dict[str, str] | None = None) -> str | None:
     return next((path for name in BROWSER_NAMES if (path := shutil.which(name, path=environ.get("PATH")))), None)
 
 
-def export_pngs(drawn: Figures, directory: Path, log: Callable[[str], None] = print) -> list[Path]:
-    """One PNG per figure with kaleido (one browser session for all); [] with a message when it cannot run."""
+def export_pngs(drawn: Figures, directory: Path, log: Callable[[str], None] = print,
+                done: str = "the HTML report is complete") -> list[Path]:
+    """One PNG per figure with kaleido (one browser session for all); [] with a message (ending in `done`:
+    what was written without them) when it cannot run."""
     try:
         import kaleido  # noqa: F401  (plotly calls it; import here only to say clearly when it is missing)
     except ImportError:
-        log("PNG export skipped: kaleido is not installed (pip install 'kaleido>=1'); the HTML report is complete")
+        log(f"PNG export skipped: kaleido is not installed (pip install 'kaleido>=1'); {done}")
         return []
     if find_browser() is None:
         log("PNG export skipped: no Chrome/Chromium found for kaleido (apt-get install chromium, or set "
-            "BROWSER_PATH=/path/to/chrome); the HTML report is complete")
+            f"BROWSER_PATH=/path/to/chrome); {done}")
         return []
     directory.mkdir(parents=True, exist_ok=True)
     paths = [directory / f"{name}.png" for name in drawn.drawn]

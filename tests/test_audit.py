@@ -129,3 +129,13 @@ def test_the_claims_figure_draws_each_comparison_at_its_numbers_in_its_claims_co
         assert list(trace.x) == list(drawn["estimate"]) and list(trace.y) == list(drawn["label"])
         assert np.allclose(np.asarray(trace.error_x.array) + trace.x, drawn["high"])
     assert sorted(shape.x0 for shape in figure.layout.shapes) == [-1.0, 0.0]  # the margin and zero
+
+
+def test_the_audit_page_is_written_when_its_figure_cannot_be(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-browser"))
+    directory = Path(__file__).resolve().parents[1] / "docs" / "data" / "audit_digits_eps02"
+    page, figure = tmp_path / "audit.md", tmp_path / "png" / "claims.png"
+    assert audit.main([str(directory), "--out", str(page), "--figure", str(figure)]) == 1
+    assert "### Verdicts" in page.read_text() and not figure.exists()
+    err = capsys.readouterr().err
+    assert "PNG export skipped" in err and "the audit page is written" in err
