@@ -70,10 +70,10 @@ def record_end(label: str) -> None:
 def _wrap(printer: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
     def print_without_end_marks(data: dict[str, Any]) -> None:
         kept, ended = take_end_marks(list(data.get("lines") or []))
-        for label in ended:
-            record_end(label)
         if kept or not ended:
             printer({**data, "lines": kept})
+        for label in ended:  # after the lines before it are printed: a waiting console prints after them
+            record_end(label)
 
     print_without_end_marks.wrapped = printer
     return print_without_end_marks

@@ -29,6 +29,7 @@ def dispatcher(monkeypatch):
 
     monkeypatch.setattr(global_worker_stdstream_dispatcher, "handlers", [])
     monkeypatch.setattr(trial_output, "_watching", False)
+    monkeypatch.setattr(trial_output, "_ended", {})
     return global_worker_stdstream_dispatcher
 
 
@@ -36,7 +37,14 @@ def dispatcher(monkeypatch):
 def fake_ray_printer(dispatcher):
     """Ray's handler of forwarded worker lines, as ray.init(log_to_driver=True) registers it, but collecting."""
     printed: list[list[str]] = []
-    dispatcher.add_handler("ray_print_logs", lambda data: printed.append(list(data["lines"])))
+    ended_while_printing: list[dict[str, int]] = []
+
+    def printer(data):
+        printed.append(list(data["lines"]))
+        ended_while_printing.append(dict(trial_output._ended))
+
+    dispatcher.add_handler("ray_print_logs", printer)
+    dispatcher.ended_while_printing = ended_while_printing
     return dispatcher, printed
 
 
@@ -54,6 +62,8 @@ def test_watch_hides_end_marks_and_the_wait_returns_when_one_arrives(fake_ray_pr
     assert wait_for_end("s-full-s0", timeout_s=60.0)  # returns on the mark's arrival, long before the bound
     sender.join()
     assert printed == [["[s-full-s0] test: clean 0.983"]]
+    # the mark counts only once the lines before it are printed: the waiting console then prints after them
+    assert not dispatcher.ended_while_printing[0].get("s-full-s0")
     assert wait_for_end("s-full-s0", timeout_s=0.0) is False  # consumed: a second run waits for its own mark
     dispatcher.emit({"lines": [f"[s-pgd_at-s0] {END_MARK}"], "pid": 8})
     assert printed == [["[s-full-s0] test: clean 0.983"]]  # a batch of only marks prints nothing
