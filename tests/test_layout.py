@@ -163,3 +163,10 @@ def test_no_test_file_imports_another_nor_a_conftest():
         if bad:
             offenders[str(path.relative_to(REPO))] = bad
     assert not offenders, f"import tests/support instead: {offenders}"
+
+
+def test_test_files_find_the_repository_through_support():
+    """A path from a test file's own __file__ breaks when the file moves folder; support.REPO does not."""
+    own = [str(p.relative_to(REPO)) for p in sorted((REPO / "tests").rglob("*.py"))
+           if re.search(r"Path\(__file__\)", p.read_text()) and p != REPO / "tests" / "support" / "processes.py"]
+    assert not own, f"use tests.support.REPO in {own}"
