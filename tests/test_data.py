@@ -27,9 +27,9 @@ from dpnp_ray.data import (
     stratified_split,
     to_float,
 )
-from tests.test_safe_pickle import REFUSED
+from .support import REPO
+from .support.pickles import REFUSED, py2_pickle
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------- writers of the released formats
@@ -52,26 +52,6 @@ def cifar_image(i: int) -> torch.Tensor:
     """Example i as (C, H, W), built pixel by pixel from the pattern, independently of any reshape."""
     return torch.tensor([[[cifar_pixel(i, c, h, w) for w in range(32)] for h in range(32)] for c in range(3)],
                         dtype=torch.uint8)
-
-
-def py2_pickle(batch: dict[bytes, object]) -> bytes:
-    """Opcodes as Python 2's cPickle wrote the released files: numpy.core names, byte strings, protocol 2."""
-
-    def s(b: bytes) -> bytes:
-        return b"U" + bytes([len(b)]) + b
-
-    out = b"\x80\x02}("
-    for key, value in batch.items():
-        out += s(key)
-        if isinstance(value, np.ndarray):
-            out += b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85" + s(b"b") + b"\x87R("
-            out += b"K\x01(" + b"".join(b"J" + struct.pack("<i", d) for d in value.shape) + b"t"
-            out += b"cnumpy\ndtype\n" + s(b"u1") + b"K\x00K\x01\x87R(K\x03" + s(b"|")
-            out += b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
-            out += b"\x89T" + struct.pack("<I", value.nbytes) + value.tobytes() + b"tb"
-        else:  # a list of small ints
-            out += b"](" + b"".join(b"K" + bytes([v]) for v in value) + b"e"
-    return out + b"u."
 
 
 def dump(obj, path: Path, protocol: int | str) -> None:
@@ -590,7 +570,7 @@ def test_corrupt_pickle_names_the_file(tmp_path):
         load_dataset("cifar10", tmp_path)
 
 
-# Cases of tests/test_safe_pickle.py: a dtype state saying "object" (a crash under pickle), a real object array,
+# Cases of tests/support/pickles.py (tested in tests/test_safe_pickle.py): a dtype state saying "object" (a crash under pickle), a real object array,
 # a call of os.system, a cut-off file.
 @pytest.mark.parametrize("case", ["dtype state with object flags", "object array, protocol 2", "os.system",
                                   "truncated batch"])

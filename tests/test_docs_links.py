@@ -1,6 +1,7 @@
 """The front door and the docs hold together: every relative link in README.md and docs/*.md names a file
-that exists and, with a #fragment, a heading of that file (GitHub's anchor rule); the README stays a front
-door (under 200 lines, the quickstart command in its first 40)."""
+that exists and, with a #fragment, a heading of that file (GitHub's anchor rule); every tests/ path they, .ci/run
+and pyproject.toml name exists; the README stays a front door (under 200 lines, the quickstart command in its
+first 40)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from .support import REPO
+
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "bench" / "README.md"]
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
+#: a path under tests/ as the docs name it, in prose or a command (up to a `::test` id)
+TEST_PATH = re.compile(r"(?<![\w/.-])tests/[\w/.-]*\w")
 
 
 def github_anchor(heading: str) -> str:
@@ -48,6 +52,14 @@ def test_every_relative_link_resolves(page):
         elif fragment and resolved.suffix == ".md" and fragment not in anchors(resolved):
             broken.append(f"{target}: no heading #{fragment} in {resolved.relative_to(REPO)}")
     assert not broken, f"{page.relative_to(REPO)}: " + "; ".join(broken)
+
+
+def test_every_tests_path_named_exists():
+    named = {(page.relative_to(REPO).as_posix(), path) for page in [*PAGES, REPO / ".ci" / "run", REPO / "pyproject.toml"]
+             for path in TEST_PATH.findall(page.read_text())}
+    assert named, "the docs name no test file"
+    missing = sorted(f"{page}: {path}" for page, path in named if not (REPO / path).exists())
+    assert not missing, f"no such test path: {missing}"
 
 
 def test_the_readme_is_a_front_door():

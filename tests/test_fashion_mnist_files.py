@@ -7,7 +7,6 @@ import hashlib
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +14,8 @@ import torch
 from dpnp_ray.data import FASHION_MNIST, FASHION_MNIST_FILES, FASHION_MNIST_SYSTEM_DIR, load_dataset, \
     load_fashion_mnist
 
-REPO = Path(__file__).resolve().parents[1]
+from .support import REPO
+
 installed = all((FASHION_MNIST_SYSTEM_DIR / f"{stem}.gz").is_file()
                 for pair in FASHION_MNIST_FILES.values() for stem in pair)
 pytestmark = pytest.mark.skipif(not installed, reason=f"no Fashion-MNIST files in {FASHION_MNIST_SYSTEM_DIR} "
@@ -78,7 +78,7 @@ def test_a_tiny_trial_trains_and_evaluates_on_the_real_files(tmp_path):
 @pytest.mark.parametrize("script", ["ablation.py", "search.py"])
 def test_both_study_scripts_plan_a_fashion_mnist_study_from_the_real_files(tmp_path, script):
     """--dataset fashion_mnist through a study script's preflight and plan (which loads the data), offline."""
-    from .raytools import run_script
+    from .support import run_script
 
     proc = run_script(script, "--dataset", "fashion_mnist", "--storage", str(tmp_path), "--dry-run",
                       "--set", "train_subset=500", "val_fraction=0.02", *(["--trials", "2"] if script == "search.py"

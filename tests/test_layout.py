@@ -1,13 +1,17 @@
-"""The package's structure: imports run one way, and the math knows nothing of configs, Ray or files."""
+"""The package's structure: imports run one way, and the math knows nothing of configs, Ray or files. The tests'
+structure: no test file imports another; what they share is in tests/support."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "dpnp_ray"
+from .support import REPO
+
+PACKAGE = REPO / "dpnp_ray"
 
 #: modules that hold math on tensors only: no config, no Ray, no study machinery
 PURE = ("dpnp_ray.losses", "dpnp_ray.attacks", "dpnp_ray.models", "dpnp_ray.registry", "dpnp_ray.schedules",
@@ -142,3 +146,27 @@ def test_every_module_is_short_enough_to_hold_one_concept():
     assert set(too_long) <= STILL_TO_SPLIT, (f"modules over {LONGEST_MODULE} lines: "
                                              f"{ {k: n for k, n in too_long.items() if k not in STILL_TO_SPLIT} }")
     assert set(too_long) == STILL_TO_SPLIT, f"short now, drop from STILL_TO_SPLIT: {STILL_TO_SPLIT - set(too_long)}"
+
+
+#: an import of a test module by name, as a child process's code (a string) would spell it
+NAMED_TEST_IMPORT = re.compile(r"\b(?:from|import)\s+tests\.(?!support\b)[\w.]+")
+
+
+def test_no_test_file_imports_another_nor_a_conftest():
+    """Tests share helpers through tests/support only, fixtures through conftest.py files pytest finds itself."""
+    offenders = {}
+    for path in sorted((REPO / "tests").rglob("*.py")):
+        bad = sorted(m for m in imports(path, top_level_only=False)
+                     if (_within(m, "tests") and m != "tests" and not _within(m, "tests.support"))
+                     or "conftest" in m.split("."))
+        bad += NAMED_TEST_IMPORT.findall(path.read_text())
+        if bad:
+            offenders[str(path.relative_to(REPO))] = bad
+    assert not offenders, f"import tests/support instead: {offenders}"
+
+
+def test_test_files_find_the_repository_through_support():
+    """A path from a test file's own __file__ breaks when the file moves folder; support.REPO does not."""
+    own = [str(p.relative_to(REPO)) for p in sorted((REPO / "tests").rglob("*.py"))
+           if re.search(r"Path\(__file__\)", p.read_text()) and p != REPO / "tests" / "support" / "processes.py"]
+    assert not own, f"use tests.support.REPO in {own}"

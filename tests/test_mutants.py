@@ -12,7 +12,7 @@ from dpnp_ray import losses
 from dpnp_ray.attacks import pgd
 from dpnp_ray.steps import PROTOTYPE_DETACH, DualBranchForward, method_loss
 
-from .test_step import batch, cfg_of, make_net
+from .support.nets import batch, cfg_of, make_net
 
 
 class Linear(nn.Module):

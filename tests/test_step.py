@@ -4,25 +4,15 @@ import pytest
 import torch
 
 from dpnp_ray import losses
-from dpnp_ray.config import ExperimentConfig
 from dpnp_ray.steps import DualBranchForward
 from dpnp_ray.models import build_model
 from dpnp_ray.devices import Precision
 from dpnp_ray.steps import LOSSES, PROTOTYPE_DETACH, method_loss, train_step
 from dpnp_ray.methods import METHODS
 
+from .support.nets import batch, cfg_of, make_net
+
 FP32 = Precision.choose("fp32", torch.device("cpu"))
-
-
-def make_net(prototypes: bool = True, seed: int = 0):
-    torch.manual_seed(seed)
-    return build_model(backbone="small_cnn", num_classes=3, in_channels=1, mean=(0.5,), std=(0.5,),
-                       prototype_head=prototypes, prototype_radius=2.0)
-
-
-def batch(seed: int):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(6, 1, 8, 8, generator=g), torch.tensor([0, 1, 2, 0, 1, 2])
 
 
 def grads(cfg, x, x_adv, y, seed=0):
@@ -35,10 +25,6 @@ def grads(cfg, x, x_adv, y, seed=0):
     proto = net.head.raw.grad.clone() if net.has_prototypes else None
     extractor = torch.cat([p.grad.flatten() for p in net.backbone.parameters() if p.grad is not None])
     return proto, extractor, terms
-
-
-def cfg_of(**kw):
-    return ExperimentConfig.from_dict({"dataset": "digits", **kw})
 
 
 @pytest.mark.parametrize("npr_form, extra", [("prototype", {}), ("sample", {"lambda_ppa": 0.5, "lambda_npr": 0.1})])

@@ -7,15 +7,15 @@ from __future__ import annotations
 import itertools
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.stats
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from ..support import REPO
+
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 from analysis import crossed_design, stats, t_test_power  # noqa: E402
 

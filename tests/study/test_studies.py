@@ -17,7 +17,7 @@ from dpnp_ray import results
 from dpnp_ray.trial_output import END_MARK
 from dpnp_ray.study.search_space import SearchSpace
 
-from .raytools import TwoNodeCluster, run_script
+from ..support import TwoNodeCluster, run_script
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 

@@ -15,7 +15,7 @@ from dpnp_ray.model_export import read_model_metadata
 from dpnp_ray.study.study_file import config_from_file, read_yaml
 from dpnp_ray.study.records import read_records
 
-from .test_recipes import load_script
+from ..support.studies import load_script
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 

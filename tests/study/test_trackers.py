@@ -14,7 +14,7 @@ from dpnp_ray import results
 from dpnp_ray.study import records, trackers
 from dpnp_ray.study.settings import StudyError
 
-from .raytools import PYTHON, REPO, run_script, study_env
+from ..support import PYTHON, REPO, run_script, study_env
 
 
 def tensorboard_values(directory: Path):

@@ -1,4 +1,4 @@
-"""Helpers for the end-to-end Ray tests: run the study scripts as a user would, start a cluster."""
+"""The study scripts run as a user would, a two-node Ray cluster, and waits woken by the kernel (not timers)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 RAY = str(Path(sys.executable).with_name("ray"))
 

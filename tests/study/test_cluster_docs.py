@@ -15,7 +15,7 @@ import yaml
 from dpnp_ray import results
 from dpnp_ray.study.cluster import DRIVER_RESOURCE, TRIAL_ENV_VARS
 
-from .raytools import PYTHON, RAY, REPO, TwoNodeCluster
+from ..support import PYTHON, RAY, REPO, TwoNodeCluster
 
 PAGE = REPO / "docs" / "cluster.md"
 

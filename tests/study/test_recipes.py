@@ -4,7 +4,6 @@ and growth, best configs."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 
 import pandas as pd
@@ -15,34 +14,11 @@ from dpnp_ray import results, storage
 from dpnp_ray.config import ConfigError, ExperimentConfig
 from dpnp_ray.study.best_configs import write_best_configs
 from dpnp_ray.study.cli import study_settings
-from dpnp_ray.study.recipe import resolve_study
 from dpnp_ray.study.study_file import STUDY_FILE, config_from_file, read_yaml
 from dpnp_ray.study.records import write_record
 from dpnp_ray.study.settings import StudyError
 
-from .raytools import REPO
-
-
-def load_script(name: str):
-    """studies/<name>.py as a module (its parser, defaults and main), without running it."""
-    spec = importlib.util.spec_from_file_location(f"studies_{name}", REPO / "studies" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def ablation():
-    return load_script("ablation")
-
-
-@pytest.fixture(scope="module")
-def search():
-    return load_script("search")
-
-
-def resolve(script, kind: str, *argv: str):
-    return resolve_study(script.build_parser(), kind, defaults=script.DEFAULTS, smoke=script.SMOKE, argv=list(argv))
+from ..support.studies import record, resolve
 
 
 @pytest.mark.parametrize("dataset", ["fashion_mnist", "cifar10"])
@@ -142,7 +118,7 @@ def test_bad_search_space_is_refused(search, tmp_path):
     for part in ("space.lambda_ppa [1.0, 0.1]", "space.beta: unknown"):
         assert part in str(error.value)
     # sampler, trials, seeds, objective and scheduler (from a file or a flag) are checked by run_search's
-    # preflight with every other input: tests/test_reliability.py
+    # preflight with every other input: tests/study/test_reliability.py
 
 
 def test_resume_with_a_changed_study_is_refused_listing_the_keys(ablation, tmp_path):
@@ -197,20 +173,12 @@ def test_resume_growth_of_a_search(search, tmp_path):
         resolve(search, "search", *common, "--resume", "--trials", "1")
 
 
-def _record(directory, trial_id, variant, seed, val_robust, val_clean=0.9, status="completed", **config):
-    cfg = ExperimentConfig.from_dict({"epochs": 1, "seed": seed, **config}).to_dict()
-    write_record(directory, {"study": "b", "trial_id": trial_id, "variant": variant, "seed": seed, "status": status,
-                             "config": cfg, "summary": {"val_robust_acc": val_robust, "val_clean_acc": val_clean,
-                                                        "clean_acc": 0.8, "pgd_acc": 0.4}})
-    return cfg
-
-
 def test_best_configs_per_variant_are_runnable(tmp_path):
     directory = str(tmp_path)
-    _record(directory, "full-s0", "full", 0, 0.5)
-    best = _record(directory, "full-s1", "full", 1, 0.6, lr=0.02)
-    _record(directory, "full-s2", "full", 2, 0.9, status="failed")
-    pgd = _record(directory, "pgd_at-s0", "pgd_at", 0, 0.4, method="pgd_at")
+    record(directory, "full-s0", "full", 0, 0.5)
+    best = record(directory, "full-s1", "full", 1, 0.6, lr=0.02)
+    record(directory, "full-s2", "full", 2, 0.9, status="failed")
+    pgd = record(directory, "pgd_at-s0", "pgd_at", 0, 0.4, method="pgd_at")
     (tmp_path / "best").mkdir()
     (tmp_path / "best" / "old-s9.yaml").write_text("config: {}\n")  # from an earlier export: removed
     location = write_best_configs(directory, "ablation")
@@ -225,7 +193,7 @@ def test_best_configs_per_variant_are_runnable(tmp_path):
 def test_best_configs_of_a_search_are_its_pareto_front(tmp_path):
     directory = str(tmp_path)
     for trial_id, clean, robust in (("a", 0.9, 0.5), ("b", 0.8, 0.6), ("c", 0.7, 0.4)):
-        _record(directory, trial_id, "search", 0, robust, clean)
+        record(directory, trial_id, "search", 0, robust, clean)
     write_best_configs(directory, "search")
     assert sorted(p.stem for p in (tmp_path / "best").iterdir()) == ["a", "b"]
     # with a pareto.parquet (the search's own objectives), that is the front
@@ -252,7 +220,7 @@ def test_report_shows_the_study_file_and_command(ablation, tmp_path):
     import analysis.study
     from analysis.report import build_report
 
-    from .test_analysis import ablation_tables, write_study
+    from ..support.study_tables import ablation_tables, write_study
 
     assert analysis.study.STUDY_FILE == STUDY_FILE
     recipe = resolve(ablation, "ablation", "--storage", str(tmp_path), "--name", "abl", "--set", "lr=0.125")

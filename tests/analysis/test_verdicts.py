@@ -12,9 +12,10 @@ import pandas as pd
 import pytest
 import scipy.stats
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from ..support import REPO
+
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 from analysis import crossed_design, stats, t_test_power, verdicts  # noqa: E402
 from analysis.study import load_study  # noqa: E402

@@ -17,23 +17,18 @@ from dpnp_ray.study.best_configs import write_best_configs
 from dpnp_ray.study.records import export, model_path, points_path, record_path, scan_records, write_error_log
 from dpnp_ray.study.settings import StudyError, StudySettings
 
-from .raytools import REPO
-from .test_recipes import _record, load_script, resolve
+from ..support import REPO
+from ..support.studies import record, resolve
 
 BAD_NAMES = ["..", ".", "", "a/b", "../x", "a\\b", "x?y", "x#y", "tab\there"]
-
-
-@pytest.fixture(scope="module")
-def ablation():
-    return load_script("ablation")
 
 
 PROVENANCE = {"hardware": "cpu", "code_version": "t", "torch_version": "t", "ray_version": "t", "python_version": "t"}
 
 
 def _full_record(study, trial_id="full-s0", variant="full", seed=0, val_robust=0.5):
-    """A record that exports: the test_recipes record plus provenance."""
-    _record(str(study), trial_id, variant, seed, val_robust)
+    """A record that exports: support.studies.record plus provenance."""
+    record(str(study), trial_id, variant, seed, val_robust)
     path = study / "trials" / f"{trial_id}.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), **PROVENANCE}))
     return path

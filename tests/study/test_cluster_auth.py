@@ -9,7 +9,7 @@ import pytest
 
 from dpnp_ray.study.cluster import AUTH_HELP, _is_auth_failure
 
-from .raytools import RAY, TwoNodeCluster, run_script, study_env
+from ..support import RAY, TwoNodeCluster, run_script, study_env
 
 
 def test_auth_failures_are_recognised():

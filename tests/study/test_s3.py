@@ -17,7 +17,7 @@ import pytest
 from dpnp_ray import load_model, results, storage
 from dpnp_ray.study.lock import LOCK_FILE, read_lock
 
-from .raytools import PYTHON, REPO, FileEvents, free_port, kill_study, run_script, study_env, wait_for_line
+from ..support import PYTHON, REPO, FileEvents, free_port, kill_study, run_script, study_env, wait_for_line
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 

@@ -11,13 +11,15 @@ import pandas as pd
 import pytest
 import scipy.stats
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from ..support import REPO
+
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 from analysis import markdown  # noqa: E402
 from analysis.study import load_study  # noqa: E402
-from tests.test_analysis import ablation_tables, write_study  # noqa: E402
+
+from ..support.study_tables import ablation_tables, write_study  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +96,7 @@ def test_rule_takes_the_most_robust_front_point_within_the_clean_tolerance():
 
 
 def test_search_page_shows_the_front_and_the_chosen_trial(tmp_path):
-    from tests.test_analysis import search_tables
+    from ..support.study_tables import search_tables
 
     tables = search_tables()
     tables["trials"] = tables["trials"].assign(param_lr=tables["trials"]["cfg_lr"],

@@ -336,7 +336,7 @@ def test_attacks_that_know_the_model(quick, cfg):
         assert row["n"] == cfg.eval_aa_n and row["eps"] == cfg.eps and row["steps"] == cfg.eval_attack_steps
         assert row["accuracy"] <= clean
         assert row["accuracy"] == quick.subset_flags[row["attack"]].accuracy
-    # with dot logits the prototype margin is twice the C&W margin (test_attacks.py): the same attack as CW-inf
+    # with dot logits the prototype margin is twice the C&W margin (tests/test_attacks.py): the same attack as CW-inf
     assert abs(margin["accuracy"] - quick.subset_flags["cw_inf"].accuracy) <= noise_tolerance(cfg.eval_aa_n)
 
 

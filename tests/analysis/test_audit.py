@@ -15,6 +15,8 @@ from analysis import audit
 from analysis.study import Study
 from dpnp_ray.study.factorial import factorial_cells
 
+from ..support import REPO
+
 
 def _study(means: dict[str, tuple[float, float]], tuned: bool = True, seeds=range(6), noise=0.002, **cfg):
     """A study whose variants have (clean, AutoAttack) means, a small seed noise, and its study.yaml; `tuned`:
@@ -133,7 +135,7 @@ def test_the_claims_figure_draws_each_comparison_at_its_numbers_in_its_claims_co
 
 def test_the_audit_page_is_written_when_its_figure_cannot_be(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-browser"))
-    directory = Path(__file__).resolve().parents[1] / "docs" / "data" / "audit_digits_eps02"
+    directory = REPO / "docs" / "data" / "audit_digits_eps02"
     page, figure = tmp_path / "audit.md", tmp_path / "png" / "claims.png"
     assert audit.main([str(directory), "--out", str(page), "--figure", str(figure)]) == 1
     assert "### Verdicts" in page.read_text() and not figure.exists()

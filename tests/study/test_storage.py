@@ -14,8 +14,8 @@ from dpnp_ray.study.lock import LOCK_FILE, acquire, read_lock
 from dpnp_ray.study.study_file import STUDY_FILE
 from dpnp_ray.study.settings import StudyError
 
-from .raytools import REPO
-from .test_recipes import load_script, resolve
+from ..support import REPO
+from ..support.studies import resolve
 
 SECRET = "Zq9/x@y+Kt"  # holds '/', '@' and '+'
 
@@ -101,11 +101,6 @@ def test_lock_refuses_a_second_driver_and_takes_over_a_dead_ones(tmp_path):
     lock = type(taken)(location, "not-its-token")
     lock.release()  # releasing a lock that is not ours leaves it
     assert read_lock(location) == other
-
-
-@pytest.fixture(scope="module")
-def ablation():
-    return load_script("ablation")
 
 
 def _snapshot(directory):

@@ -10,7 +10,7 @@ import pytest
 from analysis import power
 from analysis.t_test_power import minimal_detectable_effect, seeds_needed
 
-from .raytools import REPO, run_script
+from ..support import REPO, run_script
 
 
 def test_test_set_floor_is_the_normal_paired_bound():

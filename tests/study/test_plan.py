@@ -15,7 +15,8 @@ from dpnp_ray.study.cluster import (DRIVER_CPU, DRIVER_RESOURCE, driver_request,
                                     trial_env_vars)
 from dpnp_ray.study.settings import StudyError, StudySettings
 
-from .raytools import run_script
+from ..support import run_script
+from ..support.studies import STUB
 
 DIGITS = cost.SplitSizes(train=1295, val=143, test=359, source="by hand")
 
@@ -147,9 +148,6 @@ def test_trial_env_vars(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------- the plan
-
-
-STUB = cost.Calibration(train_seconds_per_fe=1e-4, eval_seconds_per_fe=1e-4, device="cpu", threads=1, detail="stub")
 
 
 def test_ablation_plan_lists_the_grid_and_its_bill_without_ray(tmp_path):

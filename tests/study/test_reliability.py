@@ -19,7 +19,7 @@ import torch
 from dpnp_ray import results
 from dpnp_ray.provenance import redact
 
-from .raytools import PYTHON, REPO, FileEvents, kill_study, run_script, study_env
+from ..support import PYTHON, REPO, FileEvents, kill_study, run_script, study_env
 
 # ---------------------------------------------------------------------------------------------- no Ray
 

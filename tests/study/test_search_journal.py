@@ -12,9 +12,10 @@ import optuna
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from ..support import REPO
+
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 from analysis import optuna_study  # noqa: E402
 from analysis.figure_registry import make_figures  # noqa: E402

@@ -3,7 +3,6 @@ trial, and (end to end, with Ray) each worker line printed once and none of Tune
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -16,21 +15,14 @@ from dpnp_ray.config import HELP_WIDTH, ExperimentConfig, config_fields
 from dpnp_ray.study.console import StudyConsole, status_table, trial_label, trial_line
 from dpnp_ray.training_loop import ConsoleLog, format_progress, progress_interval, train
 
-from .raytools import PYTHON, REPO, run_script
+from ..support import PYTHON, REPO, run_script
+from ..support.studies import load_script
 
 # ---------------------------------------------------------------- --help
 
 VALUED_OPTIONS = ["--workers", "--cpus-per-worker", "--gpus-per-worker", "--max-concurrent", "--max-failures",
                   "--storage", "--name", "--local-cpus", "--log-to", "--mlflow-tracking-uri", "--dataset", "--model",
                   "--epochs", "--data-root", "--eval-suite"]
-
-
-def load_study_module(script: str):
-    """The study script as a module (its DEFAULTS), without running it."""
-    spec = importlib.util.spec_from_file_location(f"studies_{script[:-3]}", REPO / "studies" / script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def help_text(script: str) -> str:
@@ -66,7 +58,7 @@ def test_help_states_every_default_and_keeps_the_examples_line_breaks(script, ow
         assert "default" in entries[option], f"{script} --help: {option} states no default: {entries[option]}"
     assert f"(default: {suite})" in entries["--eval-suite"]  # the study's own default, not the config's
     assert "--set FIELD=VALUE" not in entries["--set"] and "listed below" in entries["--set"]
-    studies = load_study_module(script)
+    studies = load_script(script[:-3])
     digits = {**studies.DEFAULTS["config"], **studies.DEFAULTS.get("config_for", {}).get("digits", {})}
     lambda_ppa = digits.get("lambda_ppa", ExperimentConfig().lambda_ppa)
     assert f"eval_suite={suite}" in text and "lr=0.05" in text and f"lambda_ppa={lambda_ppa}" in text  # every field

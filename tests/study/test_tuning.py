@@ -24,9 +24,8 @@ from dpnp_ray.study.study_file import STUDY_FILE
 from dpnp_ray.study.records import write_record
 from dpnp_ray.study.settings import StudyError, StudySettings
 
-from .raytools import PYTHON, REPO, run_script, study_env
-from .test_plan import STUB
-from .test_recipes import ablation, resolve, search  # noqa: F401  (fixtures)
+from ..support import PYTHON, REPO, run_script, study_env
+from ..support.studies import STUB, resolve
 
 #: every loss weight some method reads
 ALL_WEIGHTS = sorted({w for m in METHODS for w in METHODS.get(m).weights})
