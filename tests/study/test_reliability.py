@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -516,10 +517,17 @@ def test_search_killed_right_after_optuna_proposed_a_trial_resumes_and_optuna_ag
         lines = journal.read_text().splitlines() if journal.exists() else []
         return sum(1 for line in lines if line.strip() and json.loads(line).get("op_code") == 4)
 
-    proc = subprocess.Popen([PYTHON, str(REPO / "studies" / "search.py"), *args], cwd=REPO, env=study_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    with FileEvents(tmp_path) as events:  # the moment Optuna hands out the second trial, the first one done
-        events.wait(lambda: asked() >= 2, proc=proc, timeout=400, what="a second trial asked from Optuna")
+    log = tmp_path / "driver.log"  # shown if the driver ends before the kill
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([PYTHON, str(REPO / "studies" / "search.py"), *args], cwd=REPO, env=study_env(),
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        with FileEvents(tmp_path) as events:  # the moment Optuna hands out the second trial
+            events.wait(lambda: asked() >= 2, proc=proc, timeout=400, what="a second trial asked from Optuna")
+    except AssertionError as exc:
+        with contextlib.suppress(ProcessLookupError):  # what is left of its session
+            kill_study(proc)
+        raise AssertionError(f"{exc}; the driver's last output:\n{log.read_text()[-4000:]}") from None
     kill_study(proc)
     done_before = set(_records(directory))
     assert "optuna-0000" in done_before
