@@ -36,13 +36,14 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import yaml
-from scipy import stats as scipy_stats
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis import factorial, figures, stats, verdicts  # noqa: E402
+from analysis import factorial, figures, stats  # noqa: E402
 from analysis.audit_figure import write_claims_png  # noqa: E402
+from analysis.claim_comparisons import (compare_pairs, display_table, drawn_estimates, mde_span,  # noqa: E402
+                                        numbers_text, pp_text)
 from analysis.markdown import markdown_table, write_page  # noqa: E402
 from analysis.study import Study, load_study  # noqa: E402
 from dpnp_ray.results import ResultsError  # noqa: E402
@@ -73,74 +74,6 @@ class ClaimResult:
     reason: str  # one sentence with the numbers
     rows: pd.DataFrame  # the comparisons behind it (display form)
     estimates: pd.DataFrame = field(default_factory=pd.DataFrame)  # comparison, endpoint, estimate, low, high (pp)
-
-
-def _pp(value: float, signed: bool = True) -> str:
-    return "—" if value is None or not math.isfinite(value) else (f"{value:+.2f}" if signed else f"{value:.2f}")
-
-
-def _mde_span(values: Sequence[float]) -> str:
-    finite = [v for v in values if math.isfinite(v)]
-    if not finite:
-        return "no MDE (too few seeds or no spread)"
-    lo, hi = min(finite), max(finite)
-    return f"MDE {lo:.2f} pp" if f"{lo:.2f}" == f"{hi:.2f}" else f"MDE {lo:.2f}-{hi:.2f} pp"
-
-
-def _comparisons(study: Study, endpoint: str, pairs: list[tuple[str, str]], plan) -> pd.DataFrame:
-    """verdicts.compare for each (variant, reference), Holm over them, plus the one-sided non-inferiority p
-    (variant not worse than reference by more than the margin) and its Holm adjustment."""
-    family = replace(plan, comparisons=tuple(v for v, _ in pairs))
-    rows = [verdicts.compare(study.trials, study.points, endpoint, v, r, family, n_boot=200) for v, r in pairs]
-    frame = pd.DataFrame(rows)
-    if frame.empty:
-        return frame
-    frame["p_holm"] = stats.holm_adjust([p if math.isfinite(p) else 1.0 for p in frame["p_value"]])
-    frame.loc[~np.isfinite(frame["p_value"].astype(float)), "p_holm"] = math.nan
-    ni = [float(scipy_stats.t.sf((d / 100 + plan.margin_fraction) / (se / 100), df))
-          if math.isfinite(se) and se > 0 else math.nan
-          for d, se, df in zip(frame["difference"], frame["se"], frame["df"])]
-    frame["noninferiority_p"] = ni
-    adjusted = stats.holm_adjust([p if math.isfinite(p) else 1.0 for p in ni])
-    frame["noninferiority_holm"] = [a if math.isfinite(p) else math.nan for a, p in zip(adjusted, ni)]
-    return frame
-
-
-def _estimates(frame: pd.DataFrame, comparison: Sequence[str] | str, estimate: str = "difference") -> pd.DataFrame:
-    """The numbers a claim's figure draws (audit_figure.py), from a comparisons or factorial-effects frame."""
-    return pd.DataFrame({"comparison": comparison, "endpoint": [figures.label(e) for e in frame["endpoint"]],
-                         "estimate": frame[estimate], "low": frame["low"], "high": frame["high"]})
-
-
-def _numbers(frame: pd.DataFrame, label: str = "reference") -> str:
-    """'`pgd_at` +1.39 pp [+0.58, +2.20], p (Holm) 0.009; ...' for each row of a comparisons frame."""
-    parts = []
-    for row in frame.itertuples():
-        p = f", p (Holm) {row.p_holm:.2g}" if math.isfinite(row.p_holm) else ", no test"
-        where = f" on {figures.label(row.endpoint)}" if label == "endpoint" else ""
-        name = f"`{getattr(row, label)}`" if label != "endpoint" else ""
-        parts.append(f"{name}{where} {_pp(row.difference)} pp [{_pp(row.low)}, {_pp(row.high)}]{p}".strip())
-    return "; ".join(parts)
-
-
-def _display(frame: pd.DataFrame, plan, noninferiority: bool = False) -> pd.DataFrame:
-    if frame.empty:
-        return frame
-    shown = pd.DataFrame({
-        "comparison": [f"{v} − {r}" for v, r in zip(frame["variant"], frame["reference"])],
-        "endpoint": [figures.label(e) for e in frame["endpoint"]],
-        "seeds × images": [f"{s} × {i}" if i else f"{s}" for s, i in zip(frame["n_seeds"], frame["n_images"])],
-        "difference (pp)": [_pp(d) for d in frame["difference"]],
-        f"{100 * (1 - plan.alpha):g}% interval (pp)": [f"[{_pp(lo)}, {_pp(hi)}]" for lo, hi in
-                                                      zip(frame["low"], frame["high"])],
-        "interval": frame["interval"],
-        "p (Holm)": [f"{p:.3g}" if math.isfinite(p) else "—" for p in frame["p_holm"]],
-        "MDE (pp)": [_pp(m, signed=False) for m in frame["mde"]],
-    })
-    if noninferiority:
-        shown[f"non-inferiority p (Holm, −{plan.margin:g} pp)"] = [
-            f"{p:.3g}" if math.isfinite(p) else "—" for p in frame["noninferiority_holm"]]
-    return shown
 
 
 def _present(study: Study, names: Sequence[str]) -> list[str]:
@@ -192,28 +125,28 @@ def claim_clean(study, plan, tuned: bool) -> ClaimResult:
     if REFERENCE not in _present(study, [REFERENCE]) or not baselines:
         return ClaimResult(1, text, NOT_MEASURED, f"needs `{REFERENCE}` and a baseline ({', '.join(BASELINES)})",
                            pd.DataFrame())
-    frame = _comparisons(study, "clean_acc", [(REFERENCE, b) for b in baselines], plan)
+    frame = compare_pairs(study, "clean_acc", [(REFERENCE, b) for b in baselines], plan)
     decided = frame["p_holm"] < plan.alpha
     verdict, reason = _against_baselines(
         frame, tuned, against=(decided & (frame["difference"] < 0)).any(),
         shown=bool(decided.all() and (frame["difference"] > 0).all()),
         says=("lower than a baseline", "higher than every baseline", "not higher than every baseline at this power"))
-    return ClaimResult(1, text, verdict, reason, _display(frame, plan),
-                       _estimates(frame, [f"full − {b}" for b in frame["reference"]]))
+    return ClaimResult(1, text, verdict, reason, display_table(frame, plan),
+                       drawn_estimates(frame, [f"full − {b}" for b in frame["reference"]]))
 
 
 def _against_baselines(frame: pd.DataFrame, tuned: bool, against: bool, shown: bool, says: tuple[str, str, str]
                        ) -> tuple[str, str]:
     """(verdict, reason) of a claim against the baselines: contradicted when `against`, supported when `shown`
     and the baselines were tuned (else inconclusive, saying why), else inconclusive with the MDE."""
-    numbers = f"`full` minus {_numbers(frame)}"
+    numbers = f"`full` minus {numbers_text(frame)}"
     if against:
         return CONTRADICTED, f"{says[0]}: {numbers}"
     if shown:
         return ((SUPPORTED, f"{says[1]}: {numbers}") if tuned else
                 (INCONCLUSIVE, f"{says[1]}: {numbers}; but the baselines were not tuned, and the claim is about "
                                "well-tuned ones"))
-    return INCONCLUSIVE, f"{says[2]}: {numbers} ({_mde_span(frame['mde'])})"
+    return INCONCLUSIVE, f"{says[2]}: {numbers} ({mde_span(frame['mde'])})"
 
 
 def claim_robust(study, plan, tuned: bool) -> ClaimResult:
@@ -222,14 +155,14 @@ def claim_robust(study, plan, tuned: bool) -> ClaimResult:
     if REFERENCE not in _present(study, [REFERENCE]) or not baselines or "aa_acc" not in study.trials:
         return ClaimResult(2, text, NOT_MEASURED, "needs `full`, a baseline and AutoAttack (eval_suite quick or full)",
                            pd.DataFrame())
-    frame = _comparisons(study, "aa_acc", [(REFERENCE, b) for b in baselines], plan)
+    frame = compare_pairs(study, "aa_acc", [(REFERENCE, b) for b in baselines], plan)
     verdict, reason = _against_baselines(
         frame, tuned, against=(frame["high"] < -plan.margin).any(),
         shown=bool((frame["noninferiority_holm"] < plan.alpha).all()),
         says=("worse than a baseline by more than the margin", "not worse than any baseline by more than the margin",
               "non-inferiority not shown against every baseline"))
-    return ClaimResult(2, text, verdict, reason, _display(frame, plan, noninferiority=True),
-                       _estimates(frame, [f"full − {b}" for b in frame["reference"]]))
+    return ClaimResult(2, text, verdict, reason, display_table(frame, plan, noninferiority=True),
+                       drawn_estimates(frame, [f"full − {b}" for b in frame["reference"]]))
 
 
 def _component(study, plan, number: int | str, text: str, factor: str, variant: str, endpoints: Sequence[str]
@@ -244,23 +177,23 @@ def _component(study, plan, number: int | str, text: str, factor: str, variant: 
         decided = rows["decided"]
         shown = factorial.effects_rows(rows)
         source = f"factorial main effect of `{factor}`"
-        drawn = _estimates(rows, f"{factor} main effect", estimate="estimate")
+        drawn = drawn_estimates(rows, f"{factor} main effect", estimate="estimate")
     elif variant in _present(study, [variant]) and REFERENCE in _present(study, [REFERENCE]):
-        frame = pd.concat([_comparisons(study, e, [(REFERENCE, variant)], plan) for e in endpoints], ignore_index=True)
+        frame = pd.concat([compare_pairs(study, e, [(REFERENCE, variant)], plan) for e in endpoints], ignore_index=True)
         # Holm over the claim's endpoints
         frame["p_holm"] = stats.holm_adjust([p if math.isfinite(p) else 1.0 for p in frame["p_value"]])
         frame.loc[~np.isfinite(frame["p_value"].astype(float)), "p_holm"] = math.nan
         rows, estimate, low, high = frame, frame["difference"], frame["low"], frame["high"]
         decided = frame["p_holm"] < plan.alpha
-        shown = _display(frame, plan)
+        shown = display_table(frame, plan)
         source = f"`{REFERENCE}` − `{variant}`"
-        drawn = _estimates(frame, f"{REFERENCE} − {variant}")
+        drawn = drawn_estimates(frame, f"{REFERENCE} − {variant}")
     else:
         return ClaimResult(number, text, NOT_MEASURED,
                            f"needs the factor `{factor}` in a factorial, or the variants `{REFERENCE}` and `{variant}`",
                            pd.DataFrame())
     names = [figures.label(e) for e in rows["endpoint"]]
-    helps = [f"{n} {_pp(e)} pp [{_pp(lo)}, {_pp(hi)}]" for n, e, lo, hi in zip(names, estimate, low, high)]
+    helps = [f"{n} {pp_text(e)} pp [{pp_text(lo)}, {pp_text(hi)}]" for n, e, lo, hi in zip(names, estimate, low, high)]
     within = (low > -plan.margin) & (high < plan.margin)
     if (decided & (estimate < 0)).any():
         verdict, reason = CONTRADICTED, f"{source} is negative: {'; '.join(helps)}"
@@ -270,7 +203,7 @@ def _component(study, plan, number: int | str, text: str, factor: str, variant: 
         verdict, reason = CONTRADICTED, (f"{source} lies within ±{plan.margin:g} pp of zero on every endpoint: "
                                          f"{'; '.join(helps)}")
     else:
-        verdict, reason = INCONCLUSIVE, f"{source}: {'; '.join(helps)} ({_mde_span(list(rows['mde']))})"
+        verdict, reason = INCONCLUSIVE, f"{source}: {'; '.join(helps)} ({mde_span(list(rows['mde']))})"
     return ClaimResult(number, text, verdict, reason, shown, drawn)
 
 
@@ -281,7 +214,7 @@ def claim_corruptions(study, plan) -> ClaimResult:
         return ClaimResult(5, text, NOT_MEASURED, "the study measured no corruption accuracy (the data set has no "
                            "corruption set here, or the suite level skipped it)", pd.DataFrame())
     baselines = baseline_variants(study)
-    frame = _comparisons(study, "corruption_acc", [(REFERENCE, b) for b in baselines], plan)
+    frame = compare_pairs(study, "corruption_acc", [(REFERENCE, b) for b in baselines], plan)
     decided = frame["p_holm"] < plan.alpha
     if (decided & (frame["difference"] < 0)).any():
         verdict = CONTRADICTED
@@ -290,7 +223,7 @@ def claim_corruptions(study, plan) -> ClaimResult:
     else:
         verdict = INCONCLUSIVE
     reason = ", ".join(f"`{b}` {d:+.2f} pp" for b, d in zip(frame["reference"], frame["difference"]))
-    return ClaimResult(5, text, verdict, reason or "no baseline to compare with", _display(frame, plan))
+    return ClaimResult(5, text, verdict, reason or "no baseline to compare with", display_table(frame, plan))
 
 
 def claim_geometry(study, plan) -> ClaimResult:
