@@ -180,9 +180,7 @@ def _component(study, plan, number: int | str, text: str, factor: str, variant: 
         drawn = drawn_estimates(rows, f"{factor} main effect", estimate="estimate")
     elif variant in _present(study, [variant]) and REFERENCE in _present(study, [REFERENCE]):
         frame = pd.concat([compare_pairs(study, e, [(REFERENCE, variant)], plan) for e in endpoints], ignore_index=True)
-        # Holm over the claim's endpoints
-        frame["p_holm"] = stats.holm_adjust([p if math.isfinite(p) else 1.0 for p in frame["p_value"]])
-        frame.loc[~np.isfinite(frame["p_value"].astype(float)), "p_holm"] = math.nan
+        frame["p_holm"] = stats.holm_planned(frame["p_value"])  # Holm over the claim's endpoints
         rows, estimate, low, high = frame, frame["difference"], frame["low"], frame["high"]
         decided = frame["p_holm"] < plan.alpha
         shown = display_table(frame, plan)

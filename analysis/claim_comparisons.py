@@ -8,7 +8,6 @@ import math
 from dataclasses import replace
 from typing import Sequence
 
-import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
@@ -36,14 +35,12 @@ def compare_pairs(study: Study, endpoint: str, pairs: list[tuple[str, str]], pla
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
-    frame["p_holm"] = stats.holm_adjust([p if math.isfinite(p) else 1.0 for p in frame["p_value"]])
-    frame.loc[~np.isfinite(frame["p_value"].astype(float)), "p_holm"] = math.nan
+    frame["p_holm"] = stats.holm_planned(frame["p_value"])
     ni = [float(scipy_stats.t.sf((d / 100 + plan.margin_fraction) / (se / 100), df))
           if math.isfinite(se) and se > 0 else math.nan
           for d, se, df in zip(frame["difference"], frame["se"], frame["df"])]
     frame["noninferiority_p"] = ni
-    adjusted = stats.holm_adjust([p if math.isfinite(p) else 1.0 for p in ni])
-    frame["noninferiority_holm"] = [a if math.isfinite(p) else math.nan for a, p in zip(adjusted, ni)]
+    frame["noninferiority_holm"] = stats.holm_planned(ni)
     return frame
 
 

@@ -92,9 +92,8 @@ def effects_table(trials: pd.DataFrame, points: pd.DataFrame | None, endpoints: 
                        mde=100 * t_test_power.detectable_effect(se, df, alpha / len(effects), MDE_POWER)
                        if ok else math.nan)
             group.append(row)
-        adjusted = stats.holm_adjust([r["p_value"] if math.isfinite(r["p_value"]) else 1.0 for r in group])
-        for row, p_holm in zip(group, adjusted):
-            row["p_holm"] = float(p_holm) if math.isfinite(row["p_value"]) else math.nan
+        for row, p_holm in zip(group, stats.holm_planned([r["p_value"] for r in group])):
+            row["p_holm"] = float(p_holm)
             row["decided"] = bool(math.isfinite(row["p_holm"]) and row["p_holm"] < alpha)
         rows += group
     return pd.DataFrame(rows)

@@ -156,6 +156,15 @@ def holm_adjust(p_values: Iterable[float]) -> np.ndarray:
     return adjusted
 
 
+def holm_planned(p_values: Iterable[float]) -> np.ndarray:
+    """Holm over a planned family: a comparison without a test (NaN) counts as p = 1, so the family never
+    shrinks below the plan's, and keeps NaN as its own adjusted p."""
+    p = np.asarray(list(p_values), dtype=float)
+    adjusted = holm_adjust(np.where(np.isfinite(p), p, 1.0))
+    adjusted[~np.isfinite(p)] = np.nan
+    return adjusted
+
+
 def differences_from_reference(frame: pd.DataFrame, metrics: Sequence[str], reference: str | None = None,
                                confidence: float = 0.95) -> pd.DataFrame:
     """A PairedComparison row for every (non-reference variant, metric) whose metric column exists, and

@@ -192,10 +192,6 @@ def compare(trials: pd.DataFrame, points: pd.DataFrame | None, endpoint: str, va
             "note": paired.note}
 
 
-def _or_one(p: float) -> float:
-    return p if isinstance(p, (int, float)) and math.isfinite(p) else 1.0
-
-
 def verdicts(study, plan: AnalysisPlan | None = None, n_boot: int = 2000) -> pd.DataFrame:
     """One Verdict row per planned comparison x primary endpoint of an ablation study (analysis.study.Study),
     in plan order; Holm per endpoint over the planned comparisons. Empty when the reference has no trials."""
@@ -211,13 +207,11 @@ def verdicts(study, plan: AnalysisPlan | None = None, n_boot: int = 2000) -> pd.
                  for variant in plan.comparisons]
         # Holm over every planned comparison of the endpoint, for the difference test and for TOST alike (an
         # equivalence claim is a claim of the family too); a comparison without a test counts as p = 1, so the
-        # family never shrinks below the plan's
-        holm = stats.holm_adjust([_or_one(g["p_value"]) for g in group])
-        holm_tost = stats.holm_adjust([_or_one(g["tost_p"]) for g in group])
+        # family never shrinks below the plan's (stats.holm_planned)
+        holm = stats.holm_planned([g["p_value"] for g in group])
+        holm_tost = stats.holm_planned([g["tost_p"] for g in group])
         for row, adjusted, adjusted_tost in zip(group, holm, holm_tost):
-            untested = not math.isfinite(row["p_value"])
-            row["p_holm"] = math.nan if untested else float(adjusted)
-            row["tost_p"] = math.nan if not math.isfinite(row["tost_p"]) else float(adjusted_tost)
+            row["p_holm"], row["tost_p"] = float(adjusted), float(adjusted_tost)
             row["verdict"] = _verdict(row["difference"], row["p_holm"], row["tost_p"], plan.alpha)
             rows.append(Verdict(**row).as_row())
     return pd.DataFrame(rows, columns=columns)

@@ -83,6 +83,10 @@ def test_holm_adjustment_by_hand():
     assert stats.holm_adjust(p) == pytest.approx([0.03, math.nan, 0.06, 0.06, 0.02], nan_ok=True)
     assert stats.holm_adjust([0.5, 0.6]).tolist() == [1.0, 1.0]  # 2 * 0.5 = 1, capped at 1, then monotone
     assert stats.holm_adjust([0.2]).tolist() == [0.2] and stats.holm_adjust([]).size == 0
+    # a planned family: the comparison without a test counts as p = 1 (m = 5: 5 * 0.005 = 0.025, 4 * 0.01 = 0.04,
+    # 3 * 0.03 = 0.09, max(0.09, 2 * 0.04) = 0.09, then the 1) and keeps NaN as its own adjusted p
+    assert stats.holm_planned(p) == pytest.approx([0.04, math.nan, 0.09, 0.09, 0.025], nan_ok=True)
+    assert [math.isnan(a) for a in stats.holm_planned([math.nan, 0.2])] == [True, False]
 
 
 def test_differences_table_adjusts_over_every_test_of_the_table():
