@@ -132,7 +132,7 @@ def claim_clean(study, plan, tuned: bool) -> ClaimResult:
         shown=bool(decided.all() and (frame["difference"] > 0).all()),
         says=("lower than a baseline", "higher than every baseline", "not higher than every baseline at this power"))
     return ClaimResult(1, text, verdict, reason, display_table(frame, plan),
-                       drawn_estimates(frame, [f"full − {b}" for b in frame["reference"]]))
+                       drawn_estimates(frame))
 
 
 def _against_baselines(frame: pd.DataFrame, tuned: bool, against: bool, shown: bool, says: tuple[str, str, str]
@@ -162,7 +162,7 @@ def claim_robust(study, plan, tuned: bool) -> ClaimResult:
         says=("worse than a baseline by more than the margin", "not worse than any baseline by more than the margin",
               "non-inferiority not shown against every baseline"))
     return ClaimResult(2, text, verdict, reason, display_table(frame, plan, noninferiority=True),
-                       drawn_estimates(frame, [f"full − {b}" for b in frame["reference"]]))
+                       drawn_estimates(frame))
 
 
 def _component(study, plan, number: int | str, text: str, factor: str, variant: str, endpoints: Sequence[str]
@@ -185,7 +185,7 @@ def _component(study, plan, number: int | str, text: str, factor: str, variant: 
         decided = frame["p_holm"] < plan.alpha
         shown = display_table(frame, plan)
         source = f"`{REFERENCE}` − `{variant}`"
-        drawn = drawn_estimates(frame, f"{REFERENCE} − {variant}")
+        drawn = drawn_estimates(frame)
     else:
         return ClaimResult(number, text, NOT_MEASURED,
                            f"needs the factor `{factor}` in a factorial, or the variants `{REFERENCE}` and `{variant}`",

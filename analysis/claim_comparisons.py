@@ -44,8 +44,16 @@ def compare_pairs(study: Study, endpoint: str, pairs: list[tuple[str, str]], pla
     return frame
 
 
-def drawn_estimates(frame: pd.DataFrame, comparison: Sequence[str] | str, estimate: str = "difference") -> pd.DataFrame:
-    """The numbers a claim's figure draws (audit_figure.py), from a comparisons or factorial-effects frame."""
+def comparison_labels(frame: pd.DataFrame) -> list[str]:
+    """'full − pgd_at' for each row of a comparisons frame (variant minus reference)."""
+    return [f"{v} − {r}" for v, r in zip(frame["variant"], frame["reference"])]
+
+
+def drawn_estimates(frame: pd.DataFrame, comparison: Sequence[str] | str | None = None,
+                    estimate: str = "difference") -> pd.DataFrame:
+    """The numbers a claim's figure draws (audit_figure.py), from a comparisons frame (labelled by
+    `comparison_labels`) or a factorial-effects frame (labelled `comparison`)."""
+    comparison = comparison_labels(frame) if comparison is None else comparison
     return pd.DataFrame({"comparison": comparison, "endpoint": [figures.label(e) for e in frame["endpoint"]],
                          "estimate": frame[estimate], "low": frame["low"], "high": frame["high"]})
 
@@ -65,7 +73,7 @@ def display_table(frame: pd.DataFrame, plan, noninferiority: bool = False) -> pd
     if frame.empty:
         return frame
     shown = pd.DataFrame({
-        "comparison": [f"{v} − {r}" for v, r in zip(frame["variant"], frame["reference"])],
+        "comparison": comparison_labels(frame),
         "endpoint": [figures.label(e) for e in frame["endpoint"]],
         "seeds × images": [f"{s} × {i}" if i else f"{s}" for s, i in zip(frame["n_seeds"], frame["n_images"])],
         "difference (pp)": [pp_text(d) for d in frame["difference"]],
