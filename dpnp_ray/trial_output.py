@@ -3,8 +3,7 @@
 A trial's lines reach the driver through Ray's log forwarding (worker log file -> the node's log
 monitor -> the driver's printing thread), later than the trial's results reach Tune. So the driver
 could print a trial's "completed" line, or the study's results block, before that trial's last
-test lines. The trial's rank-0 loop therefore ends its output with an end mark (`line_writer`'s
-`end()`); in the driver, `watch()` wraps Ray's printing handler so that end marks are recorded
+test lines. The trial's rank-0 loop therefore ends its output with an end mark (`LineWriter.end`); in the driver, `watch()` wraps Ray's printing handler so that end marks are recorded
 instead of printed, and `wait_for_end` blocks (on a condition, bounded) until a trial's mark came.
 Ray keeps the order of one worker's lines, so a mark means every earlier line was printed.
 """
@@ -24,7 +23,6 @@ _RAY_PRINTER = "ray_print_logs"  # the name ray._private.worker gives its handle
 
 _ended: dict[str, int] = {}
 _arrived = threading.Condition()
-_watching = False
 
 
 class LineWriter:
@@ -57,7 +55,10 @@ def take_end_marks(lines: list[str]) -> tuple[list[str], list[str]]:
     kept, ended = [], []
     for line in lines:
         label = ended_label(line)
-        (kept if label is None else ended).append(line if label is None else label)
+        if label is None:
+            kept.append(line)
+        else:
+            ended.append(label)
     return kept, ended
 
 
@@ -79,30 +80,40 @@ def _wrap(printer: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]
     return print_without_end_marks
 
 
+def _dispatcher():
+    """Ray's dispatcher of the lines forwarded to this driver, or None if this Ray has none where expected."""
+    try:
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher
+    except ImportError:
+        return None
+    return global_worker_stdstream_dispatcher
+
+
+def watching() -> bool:
+    """Whether Ray's printer of forwarded lines is the wrapped one (`watch`): only then do end marks arrive."""
+    dispatcher = _dispatcher()
+    return dispatcher is not None and any(name == _RAY_PRINTER and hasattr(handler, "wrapped")
+                                          for name, handler in dispatcher.handlers)
+
+
 def watch() -> bool:
     """In the driver, after ray.init: record end marks instead of printing them. False when Ray does not
     forward the workers' lines here (log_to_driver off) or its handler is not where this expects it;
     `wait_for_end` then returns at once."""
-    global _watching
-    try:
-        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
-    except ImportError:
+    dispatcher = _dispatcher()
+    if dispatcher is None:
         return False
     with dispatcher._lock:
         for index, (name, handler) in enumerate(dispatcher.handlers):
-            if name == _RAY_PRINTER:
-                if not hasattr(handler, "wrapped"):
-                    dispatcher.handlers[index] = (name, _wrap(handler))
-                _watching = True
-                return True
-    _watching = False
-    return False
+            if name == _RAY_PRINTER and not hasattr(handler, "wrapped"):
+                dispatcher.handlers[index] = (name, _wrap(handler))
+    return watching()
 
 
 def wait_for_end(label: str, timeout_s: float) -> bool:
     """Block until the trial `label` (<study>-<trial_id>) printed its end mark, at most `timeout_s`; True when
     it did. A mark is consumed, so a trial run twice in one driver (a resume) waits for its new one."""
-    if not _watching:
+    if not watching():
         return False
     with _arrived:
         arrived = _arrived.wait_for(lambda: _ended.get(label, 0) > 0, timeout=timeout_s)

@@ -28,7 +28,6 @@ def dispatcher(monkeypatch):
     from ray._private.ray_logging import global_worker_stdstream_dispatcher
 
     monkeypatch.setattr(global_worker_stdstream_dispatcher, "handlers", [])
-    monkeypatch.setattr(trial_output, "_watching", False)
     monkeypatch.setattr(trial_output, "_ended", {})
     return global_worker_stdstream_dispatcher
 
