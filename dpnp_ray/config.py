@@ -343,7 +343,14 @@ def field_choices() -> dict[str, tuple[str, ...]]:
 
 
 HELP_WIDTH = 100
-"""Columns of every --help line (the fields' list and the allowed values are wrapped to it)."""
+"""Columns of every --help line and of the console's notes (`wrap_help`)."""
+
+
+def wrap_help(text: str, first: str = "", rest: str = "") -> str:
+    """`text` in lines of at most HELP_WIDTH columns (`first`/`rest`: the indents), never broken inside a word
+    or at a hyphen, so that every FIELD=VALUE and name stays whole."""
+    return textwrap.fill(text, width=HELP_WIDTH, initial_indent=first, subsequent_indent=rest,
+                         break_on_hyphens=False, break_long_words=False)
 
 
 def as_assignment(value: Any) -> str:
@@ -355,18 +362,16 @@ def as_assignment(value: Any) -> str:
     return str(value)
 
 
-def fields_help(defaults: Mapping[str, Any] | None = None, width: int = HELP_WIDTH) -> str:
-    """Every config field as FIELD=DEFAULT (`defaults` override the config's own), wrapped to `width`."""
-    base = ExperimentConfig()
-    items = [f"{name}={as_assignment((defaults or {}).get(name, getattr(base, name)))}" for name in config_fields()]
-    return textwrap.fill("  ".join(items), width=width, initial_indent="  ", subsequent_indent="  ",
-                         break_on_hyphens=False, break_long_words=False)
+def fields_help(defaults: Mapping[str, Any] | None = None) -> str:
+    """Every config field as FIELD=DEFAULT (`defaults` override the config's own), wrapped."""
+    base, defaults = ExperimentConfig(), defaults or {}
+    items = [f"{name}={as_assignment(defaults.get(name, getattr(base, name)))}" for name in config_fields()]
+    return wrap_help("  ".join(items), first="  ", rest="  ")
 
 
-def choices_help(width: int = HELP_WIDTH) -> str:
-    """Each field with a fixed set of allowed values, its values wrapped to `width`."""
-    return "\n".join(textwrap.fill(", ".join(values), width=width, initial_indent=f"  {name}: ",
-                                   subsequent_indent="      ", break_on_hyphens=False, break_long_words=False)
+def choices_help() -> str:
+    """Each field with a fixed set of allowed values, its values wrapped."""
+    return "\n".join(wrap_help(", ".join(values), first=f"  {name}: ", rest="      ")
                      for name, values in field_choices().items())
 
 

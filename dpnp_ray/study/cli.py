@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import textwrap
 from dataclasses import fields
 from typing import Any, Callable
 
 from .. import storage
-from ..config import HELP_WIDTH, ConfigError, ExperimentConfig, field_choices, fields_help
+from ..config import ConfigError, ExperimentConfig, field_choices, fields_help, wrap_help
 from ..provenance import redact
 from ..ray_train import RUNNERS, Scaling
 from .settings import StudySettings
@@ -168,8 +167,7 @@ def _points_note(done, metrics: list[str]) -> str:
         if points := points_measured(done, metric):
             on.setdefault(points, []).append(metric)
     measured = "; ".join(f"{', '.join(names)} on {points}" for points, names in on.items())
-    return textwrap.fill(f"(mean±std over n seeds{'; ' + measured if measured else ''})", width=HELP_WIDTH,
-                         break_on_hyphens=False, break_long_words=False)
+    return wrap_help(f"(mean±std over n seeds{'; ' + measured if measured else ''})")
 
 
 def exit_code(trials, stream=None) -> int:
